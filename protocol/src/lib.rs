@@ -1,0 +1,26 @@
+//! Pure, sans-IO building blocks of Cascade.
+//!
+//! Nothing in this crate opens a socket, spawns a task or reads a clock: time is always
+//! passed in. That keeps every rule here testable in one thread, deterministically.
+//!
+//! - [`stream_id`]: the validated name of a live stream (`[A-Za-z0-9_-]{1,64}`).
+//! - [`media`]: the Broadcast ▸ Track ▸ Group ▸ Frame vocabulary shared by every role.
+//! - [`h264`]: Annex B splitting and SPS parsing (resolution for the catalog).
+//! - [`vp8`]: VP8 keyframe header parsing (resolution for the catalog).
+//! - [`keyframe`]: coalescing and rate-limiting keyframe requests on their way upstream.
+//! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes.
+//! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
+
+pub mod duration;
+pub mod h264;
+pub mod keyframe;
+pub mod media;
+pub mod stream_id;
+pub mod timeline;
+pub mod vp8;
+
+mod error;
+
+pub use error::ProtocolError;
+pub use media::{Codec, Frame, MediaKind, TrackInfo};
+pub use stream_id::StreamId;
