@@ -20,7 +20,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, ProtocolError> {
         "h" => value * 3600.0,
         _ => return Err(invalid()),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e9 {
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
         return Err(invalid());
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -29,9 +29,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, ProtocolError> {
 /// Formats a duration the way [`parse_duration`] reads it back.
 pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
-    } else if ms % 60_000 != 0 || ms == 0 {
+    } else if !ms.is_multiple_of(60_000) || ms == 0 {
         format!("{}s", ms / 1000)
     } else {
         format!("{}m", ms / 60_000)

@@ -1,0 +1,382 @@
+//! A live broadcast and its tracks: the producer side writes frames, subscribers receive them.
+//!
+//! Invariants:
+//! - a subscriber is a *sink per consumer* (an engine shard, a relay, a packager), never per
+//!   viewer: the fan-out to individual viewers happens inside the consumer, so the producer
+//!   pays one delivery per consumer per frame;
+//! - a subscriber that cannot keep up (its sink is full) never slows the producer: it skips to
+//!   the next keyframe, i.e. the newest group, and the skipped group is counted;
+//! - the current group (keyframe onwards) is kept so that a new viewer can start decoding at
+//!   once instead of waiting for the next natural keyframe;
+//! - a track survives a change of publisher: timestamps stay continuous ([`Timeline`]) and
+//!   nothing is delivered from the new publisher before its first keyframe.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use cascade_protocol::keyframe::{KeyframeDecision, KeyframeRequestLimiter};
+use cascade_protocol::media::{Codec, Frame, MediaKind, Payload, TrackInfo};
+use cascade_protocol::timeline::Timeline;
+use cascade_protocol::StreamId;
+
+/// Most frames kept of the current group for late joiners (10 s at 30 fps plus headroom).
+const GROUP_CACHE_MAX_FRAMES: usize = 600;
+/// Most bytes kept of the current group for late joiners.
+const GROUP_CACHE_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Result of handing one frame to a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Accepted.
+    Accepted,
+    /// The consumer is behind; it will skip to the next group.
+    Full,
+    /// The consumer is gone; the subscription ends.
+    Closed,
+}
+
+/// Where a subscription's frames go. Implemented by each consumer.
+pub trait FrameSink: Send {
+    /// Hands one frame over without blocking.
+    fn deliver(&mut self, frame: &Frame) -> Delivery;
+}
+
+/// Called when a keyframe request passes the limiter; installed by the current publisher.
+pub type KeyframeUpstream = Arc<dyn Fn() + Send + Sync>;
+
+struct Subscriber {
+    id: u64,
+    sink: Box<dyn FrameSink>,
+    skipping_to_keyframe: bool,
+}
+
+struct TrackState {
+    info: Option<TrackInfo>,
+    next_seq: u64,
+    timeline: Timeline,
+    awaiting_first_keyframe: bool,
+    group: Vec<Frame>,
+    group_bytes: usize,
+    subscribers: Vec<Subscriber>,
+    next_subscriber_id: u64,
+    upstream: Option<KeyframeUpstream>,
+    limiter: KeyframeRequestLimiter,
+}
+
+/// One track of a broadcast (the source video, the source audio).
+pub struct Track {
+    stream: StreamId,
+    kind: MediaKind,
+    state: Mutex<TrackState>,
+    bytes_in: AtomicU64,
+    frames_in: AtomicU64,
+}
+
+/// A live stream: one video and one audio track.
+pub struct Broadcast {
+    id: StreamId,
+    video: Arc<Track>,
+    audio: Arc<Track>,
+}
+
+impl Broadcast {
+    /// An empty broadcast; tracks get their codec when a publisher attaches.
+    pub fn new(id: StreamId) -> Arc<Self> {
+        Arc::new(Self {
+            video: Arc::new(Track::new(id.clone(), MediaKind::Video)),
+            audio: Arc::new(Track::new(id.clone(), MediaKind::Audio)),
+            id,
+        })
+    }
+
+    /// The stream id.
+    pub fn id(&self) -> &StreamId {
+        &self.id
+    }
+
+    /// The track of the given kind.
+    pub fn track(&self, kind: MediaKind) -> &Arc<Track> {
+        match kind {
+            MediaKind::Video => &self.video,
+            MediaKind::Audio => &self.audio,
+        }
+    }
+
+    /// Both tracks, video first.
+    pub fn tracks(&self) -> [&Arc<Track>; 2] {
+        [&self.video, &self.audio]
+    }
+
+    /// Bytes received on all tracks since the broadcast began.
+    pub fn bytes_in(&self) -> u64 {
+        self.tracks().iter().map(|t| t.bytes_in.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl Track {
+    fn new(stream: StreamId, kind: MediaKind) -> Self {
+        Self {
+            stream,
+            kind,
+            state: Mutex::new(TrackState {
+                info: None,
+                next_seq: 0,
+                timeline: Timeline::new(90_000),
+                awaiting_first_keyframe: true,
+                group: Vec::new(),
+                group_bytes: 0,
+                subscribers: Vec::new(),
+                next_subscriber_id: 0,
+                upstream: None,
+                limiter: KeyframeRequestLimiter::default(),
+            }),
+            bytes_in: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TrackState> {
+        // A poisoned lock means a panic while holding it, which only a bug can cause; the
+        // state is plain data and still consistent enough to keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Audio or video.
+    pub fn kind(&self) -> MediaKind {
+        self.kind
+    }
+
+    /// What the catalog says about this track, if a publisher ever attached.
+    pub fn info(&self) -> Option<TrackInfo> {
+        self.lock().info.clone()
+    }
+
+    /// Frames received since the broadcast began.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in.load(Ordering::Relaxed)
+    }
+
+    /// A new publisher starts feeding this track with `codec`. `upstream` receives keyframe
+    /// requests. Nothing from it is delivered before its first keyframe.
+    pub fn begin_source(&self, codec: Codec, upstream: Option<KeyframeUpstream>) {
+        let mut state = self.lock();
+        let keep_resolution = state.info.as_ref().filter(|i| i.codec == codec).cloned();
+        state.info = Some(keep_resolution.unwrap_or_else(|| TrackInfo::new(codec)));
+        if state.timeline_rate() != codec.clock_rate() {
+            state.timeline = Timeline::new(codec.clock_rate());
+        }
+        state.timeline.new_source();
+        state.awaiting_first_keyframe = codec.kind() == MediaKind::Video;
+        state.upstream = upstream;
+    }
+
+    /// The publisher stopped feeding this track.
+    pub fn end_source(&self) {
+        let mut state = self.lock();
+        state.upstream = None;
+        state.group.clear();
+        state.group_bytes = 0;
+    }
+
+    /// Publishes one access unit whose RTP timestamp is `rtp_time`, received at `now`.
+    pub fn publish_rtp(&self, rtp_time: u32, now: Instant, keyframe: bool, payload: Payload) {
+        let mut state = self.lock();
+        if state.awaiting_first_keyframe {
+            if !keyframe {
+                return;
+            }
+            state.awaiting_first_keyframe = false;
+        }
+        let timestamp = state.timeline.map_rtp(rtp_time, now);
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let keyframe = keyframe || self.kind == MediaKind::Audio;
+        if keyframe
+            && self.kind == MediaKind::Video
+            && let Some(info) = state.info.as_mut()
+        {
+            info.learn_resolution(&payload);
+        }
+        let frame = Frame { seq, timestamp, keyframe, payload };
+        self.bytes_in.fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+        self.frames_in.fetch_add(1, Ordering::Relaxed);
+        state.remember_in_group(&frame, self.kind);
+        state.fan_out(&frame, &self.stream);
+    }
+
+    /// Starts delivering this track's frames to `sink`; returns the subscription id.
+    pub fn subscribe(&self, sink: Box<dyn FrameSink>) -> u64 {
+        let mut state = self.lock();
+        let id = state.next_subscriber_id;
+        state.next_subscriber_id += 1;
+        state.subscribers.push(Subscriber { id, sink, skipping_to_keyframe: false });
+        id
+    }
+
+    /// Stops a subscription.
+    pub fn unsubscribe(&self, id: u64) {
+        self.lock().subscribers.retain(|s| s.id != id);
+    }
+
+    /// The frames of the current group (from its keyframe), for a viewer that joins now.
+    pub fn current_group(&self) -> Vec<Frame> {
+        self.lock().group.clone()
+    }
+
+    /// A consumer asks for a keyframe; forwarded upstream unless one was asked for recently.
+    pub fn request_keyframe(&self, now: Instant) -> KeyframeDecision {
+        let upstream = {
+            let mut state = self.lock();
+            let decision = state.limiter.request(now);
+            metrics::counter!("cascade_keyframe_requests_total", "outcome" => match decision {
+                KeyframeDecision::Forward => "forwarded",
+                KeyframeDecision::Coalesced => "coalesced",
+            })
+            .increment(1);
+            if decision == KeyframeDecision::Coalesced {
+                return decision;
+            }
+            state.upstream.clone()
+        };
+        // Called outside the lock: the publisher side may take its own locks.
+        if let Some(upstream) = upstream {
+            upstream();
+        }
+        KeyframeDecision::Forward
+    }
+}
+
+impl TrackState {
+    fn timeline_rate(&self) -> u32 {
+        self.info.as_ref().map_or(90_000, |i| i.codec.clock_rate())
+    }
+
+    fn remember_in_group(&mut self, frame: &Frame, kind: MediaKind) {
+        if kind == MediaKind::Audio {
+            return; // every audio frame is a starting point; nothing to cache
+        }
+        if frame.keyframe {
+            self.group.clear();
+            self.group_bytes = 0;
+        }
+        let fits = self.group.len() < GROUP_CACHE_MAX_FRAMES
+            && self.group_bytes + frame.payload.len() <= GROUP_CACHE_MAX_BYTES;
+        if fits && (frame.keyframe || !self.group.is_empty()) {
+            self.group_bytes += frame.payload.len();
+            self.group.push(frame.clone());
+        } else if !fits {
+            // A group too long to cache: late joiners wait for a requested keyframe instead.
+            self.group.clear();
+            self.group_bytes = 0;
+        }
+    }
+
+    fn fan_out(&mut self, frame: &Frame, stream: &StreamId) {
+        self.subscribers.retain_mut(|sub| {
+            if sub.skipping_to_keyframe {
+                if !frame.keyframe {
+                    return true;
+                }
+                sub.skipping_to_keyframe = false;
+            }
+            match sub.sink.deliver(frame) {
+                Delivery::Accepted => true,
+                Delivery::Full => {
+                    metrics::counter!("cascade_dropped_groups_total", "stream" => stream.to_string())
+                        .increment(1);
+                    sub.skipping_to_keyframe = true;
+                    true
+                }
+                Delivery::Closed => false,
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    struct BoundedSink {
+        tx: mpsc::SyncSender<u64>,
+    }
+
+    impl FrameSink for BoundedSink {
+        fn deliver(&mut self, frame: &Frame) -> Delivery {
+            match self.tx.try_send(frame.seq) {
+                Ok(()) => Delivery::Accepted,
+                Err(mpsc::TrySendError::Full(_)) => Delivery::Full,
+                Err(mpsc::TrySendError::Disconnected(_)) => Delivery::Closed,
+            }
+        }
+    }
+
+    fn video_track() -> Arc<Broadcast> {
+        let b = Broadcast::new(StreamId::parse("t").unwrap());
+        b.video.begin_source(Codec::H264, None);
+        b
+    }
+
+    fn publish(track: &Track, n: u32, keyframe_every: u32, now: Instant) {
+        for i in 0..n {
+            track.publish_rtp(i * 3000, now, i % keyframe_every == 0, Arc::from(vec![i as u8]));
+        }
+    }
+
+    #[test]
+    fn slow_subscriber_skips_to_the_next_keyframe_without_blocking_others() {
+        let b = video_track();
+        let (slow_tx, slow_rx) = mpsc::sync_channel(2);
+        let (fast_tx, fast_rx) = mpsc::sync_channel(100);
+        b.video.subscribe(Box::new(BoundedSink { tx: slow_tx }));
+        b.video.subscribe(Box::new(BoundedSink { tx: fast_tx }));
+        publish(&b.video, 5, 10, Instant::now()); // seq 0..5, keyframe at 0
+        let slow: Vec<u64> = slow_rx.try_iter().collect();
+        assert_eq!(slow, vec![0, 1]);
+        publish(&b.video, 12, 10, Instant::now()); // seq 5..17, keyframes at 5 and 15
+        let slow: Vec<u64> = slow_rx.try_iter().collect();
+        assert_eq!(slow, vec![5, 6], "skipped the rest of the old group, resumed at the next keyframe");
+        assert_eq!(fast_rx.try_iter().count(), 17, "the fast one got everything");
+    }
+
+    #[test]
+    fn current_group_starts_at_the_newest_keyframe() {
+        let b = video_track();
+        publish(&b.video, 25, 10, Instant::now());
+        let group: Vec<u64> = b.video.current_group().iter().map(|f| f.seq).collect();
+        assert_eq!(group, (20..25).collect::<Vec<_>>());
+        assert!(b.video.current_group()[0].keyframe);
+    }
+
+    #[test]
+    fn a_new_publisher_is_held_back_until_its_first_keyframe_and_time_continues() {
+        let b = video_track();
+        let (tx, rx) = mpsc::sync_channel(100);
+        b.video.subscribe(Box::new(BoundedSink { tx }));
+        let t0 = Instant::now();
+        b.video.publish_rtp(1000, t0, false, Arc::from(vec![0u8])); // no keyframe yet: held
+        b.video.publish_rtp(4000, t0, true, Arc::from(vec![1u8]));
+        b.video.end_source();
+        b.video.begin_source(Codec::H264, None);
+        b.video.publish_rtp(99, t0, false, Arc::from(vec![2u8]));
+        b.video.publish_rtp(99, t0, true, Arc::from(vec![3u8]));
+        assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn keyframe_requests_reach_the_publisher_coalesced() {
+        let b = video_track();
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = calls.clone();
+        b.video.begin_source(Codec::H264, Some(Arc::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        })));
+        let now = Instant::now();
+        for _ in 0..50 {
+            b.video.request_keyframe(now);
+        }
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,35 @@
+/// Everything a role can refuse or fail at. Each variant maps to one HTTP status in the node.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    /// The SDP offer could not be parsed or negotiated.
+    #[error("malformed SDP offer: {0}")]
+    BadOffer(String),
+    /// The offer has no media line with a codec Cascade carries.
+    #[error("the offer has no codec Cascade supports (video: H264 packetization-mode=1 or VP8; audio: opus); offered: {0}")]
+    NoSupportedCodec(String),
+    /// Nobody publishes this stream (and no publisher is expected back).
+    #[error("stream {0} is not live on this node")]
+    StreamNotFound(cascade_protocol::StreamId),
+    /// A publisher is already live on this stream.
+    #[error("stream {0} already has a live publisher; end that session first or use another stream id")]
+    PublisherAlreadyLive(cascade_protocol::StreamId),
+    /// No session with this id exists on this stream.
+    #[error("no session {session} on stream {stream}")]
+    SessionNotFound {
+        /// The stream named in the request.
+        stream: cascade_protocol::StreamId,
+        /// The session named in the request.
+        session: String,
+    },
+    /// The node is shutting down or an internal task has stopped.
+    #[error("the node is not accepting sessions right now: {0}")]
+    Unavailable(String),
+    /// The WebRTC socket could not be opened.
+    #[error("cannot bind the WebRTC UDP socket {addr}: {source}")]
+    Bind {
+        /// The address from `webrtc-addr`.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,20 @@
+//! WHIP ingest (RFC 9725): an SDP offer from a publisher becomes a live stream's source.
+
+use std::net::SocketAddr;
+
+use cascade_protocol::StreamId;
+
+use super::StreamRegistry;
+use crate::session::SessionKind;
+use crate::webrtc::{open_session, NegotiatedSession};
+use crate::RoleError;
+
+/// Answers a WHIP offer for `stream`: 409 if another publisher is live, 400/406 for a bad offer.
+pub async fn publish(
+    registry: &StreamRegistry,
+    stream: &StreamId,
+    offer_sdp: &str,
+    remote: Option<SocketAddr>,
+) -> Result<NegotiatedSession, RoleError> {
+    open_session(registry, stream, SessionKind::Publisher, "whip", offer_sdp, remote).await
+}

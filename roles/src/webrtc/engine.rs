@@ -1,0 +1,572 @@
+//! The engine task: one UDP socket, every session's `Rtc`, and the fan-out to viewers.
+//!
+//! Shape (after str0m's `chat` example, scaled): sessions live in a slab; a datagram is routed
+//! by its source address, and only a datagram from an unknown address (the first STUN of a new
+//! session) is offered to each session's `accepts`. Timeouts sit in a heap, so the loop never
+//! scans all sessions. Media reaches viewers through one subscription per (stream, track),
+//! shared by every viewer of that track on this engine: a frame costs one channel message
+//! and one wake-up for the engine, then a plain loop over that track's viewers.
+//!
+//! Every mutation of an `Rtc` is followed by draining `poll_output` until `Timeout`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cascade_protocol::media::{Codec, Frame, MediaKind};
+use cascade_protocol::StreamId;
+use ractor::ActorRef;
+use str0m::format::Codec as RtcCodec;
+use str0m::media::{Frequency, KeyframeRequestKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::broadcast::{Broadcast, Delivery, FrameSink};
+use crate::session::{SessionId, SessionKind, SessionMsg};
+
+/// Frames queued towards the engine before subscriptions start skipping to the next group.
+const FRAME_QUEUE: usize = 4096;
+/// Upper bound on how long the loop sleeps when no session has an earlier timeout.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+
+/// A session handed over by the HTTP side after its offer was answered.
+pub(crate) struct NewSession {
+    pub id: SessionId,
+    pub kind: SessionKind,
+    pub rtc: Rtc,
+    pub broadcast: Arc<Broadcast>,
+    pub actor: ActorRef<SessionMsg>,
+}
+
+/// What the rest of the node asks of the engine.
+pub(crate) enum Command {
+    Add(Box<NewSession>),
+    Close(SessionId),
+    RequestKeyframe(SessionId),
+}
+
+type TrackKey = (StreamId, MediaKind);
+
+struct FrameToEngine {
+    key: TrackKey,
+    frame: Frame,
+}
+
+/// The engine's subscription to one track: delivers into the engine's frame queue.
+struct EngineSink {
+    key: TrackKey,
+    tx: mpsc::Sender<FrameToEngine>,
+}
+
+impl FrameSink for EngineSink {
+    fn deliver(&mut self, frame: &Frame) -> Delivery {
+        match self.tx.try_send(FrameToEngine { key: self.key.clone(), frame: frame.clone() }) {
+            Ok(()) => Delivery::Accepted,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
+}
+
+/// Per-viewer state of one outgoing track.
+#[derive(Default)]
+struct OutTrack {
+    mid: Option<Mid>,
+    pt: Option<Pt>,
+    /// Nothing is sent before a keyframe: the decoder could not use it.
+    started: bool,
+    /// Frames below this were already sent (while priming from the group cache).
+    next_seq: u64,
+}
+
+/// Per-publisher state of one incoming track.
+#[derive(Default)]
+struct InTrack {
+    mid: Option<Mid>,
+    codec: Option<Codec>,
+}
+
+enum Role {
+    Publisher { video: InTrack, audio: InTrack },
+    Viewer { video: OutTrack, audio: OutTrack },
+}
+
+struct Session {
+    id: SessionId,
+    generation: u64,
+    rtc: Rtc,
+    role: Role,
+    broadcast: Arc<Broadcast>,
+    actor: ActorRef<SessionMsg>,
+    addr: Option<SocketAddr>,
+    deadline: Instant,
+    egress_packets: metrics::Counter,
+    egress_bytes: metrics::Counter,
+    ingest_packets: metrics::Counter,
+    ingest_bytes: metrics::Counter,
+}
+
+struct Subscription {
+    viewers: Vec<usize>,
+    subscriber_id: u64,
+}
+
+/// Work found while draining a session's output, applied once the session is no longer borrowed.
+enum Followup {
+    ViewerTrackOpened(MediaKind),
+}
+
+struct Engine {
+    socket: UdpSocket,
+    local: SocketAddr,
+    loopback_only: bool,
+    commands: mpsc::UnboundedSender<Command>,
+    frames_tx: mpsc::Sender<FrameToEngine>,
+    slots: Vec<Option<Session>>,
+    free: Vec<usize>,
+    generation: u64,
+    by_id: HashMap<SessionId, usize>,
+    by_addr: HashMap<SocketAddr, usize>,
+    subscriptions: HashMap<TrackKey, Subscription>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+}
+
+pub(crate) fn spawn(
+    socket: UdpSocket,
+    commands: mpsc::UnboundedSender<Command>,
+    command_rx: mpsc::UnboundedReceiver<Command>,
+) {
+    let local = socket.local_addr().expect("a bound socket has a local address");
+    let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
+    let engine = Engine {
+        socket,
+        local,
+        loopback_only: local.ip().is_loopback(),
+        commands,
+        frames_tx,
+        slots: Vec::new(),
+        free: Vec::new(),
+        generation: 0,
+        by_id: HashMap::new(),
+        by_addr: HashMap::new(),
+        subscriptions: HashMap::new(),
+        timers: BinaryHeap::new(),
+    };
+    tokio::spawn(engine.run(command_rx, frames_rx));
+}
+
+impl Engine {
+    async fn run(
+        mut self,
+        mut command_rx: mpsc::UnboundedReceiver<Command>,
+        mut frames_rx: mpsc::Receiver<FrameToEngine>,
+    ) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let next_timer = self
+                .timers
+                .peek()
+                .map_or(Instant::now() + IDLE_TICK, |Reverse((at, _, _))| *at);
+            tokio::select! {
+                biased;
+                command = command_rx.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => break,
+                },
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, source)) => self.handle_datagram(&buf[..len], source),
+                    Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+                },
+                Some(first) = frames_rx.recv() => {
+                    self.handle_frame(first);
+                    // Drain what is already queued before going back to the socket: one wake-up
+                    // serves a burst of frames.
+                    while let Ok(more) = frames_rx.try_recv() {
+                        self.handle_frame(more);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_timer.into()) => {}
+            }
+            self.fire_timers();
+        }
+        tracing::info!("WebRTC engine stopped");
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Add(new) => self.add_session(*new),
+            Command::Close(id) => {
+                if let Some(&slot) = self.by_id.get(&id) {
+                    if let Some(session) = self.slots[slot].as_mut() {
+                        session.rtc.disconnect();
+                    }
+                    self.remove(slot, None);
+                }
+            }
+            Command::RequestKeyframe(id) => {
+                let Some(&slot) = self.by_id.get(&id) else { return };
+                let Some(session) = self.slots[slot].as_mut() else { return };
+                if let Role::Publisher { video, .. } = &session.role
+                    && let Some(mut writer) = video.mid.and_then(|mid| session.rtc.writer(mid))
+                    && let Err(e) = writer.request_keyframe(None, KeyframeRequestKind::Pli)
+                {
+                    tracing::debug!(session = %id, error = %e, "keyframe request not sent");
+                }
+                self.drive(slot);
+            }
+        }
+    }
+
+    fn add_session(&mut self, new: NewSession) {
+        let stream = new.broadcast.id().to_string();
+        let role = match new.kind {
+            SessionKind::Publisher => {
+                Role::Publisher { video: InTrack::default(), audio: InTrack::default() }
+            }
+            SessionKind::Viewer => {
+                Role::Viewer { video: OutTrack::default(), audio: OutTrack::default() }
+            }
+        };
+        self.generation += 1;
+        let session = Session {
+            id: new.id,
+            generation: self.generation,
+            rtc: new.rtc,
+            role,
+            broadcast: new.broadcast,
+            actor: new.actor,
+            addr: None,
+            deadline: Instant::now(),
+            egress_packets: metrics::counter!("cascade_egress_packets_total", "stream" => stream.clone()),
+            egress_bytes: metrics::counter!("cascade_egress_bytes_total", "stream" => stream.clone()),
+            ingest_packets: metrics::counter!("cascade_ingest_packets_total", "stream" => stream.clone()),
+            ingest_bytes: metrics::counter!("cascade_ingest_bytes_total", "stream" => stream),
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(session);
+                slot
+            }
+            None => {
+                self.slots.push(Some(session));
+                self.slots.len() - 1
+            }
+        };
+        self.by_id.insert(new.id, slot);
+        self.drive(slot);
+    }
+
+    fn handle_datagram(&mut self, bytes: &[u8], source: SocketAddr) {
+        if self.loopback_only && !source.ip().is_loopback() {
+            // Bound to loopback we could not answer it anyway; never talk to other hosts.
+            metrics::counter!("cascade_udp_dropped_total", "reason" => "non_loopback_source").increment(1);
+            return;
+        }
+        let Ok(contents) = bytes.try_into() else {
+            metrics::counter!("cascade_udp_dropped_total", "reason" => "unparseable").increment(1);
+            return;
+        };
+        let now = Instant::now();
+        let input = Input::Receive(
+            now,
+            Receive { proto: Protocol::Udp, source, destination: self.local, contents },
+        );
+        let slot = match self.by_addr.get(&source) {
+            Some(&slot) => Some(slot),
+            None => self
+                .slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.rtc.accepts(&input))),
+        };
+        let Some(slot) = slot else {
+            metrics::counter!("cascade_udp_dropped_total", "reason" => "no_session").increment(1);
+            return;
+        };
+        let Some(session) = self.slots[slot].as_mut() else { return };
+        if session.addr != Some(source) {
+            if let Some(old) = session.addr.replace(source) {
+                self.by_addr.remove(&old);
+            }
+            self.by_addr.insert(source, slot);
+        }
+        if let Err(e) = session.rtc.handle_input(input) {
+            tracing::debug!(session = %session.id, error = %e, "input rejected");
+        }
+        self.drive(slot);
+    }
+
+    fn handle_frame(&mut self, delivered: FrameToEngine) {
+        let FrameToEngine { key, frame } = delivered;
+        let Some(subscription) = self.subscriptions.get(&key) else { return };
+        // Indices are copied out so that sessions can be driven (and removed) in the loop.
+        let viewers = subscription.viewers.clone();
+        let now = Instant::now();
+        for slot in viewers {
+            let Some(session) = self.slots[slot].as_mut() else { continue };
+            write_to_viewer(session, key.1, &frame, frame.timestamp, now);
+            self.drive(slot);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, slot, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(session) = self.slots[slot].as_mut() else { continue };
+            if session.generation != generation || session.deadline > now {
+                continue; // a stale entry: the session moved its deadline or the slot was reused
+            }
+            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(session = %session.id, error = %e, "timeout handling failed");
+            }
+            self.drive(slot);
+        }
+    }
+
+    /// Drains a session's output until `Timeout`, sending datagrams and handling events.
+    fn drive(&mut self, slot: usize) {
+        let mut followups: Vec<Followup> = Vec::new();
+        let mut closed: Option<String> = None;
+        {
+            let Some(session) = self.slots[slot].as_mut() else { return };
+            loop {
+                if !session.rtc.is_alive() {
+                    closed.get_or_insert_with(|| "peer connection closed".into());
+                    break;
+                }
+                match session.rtc.poll_output() {
+                    Ok(Output::Timeout(at)) => {
+                        session.deadline = at;
+                        self.timers.push(Reverse((at, slot, session.generation)));
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => {
+                        session.egress_packets.increment(1);
+                        session.egress_bytes.increment(t.contents.len() as u64);
+                        if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
+                            metrics::counter!("cascade_udp_send_errors_total").increment(1);
+                            tracing::trace!(error = %e, "UDP send failed");
+                        }
+                    }
+                    Ok(Output::Event(event)) => {
+                        if let Some(reason) = handle_event(session, event, &self.commands, &mut followups) {
+                            closed = Some(reason);
+                            session.rtc.disconnect();
+                        }
+                    }
+                    Err(e) => {
+                        closed = Some(format!("WebRTC error: {e}"));
+                        session.rtc.disconnect();
+                        break;
+                    }
+                }
+            }
+        }
+        for followup in followups {
+            match followup {
+                Followup::ViewerTrackOpened(kind) => self.attach_viewer_track(slot, kind),
+            }
+        }
+        if let Some(reason) = closed {
+            self.remove(slot, Some(reason));
+        }
+    }
+
+    /// A viewer's outgoing track is negotiated: subscribe (once per track) and prime it.
+    fn attach_viewer_track(&mut self, slot: usize, kind: MediaKind) {
+        let Some(session) = self.slots[slot].as_mut() else { return };
+        let key = (session.broadcast.id().clone(), kind);
+        let track = session.broadcast.track(kind).clone();
+        let subscription = self.subscriptions.entry(key.clone()).or_insert_with(|| {
+            let sink = EngineSink { key: key.clone(), tx: self.frames_tx.clone() };
+            Subscription { viewers: Vec::new(), subscriber_id: track.subscribe(Box::new(sink)) }
+        });
+        subscription.viewers.push(slot);
+        if kind == MediaKind::Video {
+            let now = Instant::now();
+            // Prime from the group cache so that the viewer decodes at once; its timestamps are
+            // squeezed into the ticks just before the newest cached frame so that the player
+            // catches up to live instead of replaying the group in real time.
+            let group = track.current_group();
+            let newest = group.last().map_or(0, |f| f.timestamp);
+            let count = group.len() as u64;
+            for (i, frame) in group.iter().enumerate() {
+                let squeezed = newest.saturating_sub(count - 1 - i as u64);
+                write_to_viewer(session, kind, frame, squeezed, now);
+            }
+            track.request_keyframe(now);
+            self.drive(slot);
+        }
+    }
+
+    fn remove(&mut self, slot: usize, reason: Option<String>) {
+        let Some(session) = self.slots[slot].take() else { return };
+        self.free.push(slot);
+        self.by_id.remove(&session.id);
+        if let Some(addr) = session.addr {
+            self.by_addr.remove(&addr);
+        }
+        match &session.role {
+            Role::Viewer { .. } => {
+                for kind in [MediaKind::Video, MediaKind::Audio] {
+                    let key = (session.broadcast.id().clone(), kind);
+                    if let Some(subscription) = self.subscriptions.get_mut(&key) {
+                        subscription.viewers.retain(|&v| v != slot);
+                        if subscription.viewers.is_empty() {
+                            session.broadcast.track(kind).unsubscribe(subscription.subscriber_id);
+                            self.subscriptions.remove(&key);
+                        }
+                    }
+                }
+            }
+            Role::Publisher { .. } => {
+                for track in session.broadcast.tracks() {
+                    track.end_source();
+                }
+            }
+        }
+        if let Some(reason) = reason {
+            tracing::info!(session = %session.id, %reason, "WebRTC session closed");
+            let _ = session.actor.cast(SessionMsg::TransportClosed(reason));
+        }
+    }
+}
+
+/// Handles one event of a session. Returns a reason when the session must end.
+fn handle_event(
+    session: &mut Session,
+    event: Event,
+    commands: &mpsc::UnboundedSender<Command>,
+    followups: &mut Vec<Followup>,
+) -> Option<String> {
+    match event {
+        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            return Some("ICE disconnected (no connectivity checks from the peer)".into());
+        }
+        Event::MediaAdded(added) => {
+            let kind = match added.kind {
+                str0m::media::MediaKind::Audio => MediaKind::Audio,
+                str0m::media::MediaKind::Video => MediaKind::Video,
+            };
+            match &mut session.role {
+                Role::Publisher { video, audio } => {
+                    let track = if kind == MediaKind::Video { video } else { audio };
+                    track.mid = Some(added.mid);
+                }
+                Role::Viewer { video, audio } => {
+                    let track = if kind == MediaKind::Video { video } else { audio };
+                    track.mid = Some(added.mid);
+                    followups.push(Followup::ViewerTrackOpened(kind));
+                }
+            }
+        }
+        Event::MediaData(data) => {
+            let Role::Publisher { video, audio } = &mut session.role else { return None };
+            let (in_track, kind) = if Some(data.mid) == video.mid {
+                (video, MediaKind::Video)
+            } else if Some(data.mid) == audio.mid {
+                (audio, MediaKind::Audio)
+            } else {
+                return None;
+            };
+            let codec = match data.params.spec().codec {
+                RtcCodec::H264 => Codec::H264,
+                RtcCodec::Vp8 => Codec::Vp8,
+                RtcCodec::Opus => Codec::Opus,
+                _ => return None,
+            };
+            let track = session.broadcast.track(kind);
+            if in_track.codec != Some(codec) {
+                in_track.codec = Some(codec);
+                let upstream: Option<crate::broadcast::KeyframeUpstream> = (kind == MediaKind::Video)
+                    .then(|| {
+                        let commands = commands.clone();
+                        let id = session.id;
+                        Arc::new(move || {
+                            let _ = commands.send(Command::RequestKeyframe(id));
+                        }) as crate::broadcast::KeyframeUpstream
+                    });
+                track.begin_source(codec, upstream);
+                if kind == MediaKind::Video {
+                    // Start every new publisher with a keyframe so that waiting viewers resume.
+                    let _ = commands.send(Command::RequestKeyframe(session.id));
+                }
+            }
+            session.ingest_packets.increment(1);
+            session.ingest_bytes.increment(data.data.len() as u64);
+            if !data.contiguous && kind == MediaKind::Video {
+                let _ = commands.send(Command::RequestKeyframe(session.id));
+            }
+            track.publish_rtp(data.time.numer() as u32, data.network_time, data.is_keyframe(), data.data);
+        }
+        Event::KeyframeRequest(_) => {
+            if matches!(session.role, Role::Viewer { .. }) {
+                session.broadcast.track(MediaKind::Video).request_keyframe(Instant::now());
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Writes one frame to a viewer's outgoing track, if that track is open and has started.
+fn write_to_viewer(session: &mut Session, kind: MediaKind, frame: &Frame, timestamp: u64, now: Instant) {
+    let Role::Viewer { video, audio } = &mut session.role else { return };
+    let out = if kind == MediaKind::Video { video } else { audio };
+    let Some(mid) = out.mid else { return };
+    if frame.seq < out.next_seq {
+        return;
+    }
+    if !out.started {
+        if !frame.keyframe {
+            return;
+        }
+        out.started = true;
+    }
+    let Some(codec) = session.broadcast.track(kind).info().map(|i| i.codec) else { return };
+    let Some(writer) = session.rtc.writer(mid) else { return };
+    let pt = match out.pt {
+        Some(pt) => pt,
+        None => {
+            let Some(pt) = choose_pt(writer.payload_params(), codec) else {
+                tracing::warn!(session = %session.id, ?codec, "viewer did not negotiate the stream's codec");
+                out.mid = None;
+                return;
+            };
+            out.pt = Some(pt);
+            pt
+        }
+    };
+    let Some(writer) = session.rtc.writer(mid) else { return };
+    let frequency = if codec.clock_rate() == 48_000 { Frequency::FORTY_EIGHT_KHZ } else { Frequency::NINETY_KHZ };
+    match writer.write(pt, now, MediaTime::new(timestamp, frequency), frame.payload.clone()) {
+        Ok(()) => out.next_seq = frame.seq + 1,
+        Err(e) => tracing::debug!(session = %session.id, error = %e, "write failed"),
+    }
+}
+
+/// The viewer's payload type for our codec; for H.264 one with packetization-mode 1.
+fn choose_pt<'a>(
+    params: impl Iterator<Item = &'a str0m::format::PayloadParams>,
+    codec: Codec,
+) -> Option<Pt> {
+    let wanted = match codec {
+        Codec::H264 => RtcCodec::H264,
+        Codec::Vp8 => RtcCodec::Vp8,
+        Codec::Opus => RtcCodec::Opus,
+    };
+    let candidates: Vec<&str0m::format::PayloadParams> =
+        params.filter(|p| p.spec().codec == wanted).collect();
+    candidates
+        .iter()
+        .find(|p| codec != Codec::H264 || p.spec().format.packetization_mode == Some(1))
+        .or(candidates.first())
+        .map(|p| p.pt())
+}

@@ -1,0 +1,133 @@
+//! WebRTC for both directions of a node: WHIP ingest and WHEP playback, on one UDP socket.
+//!
+//! [`WebRtcEngine`] is the cheap, cloneable handle used by HTTP handlers and actors. It builds
+//! an ICE-lite `Rtc` for each accepted offer ([`WebRtcEngine::answer`]) and hands it to the
+//! engine task ([`engine`]), which owns the socket and every session's `Rtc`.
+
+mod engine;
+pub mod offer;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::ActorRef;
+use str0m::change::SdpOffer;
+use str0m::{Candidate, Rtc, RtcConfig};
+use tokio::sync::mpsc;
+
+use crate::broadcast::Broadcast;
+use crate::session::{SessionId, SessionKind, SessionMsg};
+use crate::RoleError;
+
+pub(crate) use engine::Command;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct WebRtcSettings {
+    /// The one UDP socket for all WebRTC media.
+    pub bind: SocketAddr,
+    /// The address advertised in ICE candidates (defaults to the bound one).
+    pub public_ip: Option<IpAddr>,
+}
+
+/// Handle to the engine task.
+#[derive(Clone)]
+pub struct WebRtcEngine {
+    commands: mpsc::UnboundedSender<Command>,
+    advertised: SocketAddr,
+}
+
+impl WebRtcEngine {
+    /// Binds the UDP socket and starts the engine task.
+    pub async fn start(settings: WebRtcSettings) -> Result<Self, RoleError> {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let socket = tokio::net::UdpSocket::bind(settings.bind)
+            .await
+            .map_err(|source| RoleError::Bind { addr: settings.bind, source })?;
+        let local = socket
+            .local_addr()
+            .map_err(|source| RoleError::Bind { addr: settings.bind, source })?;
+        let advertised = SocketAddr::new(settings.public_ip.unwrap_or(local.ip()), local.port());
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        engine::spawn(socket, commands.clone(), command_rx);
+        tracing::info!(%local, %advertised, "WebRTC media socket bound");
+        Ok(Self { commands, advertised })
+    }
+
+    /// The UDP address put in ICE candidates.
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.advertised
+    }
+
+    /// Parses and checks an SDP offer and builds the `Rtc` that answers it.
+    pub fn answer(&self, offer_sdp: &str) -> Result<(Rtc, String), RoleError> {
+        offer::check_codecs(offer_sdp)?;
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| RoleError::BadOffer(e.to_string()))?;
+        let mut rtc = RtcConfig::new()
+            .set_ice_lite(true)
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_vp8(true)
+            .enable_opus(true, false)
+            .build(Instant::now());
+        let candidate = Candidate::host(self.advertised, "udp")
+            .map_err(|e| RoleError::Unavailable(format!("bad ICE candidate address: {e}")))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| RoleError::BadOffer(e.to_string()))?;
+        Ok((rtc, answer.to_sdp_string()))
+    }
+
+    /// Hands a negotiated session to the engine.
+    pub fn add_session(
+        &self,
+        id: SessionId,
+        kind: SessionKind,
+        rtc: Rtc,
+        broadcast: Arc<Broadcast>,
+        actor: ActorRef<SessionMsg>,
+    ) -> Result<(), RoleError> {
+        self.commands
+            .send(Command::Add(Box::new(engine::NewSession { id, kind, rtc, broadcast, actor })))
+            .map_err(|_| RoleError::Unavailable("WebRTC engine stopped".into()))
+    }
+
+    /// Ends a session's media (idempotent).
+    pub fn close(&self, id: SessionId) {
+        let _ = self.commands.send(Command::Close(id));
+    }
+}
+
+/// A session whose offer was answered and whose media is attached to the engine.
+#[derive(Debug)]
+pub struct NegotiatedSession {
+    /// The session id (the last segment of its `Location`).
+    pub session: SessionId,
+    /// The SDP answer.
+    pub answer_sdp: String,
+}
+
+/// Negotiates an offer, admits the session on its stream and attaches its media. The offer is
+/// checked before the stream is touched, so a bad offer never disturbs a live stream.
+pub async fn open_session(
+    registry: &crate::origin::StreamRegistry,
+    stream: &cascade_protocol::StreamId,
+    kind: SessionKind,
+    protocol: &'static str,
+    offer_sdp: &str,
+    remote: Option<SocketAddr>,
+) -> Result<NegotiatedSession, RoleError> {
+    let engine = registry.engine();
+    let (rtc, answer_sdp) = engine.answer(offer_sdp)?;
+    let session = SessionId::random();
+    let admitted = registry.admit(stream, kind, session, protocol, remote).await?;
+    if let Err(e) = engine.add_session(session, kind, rtc, admitted.broadcast, admitted.actor.clone()) {
+        admitted.actor.stop(Some("engine unavailable".into()));
+        return Err(e);
+    }
+    Ok(NegotiatedSession { session, answer_sdp })
+}
