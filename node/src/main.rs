@@ -1,1 +1,53 @@
-fn main() {}
+//! `cascade`: run a node of a Cascade live-streaming cluster.
+
+use clap::{Parser, Subcommand};
+
+use cascade_node::config::{NodeConfig, RunOptions};
+
+/// Cascade: a distributed live-video streaming cluster (WHIP/WHEP today).
+#[derive(Debug, Parser)]
+#[command(name = "cascade", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a node. With no options: a single-node cluster with every role, HTTP on
+    /// 127.0.0.1:8080, WebRTC media on UDP 127.0.0.1:8443, state in ./cascade-data.
+    /// Every option can also be set as CASCADE_<NAME> or as a key in the --config file.
+    Run(RunOptions),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,str0m=warn,ractor=warn")),
+        )
+        .init();
+    let Command::Run(options) = cli.command;
+    let config = match NodeConfig::resolve(options) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("cascade: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cascade: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cascade_node::node::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cascade: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The node's configuration: one struct read from the command line, `CASCADE_*` environment
+//! variables and a TOML file, in that order of precedence over the defaults.
+//!
+//! Every key has the same name everywhere: `--http-addr`, `CASCADE_HTTP_ADDR`, `http-addr`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cascade_protocol::duration::parse_duration;
+
+use crate::NodeError;
+
+/// Default HTTP listen address (WHIP, WHEP, API, metrics, the page).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Default UDP address for all WebRTC media.
+pub const DEFAULT_WEBRTC_ADDR: &str = "127.0.0.1:8443";
+/// Default state directory.
+pub const DEFAULT_DATA_DIR: &str = "./cascade-data";
+/// Default time a dropped publisher has to come back before viewers are ended.
+pub const DEFAULT_RECONNECT_GRACE: &str = "10s";
+
+/// Options of `cascade run`. Every field is optional here; [`NodeConfig::resolve`] fills in
+/// the file's values and then the defaults.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunOptions {
+    /// TOML file with any of these options (keys are the flag names without `--`).
+    #[arg(long, env = "CASCADE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// HTTP listen address for WHIP, WHEP, the API, /metrics and the page [default: 127.0.0.1:8080].
+    #[arg(long, env = "CASCADE_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// UDP address shared by all WebRTC media [default: 127.0.0.1:8443].
+    #[arg(long, env = "CASCADE_WEBRTC_ADDR", value_name = "ADDR")]
+    pub webrtc_addr: Option<SocketAddr>,
+
+    /// IP address advertised in ICE candidates, when clients reach this node by another
+    /// address than it binds (NAT, containers) [default: the bound address].
+    #[arg(long, env = "CASCADE_PUBLIC_IP", value_name = "IP")]
+    pub public_ip: Option<IpAddr>,
+
+    /// Directory for the node's state [default: ./cascade-data].
+    #[arg(long, env = "CASCADE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Bearer token every WHIP publisher must present (unless the stream has its own key).
+    #[arg(long, env = "CASCADE_PUBLISH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// Bearer token every WHEP viewer must present (unless the stream has its own key).
+    #[arg(long, env = "CASCADE_PLAY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub play_token: Option<String>,
+
+    /// How long viewers wait for a dropped publisher to come back, e.g. 10s [default: 10s].
+    #[arg(long, env = "CASCADE_RECONNECT_GRACE", value_name = "DURATION")]
+    pub reconnect_grace: Option<String>,
+
+    /// Per-stream keys, file only: `[streams.NAME]` with `publish-key` and/or `play-key`.
+    #[arg(skip)]
+    pub streams: Option<HashMap<String, StreamKeys>>,
+}
+
+/// Keys of one stream, from the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StreamKeys {
+    /// Bearer token that may publish this stream.
+    pub publish_key: Option<String>,
+    /// Bearer token that may watch this stream.
+    pub play_key: Option<String>,
+}
+
+/// The resolved configuration of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// See [`RunOptions::http_addr`].
+    pub http_addr: SocketAddr,
+    /// See [`RunOptions::webrtc_addr`].
+    pub webrtc_addr: SocketAddr,
+    /// See [`RunOptions::public_ip`].
+    pub public_ip: Option<IpAddr>,
+    /// See [`RunOptions::data_dir`].
+    pub data_dir: PathBuf,
+    /// Who may publish and play.
+    pub access: crate::access::AccessPolicy,
+    /// See [`RunOptions::reconnect_grace`].
+    pub reconnect_grace: Duration,
+}
+
+impl NodeConfig {
+    /// Combines command line/environment (`cli`), the file it names, and the defaults.
+    pub fn resolve(cli: RunOptions) -> Result<Self, NodeError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => RunOptions::default(),
+        };
+        let default_addr = |text: &str| text.parse::<SocketAddr>().expect("default addresses are valid");
+        let grace_text = cli.reconnect_grace.or(file.reconnect_grace);
+        let reconnect_grace = match grace_text {
+            Some(text) => parse_duration(&text).map_err(|e| NodeError::Config {
+                key: "reconnect-grace",
+                message: e.to_string(),
+            })?,
+            None => parse_duration(DEFAULT_RECONNECT_GRACE).expect("the default is valid"),
+        };
+        let streams = cli.streams.or(file.streams).unwrap_or_default();
+        for name in streams.keys() {
+            cascade_protocol::StreamId::parse(name).map_err(|e| NodeError::Config {
+                key: "streams",
+                message: e.to_string(),
+            })?;
+        }
+        let config = Self {
+            http_addr: cli.http_addr.or(file.http_addr).unwrap_or_else(|| default_addr(DEFAULT_HTTP_ADDR)),
+            webrtc_addr: cli
+                .webrtc_addr
+                .or(file.webrtc_addr)
+                .unwrap_or_else(|| default_addr(DEFAULT_WEBRTC_ADDR)),
+            public_ip: cli.public_ip.or(file.public_ip),
+            data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            access: crate::access::AccessPolicy {
+                publish_token: non_empty("publish-token", cli.publish_token.or(file.publish_token))?,
+                play_token: non_empty("play-token", cli.play_token.or(file.play_token))?,
+                streams,
+            },
+            reconnect_grace,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), NodeError> {
+        if self.webrtc_addr.port() == 0 {
+            return Err(NodeError::Config {
+                key: "webrtc-addr",
+                message: "needs a fixed port: it is advertised to every WebRTC client".into(),
+            });
+        }
+        if self.public_ip.is_some_and(|ip| ip.is_unspecified()) {
+            return Err(NodeError::Config {
+                key: "public-ip",
+                message: "must be an address clients can reach, not 0.0.0.0 or ::".into(),
+            });
+        }
+        if self.public_ip.is_none() && self.webrtc_addr.ip().is_unspecified() {
+            return Err(NodeError::Config {
+                key: "public-ip",
+                message: "is required when webrtc-addr binds all interfaces: say which address clients should use".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(key: &'static str, value: Option<String>) -> Result<Option<String>, NodeError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(NodeError::Config { key, message: "must not be empty".into() }),
+        other => Ok(other),
+    }
+}
+
+/// Reads a config file; errors name the file and the offending key.
+pub fn read_file(path: &Path) -> Result<RunOptions, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| NodeError::ConfigFile {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| NodeError::ConfigFile { path: path.to_owned(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_beats_file_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("cascade-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.toml");
+        std::fs::write(&file, "http-addr = \"127.0.0.2:9000\"\nwebrtc-addr = \"127.0.0.2:9443\"\n").unwrap();
+        let cli = RunOptions {
+            config: Some(file),
+            http_addr: Some("127.0.0.3:7000".parse().unwrap()),
+            ..Default::default()
+        };
+        let config = NodeConfig::resolve(cli).unwrap();
+        assert_eq!(config.http_addr.to_string(), "127.0.0.3:7000");
+        assert_eq!(config.webrtc_addr.to_string(), "127.0.0.2:9443");
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.reconnect_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cli = RunOptions { reconnect_grace: Some("soon".into()), ..Default::default() };
+        assert!(NodeConfig::resolve(cli).unwrap_err().to_string().contains("reconnect-grace"));
+        let cli = RunOptions { webrtc_addr: Some("0.0.0.0:8443".parse().unwrap()), ..Default::default() };
+        assert!(NodeConfig::resolve(cli).unwrap_err().to_string().contains("public-ip"));
+        let err = toml::from_str::<RunOptions>("http-adr = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("http-adr"), "{err}");
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP surface of a node.
+//!
+//! | path | file |
+//! |---|---|
+//! | `POST/OPTIONS /whip/{stream}`, `DELETE/PATCH /whip/{stream}/{session}` | [`whip`] |
+//! | `POST/OPTIONS /whep/{stream}`, `DELETE/PATCH /whep/{stream}/{session}` | [`whep`] |
+//! | `GET /api/v1/streams[/{stream}]` | [`api`] |
+//! | `GET /metrics` | [`metrics`] |
+//! | `GET /`, `GET /healthz` | [`page`] |
+//!
+//! Every refusal is an [`ApiError`]: a status, a plain-text reason, and a count in
+//! `cascade_http_rejections_total{endpoint,reason}`.
+
+pub mod api;
+pub mod metrics;
+pub mod page;
+mod sdp_exchange;
+pub mod whep;
+pub mod whip;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use cascade_roles::origin::StreamRegistry;
+use cascade_roles::RoleError;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::access::AccessPolicy;
+
+/// Largest request body accepted (an SDP offer is a few KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Streams and sessions.
+    pub registry: StreamRegistry,
+    /// Who may publish and play.
+    pub access: Arc<AccessPolicy>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+/// The node's routes.
+pub fn router(state: AppState) -> Router {
+    // Browser pages on other origins publish and play: allow them, and let them read Location.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
+        .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
+    Router::new()
+        .merge(page::routes())
+        .merge(whip::routes())
+        .merge(whep::routes())
+        .merge(api::routes())
+        .merge(metrics::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// A refused request: status, reason for the client, and labels for the rejection metric.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+    endpoint: &'static str,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    /// A refusal with a status, a metric reason label and a message for the client.
+    pub fn new(endpoint: &'static str, status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status, reason, message: message.into(), endpoint, allow: None }
+    }
+
+    /// Maps a role's refusal onto HTTP.
+    pub fn from_role(endpoint: &'static str, error: RoleError) -> Self {
+        let (status, reason) = match &error {
+            RoleError::BadOffer(_) => (StatusCode::BAD_REQUEST, "malformed_sdp"),
+            RoleError::NoSupportedCodec(_) => (StatusCode::NOT_ACCEPTABLE, "no_supported_codec"),
+            RoleError::StreamNotFound(_) => (StatusCode::NOT_FOUND, "unknown_stream"),
+            RoleError::PublisherAlreadyLive(_) => (StatusCode::CONFLICT, "publisher_already_live"),
+            RoleError::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "unknown_session"),
+            RoleError::Unavailable(_) | RoleError::Bind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        };
+        Self::new(endpoint, status, reason, error.to_string())
+    }
+
+    fn with_allow(mut self, allow: &'static str) -> Self {
+        self.allow = Some(allow);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        ::metrics::counter!("cascade_http_rejections_total", "endpoint" => self.endpoint, "reason" => self.reason)
+            .increment(1);
+        tracing::info!(endpoint = self.endpoint, status = self.status.as_u16(), reason = self.reason, message = %self.message, "request refused");
+        let mut response = (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.message))
+            .into_response();
+        if let Some(allow) = self.allow {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
