@@ -1,0 +1,74 @@
+//! A real `cascade` process on its own loopback address, killed when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::wait_for;
+
+/// A running node.
+pub struct Node {
+    child: Child,
+    pub ip: String,
+    pub http: String,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl Node {
+    /// Starts `cascade run` on a fresh 127.x.y.z address with `extra` arguments.
+    pub async fn start(extra: &[&str]) -> Node {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let ip = format!("127.{}.{}.{}", 10 + (pid % 200), (pid / 200) % 250, n);
+        let data_dir = std::env::temp_dir().join(format!("cascade-e2e-{pid}-{n}"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cascade"));
+        command
+            .arg("run")
+            .arg("--http-addr")
+            .arg(format!("{ip}:18080"))
+            .arg("--webrtc-addr")
+            .arg(format!("{ip}:18443"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = command.spawn().expect("spawning the cascade binary");
+        let node = Node { child, http: format!("http://{ip}:18080"), ip, data_dir };
+        let client = reqwest::Client::new();
+        let health = format!("{}/healthz", node.http);
+        wait_for("node answers /healthz", Duration::from_secs(20), || {
+            let client = client.clone();
+            let health = health.clone();
+            async move { client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        node
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.http, path)
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
+    }
+
+    /// `GET` a JSON document.
+    pub async fn json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::get(self.url(path)).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
