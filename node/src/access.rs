@@ -47,18 +47,32 @@ impl AccessPolicy {
     }
 
     /// Decides a request for `action` on `stream` carrying `bearer`.
-    pub fn check(&self, stream: &StreamId, action: Action, bearer: Option<&str>) -> Result<(), Denied> {
+    pub fn check(
+        &self,
+        stream: &StreamId,
+        action: Action,
+        bearer: Option<&str>,
+    ) -> Result<(), Denied> {
         let keys = self.streams.get(stream.as_str());
         let (stream_key, node_token) = match action {
-            Action::Publish => (keys.and_then(|k| k.publish_key.as_deref()), self.publish_token.as_deref()),
-            Action::Play => (keys.and_then(|k| k.play_key.as_deref()), self.play_token.as_deref()),
+            Action::Publish => (
+                keys.and_then(|k| k.publish_key.as_deref()),
+                self.publish_token.as_deref(),
+            ),
+            Action::Play => (
+                keys.and_then(|k| k.play_key.as_deref()),
+                self.play_token.as_deref(),
+            ),
         };
         let accepted: Vec<&str> = stream_key.into_iter().chain(node_token).collect();
         if accepted.is_empty() {
             return Ok(());
         }
         let presented = bearer.ok_or(Denied::MissingToken)?;
-        if accepted.iter().any(|secret| constant_time_eq(secret.as_bytes(), presented.as_bytes())) {
+        if accepted
+            .iter()
+            .any(|secret| constant_time_eq(secret.as_bytes(), presented.as_bytes()))
+        {
             Ok(())
         } else {
             Err(Denied::WrongToken)
@@ -76,15 +90,37 @@ mod tests {
 
     #[test]
     fn stream_keys_and_node_tokens_both_open_the_door() {
-        let mut policy = AccessPolicy { publish_token: Some("node".into()), ..Default::default() };
-        policy.streams.insert("studio".into(), StreamKeys { publish_key: Some("studio-key".into()), play_key: None });
+        let mut policy = AccessPolicy {
+            publish_token: Some("node".into()),
+            ..Default::default()
+        };
+        policy.streams.insert(
+            "studio".into(),
+            StreamKeys {
+                publish_key: Some("studio-key".into()),
+                play_key: None,
+            },
+        );
         let studio = StreamId::parse("studio").unwrap();
         let other = StreamId::parse("other").unwrap();
-        assert_eq!(policy.check(&studio, Action::Publish, Some("studio-key")), Ok(()));
+        assert_eq!(
+            policy.check(&studio, Action::Publish, Some("studio-key")),
+            Ok(())
+        );
         assert_eq!(policy.check(&studio, Action::Publish, Some("node")), Ok(()));
-        assert_eq!(policy.check(&other, Action::Publish, Some("studio-key")), Err(Denied::WrongToken));
-        assert_eq!(policy.check(&other, Action::Publish, None), Err(Denied::MissingToken));
-        assert_eq!(policy.check(&other, Action::Play, None), Ok(()), "play is open");
+        assert_eq!(
+            policy.check(&other, Action::Publish, Some("studio-key")),
+            Err(Denied::WrongToken)
+        );
+        assert_eq!(
+            policy.check(&other, Action::Publish, None),
+            Err(Denied::MissingToken)
+        );
+        assert_eq!(
+            policy.check(&other, Action::Play, None),
+            Ok(()),
+            "play is open"
+        );
         assert!(!policy.publish_is_open());
         assert!(policy.play_is_open());
     }

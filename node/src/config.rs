@@ -49,11 +49,21 @@ pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
 
     /// Bearer token every WHIP publisher must present (unless the stream has its own key).
-    #[arg(long, env = "CASCADE_PUBLISH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CASCADE_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub publish_token: Option<String>,
 
     /// Bearer token every WHEP viewer must present (unless the stream has its own key).
-    #[arg(long, env = "CASCADE_PLAY_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CASCADE_PLAY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub play_token: Option<String>,
 
     /// How long viewers wait for a dropped publisher to come back, e.g. 10s [default: 10s].
@@ -99,7 +109,10 @@ impl NodeConfig {
             Some(path) => read_file(path)?,
             None => RunOptions::default(),
         };
-        let default_addr = |text: &str| text.parse::<SocketAddr>().expect("default addresses are valid");
+        let default_addr = |text: &str| {
+            text.parse::<SocketAddr>()
+                .expect("default addresses are valid")
+        };
         let grace_text = cli.reconnect_grace.or(file.reconnect_grace);
         let reconnect_grace = match grace_text {
             Some(text) => parse_duration(&text).map_err(|e| NodeError::Config {
@@ -116,15 +129,24 @@ impl NodeConfig {
             })?;
         }
         let config = Self {
-            http_addr: cli.http_addr.or(file.http_addr).unwrap_or_else(|| default_addr(DEFAULT_HTTP_ADDR)),
+            http_addr: cli
+                .http_addr
+                .or(file.http_addr)
+                .unwrap_or_else(|| default_addr(DEFAULT_HTTP_ADDR)),
             webrtc_addr: cli
                 .webrtc_addr
                 .or(file.webrtc_addr)
                 .unwrap_or_else(|| default_addr(DEFAULT_WEBRTC_ADDR)),
             public_ip: cli.public_ip.or(file.public_ip),
-            data_dir: cli.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: cli
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             access: crate::access::AccessPolicy {
-                publish_token: non_empty("publish-token", cli.publish_token.or(file.publish_token))?,
+                publish_token: non_empty(
+                    "publish-token",
+                    cli.publish_token.or(file.publish_token),
+                )?,
                 play_token: non_empty("play-token", cli.play_token.or(file.play_token))?,
                 streams,
             },
@@ -159,7 +181,10 @@ impl NodeConfig {
 
 fn non_empty(key: &'static str, value: Option<String>) -> Result<Option<String>, NodeError> {
     match value {
-        Some(v) if v.trim().is_empty() => Err(NodeError::Config { key, message: "must not be empty".into() }),
+        Some(v) if v.trim().is_empty() => Err(NodeError::Config {
+            key,
+            message: "must not be empty".into(),
+        }),
         other => Ok(other),
     }
 }
@@ -170,7 +195,10 @@ pub fn read_file(path: &Path) -> Result<RunOptions, NodeError> {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    toml::from_str(&text).map_err(|e| NodeError::ConfigFile { path: path.to_owned(), message: e.to_string() })
+    toml::from_str(&text).map_err(|e| NodeError::ConfigFile {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -182,7 +210,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cascade-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("node.toml");
-        std::fs::write(&file, "http-addr = \"127.0.0.2:9000\"\nwebrtc-addr = \"127.0.0.2:9443\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "http-addr = \"127.0.0.2:9000\"\nwebrtc-addr = \"127.0.0.2:9443\"\n",
+        )
+        .unwrap();
         let cli = RunOptions {
             config: Some(file),
             http_addr: Some("127.0.0.3:7000".parse().unwrap()),
@@ -197,11 +229,29 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cli = RunOptions { reconnect_grace: Some("soon".into()), ..Default::default() };
-        assert!(NodeConfig::resolve(cli).unwrap_err().to_string().contains("reconnect-grace"));
-        let cli = RunOptions { webrtc_addr: Some("0.0.0.0:8443".parse().unwrap()), ..Default::default() };
-        assert!(NodeConfig::resolve(cli).unwrap_err().to_string().contains("public-ip"));
-        let err = toml::from_str::<RunOptions>("http-adr = \"x\"").unwrap_err().to_string();
+        let cli = RunOptions {
+            reconnect_grace: Some("soon".into()),
+            ..Default::default()
+        };
+        assert!(
+            NodeConfig::resolve(cli)
+                .unwrap_err()
+                .to_string()
+                .contains("reconnect-grace")
+        );
+        let cli = RunOptions {
+            webrtc_addr: Some("0.0.0.0:8443".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(
+            NodeConfig::resolve(cli)
+                .unwrap_err()
+                .to_string()
+                .contains("public-ip")
+        );
+        let err = toml::from_str::<RunOptions>("http-adr = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("http-adr"), "{err}");
     }
 }

@@ -6,29 +6,53 @@ use cascade_roles::origin::StreamRegistry;
 use cascade_roles::webrtc::{WebRtcEngine, WebRtcSettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::NodeError;
 use crate::config::NodeConfig;
 use crate::http::AppState;
-use crate::NodeError;
 
 /// Runs a node until Ctrl-C or SIGTERM.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| NodeError::DataDir { path: config.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let metrics = install_metrics();
-    let engine = WebRtcEngine::start(WebRtcSettings { bind: config.webrtc_addr, public_ip: config.public_ip }).await?;
+    let engine = WebRtcEngine::start(WebRtcSettings {
+        bind: config.webrtc_addr,
+        public_ip: config.public_ip,
+    })
+    .await?;
     let registry = StreamRegistry::new(engine, config.reconnect_grace);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
-        .map_err(|source| NodeError::HttpBind { addr: config.http_addr, source })?;
-    let http_addr = listener.local_addr().map_err(|source| NodeError::HttpBind { addr: config.http_addr, source })?;
+        .map_err(|source| NodeError::HttpBind {
+            addr: config.http_addr,
+            source,
+        })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| NodeError::HttpBind {
+            addr: config.http_addr,
+            source,
+        })?;
 
     announce(&config, http_addr);
-    let state = AppState { registry, access: Arc::new(config.access.clone()), metrics };
+    let state = AppState {
+        registry,
+        access: Arc::new(config.access.clone()),
+        metrics,
+    };
     let app = crate::http::router(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| NodeError::HttpBind { addr: http_addr, source })?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|source| NodeError::HttpBind {
+        addr: http_addr,
+        source,
+    })?;
     tracing::info!("node stopped");
     Ok(())
 }
@@ -42,10 +66,14 @@ fn announce(config: &NodeConfig, http_addr: std::net::SocketAddr) {
         "Cascade node up: single-node cluster with every role (origin, edge)"
     );
     if config.access.publish_is_open() {
-        tracing::warn!("OPEN PUBLISHING: anyone who reaches {http_addr} may publish any stream; set --publish-token or per-stream keys");
+        tracing::warn!(
+            "OPEN PUBLISHING: anyone who reaches {http_addr} may publish any stream; set --publish-token or per-stream keys"
+        );
     }
     if config.access.play_is_open() {
-        tracing::warn!("OPEN PLAYBACK: anyone who reaches {http_addr} may watch any stream; set --play-token or per-stream keys");
+        tracing::warn!(
+            "OPEN PLAYBACK: anyone who reaches {http_addr} may watch any stream; set --play-token or per-stream keys"
+        );
     }
     println!("Cascade is running. Open http://{http_addr}/ to publish and watch.");
 }

@@ -65,7 +65,10 @@ pub fn sps_resolution(sps: &[u8]) -> Result<(u32, u32), ProtocolError> {
     r.ue()?; // seq_parameter_set_id
     let mut chroma_format_idc = 1;
     let mut separate_colour_plane = false;
-    if matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135) {
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
         chroma_format_idc = r.ue()?;
         if chroma_format_idc == 3 {
             separate_colour_plane = r.bits(1)? == 1;
@@ -117,7 +120,11 @@ pub fn sps_resolution(sps: &[u8]) -> Result<(u32, u32), ProtocolError> {
         crop_t = r.ue()?;
         crop_b = r.ue()?;
     }
-    let chroma_array_type = if separate_colour_plane { 0 } else { chroma_format_idc };
+    let chroma_array_type = if separate_colour_plane {
+        0
+    } else {
+        chroma_format_idc
+    };
     let (sub_w, sub_h) = match chroma_array_type {
         1 => (2, 2),
         2 => (2, 1),
@@ -126,8 +133,8 @@ pub fn sps_resolution(sps: &[u8]) -> Result<(u32, u32), ProtocolError> {
     let crop_unit_x = if chroma_array_type == 0 { 1 } else { sub_w };
     let crop_unit_y = (if chroma_array_type == 0 { 1 } else { sub_h }) * (2 - frame_mbs_only);
     let width = (width_mbs * 16).checked_sub(crop_unit_x * (crop_l + crop_r));
-    let height = (height_map_units * 16 * (2 - frame_mbs_only))
-        .checked_sub(crop_unit_y * (crop_t + crop_b));
+    let height =
+        (height_map_units * 16 * (2 - frame_mbs_only)).checked_sub(crop_unit_y * (crop_t + crop_b));
     match (width, height) {
         (Some(w), Some(h)) if w > 0 && h > 0 && w <= 16384 && h <= 16384 => Ok((w, h)),
         _ => Err(ProtocolError::MalformedSps("impossible picture size")),
@@ -207,7 +214,9 @@ mod tests {
     use super::*;
 
     // SPS of a 1280x720 constrained-baseline stream from x264.
-    const SPS_720P: [u8; 11] = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x06, 0xd0];
+    const SPS_720P: [u8; 11] = [
+        0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x06, 0xd0,
+    ];
     // SPS of a 320x240 High-profile stream from x264.
     const SPS_240P_HIGH: [u8; 24] = [
         0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00,
@@ -216,7 +225,9 @@ mod tests {
 
     #[test]
     fn splits_annex_b_with_three_and_four_byte_start_codes() {
-        let au = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5];
+        let au = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 4, 5,
+        ];
         let nals: Vec<&[u8]> = nal_units(&au).collect();
         assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3], &[0x65, 4, 5]]);
         assert!(is_keyframe(&au));

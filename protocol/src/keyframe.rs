@@ -27,7 +27,10 @@ pub enum KeyframeDecision {
 impl KeyframeRequestLimiter {
     /// A limiter forwarding at most one request per `min_interval`.
     pub fn new(min_interval: Duration) -> Self {
-        Self { min_interval, last_forwarded: None }
+        Self {
+            min_interval,
+            last_forwarded: None,
+        }
     }
 
     /// Decides about a request arriving at `now`.
@@ -63,6 +66,11 @@ mod tests {
             .map(|ms| limiter.request(start + Duration::from_millis(ms)))
             .collect();
         use KeyframeDecision::*;
-        assert_eq!(decisions, vec![Forward, Coalesced, Coalesced, Coalesced, Forward, Coalesced, Forward]);
+        assert_eq!(
+            decisions,
+            vec![
+                Forward, Coalesced, Coalesced, Coalesced, Forward, Coalesced, Forward
+            ]
+        );
     }
 }

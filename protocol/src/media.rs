@@ -84,7 +84,12 @@ pub struct TrackInfo {
 impl TrackInfo {
     /// A track whose resolution is not known yet.
     pub fn new(codec: Codec) -> Self {
-        Self { kind: codec.kind(), codec, width: None, height: None }
+        Self {
+            kind: codec.kind(),
+            codec,
+            width: None,
+            height: None,
+        }
     }
 
     /// Learns the resolution from a keyframe, if the codec lets us. Returns true when it changed.

@@ -17,7 +17,9 @@ impl StreamId {
     pub fn parse(name: &str) -> Result<Self, ProtocolError> {
         let valid_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
         if name.is_empty() || name.len() > MAX_STREAM_ID_LEN || !name.chars().all(valid_char) {
-            return Err(ProtocolError::InvalidStreamId(name.chars().take(80).collect()));
+            return Err(ProtocolError::InvalidStreamId(
+                name.chars().take(80).collect(),
+            ));
         }
         Ok(Self(name.into()))
     }

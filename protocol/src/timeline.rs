@@ -20,7 +20,12 @@ pub struct Timeline {
 impl Timeline {
     /// A timeline ticking at `clock_rate` Hz.
     pub fn new(clock_rate: u32) -> Self {
-        Self { clock_rate, offset: 0, last_source: None, last_track: None }
+        Self {
+            clock_rate,
+            offset: 0,
+            last_source: None,
+            last_track: None,
+        }
     }
 
     /// Forget the current source: the next timestamp comes from a new publisher.
@@ -83,6 +88,9 @@ mod tests {
         tl.new_source();
         let first_of_new = tl.map_rtp(77, t0 + Duration::from_secs(2));
         assert_eq!(first_of_new, last + 180_000);
-        assert_eq!(tl.map_rtp(77 + 3000, t0 + Duration::from_secs(2)), last + 183_000);
+        assert_eq!(
+            tl.map_rtp(77 + 3000, t0 + Duration::from_secs(2)),
+            last + 183_000
+        );
     }
 }

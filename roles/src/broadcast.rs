@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use cascade_protocol::StreamId;
 use cascade_protocol::keyframe::{KeyframeDecision, KeyframeRequestLimiter};
 use cascade_protocol::media::{Codec, Frame, MediaKind, Payload, TrackInfo};
 use cascade_protocol::timeline::Timeline;
-use cascade_protocol::StreamId;
 
 /// Most frames kept of the current group for late joiners (10 s at 30 fps plus headroom).
 const GROUP_CACHE_MAX_FRAMES: usize = 600;
@@ -110,7 +110,10 @@ impl Broadcast {
 
     /// Bytes received on all tracks since the broadcast began.
     pub fn bytes_in(&self) -> u64 {
-        self.tracks().iter().map(|t| t.bytes_in.load(Ordering::Relaxed)).sum()
+        self.tracks()
+            .iter()
+            .map(|t| t.bytes_in.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -139,7 +142,9 @@ impl Track {
     fn lock(&self) -> MutexGuard<'_, TrackState> {
         // A poisoned lock means a panic while holding it, which only a bug can cause; the
         // state is plain data and still consistent enough to keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Audio or video.
@@ -198,8 +203,14 @@ impl Track {
         {
             info.learn_resolution(&payload);
         }
-        let frame = Frame { seq, timestamp, keyframe, payload };
-        self.bytes_in.fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+        let frame = Frame {
+            seq,
+            timestamp,
+            keyframe,
+            payload,
+        };
+        self.bytes_in
+            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
         self.frames_in.fetch_add(1, Ordering::Relaxed);
         state.remember_in_group(&frame, self.kind);
         state.fan_out(&frame, &self.stream);
@@ -210,7 +221,11 @@ impl Track {
         let mut state = self.lock();
         let id = state.next_subscriber_id;
         state.next_subscriber_id += 1;
-        state.subscribers.push(Subscriber { id, sink, skipping_to_keyframe: false });
+        state.subscribers.push(Subscriber {
+            id,
+            sink,
+            skipping_to_keyframe: false,
+        });
         id
     }
 
@@ -321,7 +336,12 @@ mod tests {
 
     fn publish(track: &Track, n: u32, keyframe_every: u32, now: Instant) {
         for i in 0..n {
-            track.publish_rtp(i * 3000, now, i % keyframe_every == 0, Arc::from(vec![i as u8]));
+            track.publish_rtp(
+                i * 3000,
+                now,
+                i % keyframe_every == 0,
+                Arc::from(vec![i as u8]),
+            );
         }
     }
 
@@ -337,8 +357,16 @@ mod tests {
         assert_eq!(slow, vec![0, 1]);
         publish(&b.video, 12, 10, Instant::now()); // seq 5..17, keyframes at 5 and 15
         let slow: Vec<u64> = slow_rx.try_iter().collect();
-        assert_eq!(slow, vec![5, 6], "skipped the rest of the old group, resumed at the next keyframe");
-        assert_eq!(fast_rx.try_iter().count(), 17, "the fast one got everything");
+        assert_eq!(
+            slow,
+            vec![5, 6],
+            "skipped the rest of the old group, resumed at the next keyframe"
+        );
+        assert_eq!(
+            fast_rx.try_iter().count(),
+            17,
+            "the fast one got everything"
+        );
     }
 
     #[test]
@@ -370,9 +398,12 @@ mod tests {
         let b = video_track();
         let calls = Arc::new(AtomicU64::new(0));
         let counter = calls.clone();
-        b.video.begin_source(Codec::H264, Some(Arc::new(move || {
-            counter.fetch_add(1, Ordering::Relaxed);
-        })));
+        b.video.begin_source(
+            Codec::H264,
+            Some(Arc::new(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            })),
+        );
         let now = Instant::now();
         for _ in 0..50 {
             b.video.request_keyframe(now);

@@ -5,13 +5,17 @@ pub enum RoleError {
     #[error("malformed SDP offer: {0}")]
     BadOffer(String),
     /// The offer has no media line with a codec Cascade carries.
-    #[error("the offer has no codec Cascade supports (video: H264 packetization-mode=1 or VP8; audio: opus); offered: {0}")]
+    #[error(
+        "the offer has no codec Cascade supports (video: H264 packetization-mode=1 or VP8; audio: opus); offered: {0}"
+    )]
     NoSupportedCodec(String),
     /// Nobody publishes this stream (and no publisher is expected back).
     #[error("stream {0} is not live on this node")]
     StreamNotFound(cascade_protocol::StreamId),
     /// A publisher is already live on this stream.
-    #[error("stream {0} already has a live publisher; end that session first or use another stream id")]
+    #[error(
+        "stream {0} already has a live publisher; end that session first or use another stream id"
+    )]
     PublisherAlreadyLive(cascade_protocol::StreamId),
     /// No session with this id exists on this stream.
     #[error("no session {session} on stream {stream}")]

@@ -99,10 +99,15 @@ impl Actor for SessionActor {
         myself: ActorRef<Self::Msg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.registry.register_session(args.id, args.stream.clone(), myself);
-        metrics::counter!("cascade_sessions_started_total", "kind" => args.kind.label()).increment(1);
+        args.registry
+            .register_session(args.id, args.stream.clone(), myself);
+        metrics::counter!("cascade_sessions_started_total", "kind" => args.kind.label())
+            .increment(1);
         tracing::info!(stream = %args.stream, session = %args.id, kind = args.kind.label(), "session started");
-        Ok(SessionState { args, started: Instant::now() })
+        Ok(SessionState {
+            args,
+            started: Instant::now(),
+        })
     }
 
     async fn handle(

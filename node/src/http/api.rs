@@ -21,12 +21,27 @@ struct StreamList {
 }
 
 async fn list(State(state): State<AppState>) -> Json<StreamList> {
-    Json(StreamList { streams: state.registry.list().await })
+    Json(StreamList {
+        streams: state.registry.list().await,
+    })
 }
 
-async fn one(State(state): State<AppState>, Path(stream): Path<String>) -> Result<Json<StreamInfo>, ApiError> {
-    let stream = StreamId::parse(&stream)
-        .map_err(|e| ApiError::new("api", StatusCode::BAD_REQUEST, "invalid_stream_id", e.to_string()))?;
-    let info = state.registry.info(&stream).await.map_err(|e| ApiError::from_role("api", e))?;
+async fn one(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+) -> Result<Json<StreamInfo>, ApiError> {
+    let stream = StreamId::parse(&stream).map_err(|e| {
+        ApiError::new(
+            "api",
+            StatusCode::BAD_REQUEST,
+            "invalid_stream_id",
+            e.to_string(),
+        )
+    })?;
+    let info = state
+        .registry
+        .info(&stream)
+        .await
+        .map_err(|e| ApiError::from_role("api", e))?;
     Ok(Json(info))
 }

@@ -20,11 +20,11 @@ pub mod whip;
 
 use std::sync::Arc;
 
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Router;
-use cascade_roles::origin::StreamRegistry;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use cascade_roles::RoleError;
+use cascade_roles::origin::StreamRegistry;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{Any, CorsLayer};
 
@@ -49,8 +49,18 @@ pub fn router(state: AppState) -> Router {
     // Browser pages on other origins publish and play: allow them, and let them read Location.
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::IF_MATCH,
+        ])
         .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
     Router::new()
         .merge(page::routes())
@@ -75,8 +85,19 @@ pub struct ApiError {
 
 impl ApiError {
     /// A refusal with a status, a metric reason label and a message for the client.
-    pub fn new(endpoint: &'static str, status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status, reason, message: message.into(), endpoint, allow: None }
+    pub fn new(
+        endpoint: &'static str,
+        status: StatusCode,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+            endpoint,
+            allow: None,
+        }
     }
 
     /// Maps a role's refusal onto HTTP.
@@ -87,7 +108,9 @@ impl ApiError {
             RoleError::StreamNotFound(_) => (StatusCode::NOT_FOUND, "unknown_stream"),
             RoleError::PublisherAlreadyLive(_) => (StatusCode::CONFLICT, "publisher_already_live"),
             RoleError::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "unknown_session"),
-            RoleError::Unavailable(_) | RoleError::Bind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            RoleError::Unavailable(_) | RoleError::Bind { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         };
         Self::new(endpoint, status, reason, error.to_string())
     }
@@ -103,13 +126,21 @@ impl IntoResponse for ApiError {
         ::metrics::counter!("cascade_http_rejections_total", "endpoint" => self.endpoint, "reason" => self.reason)
             .increment(1);
         tracing::info!(endpoint = self.endpoint, status = self.status.as_u16(), reason = self.reason, message = %self.message, "request refused");
-        let mut response = (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.message))
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.message),
+        )
             .into_response();
         if let Some(allow) = self.allow {
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

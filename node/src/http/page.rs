@@ -1,9 +1,9 @@
 //! `GET /`: the page to publish (camera, microphone, screen) and watch, shipped in the binary;
 //! `GET /healthz`: liveness for probes.
 
+use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
-use axum::Router;
 
 use super::AppState;
 

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cascade_protocol::StreamId;
-use cascade_roles::webrtc::NegotiatedSession;
 use cascade_roles::RoleError;
+use cascade_roles::webrtc::NegotiatedSession;
 
 use super::{ApiError, AppState};
 use crate::access::{Action, Denied};
@@ -24,7 +24,14 @@ pub(crate) struct Exchange {
 
 impl Exchange {
     pub(crate) fn stream_id(&self, raw: &str) -> Result<StreamId, ApiError> {
-        StreamId::parse(raw).map_err(|e| ApiError::new(self.endpoint, StatusCode::BAD_REQUEST, "invalid_stream_id", e.to_string()))
+        StreamId::parse(raw).map_err(|e| {
+            ApiError::new(
+                self.endpoint,
+                StatusCode::BAD_REQUEST,
+                "invalid_stream_id",
+                e.to_string(),
+            )
+        })
     }
 
     /// Checks everything about a POST before the offer is negotiated.
@@ -41,20 +48,43 @@ impl Exchange {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        state.access.check(&stream, self.action, bearer).map_err(|denied| {
-            let message = match denied {
-                Denied::MissingToken => format!("{} to stream {stream} needs an Authorization: Bearer token", self.endpoint.to_uppercase()),
-                Denied::WrongToken => format!("the Bearer token is not valid for {} to stream {stream}", self.endpoint.to_uppercase()),
-            };
-            ApiError::new(self.endpoint, StatusCode::UNAUTHORIZED, "unauthorized", message)
-        })?;
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !content_type.trim().to_ascii_lowercase().starts_with("application/sdp") {
+        state
+            .access
+            .check(&stream, self.action, bearer)
+            .map_err(|denied| {
+                let message = match denied {
+                    Denied::MissingToken => format!(
+                        "{} to stream {stream} needs an Authorization: Bearer token",
+                        self.endpoint.to_uppercase()
+                    ),
+                    Denied::WrongToken => format!(
+                        "the Bearer token is not valid for {} to stream {stream}",
+                        self.endpoint.to_uppercase()
+                    ),
+                };
+                ApiError::new(
+                    self.endpoint,
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    message,
+                )
+            })?;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !content_type
+            .trim()
+            .to_ascii_lowercase()
+            .starts_with("application/sdp")
+        {
             return Err(ApiError::new(
                 self.endpoint,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "wrong_content_type",
-                format!("send the SDP offer with Content-Type: application/sdp (got {content_type:?})"),
+                format!(
+                    "send the SDP offer with Content-Type: application/sdp (got {content_type:?})"
+                ),
             ));
         }
         let body = body.map_err(|rejection| {
@@ -66,11 +96,19 @@ impl Exchange {
                     format!("the offer is larger than {} bytes", super::MAX_BODY_BYTES),
                 )
             } else {
-                ApiError::new(self.endpoint, rejection.status(), "unreadable_body", rejection.body_text())
+                ApiError::new(
+                    self.endpoint,
+                    rejection.status(),
+                    "unreadable_body",
+                    rejection.body_text(),
+                )
             }
         })?;
         let offer = String::from_utf8(body.to_vec()).map_err(|_| {
-            ApiError::from_role(self.endpoint, RoleError::BadOffer("the offer is not UTF-8 text".into()))
+            ApiError::from_role(
+                self.endpoint,
+                RoleError::BadOffer("the offer is not UTF-8 text".into()),
+            )
         })?;
         Ok((stream, offer))
     }
@@ -80,14 +118,22 @@ impl Exchange {
         let location = format!("/{}/{}/{}", self.endpoint, stream, negotiated.session);
         let mut response = (StatusCode::CREATED, negotiated.answer_sdp).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/sdp"),
+        );
         if let Ok(value) = HeaderValue::from_str(&location) {
             headers.insert(header::LOCATION, value);
         }
         response
     }
 
-    pub(crate) fn delete(&self, state: &AppState, raw_stream: &str, session: &str) -> Result<StatusCode, ApiError> {
+    pub(crate) fn delete(
+        &self,
+        state: &AppState,
+        raw_stream: &str,
+        session: &str,
+    ) -> Result<StatusCode, ApiError> {
         let stream = self.stream_id(raw_stream)?;
         state
             .registry
@@ -111,7 +157,9 @@ impl Exchange {
 /// `OPTIONS` on the POST resource: advertise what a client may send.
 pub(crate) fn options() -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert("accept-post", HeaderValue::from_static("application/sdp"));
+    response
+        .headers_mut()
+        .insert("accept-post", HeaderValue::from_static("application/sdp"));
     response
 }
 
@@ -127,17 +175,25 @@ pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
         let (stream, offer) = exchange.admit_offer(&state, &stream, &headers, body)?;
         let remote = Some(remote);
         let negotiated = match exchange.action {
-            Action::Publish => cascade_roles::origin::whip::publish(&state.registry, &stream, &offer, remote).await,
-            Action::Play => cascade_roles::edge::whep::play(&state.registry, &stream, &offer, remote).await,
+            Action::Publish => {
+                cascade_roles::origin::whip::publish(&state.registry, &stream, &offer, remote).await
+            }
+            Action::Play => {
+                cascade_roles::edge::whep::play(&state.registry, &stream, &offer, remote).await
+            }
         }
         .map_err(|e| ApiError::from_role(exchange.endpoint, e))?;
         Ok::<_, ApiError>(exchange.created(&stream, negotiated))
     };
-    let delete_session = move |State(state): State<AppState>, Path((stream, session)): Path<(String, String)>| async move {
-        exchange.delete(&state, &stream, &session)
-    };
+    let delete_session =
+        move |State(state): State<AppState>, Path((stream, session)): Path<(String, String)>| async move {
+            exchange.delete(&state, &stream, &session)
+        };
     axum::Router::new()
-        .route(&format!("/{}/{{stream}}", exchange.endpoint), post(post_offer).options(|| async { options() }))
+        .route(
+            &format!("/{}/{{stream}}", exchange.endpoint),
+            post(post_offer).options(|| async { options() }),
+        )
         .route(
             &format!("/{}/{{stream}}/{{session}}", exchange.endpoint),
             delete(delete_session).patch(move || async move { exchange.patch() }),

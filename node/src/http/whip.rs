@@ -2,11 +2,14 @@
 //! with the answer and a `Location` to DELETE when they stop. The media side is
 //! `cascade_roles::origin::whip`.
 
-use super::sdp_exchange::{self, Exchange};
 use super::AppState;
+use super::sdp_exchange::{self, Exchange};
 use crate::access::Action;
 
-static WHIP: Exchange = Exchange { endpoint: "whip", action: Action::Publish };
+static WHIP: Exchange = Exchange {
+    endpoint: "whip",
+    action: Action::Publish,
+};
 
 pub(crate) fn routes() -> axum::Router<AppState> {
     sdp_exchange::routes(&WHIP)

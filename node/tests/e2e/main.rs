@@ -3,4 +3,8 @@
 
 mod support;
 
+mod bad_input;
+mod config_samples;
+mod late_joiner;
+mod publisher_reconnect;
 mod whip_whep_interop;

@@ -13,10 +13,16 @@ async fn every_access_unit_reaches_three_viewers_intact_and_in_order() {
     let video = encode_h264(4, 30);
     let audio = encode_opus(4);
     let node = Node::start(&[]).await;
-    let publisher = Publisher::connect(&node.ip, &node.url("/whip/interop"), None).await.expect("WHIP accepted");
+    let publisher = Publisher::connect(&node.ip, &node.url("/whip/interop"), None)
+        .await
+        .expect("WHIP accepted");
     let mut viewers = Vec::new();
     for _ in 0..3 {
-        viewers.push(Viewer::connect(&node.ip, &node.url("/whep/interop"), None).await.expect("WHEP accepted"));
+        viewers.push(
+            Viewer::connect(&node.ip, &node.url("/whep/interop"), None)
+                .await
+                .expect("WHEP accepted"),
+        );
     }
     publisher.stream(&video, &audio).await;
 
@@ -24,17 +30,41 @@ async fn every_access_unit_reaches_three_viewers_intact_and_in_order() {
     for (i, viewer) in viewers.iter_mut().enumerate() {
         let received = viewer.collect(sent.len(), Duration::from_secs(3)).await;
         let got: Vec<[u8; 32]> = received.iter().map(|u| u.fingerprint).collect();
-        assert_eq!(got.len(), sent.len(), "viewer {i} received {} of {} access units", got.len(), sent.len());
-        assert!(got == sent, "viewer {i}: access units differ from what was sent (corrupted or out of order)");
+        assert_eq!(
+            got.len(),
+            sent.len(),
+            "viewer {i} received {} of {} access units",
+            got.len(),
+            sent.len()
+        );
+        assert!(
+            got == sent,
+            "viewer {i}: access units differ from what was sent (corrupted or out of order)"
+        );
         let audio_packets = viewer.audio_packets.load(Ordering::Relaxed);
-        assert!(audio_packets as usize > audio.len() / 2, "viewer {i} got only {audio_packets} audio packets of {}", audio.len());
+        assert!(
+            audio_packets as usize > audio.len() / 2,
+            "viewer {i} got only {audio_packets} audio packets of {}",
+            audio.len()
+        );
     }
 
     let (status, info) = node.json("/api/v1/streams/interop").await;
     assert_eq!(status, 200);
     assert_eq!(info["viewers"], 3);
     assert_eq!(info["publisher"]["protocol"], "whip");
-    let video_track = info["tracks"].as_array().unwrap().iter().find(|t| t["kind"] == "video").unwrap();
-    assert_eq!((video_track["width"].as_u64(), video_track["height"].as_u64()), (Some(640), Some(360)));
+    let video_track = info["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "video")
+        .unwrap();
+    assert_eq!(
+        (
+            video_track["width"].as_u64(),
+            video_track["height"].as_u64()
+        ),
+        (Some(640), Some(360))
+    );
     assert_eq!(video_track["codec"], "H264");
 }

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 
 use cascade_protocol::StreamId;
 
+use crate::RoleError;
 use crate::origin::StreamRegistry;
 use crate::session::SessionKind;
-use crate::webrtc::{open_session, NegotiatedSession};
-use crate::RoleError;
+use crate::webrtc::{NegotiatedSession, open_session};
 
 /// Answers a WHEP offer for `stream`: 404 if the stream is not live, 400/406 for a bad offer.
 pub async fn play(
@@ -16,5 +16,13 @@ pub async fn play(
     offer_sdp: &str,
     remote: Option<SocketAddr>,
 ) -> Result<NegotiatedSession, RoleError> {
-    open_session(registry, stream, SessionKind::Viewer, "whep", offer_sdp, remote).await
+    open_session(
+        registry,
+        stream,
+        SessionKind::Viewer,
+        "whep",
+        offer_sdp,
+        remote,
+    )
+    .await
 }

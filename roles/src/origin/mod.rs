@@ -14,10 +14,10 @@ use std::time::Duration;
 use cascade_protocol::StreamId;
 use ractor::{Actor, ActorRef};
 
+use crate::RoleError;
 use crate::broadcast::Broadcast;
 use crate::session::{SessionId, SessionKind, SessionMsg};
 use crate::webrtc::WebRtcEngine;
-use crate::RoleError;
 
 pub use stream::{PublisherInfo, StreamActor, StreamInfo, StreamMsg};
 
@@ -51,12 +51,18 @@ pub struct AdmittedSession {
 impl StreamRegistry {
     /// An empty registry. A publisher that drops may come back within `reconnect_grace`.
     pub fn new(engine: WebRtcEngine, reconnect_grace: Duration) -> Self {
-        Self { tables: Arc::default(), engine, reconnect_grace }
+        Self {
+            tables: Arc::default(),
+            engine,
+            reconnect_grace,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
         // Plain maps; a panic elsewhere cannot leave them half-updated.
-        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The WebRTC engine of this node.
@@ -96,14 +102,22 @@ impl StreamRegistry {
                 Err(_) => self.forget_stream(stream, &actor),
             }
         }
-        Err(RoleError::Unavailable(format!("stream {stream} is restarting, try again")))
+        Err(RoleError::Unavailable(format!(
+            "stream {stream} is restarting, try again"
+        )))
     }
 
     fn lookup(&self, stream: &StreamId) -> Option<(ActorRef<StreamMsg>, Arc<Broadcast>)> {
-        self.lock().streams.get(stream).map(|e| (e.actor.clone(), e.broadcast.clone()))
+        self.lock()
+            .streams
+            .get(stream)
+            .map(|e| (e.actor.clone(), e.broadcast.clone()))
     }
 
-    async fn create(&self, stream: &StreamId) -> Result<(ActorRef<StreamMsg>, Arc<Broadcast>), RoleError> {
+    async fn create(
+        &self,
+        stream: &StreamId,
+    ) -> Result<(ActorRef<StreamMsg>, Arc<Broadcast>), RoleError> {
         let broadcast = Broadcast::new(stream.clone());
         let args = stream::StreamArgs {
             broadcast: broadcast.clone(),
@@ -120,20 +134,35 @@ impl StreamRegistry {
             actor.stop(None);
             return Ok((existing.actor.clone(), existing.broadcast.clone()));
         }
-        tables.streams.insert(stream.clone(), StreamEntry { actor: actor.clone(), broadcast: broadcast.clone() });
+        tables.streams.insert(
+            stream.clone(),
+            StreamEntry {
+                actor: actor.clone(),
+                broadcast: broadcast.clone(),
+            },
+        );
         metrics::gauge!("cascade_streams_live").set(tables.streams.len() as f64);
         Ok((actor, broadcast))
     }
 
     pub(crate) fn forget_stream(&self, stream: &StreamId, actor: &ActorRef<StreamMsg>) {
         let mut tables = self.lock();
-        if tables.streams.get(stream).is_some_and(|e| e.actor.get_id() == actor.get_id()) {
+        if tables
+            .streams
+            .get(stream)
+            .is_some_and(|e| e.actor.get_id() == actor.get_id())
+        {
             tables.streams.remove(stream);
         }
         metrics::gauge!("cascade_streams_live").set(tables.streams.len() as f64);
     }
 
-    pub(crate) fn register_session(&self, id: SessionId, stream: StreamId, actor: ActorRef<SessionMsg>) {
+    pub(crate) fn register_session(
+        &self,
+        id: SessionId,
+        stream: StreamId,
+        actor: ActorRef<SessionMsg>,
+    ) {
         self.lock().sessions.insert(id, (stream, actor));
     }
 
@@ -143,7 +172,10 @@ impl StreamRegistry {
 
     /// Ends a session at the client's request (HTTP DELETE).
     pub fn end_session(&self, stream: &StreamId, session: &str) -> Result<(), RoleError> {
-        let not_found = || RoleError::SessionNotFound { stream: stream.clone(), session: session.chars().take(32).collect() };
+        let not_found = || RoleError::SessionNotFound {
+            stream: stream.clone(),
+            session: session.chars().take(32).collect(),
+        };
         let id = SessionId::parse(session).ok_or_else(not_found)?;
         let tables = self.lock();
         match tables.sessions.get(&id) {
@@ -157,7 +189,12 @@ impl StreamRegistry {
 
     /// What every live stream looks like now.
     pub async fn list(&self) -> Vec<StreamInfo> {
-        let actors: Vec<ActorRef<StreamMsg>> = self.lock().streams.values().map(|e| e.actor.clone()).collect();
+        let actors: Vec<ActorRef<StreamMsg>> = self
+            .lock()
+            .streams
+            .values()
+            .map(|e| e.actor.clone())
+            .collect();
         let mut infos = Vec::with_capacity(actors.len());
         for actor in actors {
             if let Ok(info) = ractor::call!(actor, StreamMsg::Info) {
@@ -170,7 +207,9 @@ impl StreamRegistry {
 
     /// What one stream looks like now.
     pub async fn info(&self, stream: &StreamId) -> Result<StreamInfo, RoleError> {
-        let (actor, _) = self.lookup(stream).ok_or_else(|| RoleError::StreamNotFound(stream.clone()))?;
+        let (actor, _) = self
+            .lookup(stream)
+            .ok_or_else(|| RoleError::StreamNotFound(stream.clone()))?;
         ractor::call!(actor, StreamMsg::Info).map_err(|_| RoleError::StreamNotFound(stream.clone()))
     }
 }

@@ -13,14 +13,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cascade_protocol::media::TrackInfo;
 use cascade_protocol::StreamId;
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use cascade_protocol::media::TrackInfo;
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
+};
 
 use super::StreamRegistry;
-use crate::broadcast::Broadcast;
-use crate::session::{outcome_label, SessionActor, SessionArgs, SessionId, SessionKind, SessionMsg};
 use crate::RoleError;
+use crate::broadcast::Broadcast;
+use crate::session::{
+    SessionActor, SessionArgs, SessionId, SessionKind, SessionMsg, outcome_label,
+};
 
 /// Messages to a stream actor.
 pub enum StreamMsg {
@@ -123,7 +127,12 @@ impl PublisherSlot {
     }
 
     /// A session ended at `now`.
-    pub fn on_session_end(&mut self, session: SessionId, now: Instant, grace: Duration) -> SlotDecision {
+    pub fn on_session_end(
+        &mut self,
+        session: SessionId,
+        now: Instant,
+        grace: Duration,
+    ) -> SlotDecision {
         match self {
             PublisherSlot::Live { session: live } if *live == session => {
                 let deadline = now + grace;
@@ -175,11 +184,16 @@ pub struct StreamState {
     started_unix: u64,
     last_bytes: u64,
     bitrate_bps: u64,
+    /// Set when the stream ended; the actor stops once its last session is accounted for.
+    ending: bool,
 }
 
 impl StreamState {
     fn viewers(&self) -> usize {
-        self.members.values().filter(|m| m.kind == SessionKind::Viewer).count()
+        self.members
+            .values()
+            .filter(|m| m.kind == SessionKind::Viewer)
+            .count()
     }
 
     fn publish_viewer_gauge(&self) {
@@ -200,10 +214,14 @@ impl Actor for StreamActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         myself.send_interval(Duration::from_secs(1), || StreamMsg::Tick);
         tracing::info!(stream = %args.broadcast.id(), "stream created");
-        let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let started_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         Ok(StreamState {
             // Until the first publisher is admitted the stream waits, like after a drop.
-            slot: PublisherSlot::Waiting { deadline: Instant::now() + args.reconnect_grace },
+            slot: PublisherSlot::Waiting {
+                deadline: Instant::now() + args.reconnect_grace,
+            },
             args,
             grace_generation: 0,
             members: HashMap::new(),
@@ -211,6 +229,7 @@ impl Actor for StreamActor {
             started_unix,
             last_bytes: 0,
             bitrate_bps: 0,
+            ending: false,
         })
     }
 
@@ -221,7 +240,13 @@ impl Actor for StreamActor {
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StreamMsg::Admit { kind, session, protocol, remote, reply } => {
+            StreamMsg::Admit {
+                kind,
+                session,
+                protocol,
+                remote,
+                reply,
+            } => {
                 let result = admit(&myself, state, kind, session, protocol, remote).await;
                 let _ = reply.send(result);
             }
@@ -230,6 +255,7 @@ impl Actor for StreamActor {
             }
             StreamMsg::GraceExpired(generation) => {
                 if generation == state.grace_generation
+                    && !state.ending
                     && state.slot.on_tick(Instant::now()) == SlotDecision::EndStream
                 {
                     end_stream(&myself, state);
@@ -240,7 +266,7 @@ impl Actor for StreamActor {
                 state.bitrate_bps = (bytes - state.last_bytes) * 8;
                 state.last_bytes = bytes;
                 // A stream nobody ever published to (a refused offer) also times out here.
-                if state.slot.on_tick(Instant::now()) == SlotDecision::EndStream {
+                if !state.ending && state.slot.on_tick(Instant::now()) == SlotDecision::EndStream {
                     end_stream(&myself, state);
                 }
             }
@@ -265,15 +291,23 @@ impl Actor for StreamActor {
             }
             _ => return Ok(()),
         };
-        let Some(member) = state.members.remove(&cell.get_id()) else { return Ok(()) };
+        let Some(member) = state.members.remove(&cell.get_id()) else {
+            return Ok(());
+        };
         // The engine may still hold the media of a crashed session: make sure it is gone.
         state.args.registry.engine().close(member.id);
         state.args.registry.forget_session(member.id);
         metrics::counter!("cascade_sessions_ended_total", "kind" => member.kind.label(), "outcome" => outcome)
             .increment(1);
         state.publish_viewer_gauge();
+        if state.ending && state.members.is_empty() {
+            myself.stop(Some("stream ended".into()));
+            return Ok(());
+        }
         let grace = state.args.reconnect_grace;
-        if let SlotDecision::StartGrace(_) = state.slot.on_session_end(member.id, Instant::now(), grace) {
+        if let SlotDecision::StartGrace(_) =
+            state.slot.on_session_end(member.id, Instant::now(), grace)
+        {
             state.grace_generation += 1;
             let generation = state.grace_generation;
             tracing::info!(
@@ -292,8 +326,12 @@ impl Actor for StreamActor {
         myself: ActorRef<Self::Msg>,
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.registry.forget_stream(state.args.broadcast.id(), &myself);
-        metrics::gauge!("cascade_viewers", "stream" => state.args.broadcast.id().to_string()).set(0.0);
+        state
+            .args
+            .registry
+            .forget_stream(state.args.broadcast.id(), &myself);
+        metrics::gauge!("cascade_viewers", "stream" => state.args.broadcast.id().to_string())
+            .set(0.0);
         tracing::info!(stream = %state.args.broadcast.id(), "stream ended");
         Ok(())
     }
@@ -329,7 +367,17 @@ async fn admit(
         state.grace_generation += 1; // cancels a pending grace expiry
         tracing::info!(%stream, session = %session, protocol, ?remote, "publisher live");
     }
-    state.members.insert(actor.get_id(), Member { id: session, kind, actor: actor.clone(), protocol, remote, joined: Instant::now() });
+    state.members.insert(
+        actor.get_id(),
+        Member {
+            id: session,
+            kind,
+            actor: actor.clone(),
+            protocol,
+            remote,
+            joined: Instant::now(),
+        },
+    );
     state.publish_viewer_gauge();
     Ok(actor)
 }
@@ -340,29 +388,52 @@ fn end_stream(myself: &ActorRef<StreamMsg>, state: &mut StreamState) {
         viewers = state.viewers(),
         "no publisher came back within the grace period; ending the stream"
     );
+    // New publishers start a fresh stream from now on; this actor lingers only until each of
+    // its sessions has ended and been counted.
+    state.ending = true;
+    state
+        .args
+        .registry
+        .forget_stream(state.args.broadcast.id(), myself);
     for member in state.members.values() {
         let _ = member.actor.cast(SessionMsg::StreamEnded);
     }
-    // Stop after the children had a chance to end; their supervision events are then moot.
-    myself.stop(Some("stream ended".into()));
+    if state.members.is_empty() {
+        myself.stop(Some("stream ended".into()));
+    }
 }
 
 fn info(state: &StreamState) -> StreamInfo {
-    let publisher = match &state.slot {
-        PublisherSlot::Live { session } => state.members.values().find(|m| m.id == *session).map(|m| PublisherInfo {
-            protocol: m.protocol,
-            remote_addr: m.remote,
-            session: m.id.to_string(),
-            connected_secs: m.joined.elapsed().as_secs_f64(),
-        }),
-        PublisherSlot::Waiting { .. } => None,
-    };
+    let publisher =
+        match &state.slot {
+            PublisherSlot::Live { session } => state
+                .members
+                .values()
+                .find(|m| m.id == *session)
+                .map(|m| PublisherInfo {
+                    protocol: m.protocol,
+                    remote_addr: m.remote,
+                    session: m.id.to_string(),
+                    connected_secs: m.joined.elapsed().as_secs_f64(),
+                }),
+            PublisherSlot::Waiting { .. } => None,
+        };
     StreamInfo {
         id: state.args.broadcast.id().clone(),
-        state: if publisher.is_some() { "live" } else { "reconnecting" },
+        state: if publisher.is_some() {
+            "live"
+        } else {
+            "reconnecting"
+        },
         publisher,
         viewers: state.viewers(),
-        tracks: state.args.broadcast.tracks().iter().filter_map(|t| t.info()).collect(),
+        tracks: state
+            .args
+            .broadcast
+            .tracks()
+            .iter()
+            .filter_map(|t| t.info())
+            .collect(),
         bitrate_bps: state.bitrate_bps,
         uptime_secs: state.started.elapsed().as_secs_f64(),
         started_at_unix: state.started_unix,
@@ -378,14 +449,33 @@ mod tests {
         let t0 = Instant::now();
         let grace = Duration::from_secs(10);
         let (a, b) = (SessionId(1), SessionId(2));
-        let mut slot = PublisherSlot::Waiting { deadline: t0 + grace };
+        let mut slot = PublisherSlot::Waiting {
+            deadline: t0 + grace,
+        };
         assert_eq!(slot.on_publish(a), SlotDecision::Accept);
         assert_eq!(slot.on_publish(b), SlotDecision::Conflict);
-        assert_eq!(slot.on_session_end(b, t0, grace), SlotDecision::Nothing, "a viewer or refused session");
-        assert_eq!(slot.on_session_end(a, t0, grace), SlotDecision::StartGrace(t0 + grace));
-        assert_eq!(slot.on_tick(t0 + Duration::from_secs(9)), SlotDecision::Nothing);
-        assert_eq!(slot.on_publish(b), SlotDecision::Accept, "the publisher came back in time");
-        assert_eq!(slot.on_tick(t0 + Duration::from_secs(60)), SlotDecision::Nothing);
+        assert_eq!(
+            slot.on_session_end(b, t0, grace),
+            SlotDecision::Nothing,
+            "a viewer or refused session"
+        );
+        assert_eq!(
+            slot.on_session_end(a, t0, grace),
+            SlotDecision::StartGrace(t0 + grace)
+        );
+        assert_eq!(
+            slot.on_tick(t0 + Duration::from_secs(9)),
+            SlotDecision::Nothing
+        );
+        assert_eq!(
+            slot.on_publish(b),
+            SlotDecision::Accept,
+            "the publisher came back in time"
+        );
+        assert_eq!(
+            slot.on_tick(t0 + Duration::from_secs(60)),
+            SlotDecision::Nothing
+        );
         slot.on_session_end(b, t0, grace);
         assert_eq!(slot.on_tick(t0 + grace), SlotDecision::EndStream);
     }

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use cascade_protocol::StreamId;
 
 use super::StreamRegistry;
-use crate::session::SessionKind;
-use crate::webrtc::{open_session, NegotiatedSession};
 use crate::RoleError;
+use crate::session::SessionKind;
+use crate::webrtc::{NegotiatedSession, open_session};
 
 /// Answers a WHIP offer for `stream`: 409 if another publisher is live, 400/406 for a bad offer.
 pub async fn publish(
@@ -16,5 +16,13 @@ pub async fn publish(
     offer_sdp: &str,
     remote: Option<SocketAddr>,
 ) -> Result<NegotiatedSession, RoleError> {
-    open_session(registry, stream, SessionKind::Publisher, "whip", offer_sdp, remote).await
+    open_session(
+        registry,
+        stream,
+        SessionKind::Publisher,
+        "whip",
+        offer_sdp,
+        remote,
+    )
+    .await
 }

@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cascade_protocol::media::{Codec, Frame, MediaKind};
 use cascade_protocol::StreamId;
+use cascade_protocol::media::{Codec, Frame, MediaKind};
 use ractor::ActorRef;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{Frequency, KeyframeRequestKind, MediaTime, Mid, Pt};
@@ -64,7 +64,10 @@ struct EngineSink {
 
 impl FrameSink for EngineSink {
     fn deliver(&mut self, frame: &Frame) -> Delivery {
-        match self.tx.try_send(FrameToEngine { key: self.key.clone(), frame: frame.clone() }) {
+        match self.tx.try_send(FrameToEngine {
+            key: self.key.clone(),
+            frame: frame.clone(),
+        }) {
             Ok(()) => Delivery::Accepted,
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
@@ -140,7 +143,9 @@ pub(crate) fn spawn(
     commands: mpsc::UnboundedSender<Command>,
     command_rx: mpsc::UnboundedReceiver<Command>,
 ) {
-    let local = socket.local_addr().expect("a bound socket has a local address");
+    let local = socket
+        .local_addr()
+        .expect("a bound socket has a local address");
     let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
     let engine = Engine {
         socket,
@@ -208,8 +213,12 @@ impl Engine {
                 }
             }
             Command::RequestKeyframe(id) => {
-                let Some(&slot) = self.by_id.get(&id) else { return };
-                let Some(session) = self.slots[slot].as_mut() else { return };
+                let Some(&slot) = self.by_id.get(&id) else {
+                    return;
+                };
+                let Some(session) = self.slots[slot].as_mut() else {
+                    return;
+                };
                 if let Role::Publisher { video, .. } = &session.role
                     && let Some(mut writer) = video.mid.and_then(|mid| session.rtc.writer(mid))
                     && let Err(e) = writer.request_keyframe(None, KeyframeRequestKind::Pli)
@@ -224,12 +233,14 @@ impl Engine {
     fn add_session(&mut self, new: NewSession) {
         let stream = new.broadcast.id().to_string();
         let role = match new.kind {
-            SessionKind::Publisher => {
-                Role::Publisher { video: InTrack::default(), audio: InTrack::default() }
-            }
-            SessionKind::Viewer => {
-                Role::Viewer { video: OutTrack::default(), audio: OutTrack::default() }
-            }
+            SessionKind::Publisher => Role::Publisher {
+                video: InTrack::default(),
+                audio: InTrack::default(),
+            },
+            SessionKind::Viewer => Role::Viewer {
+                video: OutTrack::default(),
+                audio: OutTrack::default(),
+            },
         };
         self.generation += 1;
         let session = Session {
@@ -263,7 +274,8 @@ impl Engine {
     fn handle_datagram(&mut self, bytes: &[u8], source: SocketAddr) {
         if self.loopback_only && !source.ip().is_loopback() {
             // Bound to loopback we could not answer it anyway; never talk to other hosts.
-            metrics::counter!("cascade_udp_dropped_total", "reason" => "non_loopback_source").increment(1);
+            metrics::counter!("cascade_udp_dropped_total", "reason" => "non_loopback_source")
+                .increment(1);
             return;
         }
         let Ok(contents) = bytes.try_into() else {
@@ -273,7 +285,12 @@ impl Engine {
         let now = Instant::now();
         let input = Input::Receive(
             now,
-            Receive { proto: Protocol::Udp, source, destination: self.local, contents },
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
         );
         let slot = match self.by_addr.get(&source) {
             Some(&slot) => Some(slot),
@@ -286,7 +303,9 @@ impl Engine {
             metrics::counter!("cascade_udp_dropped_total", "reason" => "no_session").increment(1);
             return;
         };
-        let Some(session) = self.slots[slot].as_mut() else { return };
+        let Some(session) = self.slots[slot].as_mut() else {
+            return;
+        };
         if session.addr != Some(source) {
             if let Some(old) = session.addr.replace(source) {
                 self.by_addr.remove(&old);
@@ -301,12 +320,16 @@ impl Engine {
 
     fn handle_frame(&mut self, delivered: FrameToEngine) {
         let FrameToEngine { key, frame } = delivered;
-        let Some(subscription) = self.subscriptions.get(&key) else { return };
+        let Some(subscription) = self.subscriptions.get(&key) else {
+            return;
+        };
         // Indices are copied out so that sessions can be driven (and removed) in the loop.
         let viewers = subscription.viewers.clone();
         let now = Instant::now();
         for slot in viewers {
-            let Some(session) = self.slots[slot].as_mut() else { continue };
+            let Some(session) = self.slots[slot].as_mut() else {
+                continue;
+            };
             write_to_viewer(session, key.1, &frame, frame.timestamp, now);
             self.drive(slot);
         }
@@ -319,7 +342,9 @@ impl Engine {
                 break;
             }
             self.timers.pop();
-            let Some(session) = self.slots[slot].as_mut() else { continue };
+            let Some(session) = self.slots[slot].as_mut() else {
+                continue;
+            };
             if session.generation != generation || session.deadline > now {
                 continue; // a stale entry: the session moved its deadline or the slot was reused
             }
@@ -335,7 +360,9 @@ impl Engine {
         let mut followups: Vec<Followup> = Vec::new();
         let mut closed: Option<String> = None;
         {
-            let Some(session) = self.slots[slot].as_mut() else { return };
+            let Some(session) = self.slots[slot].as_mut() else {
+                return;
+            };
             loop {
                 if !session.rtc.is_alive() {
                     closed.get_or_insert_with(|| "peer connection closed".into());
@@ -356,7 +383,9 @@ impl Engine {
                         }
                     }
                     Ok(Output::Event(event)) => {
-                        if let Some(reason) = handle_event(session, event, &self.commands, &mut followups) {
+                        if let Some(reason) =
+                            handle_event(session, event, &self.commands, &mut followups)
+                        {
                             closed = Some(reason);
                             session.rtc.disconnect();
                         }
@@ -381,12 +410,20 @@ impl Engine {
 
     /// A viewer's outgoing track is negotiated: subscribe (once per track) and prime it.
     fn attach_viewer_track(&mut self, slot: usize, kind: MediaKind) {
-        let Some(session) = self.slots[slot].as_mut() else { return };
+        let Some(session) = self.slots[slot].as_mut() else {
+            return;
+        };
         let key = (session.broadcast.id().clone(), kind);
         let track = session.broadcast.track(kind).clone();
         let subscription = self.subscriptions.entry(key.clone()).or_insert_with(|| {
-            let sink = EngineSink { key: key.clone(), tx: self.frames_tx.clone() };
-            Subscription { viewers: Vec::new(), subscriber_id: track.subscribe(Box::new(sink)) }
+            let sink = EngineSink {
+                key: key.clone(),
+                tx: self.frames_tx.clone(),
+            };
+            Subscription {
+                viewers: Vec::new(),
+                subscriber_id: track.subscribe(Box::new(sink)),
+            }
         });
         subscription.viewers.push(slot);
         if kind == MediaKind::Video {
@@ -407,7 +444,9 @@ impl Engine {
     }
 
     fn remove(&mut self, slot: usize, reason: Option<String>) {
-        let Some(session) = self.slots[slot].take() else { return };
+        let Some(session) = self.slots[slot].take() else {
+            return;
+        };
         self.free.push(slot);
         self.by_id.remove(&session.id);
         if let Some(addr) = session.addr {
@@ -420,7 +459,10 @@ impl Engine {
                     if let Some(subscription) = self.subscriptions.get_mut(&key) {
                         subscription.viewers.retain(|&v| v != slot);
                         if subscription.viewers.is_empty() {
-                            session.broadcast.track(kind).unsubscribe(subscription.subscriber_id);
+                            session
+                                .broadcast
+                                .track(kind)
+                                .unsubscribe(subscription.subscriber_id);
                             self.subscriptions.remove(&key);
                         }
                     }
@@ -457,18 +499,28 @@ fn handle_event(
             };
             match &mut session.role {
                 Role::Publisher { video, audio } => {
-                    let track = if kind == MediaKind::Video { video } else { audio };
+                    let track = if kind == MediaKind::Video {
+                        video
+                    } else {
+                        audio
+                    };
                     track.mid = Some(added.mid);
                 }
                 Role::Viewer { video, audio } => {
-                    let track = if kind == MediaKind::Video { video } else { audio };
+                    let track = if kind == MediaKind::Video {
+                        video
+                    } else {
+                        audio
+                    };
                     track.mid = Some(added.mid);
                     followups.push(Followup::ViewerTrackOpened(kind));
                 }
             }
         }
         Event::MediaData(data) => {
-            let Role::Publisher { video, audio } = &mut session.role else { return None };
+            let Role::Publisher { video, audio } = &mut session.role else {
+                return None;
+            };
             let (in_track, kind) = if Some(data.mid) == video.mid {
                 (video, MediaKind::Video)
             } else if Some(data.mid) == audio.mid {
@@ -485,8 +537,8 @@ fn handle_event(
             let track = session.broadcast.track(kind);
             if in_track.codec != Some(codec) {
                 in_track.codec = Some(codec);
-                let upstream: Option<crate::broadcast::KeyframeUpstream> = (kind == MediaKind::Video)
-                    .then(|| {
+                let upstream: Option<crate::broadcast::KeyframeUpstream> =
+                    (kind == MediaKind::Video).then(|| {
                         let commands = commands.clone();
                         let id = session.id;
                         Arc::new(move || {
@@ -504,11 +556,19 @@ fn handle_event(
             if !data.contiguous && kind == MediaKind::Video {
                 let _ = commands.send(Command::RequestKeyframe(session.id));
             }
-            track.publish_rtp(data.time.numer() as u32, data.network_time, data.is_keyframe(), data.data);
+            track.publish_rtp(
+                data.time.numer() as u32,
+                data.network_time,
+                data.is_keyframe(),
+                data.data,
+            );
         }
         Event::KeyframeRequest(_) => {
             if matches!(session.role, Role::Viewer { .. }) {
-                session.broadcast.track(MediaKind::Video).request_keyframe(Instant::now());
+                session
+                    .broadcast
+                    .track(MediaKind::Video)
+                    .request_keyframe(Instant::now());
             }
         }
         _ => {}
@@ -517,9 +577,21 @@ fn handle_event(
 }
 
 /// Writes one frame to a viewer's outgoing track, if that track is open and has started.
-fn write_to_viewer(session: &mut Session, kind: MediaKind, frame: &Frame, timestamp: u64, now: Instant) {
-    let Role::Viewer { video, audio } = &mut session.role else { return };
-    let out = if kind == MediaKind::Video { video } else { audio };
+fn write_to_viewer(
+    session: &mut Session,
+    kind: MediaKind,
+    frame: &Frame,
+    timestamp: u64,
+    now: Instant,
+) {
+    let Role::Viewer { video, audio } = &mut session.role else {
+        return;
+    };
+    let out = if kind == MediaKind::Video {
+        video
+    } else {
+        audio
+    };
     let Some(mid) = out.mid else { return };
     if frame.seq < out.next_seq {
         return;
@@ -530,8 +602,12 @@ fn write_to_viewer(session: &mut Session, kind: MediaKind, frame: &Frame, timest
         }
         out.started = true;
     }
-    let Some(codec) = session.broadcast.track(kind).info().map(|i| i.codec) else { return };
-    let Some(writer) = session.rtc.writer(mid) else { return };
+    let Some(codec) = session.broadcast.track(kind).info().map(|i| i.codec) else {
+        return;
+    };
+    let Some(writer) = session.rtc.writer(mid) else {
+        return;
+    };
     let pt = match out.pt {
         Some(pt) => pt,
         None => {
@@ -544,9 +620,20 @@ fn write_to_viewer(session: &mut Session, kind: MediaKind, frame: &Frame, timest
             pt
         }
     };
-    let Some(writer) = session.rtc.writer(mid) else { return };
-    let frequency = if codec.clock_rate() == 48_000 { Frequency::FORTY_EIGHT_KHZ } else { Frequency::NINETY_KHZ };
-    match writer.write(pt, now, MediaTime::new(timestamp, frequency), frame.payload.clone()) {
+    let Some(writer) = session.rtc.writer(mid) else {
+        return;
+    };
+    let frequency = if codec.clock_rate() == 48_000 {
+        Frequency::FORTY_EIGHT_KHZ
+    } else {
+        Frequency::NINETY_KHZ
+    };
+    match writer.write(
+        pt,
+        now,
+        MediaTime::new(timestamp, frequency),
+        frame.payload.clone(),
+    ) {
         Ok(()) => out.next_seq = frame.seq + 1,
         Err(e) => tracing::debug!(session = %session.id, error = %e, "write failed"),
     }

@@ -16,9 +16,9 @@ use str0m::change::SdpOffer;
 use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 
+use crate::RoleError;
 use crate::broadcast::Broadcast;
 use crate::session::{SessionId, SessionKind, SessionMsg};
-use crate::RoleError;
 
 pub(crate) use engine::Command;
 
@@ -44,15 +44,22 @@ impl WebRtcEngine {
         str0m::crypto::from_feature_flags().install_process_default();
         let socket = tokio::net::UdpSocket::bind(settings.bind)
             .await
-            .map_err(|source| RoleError::Bind { addr: settings.bind, source })?;
-        let local = socket
-            .local_addr()
-            .map_err(|source| RoleError::Bind { addr: settings.bind, source })?;
+            .map_err(|source| RoleError::Bind {
+                addr: settings.bind,
+                source,
+            })?;
+        let local = socket.local_addr().map_err(|source| RoleError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
         let advertised = SocketAddr::new(settings.public_ip.unwrap_or(local.ip()), local.port());
         let (commands, command_rx) = mpsc::unbounded_channel();
         engine::spawn(socket, commands.clone(), command_rx);
         tracing::info!(%local, %advertised, "WebRTC media socket bound");
-        Ok(Self { commands, advertised })
+        Ok(Self {
+            commands,
+            advertised,
+        })
     }
 
     /// The UDP address put in ICE candidates.
@@ -63,8 +70,8 @@ impl WebRtcEngine {
     /// Parses and checks an SDP offer and builds the `Rtc` that answers it.
     pub fn answer(&self, offer_sdp: &str) -> Result<(Rtc, String), RoleError> {
         offer::check_codecs(offer_sdp)?;
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| RoleError::BadOffer(e.to_string()))?;
+        let offer =
+            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| RoleError::BadOffer(e.to_string()))?;
         let mut rtc = RtcConfig::new()
             .set_ice_lite(true)
             .clear_codecs()
@@ -92,7 +99,13 @@ impl WebRtcEngine {
         actor: ActorRef<SessionMsg>,
     ) -> Result<(), RoleError> {
         self.commands
-            .send(Command::Add(Box::new(engine::NewSession { id, kind, rtc, broadcast, actor })))
+            .send(Command::Add(Box::new(engine::NewSession {
+                id,
+                kind,
+                rtc,
+                broadcast,
+                actor,
+            })))
             .map_err(|_| RoleError::Unavailable("WebRTC engine stopped".into()))
     }
 
@@ -124,10 +137,21 @@ pub async fn open_session(
     let engine = registry.engine();
     let (rtc, answer_sdp) = engine.answer(offer_sdp)?;
     let session = SessionId::random();
-    let admitted = registry.admit(stream, kind, session, protocol, remote).await?;
-    if let Err(e) = engine.add_session(session, kind, rtc, admitted.broadcast, admitted.actor.clone()) {
+    let admitted = registry
+        .admit(stream, kind, session, protocol, remote)
+        .await?;
+    if let Err(e) = engine.add_session(
+        session,
+        kind,
+        rtc,
+        admitted.broadcast,
+        admitted.actor.clone(),
+    ) {
         admitted.actor.stop(Some("engine unavailable".into()));
         return Err(e);
     }
-    Ok(NegotiatedSession { session, answer_sdp })
+    Ok(NegotiatedSession {
+        session,
+        answer_sdp,
+    })
 }

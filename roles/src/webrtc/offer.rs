@@ -5,10 +5,14 @@ use crate::RoleError;
 /// Accepts the offer when at least one media line offers a codec we carry.
 pub fn check_codecs(sdp: &str) -> Result<(), RoleError> {
     if !sdp.trim_start().starts_with("v=0") {
-        return Err(RoleError::BadOffer("an SDP offer starts with \"v=0\"".into()));
+        return Err(RoleError::BadOffer(
+            "an SDP offer starts with \"v=0\"".into(),
+        ));
     }
     if !sdp.lines().any(|l| l.starts_with("m=")) {
-        return Err(RoleError::BadOffer("the offer has no media line (m=)".into()));
+        return Err(RoleError::BadOffer(
+            "the offer has no media line (m=)".into(),
+        ));
     }
     let offered: Vec<&str> = sdp
         .lines()
@@ -16,16 +20,19 @@ pub fn check_codecs(sdp: &str) -> Result<(), RoleError> {
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter_map(|enc| enc.split('/').next())
         .collect();
-    let supported = |name: &&str| {
-        ["h264", "vp8", "opus"].contains(&name.to_ascii_lowercase().as_str())
-    };
+    let supported =
+        |name: &&str| ["h264", "vp8", "opus"].contains(&name.to_ascii_lowercase().as_str());
     if offered.iter().any(supported) {
         Ok(())
     } else {
         let mut names: Vec<&str> = offered;
         names.sort_unstable();
         names.dedup();
-        Err(RoleError::NoSupportedCodec(if names.is_empty() { "none".into() } else { names.join(", ") }))
+        Err(RoleError::NoSupportedCodec(if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }))
     }
 }
 

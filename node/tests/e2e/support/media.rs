@@ -9,12 +9,31 @@ use sha2::{Digest, Sha256};
 /// Encodes `seconds` of 640x360 30 fps test pattern with a keyframe every `gop` frames, no
 /// B-frames, constrained baseline; returns one Annex B access unit per frame.
 pub fn encode_h264(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
-    let path = std::env::temp_dir().join(format!("cascade-e2e-{}-{seconds}s-gop{gop}.h264", std::process::id()));
+    let path = std::env::temp_dir().join(format!(
+        "cascade-e2e-{}-{seconds}s-gop{gop}.h264",
+        std::process::id()
+    ));
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc=size=640x360:rate=30:duration={seconds}"))
-        .args(["-c:v", "libx264", "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-bf", "0"])
-        .args(["-g", &gop.to_string(), "-keyint_min", &gop.to_string(), "-sc_threshold", "0"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-pix_fmt",
+            "yuv420p",
+            "-bf",
+            "0",
+        ])
+        .args([
+            "-g",
+            &gop.to_string(),
+            "-keyint_min",
+            &gop.to_string(),
+            "-sc_threshold",
+            "0",
+        ])
         .args(["-x264-params", "aud=1", "-f", "h264"])
         .arg(&path)
         .status()
@@ -27,11 +46,21 @@ pub fn encode_h264(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
 
 /// Encodes `seconds` of a sine tone as 20 ms Opus packets.
 pub fn encode_opus(seconds: u32) -> Vec<Vec<u8>> {
-    let path = std::env::temp_dir().join(format!("cascade-e2e-{}-{seconds}s.ogg", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("cascade-e2e-{}-{seconds}s.ogg", std::process::id()));
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("sine=frequency=440:duration={seconds}"))
-        .args(["-c:a", "libopus", "-frame_duration", "20", "-page_duration", "20000", "-f", "ogg"])
+        .args([
+            "-c:a",
+            "libopus",
+            "-frame_duration",
+            "20",
+            "-page_duration",
+            "20000",
+            "-f",
+            "ogg",
+        ])
         .arg(&path)
         .status()
         .expect("ffmpeg is installed");

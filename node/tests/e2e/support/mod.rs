@@ -15,7 +15,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

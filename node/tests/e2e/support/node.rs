@@ -32,17 +32,31 @@ impl Node {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)
-            .env("RUST_LOG", std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = command.spawn().expect("spawning the cascade binary");
-        let node = Node { child, http: format!("http://{ip}:18080"), ip, data_dir };
+        let node = Node {
+            child,
+            http: format!("http://{ip}:18080"),
+            ip,
+            data_dir,
+        };
         let client = reqwest::Client::new();
         let health = format!("{}/healthz", node.http);
         wait_for("node answers /healthz", Duration::from_secs(20), || {
             let client = client.clone();
             let health = health.clone();
-            async move { client.get(&health).send().await.is_ok_and(|r| r.status().is_success()) }
+            async move {
+                client
+                    .get(&health)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
         })
         .await;
         node
@@ -54,14 +68,22 @@ impl Node {
 
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     /// `GET` a JSON document.
     pub async fn json(&self, path: &str) -> (u16, serde_json::Value) {
         let response = reqwest::get(self.url(path)).await.unwrap();
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::mpsc;
@@ -16,8 +17,9 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, register_default_interceptors,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    register_default_interceptors,
 };
 
 use super::media::{H264Depacketizer, fingerprint, is_idr};
@@ -28,11 +30,11 @@ fn h264() -> RTCRtpCodecParameters {
             mime_type: "video/H264".to_owned(),
             clock_rate: 90000,
             channels: 0,
-            sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".to_owned(),
+            sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+                .to_owned(),
             rtcp_feedback: vec![],
         },
         payload_type: 102,
-        ..Default::default()
     }
 }
 
@@ -46,7 +48,6 @@ fn opus() -> RTCRtpCodecParameters {
             rtcp_feedback: vec![],
         },
         payload_type: 111,
-        ..Default::default()
     }
 }
 
@@ -73,17 +74,27 @@ impl PeerConnectionEventHandler for Events {
 async fn peer(
     ip: &str,
     tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
-) -> (Arc<dyn PeerConnection>, mpsc::UnboundedReceiver<RTCPeerConnectionState>) {
+) -> (
+    Arc<dyn PeerConnection>,
+    mpsc::UnboundedReceiver<RTCPeerConnectionState>,
+) {
     let mut media_engine = MediaEngine::default();
-    media_engine.register_codec(h264(), RtpCodecKind::Video).unwrap();
-    media_engine.register_codec(opus(), RtpCodecKind::Audio).unwrap();
+    media_engine
+        .register_codec(h264(), RtpCodecKind::Video)
+        .unwrap();
+    media_engine
+        .register_codec(opus(), RtpCodecKind::Audio)
+        .unwrap();
     let registry = register_default_interceptors(Registry::new(), &mut media_engine).unwrap();
     let (state_tx, state_rx) = mpsc::unbounded_channel();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(media_engine)
         .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Events { state: state_tx, tracks }))
+        .with_handler(Arc::new(Events {
+            state: state_tx,
+            tracks,
+        }))
         // Loopback only: the test network is 127.0.0.0/8.
         .with_udp_addrs(vec![format!("{ip}:0")])
         .build()
@@ -93,7 +104,11 @@ async fn peer(
 }
 
 /// POSTs the local offer; returns the HTTP status, and on 201 the session URL.
-async fn signal(pc: &Arc<dyn PeerConnection>, url: &str, token: Option<&str>) -> Result<String, (u16, String)> {
+async fn signal(
+    pc: &Arc<dyn PeerConnection>,
+    url: &str,
+    token: Option<&str>,
+) -> Result<String, (u16, String)> {
     let offer = pc.create_offer(None).await.unwrap();
     pc.set_local_description(offer.clone()).await.unwrap();
     let mut request = reqwest::Client::new()
@@ -105,14 +120,22 @@ async fn signal(pc: &Arc<dyn PeerConnection>, url: &str, token: Option<&str>) ->
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
-    let location = response.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
+    let location = response
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
     let body = response.text().await.unwrap();
     if status != 201 {
         return Err((status, body));
     }
-    pc.set_remote_description(RTCSessionDescription::answer(body).unwrap()).await.unwrap();
+    pc.set_remote_description(RTCSessionDescription::answer(body).unwrap())
+        .await
+        .unwrap();
     let base = url.split("/wh").next().unwrap();
-    Ok(format!("{base}{}", location.expect("201 carries a Location")))
+    Ok(format!(
+        "{base}{}",
+        location.expect("201 carries a Location")
+    ))
 }
 
 async fn wait_connected(states: &mut mpsc::UnboundedReceiver<RTCPeerConnectionState>) {
@@ -121,7 +144,9 @@ async fn wait_connected(states: &mut mpsc::UnboundedReceiver<RTCPeerConnectionSt
         while let Some(state) = states.recv().await {
             match state {
                 RTCPeerConnectionState::Connected => return,
-                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => panic!("peer connection {state}"),
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    panic!("peer connection {state}")
+                }
                 _ => {}
             }
         }
@@ -150,7 +175,10 @@ fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> Arc<TrackLo
                 format!("cascade-test-{kind}"),
                 kind,
                 vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
                     codec,
                     ..Default::default()
                 }],
@@ -162,26 +190,57 @@ fn local_track(kind: RtpCodecKind, codec: RTCRtpCodec, ssrc: u32) -> Arc<TrackLo
 
 impl Publisher {
     /// Connects to a WHIP URL; returns the HTTP refusal as `Err((status, body))`.
-    pub async fn connect(ip: &str, url: &str, token: Option<&str>) -> Result<Publisher, (u16, String)> {
+    pub async fn connect(
+        ip: &str,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<Publisher, (u16, String)> {
         let (pc, mut states) = peer(ip, None).await;
         let (video_ssrc, audio_ssrc) = (rand_u32(), rand_u32());
         let video = local_track(RtpCodecKind::Video, h264().rtp_codec, video_ssrc);
         let audio = local_track(RtpCodecKind::Audio, opus().rtp_codec, audio_ssrc);
-        pc.add_track(video.clone() as Arc<dyn TrackLocal>).await.unwrap();
-        pc.add_track(audio.clone() as Arc<dyn TrackLocal>).await.unwrap();
+        pc.add_track(video.clone() as Arc<dyn TrackLocal>)
+            .await
+            .unwrap();
+        pc.add_track(audio.clone() as Arc<dyn TrackLocal>)
+            .await
+            .unwrap();
         let session_url = signal(&pc, url, token).await?;
         wait_connected(&mut states).await;
-        Ok(Publisher { pc, session_url, video, audio, video_ssrc, audio_ssrc })
+        Ok(Publisher {
+            pc,
+            session_url,
+            video,
+            audio,
+            video_ssrc,
+            audio_ssrc,
+        })
     }
 
     pub async fn send_video(&self, access_unit: &[u8]) {
-        let sample = Sample { data: access_unit.to_vec().into(), duration: Duration::from_millis(33), ..Sample::new(Instant::now()) };
-        self.video.sample_writer(self.video_ssrc, 102).write_sample(&sample).await.unwrap();
+        let sample = Sample {
+            data: access_unit.to_vec().into(),
+            duration: Duration::from_millis(33),
+            ..Sample::new(Instant::now())
+        };
+        self.video
+            .sample_writer(self.video_ssrc, 102)
+            .write_sample(&sample)
+            .await
+            .unwrap();
     }
 
     pub async fn send_audio(&self, packet: &[u8]) {
-        let sample = Sample { data: packet.to_vec().into(), duration: Duration::from_millis(20), ..Sample::new(Instant::now()) };
-        self.audio.sample_writer(self.audio_ssrc, 111).write_sample(&sample).await.unwrap();
+        let sample = Sample {
+            data: packet.to_vec().into(),
+            duration: Duration::from_millis(20),
+            ..Sample::new(Instant::now())
+        };
+        self.audio
+            .sample_writer(self.audio_ssrc, 111)
+            .write_sample(&sample)
+            .await
+            .unwrap();
     }
 
     /// Sends video access units at 30 fps and audio packets at 50 per second, interleaved.
@@ -205,7 +264,13 @@ impl Publisher {
 
     /// Ends the session the WHIP way: DELETE on its URL, then closes the connection.
     pub async fn delete(self) -> u16 {
-        let status = reqwest::Client::new().delete(&self.session_url).send().await.unwrap().status().as_u16();
+        let status = reqwest::Client::new()
+            .delete(&self.session_url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
         let _ = self.pc.close().await;
         status
     }
@@ -221,7 +286,11 @@ pub struct ReceivedUnit {
 
 /// A WHEP viewer that reassembles every H.264 access unit it receives.
 pub struct Viewer {
+    /// Held so that the connection lives as long as the viewer.
+    #[allow(dead_code)]
     pub pc: Arc<dyn PeerConnection>,
+    /// The WHEP session resource (for tests that DELETE it).
+    #[allow(dead_code)]
     pub session_url: String,
     pub requested_at: Instant,
     pub video: mpsc::UnboundedReceiver<ReceivedUnit>,
@@ -230,12 +299,25 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    pub async fn connect(ip: &str, url: &str, token: Option<&str>) -> Result<Viewer, (u16, String)> {
+    pub async fn connect(
+        ip: &str,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<Viewer, (u16, String)> {
         let (tracks_tx, mut tracks_rx) = mpsc::unbounded_channel::<Arc<dyn TrackRemote>>();
         let (pc, mut states) = peer(ip, Some(tracks_tx)).await;
-        let recvonly = || Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() });
-        pc.add_transceiver_from_kind(RtpCodecKind::Video, recvonly()).await.unwrap();
-        pc.add_transceiver_from_kind(RtpCodecKind::Audio, recvonly()).await.unwrap();
+        let recvonly = || {
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            })
+        };
+        pc.add_transceiver_from_kind(RtpCodecKind::Video, recvonly())
+            .await
+            .unwrap();
+        pc.add_transceiver_from_kind(RtpCodecKind::Audio, recvonly())
+            .await
+            .unwrap();
         let requested_at = Instant::now();
         let session_url = signal(&pc, url, token).await?;
         let (video_tx, video) = mpsc::unbounded_channel();
@@ -249,14 +331,24 @@ impl Viewer {
                 tokio::spawn(async move {
                     let mut depacketizer = H264Depacketizer::default();
                     while let Some(event) = track.poll().await {
-                        let TrackRemoteEvent::OnRtpPacket(packet) = event else { continue };
+                        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                            continue;
+                        };
                         if kind == RtpCodecKind::Audio {
                             audio_counter.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        if let Some(nals) = depacketizer.push(packet.header.timestamp, packet.header.marker, &packet.payload) {
+                        if let Some(nals) = depacketizer.push(
+                            packet.header.timestamp,
+                            packet.header.marker,
+                            &packet.payload,
+                        ) {
                             let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
-                            let unit = ReceivedUnit { fingerprint: fingerprint(&refs), keyframe: is_idr(&refs), at: Instant::now() };
+                            let unit = ReceivedUnit {
+                                fingerprint: fingerprint(&refs),
+                                keyframe: is_idr(&refs),
+                                at: Instant::now(),
+                            };
                             if video_tx.send(unit).is_err() {
                                 return;
                             }
@@ -266,7 +358,14 @@ impl Viewer {
             }
         });
         wait_connected(&mut states).await;
-        Ok(Viewer { pc, session_url, requested_at, video, audio_packets, states })
+        Ok(Viewer {
+            pc,
+            session_url,
+            requested_at,
+            video,
+            audio_packets,
+            states,
+        })
     }
 
     /// Collects access units until `expected` arrived or `idle` passed without any.
@@ -281,20 +380,16 @@ impl Viewer {
         units
     }
 
-    /// Drains what arrived so far without waiting.
-    pub fn drain(&mut self) -> Vec<ReceivedUnit> {
-        let mut units = Vec::new();
-        while let Ok(unit) = self.video.try_recv() {
-            units.push(unit);
-        }
-        units
-    }
-
     /// Waits until the server ends the session (connection closed or failed), up to `limit`.
     pub async fn wait_ended(&mut self, limit: Duration) -> bool {
         tokio::time::timeout(limit, async {
             while let Some(state) = self.states.recv().await {
-                if matches!(state, RTCPeerConnectionState::Closed | RTCPeerConnectionState::Failed | RTCPeerConnectionState::Disconnected) {
+                if matches!(
+                    state,
+                    RTCPeerConnectionState::Closed
+                        | RTCPeerConnectionState::Failed
+                        | RTCPeerConnectionState::Disconnected
+                ) {
                     return;
                 }
             }
