@@ -28,6 +28,7 @@ fn main() -> std::process::ExitCode {
                 tracing_subscriber::EnvFilter::new("info,str0m=warn,ractor=warn")
             }),
         )
+        .with_writer(std::io::stderr)
         .init();
     let Command::Run(options) = cli.command;
     let config = match NodeConfig::resolve(options) {

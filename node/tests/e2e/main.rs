@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod browser_page;
 mod config_samples;
 mod late_joiner;
 mod publisher_reconnect;

@@ -1,5 +1,6 @@
 //! Shared helpers: real nodes, real media, real WebRTC peers; conditions with deadlines.
 
+pub mod browser;
 pub mod media;
 pub mod node;
 pub mod peer;

@@ -1,0 +1,143 @@
+//! Headless Chromium driven over WebDriver (Debian's `chromedriver`), with fake camera and
+//! microphone, talking to the node over loopback only.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::wait_for;
+
+/// A running chromedriver.
+pub struct ChromeDriver {
+    child: Child,
+    base: String,
+    profiles: Vec<std::path::PathBuf>,
+}
+
+/// One browser window.
+pub struct Browser {
+    base: String,
+    session: String,
+}
+
+impl ChromeDriver {
+    pub async fn start() -> ChromeDriver {
+        let port = 19000 + (std::process::id() % 1000) as u16;
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (the README's test command installs it)");
+        let base = format!("http://127.0.0.1:{port}");
+        let status = format!("{base}/status");
+        wait_for("chromedriver is up", Duration::from_secs(20), || {
+            let status = status.clone();
+            async move {
+                reqwest::get(&status)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        ChromeDriver {
+            child,
+            base,
+            profiles: Vec::new(),
+        }
+    }
+
+    /// Opens a headless Chromium window with fake media devices.
+    pub async fn open(&mut self) -> Browser {
+        let profile = std::env::temp_dir().join(format!(
+            "cascade-chromium-{}-{}",
+            std::process::id(),
+            self.profiles.len()
+        ));
+        self.profiles.push(profile.clone());
+        let args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--use-fake-device-for-media-stream".into(),
+            "--use-fake-ui-for-media-stream".into(),
+            "--allow-loopback-in-peer-connection".into(),
+            "--autoplay-policy=no-user-gesture-required".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--no-first-run".into(),
+            "--disable-quic".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let capabilities = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
+        }}});
+        let response: Value = reqwest::Client::new()
+            .post(format!("{}/session", self.base))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = response["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {response}"))
+            .to_owned();
+        Browser {
+            base: self.base.clone(),
+            session,
+        }
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for profile in &self.profiles {
+            let _ = std::fs::remove_dir_all(profile);
+        }
+    }
+}
+
+impl Browser {
+    pub async fn goto(&self, url: &str) {
+        reqwest::Client::new()
+            .post(format!("{}/session/{}/url", self.base, self.session))
+            .json(&json!({ "url": url }))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Runs `script` in the page and returns its value.
+    pub async fn eval(&self, script: &str) -> Value {
+        let response: Value = reqwest::Client::new()
+            .post(format!(
+                "{}/session/{}/execute/sync",
+                self.base, self.session
+            ))
+            .json(&json!({ "script": script, "args": [] }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        response["value"].clone()
+    }
+
+    pub async fn close(self) {
+        let _ = reqwest::Client::new()
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send()
+            .await;
+    }
+}
