@@ -9,12 +9,14 @@
 //! - [`vp8`]: VP8 keyframe header parsing (resolution for the catalog).
 //! - [`keyframe`]: coalescing and rate-limiting keyframe requests on their way upstream.
 //! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes.
+//! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
 //! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
 
 pub mod duration;
 pub mod h264;
 pub mod keyframe;
 pub mod media;
+pub mod priming;
 pub mod stream_id;
 pub mod timeline;
 pub mod vp8;

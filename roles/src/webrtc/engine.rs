@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use cascade_protocol::StreamId;
 use cascade_protocol::media::{Codec, Frame, MediaKind};
+use cascade_protocol::priming::{plan_priming, shifted};
 use ractor::ActorRef;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{Frequency, KeyframeRequestKind, MediaTime, Mid, Pt};
@@ -32,6 +33,8 @@ use crate::session::{SessionId, SessionKind, SessionMsg};
 const FRAME_QUEUE: usize = 4096;
 /// Upper bound on how long the loop sleeps when no session has an earlier timeout.
 const IDLE_TICK: Duration = Duration::from_millis(100);
+/// A viewer asking for keyframes again and again is re-sent the cached group at most this often.
+const REPRIME_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A session handed over by the HTTP side after its offer was answered.
 pub(crate) struct NewSession {
@@ -84,6 +87,12 @@ struct OutTrack {
     started: bool,
     /// Frames below this were already sent (while priming from the group cache).
     next_seq: u64,
+    /// Added to track timestamps for this viewer (see `cascade_protocol::priming`).
+    offset: i64,
+    /// The newest RTP-clock timestamp written, so that a re-priming never goes back in time.
+    last_sent: Option<u64>,
+    /// When the cached group was last sent to this viewer.
+    primed_at: Option<Instant>,
 }
 
 /// Per-publisher state of one incoming track.
@@ -121,6 +130,8 @@ struct Subscription {
 /// Work found while draining a session's output, applied once the session is no longer borrowed.
 enum Followup {
     ViewerTrackOpened(MediaKind),
+    /// The viewer cannot decode (it lost the keyframe, or joined and never got one).
+    ViewerNeedsKeyframe,
 }
 
 struct Engine {
@@ -330,7 +341,7 @@ impl Engine {
             let Some(session) = self.slots[slot].as_mut() else {
                 continue;
             };
-            write_to_viewer(session, key.1, &frame, frame.timestamp, now);
+            write_to_viewer(session, key.1, &frame, None, now);
             self.drive(slot);
         }
     }
@@ -401,6 +412,7 @@ impl Engine {
         for followup in followups {
             match followup {
                 Followup::ViewerTrackOpened(kind) => self.attach_viewer_track(slot, kind),
+                Followup::ViewerNeedsKeyframe => self.prime_video(slot, false),
             }
         }
         if let Some(reason) = closed {
@@ -427,20 +439,49 @@ impl Engine {
         });
         subscription.viewers.push(slot);
         if kind == MediaKind::Video {
-            let now = Instant::now();
-            // Prime from the group cache so that the viewer decodes at once; its timestamps are
-            // squeezed into the ticks just before the newest cached frame so that the player
-            // catches up to live instead of replaying the group in real time.
-            let group = track.current_group();
-            let newest = group.last().map_or(0, |f| f.timestamp);
-            let count = group.len() as u64;
-            for (i, frame) in group.iter().enumerate() {
-                let squeezed = newest.saturating_sub(count - 1 - i as u64);
-                write_to_viewer(session, kind, frame, squeezed, now);
-            }
-            track.request_keyframe(now);
-            self.drive(slot);
+            self.prime_video(slot, true);
         }
+    }
+
+    /// Sends the cached group (keyframe first) to a viewer so that it can decode at once, and
+    /// asks the publisher for a fresh keyframe (coalesced across viewers). A viewer that
+    /// already got frames and still asks (its keyframe was lost: a dropped packet, or media
+    /// that arrived before its DTLS handshake finished) is re-sent the group at most once per
+    /// `REPRIME_INTERVAL`; timestamps keep increasing (`plan_priming`).
+    fn prime_video(&mut self, slot: usize, joining: bool) {
+        let Some(session) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let track = session.broadcast.track(MediaKind::Video).clone();
+        track.request_keyframe(now);
+        let Role::Viewer { video, .. } = &mut session.role else {
+            return;
+        };
+        if !joining
+            && video
+                .primed_at
+                .is_some_and(|at| now.duration_since(at) < REPRIME_INTERVAL)
+        {
+            return;
+        }
+        let group = track.current_group();
+        let Some(first) = group.first().filter(|f| f.keyframe) else {
+            return;
+        };
+        let timestamps: Vec<u64> = group.iter().map(|f| f.timestamp).collect();
+        let plan = plan_priming(&timestamps, video.last_sent);
+        video.primed_at = Some(now);
+        video.started = false;
+        video.next_seq = first.seq;
+        tracing::debug!(session = %session.id, frames = group.len(), joining, "priming video from the group cache");
+        for (frame, &timestamp) in group.iter().zip(&plan.timestamps) {
+            write_to_viewer(session, MediaKind::Video, frame, Some(timestamp), now);
+        }
+        if let Role::Viewer { video, .. } = &mut session.role {
+            video.offset = plan.offset;
+        }
+        self.drive(slot);
     }
 
     fn remove(&mut self, slot: usize, reason: Option<String>) {
@@ -565,10 +606,7 @@ fn handle_event(
         }
         Event::KeyframeRequest(_) => {
             if matches!(session.role, Role::Viewer { .. }) {
-                session
-                    .broadcast
-                    .track(MediaKind::Video)
-                    .request_keyframe(Instant::now());
+                followups.push(Followup::ViewerNeedsKeyframe);
             }
         }
         _ => {}
@@ -577,11 +615,12 @@ fn handle_event(
 }
 
 /// Writes one frame to a viewer's outgoing track, if that track is open and has started.
+/// `timestamp` overrides the frame's own (shifted) timestamp while priming.
 fn write_to_viewer(
     session: &mut Session,
     kind: MediaKind,
     frame: &Frame,
-    timestamp: u64,
+    timestamp: Option<u64>,
     now: Instant,
 ) {
     let Role::Viewer { video, audio } = &mut session.role else {
@@ -623,6 +662,7 @@ fn write_to_viewer(
     let Some(writer) = session.rtc.writer(mid) else {
         return;
     };
+    let timestamp = timestamp.unwrap_or_else(|| shifted(frame.timestamp, out.offset));
     let frequency = if codec.clock_rate() == 48_000 {
         Frequency::FORTY_EIGHT_KHZ
     } else {
@@ -634,7 +674,10 @@ fn write_to_viewer(
         MediaTime::new(timestamp, frequency),
         frame.payload.clone(),
     ) {
-        Ok(()) => out.next_seq = frame.seq + 1,
+        Ok(()) => {
+            out.next_seq = frame.seq + 1;
+            out.last_sent = Some(timestamp);
+        }
         Err(e) => tracing::debug!(session = %session.id, error = %e, "write failed"),
     }
 }

@@ -148,6 +148,7 @@ pub fn is_idr(nals: &[&[u8]]) -> bool {
 /// Reassembles H.264 access units from RTP (RFC 6184: single NAL, STAP-A, FU-A).
 #[derive(Default)]
 pub struct H264Depacketizer {
+    sequence: Option<u16>,
     timestamp: Option<u32>,
     nals: Vec<Vec<u8>>,
     fragment: Option<Vec<u8>>,
@@ -155,13 +156,26 @@ pub struct H264Depacketizer {
 }
 
 impl H264Depacketizer {
-    /// Feeds one packet; returns a complete access unit when the marker bit closes one.
-    pub fn push(&mut self, timestamp: u32, marker: bool, payload: &[u8]) -> Option<Vec<Vec<u8>>> {
+    /// Feeds one packet; returns a complete access unit when the marker bit closes one. An
+    /// access unit with a missing packet (a gap in sequence numbers) is never returned.
+    pub fn push(
+        &mut self,
+        sequence: u16,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> Option<Vec<Vec<u8>>> {
+        let gap = self
+            .sequence
+            .is_some_and(|last| sequence != last.wrapping_add(1));
+        self.sequence = Some(sequence);
         if self.timestamp != Some(timestamp) {
             self.timestamp = Some(timestamp);
             self.nals.clear();
             self.fragment = None;
             self.broken = false;
+        } else if gap {
+            self.broken = true;
         }
         if payload.is_empty() {
             self.broken = true;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
@@ -70,6 +71,33 @@ impl PeerConnectionEventHandler for Events {
         }
     }
 }
+
+/// webrtc-rs logs through `log`; with `CASCADE_TEST_LOG` set its warnings go to stderr too
+/// (that is how "SRTP packet before the DTLS handshake finished" drops were found).
+struct PeerLog;
+
+impl log::Log for PeerLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("webrtc-rs {}: {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_peer_log() {
+    if std::env::var_os("CASCADE_TEST_LOG").is_some() && log::set_logger(&PeerLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+}
+
+/// How often an undecodable viewer repeats its keyframe request, as browsers do.
+const PLI_INTERVAL: Duration = Duration::from_millis(300);
 
 async fn peer(
     ip: &str,
@@ -304,6 +332,7 @@ impl Viewer {
         url: &str,
         token: Option<&str>,
     ) -> Result<Viewer, (u16, String)> {
+        init_peer_log();
         let (tracks_tx, mut tracks_rx) = mpsc::unbounded_channel::<Arc<dyn TrackRemote>>();
         let (pc, mut states) = peer(ip, Some(tracks_tx)).await;
         let recvonly = || {
@@ -330,6 +359,7 @@ impl Viewer {
                 let audio_counter = audio_counter.clone();
                 tokio::spawn(async move {
                     let mut depacketizer = H264Depacketizer::default();
+                    let (mut decoding, mut last_pli) = (false, None);
                     while let Some(event) = track.poll().await {
                         let TrackRemoteEvent::OnRtpPacket(packet) = event else {
                             continue;
@@ -338,20 +368,37 @@ impl Viewer {
                             audio_counter.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        if let Some(nals) = depacketizer.push(
+                        let Some(nals) = depacketizer.push(
+                            packet.header.sequence_number,
                             packet.header.timestamp,
                             packet.header.marker,
                             &packet.payload,
-                        ) {
-                            let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
-                            let unit = ReceivedUnit {
-                                fingerprint: fingerprint(&refs),
-                                keyframe: is_idr(&refs),
-                                at: Instant::now(),
-                            };
-                            if video_tx.send(unit).is_err() {
-                                return;
+                        ) else {
+                            continue;
+                        };
+                        let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
+                        let keyframe = is_idr(&refs);
+                        // Like a decoder: nothing is usable before the first keyframe, and the
+                        // player keeps asking for one (PLI) until it gets it.
+                        if !decoding && !keyframe {
+                            if last_pli.is_none_or(|at: Instant| at.elapsed() >= PLI_INTERVAL) {
+                                last_pli = Some(Instant::now());
+                                let pli = PictureLossIndication {
+                                    sender_ssrc: 0,
+                                    media_ssrc: packet.header.ssrc,
+                                };
+                                let _ = track.write_rtcp(vec![Box::new(pli)]).await;
                             }
+                            continue;
+                        }
+                        decoding = true;
+                        let unit = ReceivedUnit {
+                            fingerprint: fingerprint(&refs),
+                            keyframe,
+                            at: Instant::now(),
+                        };
+                        if video_tx.send(unit).is_err() {
+                            return;
                         }
                     }
                 });
