@@ -8,7 +8,6 @@ use crate::support::node::Node;
 use crate::support::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure: Chromium publishes fine, but the watching Chromium page connects and decodes no frames yet (see issue 2 note); run with --ignored"]
 async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
     let node = Node::start(&[]).await;
     let mut driver = ChromeDriver::start().await;
@@ -23,19 +22,23 @@ async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
 
     let watcher = driver.open().await;
     watcher.goto(&node.url("/?watch=browser")).await;
-    wait_for(
-        "the watching page decodes frames",
-        Duration::from_secs(20),
-        || async {
-            watcher
-                .eval("return window.cascade.watch.framesDecoded")
-                .await
-                .as_u64()
-                .unwrap_or(0)
-                > 30
-        },
-    )
+    let decoding = tokio::time::timeout(Duration::from_secs(20), async {
+        while watcher
+            .eval("return window.cascade.watch.framesDecoded")
+            .await
+            .as_u64()
+            .unwrap_or(0)
+            <= 30
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
     .await;
+    if decoding.is_err() {
+        let watch = watcher.eval("return window.cascade.watch").await;
+        let publish = publisher.eval("return window.cascade.publish").await;
+        panic!("the watching page decodes no frames; watch: {watch}; publish: {publish}");
+    }
     let first = watcher
         .eval("return window.cascade.watch.framesDecoded")
         .await
@@ -62,6 +65,33 @@ async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
 
     let (_, info) = node.json("/api/v1/streams/browser").await;
     assert_eq!(info["viewers"], 1);
+
+    // The Stop button DELETEs the session it was given in `Location`.
+    watcher
+        .eval("document.getElementById('watch-stop').click(); return true")
+        .await;
+    wait_for(
+        "the stopped viewer's session is gone",
+        Duration::from_secs(5),
+        || async { node.json("/api/v1/streams/browser").await.1["viewers"] == 0 },
+    )
+    .await;
+    let metrics = node.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cascade_sessions_ended_total")
+                && l.contains("kind=\"viewer\"")
+                && l.contains("outcome=\"deleted\"")),
+        "the page's Stop ended the session with a DELETE: {metrics}"
+    );
+    assert_eq!(
+        watcher
+            .eval("return window.cascade.watch.error || null")
+            .await,
+        serde_json::Value::Null,
+        "the page reported an error"
+    );
     watcher.close().await;
     publisher.close().await;
 }
