@@ -5,6 +5,12 @@ use crate::ProtocolError;
 
 /// NAL unit type of an IDR slice.
 pub const NAL_IDR: u8 = 5;
+/// NAL unit type of a non-IDR slice.
+pub const NAL_SLICE: u8 = 1;
+/// NAL unit type of supplemental enhancement information.
+pub const NAL_SEI: u8 = 6;
+/// NAL unit type of an access unit delimiter.
+pub const NAL_AUD: u8 = 9;
 /// NAL unit type of a sequence parameter set.
 pub const NAL_SPS: u8 = 7;
 /// NAL unit type of a picture parameter set.
@@ -47,6 +53,35 @@ pub fn nal_type(nal: &[u8]) -> Option<u8> {
 /// True if the access unit holds an IDR slice.
 pub fn is_keyframe(annex_b: &[u8]) -> bool {
     nal_units(annex_b).any(|nal| nal_type(nal) == Some(NAL_IDR))
+}
+
+/// Splits an Annex B elementary stream into access units (each returned in Annex B form with
+/// 4-byte start codes). A new access unit starts at an access unit delimiter, or at a
+/// parameter set or SEI following a slice, or at a slice whose `first_mb_in_slice` is 0 that
+/// follows a slice (ITU-T H.264 §7.4.1.2.3, for streams without delimiters).
+pub fn split_access_units(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut units: Vec<Vec<u8>> = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    let mut seen_slice = false;
+    for nal in nal_units(stream) {
+        let kind = nal_type(nal).unwrap_or(0);
+        let is_slice = kind == NAL_SLICE || kind == NAL_IDR;
+        let starts_picture = is_slice && nal.get(1).is_some_and(|b| b & 0x80 != 0);
+        let boundary = kind == NAL_AUD
+            || (seen_slice && matches!(kind, NAL_SEI | NAL_SPS | NAL_PPS))
+            || (seen_slice && starts_picture);
+        if boundary && !current.is_empty() {
+            units.push(std::mem::take(&mut current));
+            seen_slice = false;
+        }
+        current.extend_from_slice(&[0, 0, 0, 1]);
+        current.extend_from_slice(nal);
+        seen_slice |= is_slice;
+    }
+    if !current.is_empty() {
+        units.push(current);
+    }
+    units
 }
 
 /// The picture size announced by the first SPS of an access unit, if it carries one.
@@ -222,6 +257,25 @@ mod tests {
         0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00,
         0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99,
     ];
+
+    #[test]
+    fn access_units_split_on_delimiters_and_on_new_pictures() {
+        let with_aud = [
+            0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x65, 0x88, 0, 0, 0, 1, 0x09,
+            0xf0, 0, 0, 0, 1, 0x41, 0x9a,
+        ];
+        let units = split_access_units(&with_aud);
+        assert_eq!(units.len(), 2);
+        assert!(is_keyframe(&units[0]));
+        assert!(!is_keyframe(&units[1]));
+        // Without delimiters: a second picture starts at a slice with first_mb_in_slice = 0.
+        let without = [
+            0, 0, 1, 0x67, 1, 0, 0, 1, 0x65, 0x88, 0, 0, 1, 0x41, 0x9a, 0, 0, 1, 0x41, 0x9b,
+        ];
+        let units = split_access_units(&without);
+        assert_eq!(units.len(), 3);
+        assert_eq!(units[2], vec![0, 0, 0, 1, 0x41, 0x9b]);
+    }
 
     #[test]
     fn splits_annex_b_with_three_and_four_byte_start_codes() {

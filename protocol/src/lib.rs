@@ -6,6 +6,8 @@
 //! - [`stream_id`]: the validated name of a live stream (`[A-Za-z0-9_-]{1,64}`).
 //! - [`media`]: the Broadcast ▸ Track ▸ Group ▸ Frame vocabulary shared by every role.
 //! - [`h264`]: Annex B splitting and SPS parsing (resolution for the catalog).
+//! - [`sei`]: H.264 user-data SEI messages (the load tester's capture-time stamps).
+//! - [`ogg`]: Ogg pages to Opus packets (the load tester's audio source).
 //! - [`vp8`]: VP8 keyframe header parsing (resolution for the catalog).
 //! - [`keyframe`]: coalescing and rate-limiting keyframe requests on their way upstream.
 //! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes.
@@ -16,7 +18,9 @@ pub mod duration;
 pub mod h264;
 pub mod keyframe;
 pub mod media;
+pub mod ogg;
 pub mod priming;
+pub mod sei;
 pub mod stream_id;
 pub mod timeline;
 pub mod vp8;

@@ -35,6 +35,12 @@ const FRAME_QUEUE: usize = 4096;
 const IDLE_TICK: Duration = Duration::from_millis(100);
 /// A viewer asking for keyframes again and again is re-sent the cached group at most this often.
 const REPRIME_INTERVAL: Duration = Duration::from_secs(1);
+/// The cached group is sent to a joining viewer in slices of this many bytes per
+/// `PRIMING_TICK` (about 26 Mbit/s): fast enough to decode at once, slow enough not to
+/// overflow a receiver's socket buffer (about 100 datagrams by default on Linux) or a
+/// router queue with a whole group at line rate.
+const PRIMING_BYTES_PER_TICK: usize = 64 * 1024;
+const PRIMING_TICK: Duration = Duration::from_millis(20);
 
 /// A session handed over by the HTTP side after its offer was answered.
 pub(crate) struct NewSession {
@@ -93,6 +99,9 @@ struct OutTrack {
     last_sent: Option<u64>,
     /// When the cached group was last sent to this viewer.
     primed_at: Option<Instant>,
+    /// Frames waiting for the pacer while the cached group goes out, with the timestamp the
+    /// priming plan gave them (`None`: a live frame, shifted by `offset`).
+    backlog: std::collections::VecDeque<(Frame, Option<u64>)>,
 }
 
 /// Per-publisher state of one incoming track.
@@ -122,6 +131,12 @@ struct Session {
     ingest_bytes: metrics::Counter,
 }
 
+impl Session {
+    fn has_backlog(&self) -> bool {
+        matches!(&self.role, Role::Viewer { video, .. } if !video.backlog.is_empty())
+    }
+}
+
 struct Subscription {
     viewers: Vec<usize>,
     subscriber_id: u64,
@@ -147,6 +162,9 @@ struct Engine {
     by_addr: HashMap<SocketAddr, usize>,
     subscriptions: HashMap<TrackKey, Subscription>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Viewers with a priming backlog, served every `PRIMING_TICK`.
+    pacing: Vec<(usize, u64)>,
+    next_pacing: Option<Instant>,
 }
 
 pub(crate) fn spawn(
@@ -171,6 +189,8 @@ pub(crate) fn spawn(
         by_addr: HashMap::new(),
         subscriptions: HashMap::new(),
         timers: BinaryHeap::new(),
+        pacing: Vec::new(),
+        next_pacing: None,
     };
     tokio::spawn(engine.run(command_rx, frames_rx));
 }
@@ -187,6 +207,7 @@ impl Engine {
                 .timers
                 .peek()
                 .map_or(Instant::now() + IDLE_TICK, |Reverse((at, _, _))| *at);
+            let next_timer = self.next_pacing.map_or(next_timer, |at| at.min(next_timer));
             tokio::select! {
                 biased;
                 command = command_rx.recv() => match command {
@@ -208,6 +229,9 @@ impl Engine {
                 _ = tokio::time::sleep_until(next_timer.into()) => {}
             }
             self.fire_timers();
+            if self.next_pacing.is_some_and(|at| at <= Instant::now()) {
+                self.pace_priming();
+            }
         }
         tracing::info!("WebRTC engine stopped");
     }
@@ -218,7 +242,21 @@ impl Engine {
             Command::Close(id) => {
                 if let Some(&slot) = self.by_id.get(&id) {
                     if let Some(session) = self.slots[slot].as_mut() {
-                        session.rtc.disconnect();
+                        // RTCP BYE and DTLS close_notify tell the peer at once that the
+                        // session is over, instead of leaving it to time out.
+                        let _ = session.rtc.close();
+                        while let Ok(output) = session.rtc.poll_output() {
+                            match output {
+                                Output::Transmit(t) => {
+                                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                                }
+                                Output::Timeout(_) => break,
+                                Output::Event(_) => {}
+                            }
+                            if !session.rtc.is_alive() {
+                                break;
+                            }
+                        }
                     }
                     self.remove(slot, None);
                 }
@@ -341,6 +379,14 @@ impl Engine {
             let Some(session) = self.slots[slot].as_mut() else {
                 continue;
             };
+            if key.1 == MediaKind::Video
+                && let Role::Viewer { video, .. } = &mut session.role
+                && !video.backlog.is_empty()
+            {
+                // Still priming: keep the order, the pacer sends it after the cached group.
+                video.backlog.push_back((frame.clone(), None));
+                continue;
+            }
             write_to_viewer(session, key.1, &frame, None, now);
             self.drive(slot);
         }
@@ -474,14 +520,64 @@ impl Engine {
         video.primed_at = Some(now);
         video.started = false;
         video.next_seq = first.seq;
-        tracing::debug!(session = %session.id, frames = group.len(), joining, "priming video from the group cache");
-        for (frame, &timestamp) in group.iter().zip(&plan.timestamps) {
-            write_to_viewer(session, MediaKind::Video, frame, Some(timestamp), now);
+        tracing::debug!(session = %session.id, frames = group.len(), joining, connected = session.rtc.is_connected(), "priming video from the group cache");
+        video.offset = plan.offset;
+        video.backlog.clear();
+        video.backlog.extend(
+            group
+                .iter()
+                .cloned()
+                .zip(plan.timestamps.iter().map(|&t| Some(t))),
+        );
+        let generation = session.generation;
+        self.pump_backlog(slot, now);
+        if self.slots[slot].as_ref().is_some_and(|s| s.has_backlog())
+            && !self.pacing.iter().any(|&(s, _)| s == slot)
+        {
+            self.pacing.push((slot, generation));
+            self.next_pacing.get_or_insert(now + PRIMING_TICK);
         }
-        if let Role::Viewer { video, .. } = &mut session.role {
-            video.offset = plan.offset;
+    }
+
+    /// Serves every viewer whose priming backlog is not empty yet.
+    fn pace_priming(&mut self) {
+        let now = Instant::now();
+        let mut pacing = std::mem::take(&mut self.pacing);
+        pacing.retain(|&(slot, generation)| {
+            if self.slots[slot]
+                .as_ref()
+                .is_none_or(|s| s.generation != generation)
+            {
+                return false;
+            }
+            self.pump_backlog(slot, now);
+            self.slots[slot].as_ref().is_some_and(|s| s.has_backlog())
+        });
+        self.pacing = pacing;
+        self.next_pacing = (!self.pacing.is_empty()).then(|| now + PRIMING_TICK);
+    }
+
+    /// Writes backlog frames of one viewer up to this tick's byte budget.
+    fn pump_backlog(&mut self, slot: usize, now: Instant) {
+        let mut budget = PRIMING_BYTES_PER_TICK;
+        loop {
+            let Some(session) = self.slots[slot].as_mut() else {
+                return;
+            };
+            let Role::Viewer { video, .. } = &mut session.role else {
+                return;
+            };
+            if budget == 0 {
+                return;
+            }
+            let Some((frame, timestamp)) = video.backlog.pop_front() else {
+                return;
+            };
+            budget = budget.saturating_sub(frame.payload.len());
+            write_to_viewer(session, MediaKind::Video, &frame, timestamp, now);
+            // Drain after every frame: str0m's send ring (1000 video packets) must not wrap.
+            self.drive(slot);
         }
-        self.drive(slot);
     }
 
     fn remove(&mut self, slot: usize, reason: Option<String>) {

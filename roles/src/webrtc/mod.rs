@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use ractor::ActorRef;
 use str0m::change::SdpOffer;
+use str0m::crypto::dtls::DtlsCert;
 use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 
@@ -21,6 +22,10 @@ use crate::broadcast::Broadcast;
 use crate::session::{SessionId, SessionKind, SessionMsg};
 
 pub(crate) use engine::Command;
+
+/// Frames split over more RTP packets than this are dropped by str0m's depacketizer; 720p and
+/// 1080p keyframes often take 50 to 200.
+const MAX_FRAME_PACKETS: usize = 500;
 
 /// How the engine is set up.
 #[derive(Debug, Clone)]
@@ -36,12 +41,20 @@ pub struct WebRtcSettings {
 pub struct WebRtcEngine {
     commands: mpsc::UnboundedSender<Command>,
     advertised: SocketAddr,
+    /// One DTLS certificate for every session of this node: generating a key pair per
+    /// session would add to every join (each session still negotiates its own keys).
+    certificate: DtlsCert,
 }
 
 impl WebRtcEngine {
     /// Binds the UDP socket and starts the engine task.
     pub async fn start(settings: WebRtcSettings) -> Result<Self, RoleError> {
-        str0m::crypto::from_feature_flags().install_process_default();
+        let provider = str0m::crypto::from_feature_flags();
+        let certificate = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| RoleError::Unavailable("cannot generate a DTLS certificate".into()))?;
+        provider.install_process_default();
         let socket = tokio::net::UdpSocket::bind(settings.bind)
             .await
             .map_err(|source| RoleError::Bind {
@@ -59,6 +72,7 @@ impl WebRtcEngine {
         Ok(Self {
             commands,
             advertised,
+            certificate,
         })
     }
 
@@ -78,6 +92,8 @@ impl WebRtcEngine {
             .enable_h264(true)
             .enable_vp8(true)
             .enable_opus(true, false)
+            .set_reordering_size_video(MAX_FRAME_PACKETS)
+            .set_dtls_cert(self.certificate.clone())
             .build(Instant::now());
         let candidate = Candidate::host(self.advertised, "udp")
             .map_err(|e| RoleError::Unavailable(format!("bad ICE candidate address: {e}")))?;

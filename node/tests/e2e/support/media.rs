@@ -41,7 +41,7 @@ pub fn encode_h264(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
     assert!(status.success(), "ffmpeg failed to encode H.264");
     let bytes = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
-    split_on_access_unit_delimiters(&bytes)
+    cascade_protocol::h264::split_access_units(&bytes)
 }
 
 /// Encodes `seconds` of a sine tone as 20 ms Opus packets.
@@ -67,67 +67,12 @@ pub fn encode_opus(seconds: u32) -> Vec<Vec<u8>> {
     assert!(status.success(), "ffmpeg failed to encode Opus");
     let bytes = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
-    ogg_packets(&bytes).into_iter().skip(2).collect() // skip OpusHead and OpusTags
-}
-
-/// Minimal Ogg page reader: returns the packets of every page.
-fn ogg_packets(mut bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut packets = Vec::new();
-    let mut current = Vec::new();
-    while bytes.len() >= 27 && &bytes[..4] == b"OggS" {
-        let segments = bytes[26] as usize;
-        let table = &bytes[27..27 + segments];
-        let mut offset = 27 + segments;
-        for &lace in table {
-            current.extend_from_slice(&bytes[offset..offset + lace as usize]);
-            offset += lace as usize;
-            if lace < 255 {
-                packets.push(std::mem::take(&mut current));
-            }
-        }
-        bytes = &bytes[offset..];
-    }
-    packets
-}
-
-fn split_on_access_unit_delimiters(stream: &[u8]) -> Vec<Vec<u8>> {
-    let mut units: Vec<Vec<u8>> = Vec::new();
-    for nal in nal_units(stream) {
-        if nal[0] & 0x1f == 9 {
-            units.push(Vec::new());
-        }
-        if let Some(unit) = units.last_mut() {
-            unit.extend_from_slice(&[0, 0, 0, 1]);
-            unit.extend_from_slice(nal);
-        }
-    }
-    units.retain(|u| !u.is_empty());
-    units
+    cascade_protocol::ogg::opus_packets(&bytes)
 }
 
 /// NAL units of an Annex B stream (without start codes).
 pub fn nal_units(stream: &[u8]) -> Vec<&[u8]> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= stream.len() {
-        if stream[i..i + 3] == [0, 0, 1] {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let mut nals = Vec::new();
-    for (k, &start) in starts.iter().enumerate() {
-        let mut end = starts.get(k + 1).map_or(stream.len(), |next| next - 3);
-        while end > start && stream[end - 1] == 0 {
-            end -= 1;
-        }
-        if end > start {
-            nals.push(&stream[start..end]);
-        }
-    }
-    nals
+    cascade_protocol::h264::nal_units(stream).collect()
 }
 
 /// Identity of an access unit: its NAL units except delimiters and filler, which packetizers

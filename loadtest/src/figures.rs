@@ -1,0 +1,327 @@
+//! The figures a run produces, as plain values: per-viewer frame tracking (loss, freezes,
+//! latency) and totals that merge across viewers and worker threads. No I/O, no clock reads:
+//! every instant is passed in.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Why a viewer (or publisher) session failed, as counted in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailureReason {
+    /// The endpoint answered with this HTTP status instead of `201`.
+    Http(u16),
+    /// No TCP connection to the endpoint.
+    Unreachable,
+    /// The signalling request took longer than its timeout.
+    HttpTimeout,
+    /// The answer was not a usable SDP answer.
+    BadAnswer,
+    /// ICE never connected.
+    IceTimeout,
+    /// ICE connected but DTLS never completed.
+    DtlsFailure,
+    /// Connected, but no complete keyframe arrived in time.
+    NoMedia,
+    /// The session was lost after media flowed (server ended it, or the path died).
+    SessionLost,
+}
+
+impl FailureReason {
+    /// The label used in the report (`http_404`, `ice_timeout`, ...).
+    pub fn label(self) -> String {
+        match self {
+            FailureReason::Http(status) => format!("http_{status}"),
+            FailureReason::Unreachable => "unreachable".into(),
+            FailureReason::HttpTimeout => "http_timeout".into(),
+            FailureReason::BadAnswer => "bad_answer".into(),
+            FailureReason::IceTimeout => "ice_timeout".into(),
+            FailureReason::DtlsFailure => "dtls_failure".into(),
+            FailureReason::NoMedia => "no_media".into(),
+            FailureReason::SessionLost => "session_lost".into(),
+        }
+    }
+}
+
+/// Frame interval assumed until markers tell the real one.
+const DEFAULT_FRAME_INTERVAL: Duration = Duration::from_micros(33_333);
+/// A freeze is no new frame for more than this many frame intervals.
+const FREEZE_INTERVALS: u32 = 3;
+
+/// Follows one viewer's video frames: counts, gaps, freezes, latency samples.
+#[derive(Debug)]
+pub struct FrameTracker {
+    last_at: Option<Instant>,
+    last_frame: Option<u64>,
+    last_captured_us: Option<u64>,
+    interval: Duration,
+    catching_up: bool,
+    pub received: u64,
+    pub expected: u64,
+    pub freezes: u64,
+    pub freeze_total: Duration,
+}
+
+impl Default for FrameTracker {
+    fn default() -> Self {
+        FrameTracker {
+            last_at: None,
+            last_frame: None,
+            last_captured_us: None,
+            interval: DEFAULT_FRAME_INTERVAL,
+            catching_up: true,
+            received: 0,
+            expected: 0,
+            freezes: 0,
+            freeze_total: Duration::ZERO,
+        }
+    }
+}
+
+impl FrameTracker {
+    /// A complete frame arrived at `at`; `marker` is `(frame number, capture time µs)` when
+    /// the frame carried one. Returns the frame's glass-to-glass latency in µs, measured
+    /// against `now_unix_us`, when it can be computed.
+    pub fn on_frame(
+        &mut self,
+        at: Instant,
+        marker: Option<(u64, u64)>,
+        now_unix_us: u64,
+    ) -> Option<u64> {
+        let since_last = self.last_at.map(|last| at.saturating_duration_since(last));
+        let Some((frame, captured_us)) = marker else {
+            self.received += 1;
+            self.expected += 1;
+            self.check_freeze(at);
+            self.last_at = Some(at);
+            return None;
+        };
+        if self.last_frame.is_some_and(|last| frame <= last) {
+            return None; // sent again (a re-priming after a lost keyframe): not a new frame
+        }
+        self.received += 1;
+        self.check_freeze(at);
+        self.last_at = Some(at);
+        match (self.last_frame, self.last_captured_us) {
+            (Some(last), Some(last_captured)) => {
+                self.expected += frame - last;
+                let per_frame = captured_us.saturating_sub(last_captured) / (frame - last);
+                if per_frame > 0 {
+                    self.interval = Duration::from_micros(per_frame);
+                }
+            }
+            _ => self.expected += 1,
+        }
+        self.last_frame = Some(frame);
+        self.last_captured_us = Some(captured_us);
+        // The burst of cached frames a viewer gets at join arrives faster than real time; its
+        // frames are old by design, so latency is sampled from the first frame paced live.
+        if self.catching_up {
+            match since_last {
+                Some(gap) if gap >= self.interval / 2 => self.catching_up = false,
+                _ => return None,
+            }
+        }
+        Some(now_unix_us.saturating_sub(captured_us))
+    }
+
+    /// The session ended or the run stopped at `at`: a trailing gap counts as a freeze too.
+    pub fn finish(&mut self, at: Instant) {
+        self.check_freeze(at);
+        self.last_at = Some(at);
+    }
+
+    /// The viewer reconnected: frame numbering continues, but the gap is not a freeze (it is
+    /// measured as recovery time instead).
+    pub fn restart(&mut self) {
+        self.last_at = None;
+        self.catching_up = true;
+    }
+
+    /// When the newest frame arrived.
+    pub fn last_frame_at(&self) -> Option<Instant> {
+        self.last_at
+    }
+
+    fn check_freeze(&mut self, at: Instant) {
+        if let Some(last) = self.last_at {
+            let gap = at.saturating_duration_since(last);
+            if gap > self.interval * FREEZE_INTERVALS {
+                self.freezes += 1;
+                self.freeze_total += gap;
+            }
+        }
+    }
+}
+
+/// Everything counted in a run, mergeable across viewers and workers.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    pub join_us: Histogram<u64>,
+    pub latency_us: Histogram<u64>,
+    pub recovery_us: Histogram<u64>,
+    pub sessions_started: u64,
+    pub sessions_joined: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub frames_expected: u64,
+    pub frames_received: u64,
+    pub freezes: u64,
+    pub freeze_total: Duration,
+    pub video_bytes: u64,
+    pub bytes: u64,
+    /// Sum over sessions of the time media flowed (for the per-viewer bitrate).
+    pub viewer_time: Duration,
+    pub nacks_sent: u64,
+    pub plis_sent: u64,
+    pub verified_viewers: u64,
+    pub counted_viewers: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 1 hour at 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            join_us: histogram(),
+            latency_us: histogram(),
+            recovery_us: histogram(),
+            sessions_started: 0,
+            sessions_joined: 0,
+            failures: BTreeMap::new(),
+            frames_expected: 0,
+            frames_received: 0,
+            freezes: 0,
+            freeze_total: Duration::ZERO,
+            video_bytes: 0,
+            bytes: 0,
+            viewer_time: Duration::ZERO,
+            nacks_sent: 0,
+            plis_sent: 0,
+            verified_viewers: 0,
+            counted_viewers: 0,
+        }
+    }
+}
+
+impl Totals {
+    /// Counts a failure.
+    pub fn fail(&mut self, reason: FailureReason) {
+        *self.failures.entry(reason.label()).or_default() += 1;
+    }
+
+    /// Records a value in µs into a histogram, clamping to its range.
+    pub fn record(histogram: &mut Histogram<u64>, micros: u64) {
+        let _ = histogram.record(micros.clamp(1, 3_600_000_000));
+    }
+
+    /// Adds a finished frame tracker.
+    pub fn add_frames(&mut self, frames: &FrameTracker) {
+        self.frames_expected += frames.expected;
+        self.frames_received += frames.received;
+        self.freezes += frames.freezes;
+        self.freeze_total += frames.freeze_total;
+    }
+
+    /// Adds another worker's totals.
+    pub fn merge(&mut self, other: &Totals) {
+        let _ = self.join_us.add(&other.join_us);
+        let _ = self.latency_us.add(&other.latency_us);
+        let _ = self.recovery_us.add(&other.recovery_us);
+        self.sessions_started += other.sessions_started;
+        self.sessions_joined += other.sessions_joined;
+        for (reason, count) in &other.failures {
+            *self.failures.entry(reason.clone()).or_default() += count;
+        }
+        self.frames_expected += other.frames_expected;
+        self.frames_received += other.frames_received;
+        self.freezes += other.freezes;
+        self.freeze_total += other.freeze_total;
+        self.video_bytes += other.video_bytes;
+        self.bytes += other.bytes;
+        self.viewer_time += other.viewer_time;
+        self.nacks_sent += other.nacks_sent;
+        self.plis_sent += other.plis_sent;
+        self.verified_viewers += other.verified_viewers;
+        self.counted_viewers += other.counted_viewers;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn lost_frames_are_expected_but_not_received() {
+        let t0 = Instant::now();
+        let mut f = FrameTracker::default();
+        for (i, frame) in [10u64, 11, 12, 15, 16].iter().enumerate() {
+            f.on_frame(t0 + MS * 33 * i as u32, Some((*frame, frame * 33_333)), 0);
+        }
+        assert_eq!((f.received, f.expected), (5, 7));
+    }
+
+    #[test]
+    fn a_gap_longer_than_three_frame_intervals_is_a_freeze() {
+        let t0 = Instant::now();
+        let mut f = FrameTracker::default();
+        f.on_frame(t0, Some((0, 0)), 0);
+        f.on_frame(t0 + MS * 33, Some((1, 33_333)), 0);
+        f.on_frame(t0 + MS * 500, Some((2, 66_666)), 0);
+        f.on_frame(t0 + MS * 533, Some((3, 99_999)), 0);
+        assert_eq!(f.freezes, 1);
+        assert_eq!(f.freeze_total, MS * 467);
+        f.finish(t0 + MS * 540);
+        assert_eq!(f.freezes, 1, "a short tail is no freeze");
+        f.finish(t0 + MS * 2000);
+        assert_eq!(f.freezes, 2, "a long tail is");
+    }
+
+    #[test]
+    fn latency_is_sampled_once_frames_arrive_at_the_live_pace() {
+        let t0 = Instant::now();
+        let mut f = FrameTracker::default();
+        // The join burst: three cached frames within a millisecond.
+        assert_eq!(f.on_frame(t0, Some((0, 1_000_000)), 2_000_000), None);
+        assert_eq!(f.on_frame(t0, Some((1, 1_033_333)), 2_000_000), None);
+        assert_eq!(f.on_frame(t0 + MS, Some((2, 1_066_666)), 2_000_000), None);
+        // Then live pace: latency is now minus capture time.
+        assert_eq!(
+            f.on_frame(t0 + MS * 34, Some((3, 1_100_000)), 1_112_500),
+            Some(12_500)
+        );
+        assert_eq!(f.on_frame(t0 + MS * 67, None, 5), None);
+        assert_eq!((f.received, f.expected), (5, 5));
+    }
+
+    #[test]
+    fn a_reconnect_gap_is_not_a_freeze_and_replayed_frames_are_not_new() {
+        let t0 = Instant::now();
+        let mut f = FrameTracker::default();
+        f.on_frame(t0, Some((5, 0)), 0);
+        f.restart();
+        f.on_frame(t0 + Duration::from_secs(2), Some((4, 0)), 0);
+        f.on_frame(t0 + Duration::from_secs(2), Some((6, 0)), 0);
+        assert_eq!(f.freezes, 0);
+        assert_eq!((f.received, f.expected), (2, 2));
+    }
+
+    #[test]
+    fn failure_labels_name_the_reason() {
+        assert_eq!(FailureReason::Http(404).label(), "http_404");
+        assert_eq!(FailureReason::IceTimeout.label(), "ice_timeout");
+        let mut a = Totals::default();
+        a.fail(FailureReason::Http(404));
+        let mut b = Totals::default();
+        b.fail(FailureReason::Http(404));
+        b.fail(FailureReason::NoMedia);
+        a.merge(&b);
+        assert_eq!(a.failures["http_404"], 2);
+        assert_eq!(a.failures["no_media"], 1);
+    }
+}
