@@ -7,5 +7,6 @@ mod bad_input;
 mod browser_page;
 mod config_samples;
 mod late_joiner;
+mod loadtest;
 mod publisher_reconnect;
 mod whip_whep_interop;

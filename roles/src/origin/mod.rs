@@ -19,7 +19,7 @@ use crate::broadcast::Broadcast;
 use crate::session::{SessionId, SessionKind, SessionMsg};
 use crate::webrtc::WebRtcEngine;
 
-pub use stream::{PublisherInfo, StreamActor, StreamInfo, StreamMsg};
+pub use stream::{SessionInfo, StreamActor, StreamInfo, StreamMsg};
 
 struct StreamEntry {
     actor: ActorRef<StreamMsg>,
@@ -211,5 +211,14 @@ impl StreamRegistry {
             .lookup(stream)
             .ok_or_else(|| RoleError::StreamNotFound(stream.clone()))?;
         ractor::call!(actor, StreamMsg::Info).map_err(|_| RoleError::StreamNotFound(stream.clone()))
+    }
+
+    /// Every publisher and viewer session of a live stream, longest-connected first.
+    pub async fn sessions(&self, stream: &StreamId) -> Result<Vec<SessionInfo>, RoleError> {
+        let (actor, _) = self
+            .lookup(stream)
+            .ok_or_else(|| RoleError::StreamNotFound(stream.clone()))?;
+        ractor::call!(actor, StreamMsg::Sessions)
+            .map_err(|_| RoleError::StreamNotFound(stream.clone()))
     }
 }

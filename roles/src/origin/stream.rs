@@ -43,16 +43,20 @@ pub enum StreamMsg {
     },
     /// A snapshot for the API.
     Info(RpcReplyPort<StreamInfo>),
+    /// Every session of the stream, for the API.
+    Sessions(RpcReplyPort<Vec<SessionInfo>>),
     /// The reconnect grace period of publisher generation `n` may have run out.
     GraceExpired(u64),
     /// Once a second: update bitrate figures.
     Tick,
 }
 
-/// Who publishes a stream.
+/// One publisher or viewer session of a stream, as the API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct PublisherInfo {
-    /// Ingest protocol, e.g. `"whip"`.
+pub struct SessionInfo {
+    /// `publisher` or `viewer`.
+    pub kind: &'static str,
+    /// Protocol, e.g. `"whip"` or `"whep"`.
     pub protocol: &'static str,
     /// The publisher's address as seen by the HTTP server.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,7 +75,7 @@ pub struct StreamInfo {
     /// `live` while a publisher sends, `reconnecting` during the grace period.
     pub state: &'static str,
     /// The current publisher, if any.
-    pub publisher: Option<PublisherInfo>,
+    pub publisher: Option<SessionInfo>,
     /// Connected viewer sessions.
     pub viewers: usize,
     /// Tracks with codec and, once known, resolution.
@@ -253,6 +257,12 @@ impl Actor for StreamActor {
             StreamMsg::Info(reply) => {
                 let _ = reply.send(info(state));
             }
+            StreamMsg::Sessions(reply) => {
+                let mut sessions: Vec<SessionInfo> =
+                    state.members.values().map(Member::info).collect();
+                sessions.sort_by(|a, b| b.connected_secs.total_cmp(&a.connected_secs));
+                let _ = reply.send(sessions);
+            }
             StreamMsg::GraceExpired(generation) => {
                 if generation == state.grace_generation
                     && !state.ending
@@ -403,21 +413,27 @@ fn end_stream(myself: &ActorRef<StreamMsg>, state: &mut StreamState) {
     }
 }
 
+impl Member {
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
+            kind: self.kind.label(),
+            protocol: self.protocol,
+            remote_addr: self.remote,
+            session: self.id.to_string(),
+            connected_secs: self.joined.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 fn info(state: &StreamState) -> StreamInfo {
-    let publisher =
-        match &state.slot {
-            PublisherSlot::Live { session } => state
-                .members
-                .values()
-                .find(|m| m.id == *session)
-                .map(|m| PublisherInfo {
-                    protocol: m.protocol,
-                    remote_addr: m.remote,
-                    session: m.id.to_string(),
-                    connected_secs: m.joined.elapsed().as_secs_f64(),
-                }),
-            PublisherSlot::Waiting { .. } => None,
-        };
+    let publisher = match &state.slot {
+        PublisherSlot::Live { session } => state
+            .members
+            .values()
+            .find(|m| m.id == *session)
+            .map(Member::info),
+        PublisherSlot::Waiting { .. } => None,
+    };
     StreamInfo {
         id: state.args.broadcast.id().clone(),
         state: if publisher.is_some() {

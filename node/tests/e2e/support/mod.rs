@@ -1,6 +1,7 @@
 //! Shared helpers: real nodes, real media, real WebRTC peers; conditions with deadlines.
 
 pub mod browser;
+pub mod loadtest;
 pub mod media;
 pub mod node;
 pub mod peer;

@@ -1,0 +1,91 @@
+//! The `cascade-loadtest` binary as the tests' publisher and viewer crowd.
+//!
+//! `cargo test --workspace` builds it before any test runs; a narrower `cargo test -p
+//! cascade-node` builds it here once.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Path to the `cascade-loadtest` binary of this build, built if missing.
+pub fn binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let cascade = PathBuf::from(env!("CARGO_BIN_EXE_cascade"));
+            let path = cascade.with_file_name("cascade-loadtest");
+            if !path.exists() {
+                let status = Command::new(env!("CARGO"))
+                    .args([
+                        "build",
+                        "-p",
+                        "cascade-loadtest",
+                        "--bin",
+                        "cascade-loadtest",
+                    ])
+                    .status()
+                    .expect("cargo runs");
+                assert!(status.success(), "building cascade-loadtest failed");
+            }
+            path
+        })
+        .clone()
+}
+
+/// A `cascade-loadtest publish` running in the background, killed when dropped.
+pub struct LoadPublisher(std::process::Child);
+
+impl LoadPublisher {
+    /// Publishes to `url` from `local_ip` with extra arguments (e.g. `--source synthetic`).
+    pub fn start(url: &str, local_ip: &str, extra: &[&str]) -> LoadPublisher {
+        let child = Command::new(binary())
+            .args(["publish", "--url", url, "--local-ip", local_ip])
+            .args(extra)
+            .env("RUST_LOG", log_filter())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cascade-loadtest starts");
+        LoadPublisher(child)
+    }
+}
+
+impl Drop for LoadPublisher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn log_filter() -> String {
+    std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
+/// Runs `cascade-loadtest webrtc` to completion; returns its exit code, its JSON report (if
+/// it wrote one) and its output.
+pub async fn webrtc(url: &str, local_ip: &str, extra: &[&str]) -> (i32, serde_json::Value, Output) {
+    let report = std::env::temp_dir().join(format!(
+        "cascade-loadtest-report-{}-{}.json",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let mut command = tokio::process::Command::new(binary());
+    command
+        .args(["webrtc", "--url", url, "--local-ip", local_ip, "--report"])
+        .arg(&report)
+        .args(extra)
+        .env("RUST_LOG", log_filter())
+        .kill_on_drop(true);
+    let output = command.output().await.expect("cascade-loadtest runs");
+    let json = std::fs::read_to_string(&report)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let _ = std::fs::remove_file(&report);
+    (output.status.code().unwrap_or(-1), json, output)
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now())
+}
