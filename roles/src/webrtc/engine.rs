@@ -33,6 +33,8 @@ use crate::session::{SessionId, SessionKind, SessionMsg};
 const FRAME_QUEUE: usize = 4096;
 /// Upper bound on how long the loop sleeps when no session has an earlier timeout.
 const IDLE_TICK: Duration = Duration::from_millis(100);
+/// Datagrams read per wake-up before frames and timers get their turn.
+const RECEIVE_BATCH: usize = 256;
 /// A viewer asking for keyframes again and again is re-sent the cached group at most this often.
 const REPRIME_INTERVAL: Duration = Duration::from_secs(1);
 /// The cached group is sent to a joining viewer in slices of this many bytes per
@@ -215,7 +217,17 @@ impl Engine {
                     None => break,
                 },
                 received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, source)) => self.handle_datagram(&buf[..len], source),
+                    Ok((len, source)) => {
+                        self.handle_datagram(&buf[..len], source);
+                        // Take what else is queued now: one wake-up serves a burst, and the
+                        // socket buffer empties before a long fan-out fills it.
+                        for _ in 0..RECEIVE_BATCH {
+                            let Ok((len, source)) = self.socket.try_recv_from(&mut buf) else {
+                                break;
+                            };
+                            self.handle_datagram(&buf[..len], source);
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "UDP receive error"),
                 },
                 Some(first) = frames_rx.recv() => {

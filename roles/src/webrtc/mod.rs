@@ -14,6 +14,7 @@ use std::time::Instant;
 use ractor::ActorRef;
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 
@@ -26,6 +27,12 @@ pub(crate) use engine::Command;
 /// Frames split over more RTP packets than this are dropped by str0m's depacketizer; 720p and
 /// 1080p keyframes often take 50 to 200.
 const MAX_FRAME_PACKETS: usize = 500;
+/// Sent video packets each viewer keeps for retransmission.
+const VIEWER_SEND_BUFFER: usize = 256;
+/// Socket buffers asked for on the media socket. Every session shares it, so a default
+/// ~200 KiB receive buffer overflows while one frame is fanned out to hundreds of viewers;
+/// the kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 
 /// How the engine is set up.
 #[derive(Debug, Clone)]
@@ -55,12 +62,10 @@ impl WebRtcEngine {
             .generate_certificate()
             .ok_or_else(|| RoleError::Unavailable("cannot generate a DTLS certificate".into()))?;
         provider.install_process_default();
-        let socket = tokio::net::UdpSocket::bind(settings.bind)
-            .await
-            .map_err(|source| RoleError::Bind {
-                addr: settings.bind,
-                source,
-            })?;
+        let socket = bind_media_socket(settings.bind).map_err(|source| RoleError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
         let local = socket.local_addr().map_err(|source| RoleError::Bind {
             addr: settings.bind,
             source,
@@ -81,12 +86,33 @@ impl WebRtcEngine {
         self.advertised
     }
 
-    /// Parses and checks an SDP offer and builds the `Rtc` that answers it.
-    pub fn answer(&self, offer_sdp: &str) -> Result<(Rtc, String), RoleError> {
+    /// Parses and checks an SDP offer and builds the `Rtc` that answers it. Viewer sessions
+    /// leave out transport-wide congestion control: we do not estimate bandwidth towards
+    /// viewers, and hundreds of viewers' feedback would only load the shared socket.
+    pub fn answer(&self, offer_sdp: &str, kind: SessionKind) -> Result<(Rtc, String), RoleError> {
         offer::check_codecs(offer_sdp)?;
         let offer =
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| RoleError::BadOffer(e.to_string()))?;
-        let mut rtc = RtcConfig::new()
+        let mut config = RtcConfig::new();
+        if kind == SessionKind::Viewer {
+            let mut extensions = ExtensionMap::empty();
+            for (id, extension) in [
+                (1, Extension::AudioLevel),
+                (2, Extension::AbsoluteSendTime),
+                (4, Extension::RtpMid),
+                (10, Extension::RtpStreamId),
+                (11, Extension::RepairedRtpStreamId),
+                (13, Extension::VideoOrientation),
+            ] {
+                extensions.set(id, extension);
+            }
+            // str0m keeps this many sent packets per viewer for NACK resends (default 1000,
+            // about 1.3 MB per viewer); 256 is ~1.7 s of a 1.5 Mbit/s stream.
+            config = config
+                .set_extension_map(extensions)
+                .set_send_buffer_video(VIEWER_SEND_BUFFER);
+        }
+        let mut rtc = config
             .set_ice_lite(true)
             .clear_codecs()
             .enable_h264(true)
@@ -131,6 +157,31 @@ impl WebRtcEngine {
     }
 }
 
+/// Binds the shared media socket with large buffers, warning when the kernel grants less.
+fn bind_media_socket(bind: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    // Best effort: a smaller buffer still works, it only drops earlier under load.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&bind.into())?;
+    let receive = socket.recv_buffer_size().unwrap_or(0);
+    let send = socket.send_buffer_size().unwrap_or(0);
+    // Linux reports twice the granted size (it counts bookkeeping overhead).
+    if receive < SOCKET_BUFFER {
+        tracing::warn!(
+            granted_bytes = receive / 2,
+            wanted_bytes = SOCKET_BUFFER,
+            "the media socket's receive buffer is small: under load datagrams will be dropped; \
+             raise it with sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}"
+        );
+    } else {
+        tracing::debug!(receive, send, "media socket buffers");
+    }
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
 /// A session whose offer was answered and whose media is attached to the engine.
 #[derive(Debug)]
 pub struct NegotiatedSession {
@@ -151,7 +202,7 @@ pub async fn open_session(
     remote: Option<SocketAddr>,
 ) -> Result<NegotiatedSession, RoleError> {
     let engine = registry.engine();
-    let (rtc, answer_sdp) = engine.answer(offer_sdp)?;
+    let (rtc, answer_sdp) = engine.answer(offer_sdp, kind)?;
     let session = SessionId::random();
     let admitted = registry
         .admit(stream, kind, session, protocol, remote)
