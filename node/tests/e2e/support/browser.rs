@@ -1,6 +1,7 @@
 //! Headless Chromium driven over WebDriver (Debian's `chromedriver`), with fake camera and
 //! microphone, talking to the node over loopback only.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -24,7 +25,10 @@ pub struct Browser {
 impl ChromeDriver {
     pub async fn start() -> ChromeDriver {
         let port = 19000 + (std::process::id() % 1000) as u16;
+        // Its own process group, so that a failing test still takes every Chromium process
+        // it started down with it (see Drop).
         let child = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdout(Stdio::null())
@@ -99,6 +103,8 @@ impl ChromeDriver {
 
 impl Drop for ChromeDriver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         for profile in &self.profiles {
