@@ -29,6 +29,19 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Why a session that ended (or timed out) early failed, from how far it got.
+    pub fn from_stage(media_flowed: bool, dtls_connected: bool, ice_connected: bool) -> Self {
+        if media_flowed {
+            FailureReason::SessionLost
+        } else if dtls_connected {
+            FailureReason::NoMedia
+        } else if ice_connected {
+            FailureReason::DtlsFailure
+        } else {
+            FailureReason::IceTimeout
+        }
+    }
+
     /// The label used in the report (`http_404`, `ice_timeout`, ...).
     pub fn label(self) -> String {
         match self {
@@ -309,6 +322,26 @@ mod tests {
         f.on_frame(t0 + Duration::from_secs(2), Some((6, 0)), 0);
         assert_eq!(f.freezes, 0);
         assert_eq!((f.received, f.expected), (2, 2));
+    }
+
+    #[test]
+    fn a_failure_is_named_after_the_last_stage_reached() {
+        assert_eq!(
+            FailureReason::from_stage(true, true, true),
+            FailureReason::SessionLost
+        );
+        assert_eq!(
+            FailureReason::from_stage(false, true, true),
+            FailureReason::NoMedia
+        );
+        assert_eq!(
+            FailureReason::from_stage(false, false, true),
+            FailureReason::DtlsFailure
+        );
+        assert_eq!(
+            FailureReason::from_stage(false, false, false),
+            FailureReason::IceTimeout
+        );
     }
 
     #[test]

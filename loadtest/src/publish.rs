@@ -160,13 +160,12 @@ async fn stream(
     loop {
         let alive = peer.drain(|event| signals.on_event(event));
         if !alive || signals.closed {
-            return Err(if signals.connected {
-                FailureReason::SessionLost
-            } else if signals.ice_connected {
-                FailureReason::DtlsFailure
-            } else {
-                FailureReason::IceTimeout
-            });
+            // A publisher's media flows as soon as DTLS is up.
+            return Err(FailureReason::from_stage(
+                signals.connected,
+                signals.connected,
+                signals.ice_connected,
+            ));
         }
         let now = Instant::now();
         if now >= deadline {
@@ -176,11 +175,11 @@ async fn stream(
         }
         if !signals.connected {
             if now >= requested + CONNECT_TIMEOUT {
-                return Err(if signals.ice_connected {
-                    FailureReason::DtlsFailure
-                } else {
-                    FailureReason::IceTimeout
-                });
+                return Err(FailureReason::from_stage(
+                    false,
+                    false,
+                    signals.ice_connected,
+                ));
             }
             peer.wait(deadline.min(requested + CONNECT_TIMEOUT)).await;
             continue;

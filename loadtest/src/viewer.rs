@@ -215,16 +215,15 @@ async fn session(
         if stop.is_stopped() {
             break SessionEnd::Stopped;
         }
+        let failure = || {
+            SessionEnd::Failed(FailureReason::from_stage(
+                joined,
+                dtls_connected_at.is_some(),
+                ice_connected,
+            ))
+        };
         if !alive || closed {
-            break SessionEnd::Failed(if joined {
-                FailureReason::SessionLost
-            } else if dtls_connected_at.is_some() {
-                FailureReason::NoMedia
-            } else if ice_connected {
-                FailureReason::DtlsFailure
-            } else {
-                FailureReason::IceTimeout
-            });
+            break failure();
         }
         let check_at = if joined {
             last_media + settings.media_timeout
@@ -234,15 +233,7 @@ async fn session(
             requested + settings.join_timeout
         };
         if now >= check_at {
-            break SessionEnd::Failed(if joined {
-                FailureReason::SessionLost
-            } else if dtls_connected_at.is_some() {
-                FailureReason::NoMedia
-            } else if ice_connected {
-                FailureReason::DtlsFailure
-            } else {
-                FailureReason::IceTimeout
-            });
+            break failure();
         }
         tokio::select! {
             biased;

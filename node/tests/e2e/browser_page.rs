@@ -76,13 +76,9 @@ async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
         || async { node.json("/api/v1/streams/browser").await.1["viewers"] == 0 },
     )
     .await;
-    let metrics = node.metrics().await;
+    let (counted, metrics) = node.counted_session_end("viewer", "deleted").await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("cascade_sessions_ended_total")
-                && l.contains("kind=\"viewer\"")
-                && l.contains("outcome=\"deleted\"")),
+        counted,
         "the page's Stop ended the session with a DELETE: {metrics}"
     );
     assert_eq!(

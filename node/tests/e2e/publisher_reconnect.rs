@@ -56,15 +56,8 @@ async fn viewers_survive_a_publisher_reconnect_and_end_after_the_grace_period() 
         || async { node.json("/api/v1/streams/show").await.0 == 404 },
     )
     .await;
-    let metrics = node.metrics().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("cascade_sessions_ended_total")
-                && l.contains("kind=\"viewer\"")
-                && l.contains("outcome=\"stream_ended\"")),
-        "{metrics}"
-    );
+    let (counted, metrics) = node.counted_session_end("viewer", "stream_ended").await;
+    assert!(counted, "{metrics}");
     assert!(
         viewer.wait_ended(Duration::from_secs(30)).await,
         "the viewer's connection ends"

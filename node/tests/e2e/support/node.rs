@@ -76,6 +76,18 @@ impl Node {
             .unwrap()
     }
 
+    /// Whether `/metrics` counts an ended session of `kind` with `outcome`; returns the
+    /// metrics text for the failure message too.
+    pub async fn counted_session_end(&self, kind: &str, outcome: &str) -> (bool, String) {
+        let metrics = self.metrics().await;
+        let counted = metrics.lines().any(|l| {
+            l.starts_with("cascade_sessions_ended_total")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        });
+        (counted, metrics)
+    }
+
     /// `GET` a JSON document.
     pub async fn json(&self, path: &str) -> (u16, serde_json::Value) {
         let response = reqwest::get(self.url(path)).await.unwrap();
