@@ -70,6 +70,8 @@ pub struct FrameTracker {
     last_captured_us: Option<u64>,
     interval: Duration,
     catching_up: bool,
+    /// Arrival minus capture time of the previous frame while catching up.
+    last_lateness_us: Option<u64>,
     pub received: u64,
     pub expected: u64,
     pub freezes: u64,
@@ -84,6 +86,7 @@ impl Default for FrameTracker {
             last_captured_us: None,
             interval: DEFAULT_FRAME_INTERVAL,
             catching_up: true,
+            last_lateness_us: None,
             received: 0,
             expected: 0,
             freezes: 0,
@@ -102,7 +105,6 @@ impl FrameTracker {
         marker: Option<(u64, u64)>,
         now_unix_us: u64,
     ) -> Option<u64> {
-        let since_last = self.last_at.map(|last| at.saturating_duration_since(last));
         let Some((frame, captured_us)) = marker else {
             self.received += 1;
             self.expected += 1;
@@ -128,15 +130,23 @@ impl FrameTracker {
         }
         self.last_frame = Some(frame);
         self.last_captured_us = Some(captured_us);
-        // The burst of cached frames a viewer gets at join arrives faster than real time; its
-        // frames are old by design, so latency is sampled from the first frame paced live.
+        // The cached group a viewer gets at join (and the live frames queued behind it) is
+        // sent faster than real time, so each of those frames is less late than the one
+        // before: they are old by design and not sampled. Live pace is reached when lateness
+        // stops falling (by more than a quarter frame interval of jitter).
+        let lateness = now_unix_us.saturating_sub(captured_us);
         if self.catching_up {
-            match since_last {
-                Some(gap) if gap >= self.interval / 2 => self.catching_up = false,
+            let tolerance = self.interval.as_micros() as u64 / 4;
+            let previous = self.last_lateness_us.replace(lateness);
+            match previous {
+                Some(previous) if lateness + tolerance >= previous => {
+                    self.catching_up = false;
+                    self.last_lateness_us = None;
+                }
                 _ => return None,
             }
         }
-        Some(now_unix_us.saturating_sub(captured_us))
+        Some(lateness)
     }
 
     /// The session ended or the run stopped at `at`: a trailing gap counts as a freeze too.
@@ -150,6 +160,7 @@ impl FrameTracker {
     pub fn restart(&mut self) {
         self.last_at = None;
         self.catching_up = true;
+        self.last_lateness_us = None;
     }
 
     /// When the newest frame arrived.
@@ -296,20 +307,47 @@ mod tests {
     }
 
     #[test]
-    fn latency_is_sampled_once_frames_arrive_at_the_live_pace() {
+    fn latency_is_sampled_once_frames_stop_catching_up() {
         let t0 = Instant::now();
         let mut f = FrameTracker::default();
-        // The join burst: three cached frames within a millisecond.
-        assert_eq!(f.on_frame(t0, Some((0, 1_000_000)), 2_000_000), None);
-        assert_eq!(f.on_frame(t0, Some((1, 1_033_333)), 2_000_000), None);
-        assert_eq!(f.on_frame(t0 + MS, Some((2, 1_066_666)), 2_000_000), None);
-        // Then live pace: latency is now minus capture time.
+        // Frame n was captured at 10 s + n × 33.333 ms; the viewer's wall clock is set so that
+        // frame 62, arriving 114 ms after t0, is 15 ms late.
+        let wall_at_t0 = 10_000_000 + 62 * 33_333 + 15_000 - 114_000;
+        let mut sample = |arrival_ms: u64, frame: u64| {
+            let captured_us = 10_000_000 + frame * 33_333;
+            let now_unix_us = wall_at_t0 + arrival_ms * 1_000;
+            f.on_frame(
+                t0 + MS * arrival_ms as u32,
+                Some((frame, captured_us)),
+                now_unix_us,
+            )
+        };
+        // The cached group: a burst within milliseconds, then paced slices 20 ms apart whose
+        // gaps alone look live (an arrival-gap rule sampled these at ~2 s).
+        for (arrival, frame) in [(0, 0), (1, 1), (2, 2), (20, 3), (21, 4), (40, 5), (60, 6)] {
+            assert_eq!(
+                sample(arrival, frame),
+                None,
+                "frame {frame} is still catching up"
+            );
+        }
+        // Live frames queued behind the group drain at the pacer's rate until the newest.
+        assert_eq!(sample(80, 60), None);
+        assert_eq!(sample(81, 61), None);
+        // Then live pace: every frame about as late as the one before.
+        assert_eq!(sample(114, 62), Some(15_000));
+        assert_eq!(sample(147, 63), Some(14_667));
+    }
+
+    #[test]
+    fn a_viewer_joining_right_after_a_keyframe_is_sampled_from_its_second_frame() {
+        let t0 = Instant::now();
+        let mut f = FrameTracker::default();
+        assert_eq!(f.on_frame(t0, Some((0, 1_000_000)), 1_010_000), None);
         assert_eq!(
-            f.on_frame(t0 + MS * 34, Some((3, 1_100_000)), 1_112_500),
-            Some(12_500)
+            f.on_frame(t0 + MS * 33, Some((1, 1_033_333)), 1_045_000),
+            Some(11_667)
         );
-        assert_eq!(f.on_frame(t0 + MS * 67, None, 5), None);
-        assert_eq!((f.received, f.expected), (5, 5));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`vp8`]: VP8 keyframe header parsing (resolution for the catalog).
 //! - [`keyframe`]: coalescing and rate-limiting keyframe requests on their way upstream.
 //! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes.
+//! - [`rtp_payload`]: a frame's RTP payloads, made once and shared by every viewer.
 //! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
 //! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
 
@@ -20,6 +21,7 @@ pub mod keyframe;
 pub mod media;
 pub mod ogg;
 pub mod priming;
+pub mod rtp_payload;
 pub mod sei;
 pub mod stream_id;
 pub mod timeline;

@@ -7,6 +7,11 @@
 //! shared by every viewer of that track on this engine: a frame costs one channel message
 //! and one wake-up for the engine, then a plain loop over that track's viewers.
 //!
+//! Viewers run str0m in RTP mode: the engine packetizes each frame once
+//! (`cascade_protocol::rtp_payload`) and every viewer's RTP stream references the same
+//! payloads, so per viewer only the RTP header and the encryption are made. Datagrams to one
+//! viewer leave in GSO batches ([`super::udp`]).
+//!
 //! Every mutation of an `Rtc` is followed by draining `poll_output` until `Timeout`.
 
 use std::cmp::Reverse;
@@ -18,13 +23,16 @@ use std::time::{Duration, Instant};
 use cascade_protocol::StreamId;
 use cascade_protocol::media::{Codec, Frame, MediaKind};
 use cascade_protocol::priming::{plan_priming, shifted};
+use cascade_protocol::rtp_payload::{MAX_RTP_PAYLOAD, RtpPayload, packetize};
 use ractor::ActorRef;
 use str0m::format::Codec as RtcCodec;
-use str0m::media::{Frequency, KeyframeRequestKind, MediaTime, Mid, Pt};
+use str0m::media::{KeyframeRequestKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+
+use super::udp::{MediaSocket, Sent};
 
 use crate::broadcast::{Broadcast, Delivery, FrameSink};
 use crate::session::{SessionId, SessionKind, SessionMsg};
@@ -35,6 +43,8 @@ const FRAME_QUEUE: usize = 4096;
 const IDLE_TICK: Duration = Duration::from_millis(100);
 /// Datagrams read per wake-up before frames and timers get their turn.
 const RECEIVE_BATCH: usize = 256;
+/// Egress counters are updated once this many datagrams have accumulated for a session.
+const REPORT_EVERY_DATAGRAMS: u64 = 64;
 /// A viewer asking for keyframes again and again is re-sent the cached group at most this often.
 const REPRIME_INTERVAL: Duration = Duration::from_secs(1);
 /// The cached group is sent to a joining viewer in slices of this many bytes per
@@ -86,11 +96,36 @@ impl FrameSink for EngineSink {
     }
 }
 
+/// A frame with its RTP payloads, made once per engine and shared by every viewer.
+struct PacketizedFrame {
+    seq: u64,
+    timestamp: u64,
+    keyframe: bool,
+    payloads: Vec<RtpPayload>,
+    bytes: usize,
+}
+
+impl PacketizedFrame {
+    fn new(frame: &Frame, codec: Codec) -> Arc<Self> {
+        let payloads = packetize(codec, &frame.payload, MAX_RTP_PAYLOAD);
+        Arc::new(Self {
+            seq: frame.seq,
+            timestamp: frame.timestamp,
+            keyframe: frame.keyframe,
+            bytes: frame.payload.len(),
+            payloads,
+        })
+    }
+}
+
 /// Per-viewer state of one outgoing track.
 #[derive(Default)]
 struct OutTrack {
     mid: Option<Mid>,
     pt: Option<Pt>,
+    /// The extended RTP sequence number of the next packet (starts below 2^15 so that the
+    /// SRTP rollover counter starts at 0, as a receiver assumes).
+    rtp_seq: u64,
     /// Nothing is sent before a keyframe: the decoder could not use it.
     started: bool,
     /// Frames below this were already sent (while priming from the group cache).
@@ -103,7 +138,7 @@ struct OutTrack {
     primed_at: Option<Instant>,
     /// Frames waiting for the pacer while the cached group goes out, with the timestamp the
     /// priming plan gave them (`None`: a live frame, shifted by `offset`).
-    backlog: std::collections::VecDeque<(Frame, Option<u64>)>,
+    backlog: std::collections::VecDeque<(Arc<PacketizedFrame>, Option<u64>)>,
 }
 
 /// Per-publisher state of one incoming track.
@@ -127,6 +162,11 @@ struct Session {
     actor: ActorRef<SessionMsg>,
     addr: Option<SocketAddr>,
     deadline: Instant,
+    /// The deadline last pushed on the timer heap: an unchanged deadline is not pushed again
+    /// (most drives after a frame end with the same str0m timeout).
+    queued_deadline: Option<Instant>,
+    /// Egress not yet added to the shared counters (they are added in chunks).
+    unreported: Sent,
     egress_packets: metrics::Counter,
     egress_bytes: metrics::Counter,
     ingest_packets: metrics::Counter,
@@ -134,6 +174,17 @@ struct Session {
 }
 
 impl Session {
+    /// Adds egress to the shared counters: in chunks, since they are atomics shared by every
+    /// session of the stream and a per-datagram increment showed in profiles.
+    fn report_egress(&mut self) {
+        let sent = std::mem::take(&mut self.unreported);
+        self.egress_packets.increment(sent.datagrams);
+        self.egress_bytes.increment(sent.bytes);
+        if sent.failed > 0 {
+            metrics::counter!("cascade_udp_send_errors_total").increment(sent.failed);
+        }
+    }
+
     fn has_backlog(&self) -> bool {
         matches!(&self.role, Role::Viewer { video, .. } if !video.backlog.is_empty())
     }
@@ -142,6 +193,42 @@ impl Session {
 struct Subscription {
     viewers: Vec<usize>,
     subscriber_id: u64,
+    track: Arc<crate::broadcast::Track>,
+    /// The current group, packetized: what priming a joining viewer sends without packetizing
+    /// the group again.
+    group: Vec<Arc<PacketizedFrame>>,
+}
+
+impl Subscription {
+    /// Packetizes a live frame (once, whatever the number of viewers) and remembers it.
+    fn packetize_live(&mut self, frame: &Frame) -> Option<Arc<PacketizedFrame>> {
+        let codec = self.track.info()?.codec;
+        let packetized = PacketizedFrame::new(frame, codec);
+        if frame.keyframe || codec.kind() == MediaKind::Audio {
+            self.group.clear();
+        }
+        if codec.kind() == MediaKind::Video {
+            self.group.push(packetized.clone());
+        }
+        Some(packetized)
+    }
+
+    /// The track's cached group, packetized (reusing what live frames already packetized).
+    fn packetized_group(&self) -> Vec<Arc<PacketizedFrame>> {
+        let Some(codec) = self.track.info().map(|i| i.codec) else {
+            return Vec::new();
+        };
+        self.track
+            .current_group()
+            .iter()
+            .map(|frame| {
+                self.group
+                    .binary_search_by_key(&frame.seq, |p| p.seq)
+                    .map(|at| self.group[at].clone())
+                    .unwrap_or_else(|_| PacketizedFrame::new(frame, codec))
+            })
+            .collect()
+    }
 }
 
 /// Work found while draining a session's output, applied once the session is no longer borrowed.
@@ -152,7 +239,10 @@ enum Followup {
 }
 
 struct Engine {
-    socket: UdpSocket,
+    socket: MediaSocket,
+    /// Datagrams of one receive batch, copied out so that sessions can be driven meanwhile.
+    inbox: Vec<u8>,
+    inbox_marks: Vec<(SocketAddr, usize)>,
     local: SocketAddr,
     loopback_only: bool,
     commands: mpsc::UnboundedSender<Command>,
@@ -170,7 +260,7 @@ struct Engine {
 }
 
 pub(crate) fn spawn(
-    socket: UdpSocket,
+    socket: MediaSocket,
     commands: mpsc::UnboundedSender<Command>,
     command_rx: mpsc::UnboundedReceiver<Command>,
 ) {
@@ -180,6 +270,8 @@ pub(crate) fn spawn(
     let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
     let engine = Engine {
         socket,
+        inbox: Vec::new(),
+        inbox_marks: Vec::new(),
         local,
         loopback_only: local.ip().is_loopback(),
         commands,
@@ -203,7 +295,6 @@ impl Engine {
         mut command_rx: mpsc::UnboundedReceiver<Command>,
         mut frames_rx: mpsc::Receiver<FrameToEngine>,
     ) {
-        let mut buf = vec![0u8; 2048];
         loop {
             let next_timer = self
                 .timers
@@ -216,18 +307,10 @@ impl Engine {
                     Some(command) => self.handle_command(command),
                     None => break,
                 },
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, source)) => {
-                        self.handle_datagram(&buf[..len], source);
-                        // Take what else is queued now: one wake-up serves a burst, and the
-                        // socket buffer empties before a long fan-out fills it.
-                        for _ in 0..RECEIVE_BATCH {
-                            let Ok((len, source)) = self.socket.try_recv_from(&mut buf) else {
-                                break;
-                            };
-                            self.handle_datagram(&buf[..len], source);
-                        }
-                    }
+                readable = self.socket.readable() => match readable {
+                    // Take what is queued now: one wake-up serves a burst, and the socket
+                    // buffer empties before a long fan-out fills it.
+                    Ok(()) => self.receive_batch(),
                     Err(e) => tracing::debug!(error = %e, "UDP receive error"),
                 },
                 Some(first) = frames_rx.recv() => {
@@ -248,6 +331,32 @@ impl Engine {
         tracing::info!("WebRTC engine stopped");
     }
 
+    /// Reads up to `RECEIVE_BATCH` datagrams and handles each.
+    fn receive_batch(&mut self) {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        let mut marks = std::mem::take(&mut self.inbox_marks);
+        let mut read = 0;
+        while read < RECEIVE_BATCH {
+            inbox.clear();
+            marks.clear();
+            let count = self.socket.try_receive(|datagram, source| {
+                inbox.extend_from_slice(datagram);
+                marks.push((source, datagram.len()));
+            });
+            if count == 0 {
+                break;
+            }
+            read += count;
+            let mut at = 0;
+            for &(source, len) in &marks {
+                self.handle_datagram(&inbox[at..at + len], source);
+                at += len;
+            }
+        }
+        self.inbox = inbox;
+        self.inbox_marks = marks;
+    }
+
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Add(new) => self.add_session(*new),
@@ -260,7 +369,7 @@ impl Engine {
                         while let Ok(output) = session.rtc.poll_output() {
                             match output {
                                 Output::Transmit(t) => {
-                                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                                    self.socket.queue(t.destination, &t.contents);
                                 }
                                 Output::Timeout(_) => break,
                                 Output::Event(_) => {}
@@ -269,6 +378,7 @@ impl Engine {
                                 break;
                             }
                         }
+                        self.socket.flush();
                     }
                     self.remove(slot, None);
                 }
@@ -313,6 +423,8 @@ impl Engine {
             actor: new.actor,
             addr: None,
             deadline: Instant::now(),
+            queued_deadline: None,
+            unreported: Sent::default(),
             egress_packets: metrics::counter!("cascade_egress_packets_total", "stream" => stream.clone()),
             egress_bytes: metrics::counter!("cascade_egress_bytes_total", "stream" => stream.clone()),
             ingest_packets: metrics::counter!("cascade_ingest_packets_total", "stream" => stream.clone()),
@@ -381,7 +493,10 @@ impl Engine {
 
     fn handle_frame(&mut self, delivered: FrameToEngine) {
         let FrameToEngine { key, frame } = delivered;
-        let Some(subscription) = self.subscriptions.get(&key) else {
+        let Some(subscription) = self.subscriptions.get_mut(&key) else {
+            return;
+        };
+        let Some(packetized) = subscription.packetize_live(&frame) else {
             return;
         };
         // Indices are copied out so that sessions can be driven (and removed) in the loop.
@@ -396,10 +511,10 @@ impl Engine {
                 && !video.backlog.is_empty()
             {
                 // Still priming: keep the order, the pacer sends it after the cached group.
-                video.backlog.push_back((frame.clone(), None));
+                video.backlog.push_back((packetized.clone(), None));
                 continue;
             }
-            write_to_viewer(session, key.1, &frame, None, now);
+            write_to_viewer(session, key.1, &packetized, None, now);
             self.drive(slot);
         }
     }
@@ -428,6 +543,7 @@ impl Engine {
     fn drive(&mut self, slot: usize) {
         let mut followups: Vec<Followup> = Vec::new();
         let mut closed: Option<String> = None;
+        let mut sent = Sent::default();
         {
             let Some(session) = self.slots[slot].as_mut() else {
                 return;
@@ -440,16 +556,14 @@ impl Engine {
                 match session.rtc.poll_output() {
                     Ok(Output::Timeout(at)) => {
                         session.deadline = at;
-                        self.timers.push(Reverse((at, slot, session.generation)));
+                        if session.queued_deadline != Some(at) {
+                            session.queued_deadline = Some(at);
+                            self.timers.push(Reverse((at, slot, session.generation)));
+                        }
                         break;
                     }
                     Ok(Output::Transmit(t)) => {
-                        session.egress_packets.increment(1);
-                        session.egress_bytes.increment(t.contents.len() as u64);
-                        if let Err(e) = self.socket.try_send_to(&t.contents, t.destination) {
-                            metrics::counter!("cascade_udp_send_errors_total").increment(1);
-                            tracing::trace!(error = %e, "UDP send failed");
-                        }
+                        sent.add(self.socket.queue(t.destination, &t.contents));
                     }
                     Ok(Output::Event(event)) => {
                         if let Some(reason) =
@@ -465,6 +579,11 @@ impl Engine {
                         break;
                     }
                 }
+            }
+            sent.add(self.socket.flush());
+            session.unreported.add(sent);
+            if session.unreported.datagrams >= REPORT_EVERY_DATAGRAMS || closed.is_some() {
+                session.report_egress();
             }
         }
         for followup in followups {
@@ -493,6 +612,8 @@ impl Engine {
             Subscription {
                 viewers: Vec::new(),
                 subscriber_id: track.subscribe(Box::new(sink)),
+                track,
+                group: Vec::new(),
             }
         });
         subscription.viewers.push(slot);
@@ -523,7 +644,12 @@ impl Engine {
         {
             return;
         }
-        let group = track.current_group();
+        let key = (session.broadcast.id().clone(), MediaKind::Video);
+        let group = self
+            .subscriptions
+            .get(&key)
+            .map(Subscription::packetized_group)
+            .unwrap_or_default();
         let Some(first) = group.first().filter(|f| f.keyframe) else {
             return;
         };
@@ -585,7 +711,7 @@ impl Engine {
             let Some((frame, timestamp)) = video.backlog.pop_front() else {
                 return;
             };
-            budget = budget.saturating_sub(frame.payload.len());
+            budget = budget.saturating_sub(frame.bytes);
             write_to_viewer(session, MediaKind::Video, &frame, timestamp, now);
             // Drain after every frame: str0m's send ring (1000 video packets) must not wrap.
             self.drive(slot);
@@ -593,9 +719,10 @@ impl Engine {
     }
 
     fn remove(&mut self, slot: usize, reason: Option<String>) {
-        let Some(session) = self.slots[slot].take() else {
+        let Some(mut session) = self.slots[slot].take() else {
             return;
         };
+        session.report_egress();
         self.free.push(slot);
         self.by_id.remove(&session.id);
         if let Some(addr) = session.addr {
@@ -727,7 +854,7 @@ fn handle_event(
 fn write_to_viewer(
     session: &mut Session,
     kind: MediaKind,
-    frame: &Frame,
+    frame: &PacketizedFrame,
     timestamp: Option<u64>,
     now: Instant,
 ) {
@@ -749,45 +876,50 @@ fn write_to_viewer(
         }
         out.started = true;
     }
-    let Some(codec) = session.broadcast.track(kind).info().map(|i| i.codec) else {
-        return;
-    };
-    let Some(writer) = session.rtc.writer(mid) else {
-        return;
-    };
     let pt = match out.pt {
         Some(pt) => pt,
         None => {
-            let Some(pt) = choose_pt(writer.payload_params(), codec) else {
+            let Some(codec) = session.broadcast.track(kind).info().map(|i| i.codec) else {
+                return;
+            };
+            let remote = session
+                .rtc
+                .media(mid)
+                .map(|m| m.remote_pts().to_vec())
+                .unwrap_or_default();
+            let params = session.rtc.codec_config().params().iter();
+            let Some(pt) = choose_pt(params.filter(|p| remote.contains(&p.pt())), codec) else {
                 tracing::warn!(session = %session.id, ?codec, "viewer did not negotiate the stream's codec");
                 out.mid = None;
                 return;
             };
             out.pt = Some(pt);
+            out.rtp_seq = u64::from(rand::random::<u16>() & 0x7fff);
             pt
         }
     };
-    let Some(writer) = session.rtc.writer(mid) else {
+    let mut direct = session.rtc.direct_api();
+    let Some(stream) = direct.stream_tx_by_mid(mid, None) else {
         return;
     };
     let timestamp = timestamp.unwrap_or_else(|| shifted(frame.timestamp, out.offset));
-    let frequency = if codec.clock_rate() == 48_000 {
-        Frequency::FORTY_EIGHT_KHZ
-    } else {
-        Frequency::NINETY_KHZ
-    };
-    match writer.write(
-        pt,
-        now,
-        MediaTime::new(timestamp, frequency),
-        frame.payload.clone(),
-    ) {
-        Ok(()) => {
-            out.next_seq = frame.seq + 1;
-            out.last_sent = Some(timestamp);
-        }
-        Err(e) => tracing::debug!(session = %session.id, error = %e, "write failed"),
+    let nackable = kind == MediaKind::Video;
+    for payload in &frame.payloads {
+        // RTP timestamps are the low 32 bits of the track's 64-bit timeline.
+        let write = RtpWrite::new(
+            pt,
+            out.rtp_seq.into(),
+            timestamp as u32,
+            now,
+            payload.bytes.clone(),
+        )
+        .marker(payload.marker)
+        .nackable(nackable);
+        stream.write_rtp(write);
+        out.rtp_seq += 1;
     }
+    out.next_seq = frame.seq + 1;
+    out.last_sent = Some(timestamp);
 }
 
 /// The viewer's payload type for our codec; for H.264 one with packetization-mode 1.

@@ -6,6 +6,7 @@
 
 mod engine;
 pub mod offer;
+mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -66,6 +67,10 @@ impl WebRtcEngine {
             addr: settings.bind,
             source,
         })?;
+        let socket = udp::MediaSocket::new(socket).map_err(|source| RoleError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
         let local = socket.local_addr().map_err(|source| RoleError::Bind {
             addr: settings.bind,
             source,
@@ -106,11 +111,13 @@ impl WebRtcEngine {
             ] {
                 extensions.set(id, extension);
             }
-            // str0m keeps this many sent packets per viewer for NACK resends (default 1000,
-            // about 1.3 MB per viewer); 256 is ~1.7 s of a 1.5 Mbit/s stream.
+            // str0m keeps this many sent packets per viewer for NACK resends (default 1000);
+            // 256 is ~1.7 s of a 1.5 Mbit/s stream. They share the frame's payloads: RTP mode
+            // lets the engine packetize each frame once for every viewer (`engine`).
             config = config
                 .set_extension_map(extensions)
-                .set_send_buffer_video(VIEWER_SEND_BUFFER);
+                .set_send_buffer_video(VIEWER_SEND_BUFFER)
+                .set_rtp_mode(true);
         }
         let mut rtc = config
             .set_ice_lite(true)
