@@ -3,7 +3,8 @@
 # publisher) to the other. For each viewer count: server CPU, load-tester CPU, latency, loss,
 # join time, server memory per viewer. Bounded: each step runs STEP_SECS (default 30 s).
 #
-#   scripts/bench-capacity.sh [viewer counts...]      (default: 100 250 500 1000 1500 2000)
+#   [STEP_SECS=30] [VERIFY=all|N] scripts/bench-capacity.sh [viewer counts...]
+#                                        (default counts: 100 250 500 1000 1500 2000)
 #
 # Prints a Markdown table for docs/benchmarks.md. Needs taskset (util-linux) and FFmpeg.
 set -euo pipefail
@@ -12,6 +13,9 @@ cd "$(dirname "$0")/.."
 COUNTS=("$@")
 [ ${#COUNTS[@]} -eq 0 ] && COUNTS=(100 250 500 1000 1500 2000)
 STEP_SECS=${STEP_SECS:-30}
+# `all` (every viewer decrypts and reassembles every frame) or a number of verified viewers
+# (sampling mode: the rest count RTP headers).
+VERIFY=${VERIFY:-all}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 IP=127.0.0.77
@@ -44,7 +48,7 @@ echo "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
 for n in "${COUNTS[@]}"; do
     ramp=$(( n / 5 > 50 ? n / 5 : 50 ))
     RUST_LOG=warn taskset -c "$CLIENT_CPU" "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/bench" \
-        --local-ip "$IP" --viewers "$n" --ramp "$ramp" --workers 1 --duration "${STEP_SECS}s" \
+        --local-ip "$IP" --viewers "$n" --ramp "$ramp" --workers 1 --verify "$VERIFY" --duration "${STEP_SECS}s" \
         --report "$OUT/report-$n.json" >"$OUT/table-$n.txt" 2>"$OUT/loadtest-$n.log" &
     LT=$!
     # Measure the steady part: after the ramp (5 s) plus a settling second, for half the step.

@@ -200,6 +200,9 @@ pub struct Totals {
     pub plis_sent: u64,
     pub verified_viewers: u64,
     pub counted_viewers: u64,
+    /// Video RTP packets of counted viewers (sampling mode), from sequence numbers.
+    pub counted_packets_expected: u64,
+    pub counted_packets_received: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -227,6 +230,8 @@ impl Default for Totals {
             plis_sent: 0,
             verified_viewers: 0,
             counted_viewers: 0,
+            counted_packets_expected: 0,
+            counted_packets_received: 0,
         }
     }
 }
@@ -242,10 +247,16 @@ impl Totals {
         let _ = histogram.record(micros.clamp(1, 3_600_000_000));
     }
 
-    /// Adds a finished frame tracker.
+    /// Adds a finished frame tracker of a verified viewer.
     pub fn add_frames(&mut self, frames: &FrameTracker) {
         self.frames_expected += frames.expected;
         self.frames_received += frames.received;
+        self.add_freezes(frames);
+    }
+
+    /// Adds the freezes of a counted viewer: its frames cannot be numbered (they are not
+    /// decrypted), so it adds to packet counts instead of frame counts.
+    pub fn add_freezes(&mut self, frames: &FrameTracker) {
         self.freezes += frames.freezes;
         self.freeze_total += frames.freeze_total;
     }
@@ -271,6 +282,8 @@ impl Totals {
         self.plis_sent += other.plis_sent;
         self.verified_viewers += other.verified_viewers;
         self.counted_viewers += other.counted_viewers;
+        self.counted_packets_expected += other.counted_packets_expected;
+        self.counted_packets_received += other.counted_packets_received;
     }
 }
 

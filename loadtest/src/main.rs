@@ -126,6 +126,11 @@ struct WebrtcArgs {
     /// A joined viewer without media for this long counts its session as lost.
     #[arg(long, default_value = "5s", value_parser = duration_arg)]
     media_timeout: Duration,
+    /// `all`: every viewer decrypts and reassembles every frame. A number N: sampling mode,
+    /// N viewers (spread over the workers) are verified and the rest count RTP headers
+    /// (packets, loss, frames, freezes) without decrypting: more viewers per core.
+    #[arg(long, env = "CASCADE_LOADTEST_VERIFY", default_value = "all", value_parser = verify_arg)]
+    verify: Verify,
     /// SLO gate: exit 2 if p95 glass-to-glass latency exceeds this (ms).
     #[arg(long)]
     max_p95_latency_ms: Option<f64>,
@@ -254,6 +259,10 @@ async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
         reconnect: args.common.reconnect,
         join_timeout: args.join_timeout,
         media_timeout: args.media_timeout,
+        verified_per_worker: match args.verify {
+            Verify::All => None,
+            Verify::Count(n) => Some(n.div_ceil(workers)),
+        },
     };
     let outcome = coordinator::run(settings, &phases, workers).await;
     let mut report = report::Report::new(
@@ -287,9 +296,34 @@ async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
     })
 }
 
+/// Which viewers decrypt and reassemble every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verify {
+    All,
+    Count(usize),
+}
+
+/// `all` or a number of verified viewers.
+fn verify_arg(text: &str) -> Result<Verify, String> {
+    match text {
+        "all" => Ok(Verify::All),
+        n => n
+            .parse()
+            .map(Verify::Count)
+            .map_err(|_| format!("expected `all` or a number of viewers, got {n:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verification_is_all_or_a_count() {
+        assert_eq!(verify_arg("all"), Ok(Verify::All));
+        assert_eq!(verify_arg("200"), Ok(Verify::Count(200)));
+        assert!(verify_arg("some").is_err());
+    }
 
     #[test]
     fn bitrates_are_written_like_encoders_write_them() {

@@ -1,11 +1,17 @@
 //! A str0m `Rtc` as the offering client, on its own UDP socket, and the few lines that drive
-//! it: drain output until `Timeout`, wait for a datagram or the timeout, feed it back.
+//! it: drain output until `Timeout`, wait for datagrams or the timeout, feed them back. In
+//! counting mode RTP is counted from its headers instead of being decrypted.
 //!
 //! Each simulated peer has its own socket because servers tell sessions apart by the remote
 //! address (ICE only authenticates the first packet).
 
+use std::cell::RefCell;
+use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
+
+use quinn_udp::{RecvMeta, UdpSocketState};
+use tokio::io::Interest;
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
@@ -16,8 +22,15 @@ use tokio::net::UdpSocket;
 
 use crate::figures::FailureReason;
 
-/// Largest datagram we expect (WebRTC keeps packets under the path MTU).
-const DATAGRAM: usize = 2048;
+/// Room for one receive: up to 64 datagrams the kernel coalesced (UDP GRO) from a sender's
+/// GSO batch, each under the path MTU.
+const RECEIVE_BYTES: usize = 64 * 1_500;
+
+thread_local! {
+    /// One receive buffer per worker thread, shared by its peers: a peer handles what it
+    /// read before the next peer reads.
+    static RECEIVE_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; RECEIVE_BYTES]);
+}
 
 /// A certificate shared by every peer of the process: generating one per peer would make the
 /// ramp CPU-bound for no benefit (each session still gets its own DTLS keys).
@@ -32,10 +45,11 @@ pub fn shared_certificate() -> DtlsCert {
 pub struct Peer {
     pub rtc: Rtc,
     socket: UdpSocket,
+    udp: UdpSocketState,
     local: SocketAddr,
-    buf: Vec<u8>,
     next_timeout: Instant,
     pub bytes_received: u64,
+    counter: Option<RtpCounter>,
 }
 
 /// An offer ready to send and what is needed to apply its answer.
@@ -57,6 +71,7 @@ impl Offering {
     ) -> std::io::Result<Offering> {
         let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
         let local = socket.local_addr()?;
+        let udp = UdpSocketState::new((&socket).into())?;
         let now = Instant::now();
         let mut config = RtcConfig::new()
             .clear_codecs()
@@ -85,10 +100,11 @@ impl Offering {
             peer: Peer {
                 rtc,
                 socket,
+                udp,
                 local,
-                buf: vec![0; DATAGRAM],
                 next_timeout: now,
                 bytes_received: 0,
+                counter: None,
             },
             offer: offer.to_sdp_string(),
             pending,
@@ -115,6 +131,26 @@ impl Offering {
 }
 
 impl Peer {
+    /// From now on RTP is counted from its clear-text header instead of being decrypted and
+    /// reassembled (the sampling mode's counted viewers). ICE, DTLS and RTCP still go
+    /// through str0m, so the session stays a real one.
+    pub fn count_rtp_instead_of_decrypting(&mut self) {
+        let video_pts = self
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .filter(|p| p.spec().codec.is_video())
+            .map(|p| *p.pt())
+            .collect();
+        self.counter = Some(RtpCounter::new(video_pts));
+    }
+
+    /// What was counted, for a peer in counting mode.
+    pub fn counted(&self) -> Option<&RtpCounter> {
+        self.counter.as_ref()
+    }
+
     /// Drains output until `Timeout`: sends datagrams, hands events to `on_event`. Returns
     /// `false` once the peer is no longer alive.
     pub fn drain(&mut self, mut on_event: impl FnMut(Event)) -> bool {
@@ -139,51 +175,217 @@ impl Peer {
         }
     }
 
-    /// Feeds the next event into the `Rtc`: a datagram already queued on the socket, else
-    /// whichever comes first of a datagram, the peer's own timeout, or `until`. One datagram
-    /// per call: str0m must be drained (`drain`) after every input, or SRTP that follows the
-    /// DTLS handshake's last flight in the same batch is dropped before its keys exist.
-    pub async fn wait(&mut self, until: Instant) {
-        if self.read_one() {
-            return;
-        }
-        let deadline = self.next_timeout.min(until);
-        tokio::select! {
-            biased;
-            readable = self.socket.readable() => {
-                if readable.is_ok() {
-                    self.read_one();
+    /// Waits for datagrams, the peer's own timeout or `until`, whichever comes first, and
+    /// handles what came, draining after every input (`on_event` gets the events): str0m
+    /// must be drained after each datagram, or SRTP that follows the DTLS handshake's last
+    /// flight in the same batch is dropped before its keys exist.
+    pub async fn wait(&mut self, until: Instant, mut on_event: impl FnMut(Event)) {
+        if !self.receive(&mut on_event) {
+            let deadline = self.next_timeout.min(until);
+            tokio::select! {
+                biased;
+                readable = self.socket.readable() => {
+                    if readable.is_ok() {
+                        self.receive(&mut on_event);
+                    }
                 }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
             }
-            _ = tokio::time::sleep_until(deadline.into()) => {}
         }
         let now = Instant::now();
         if now >= self.next_timeout {
             let _ = self.rtc.handle_input(Input::Timeout(now));
+            self.drain(&mut on_event);
         }
     }
 
-    /// Reads and feeds one datagram if one is queued.
-    fn read_one(&mut self) -> bool {
-        let Ok((len, source)) = self.socket.try_recv_from(&mut self.buf) else {
-            return false; // WouldBlock: nothing queued
+    /// Reads what is queued (one `recvmsg`, several datagrams when the kernel coalesced a
+    /// GSO batch) and handles each. Returns false when nothing was queued.
+    fn receive(&mut self, on_event: &mut impl FnMut(Event)) -> bool {
+        RECEIVE_BUFFER.with_borrow_mut(|buf| {
+            let mut meta = [RecvMeta::default()];
+            let received = {
+                let mut slices = [IoSliceMut::new(&mut buf[..])];
+                let state = &self.udp;
+                let socket = &self.socket;
+                socket.try_io(Interest::READABLE, || {
+                    state.recv(socket.into(), &mut slices, &mut meta)
+                })
+            };
+            match received {
+                Ok(count) if count > 0 => {}
+                _ => return false, // WouldBlock: nothing queued
+            }
+            let meta = meta[0];
+            self.bytes_received += meta.len as u64;
+            let now = Instant::now();
+            for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
+                if let Some(counter) = self.counter.as_mut()
+                    && counter.count(datagram, now)
+                {
+                    continue;
+                }
+                let Ok(contents) = datagram.try_into() else {
+                    continue;
+                };
+                let input = Input::Receive(
+                    now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: meta.addr,
+                        destination: self.local,
+                        contents,
+                    },
+                );
+                if let Err(e) = self.rtc.handle_input(input) {
+                    tracing::debug!(error = %e, "input rejected");
+                }
+                self.drain(&mut *on_event);
+            }
+            true
+        })
+    }
+}
+
+/// RTP counted from clear-text headers (SRTP encrypts only the payload): per video SSRC the
+/// packets expected and received (from sequence numbers) and the frames seen (packets with
+/// the marker bit, which ends a video frame).
+#[derive(Debug)]
+pub struct RtpCounter {
+    video_pts: Vec<u8>,
+    video_ssrc: Option<u32>,
+    first_seq: u64,
+    highest_seq: Option<u64>,
+    pub packets_received: u64,
+    pub frames: u64,
+    pub last_frame_at: Option<Instant>,
+}
+
+impl RtpCounter {
+    fn new(video_pts: Vec<u8>) -> Self {
+        RtpCounter {
+            video_pts,
+            video_ssrc: None,
+            first_seq: 0,
+            highest_seq: None,
+            packets_received: 0,
+            frames: 0,
+            last_frame_at: None,
+        }
+    }
+
+    /// Packets the sender numbered, from the first to the highest seen.
+    pub fn packets_expected(&self) -> u64 {
+        self.highest_seq.map_or(0, |h| h - self.first_seq + 1)
+    }
+
+    /// Counts an RTP packet; false for anything else (STUN, DTLS, RTCP), which str0m handles.
+    fn count(&mut self, datagram: &[u8], at: Instant) -> bool {
+        let Some(header) = rtp_header(datagram) else {
+            return false;
         };
-        self.bytes_received += len as u64;
-        let Ok(contents) = self.buf[..len].try_into() else {
-            return true;
+        if !self.video_pts.contains(&header.pt) {
+            return true; // audio: counted in bytes only
+        }
+        if *self.video_ssrc.get_or_insert(header.ssrc) != header.ssrc {
+            return true; // a retransmission stream (RTX): not first-time media
+        }
+        self.packets_received += 1;
+        let seq = match self.highest_seq {
+            None => {
+                self.first_seq = u64::from(header.seq) + (1 << 16);
+                self.first_seq
+            }
+            Some(highest) => {
+                let delta = header.seq.wrapping_sub(highest as u16) as i16;
+                highest.saturating_add_signed(i64::from(delta))
+            }
         };
-        let input = Input::Receive(
-            Instant::now(),
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.local,
-                contents,
-            },
-        );
-        if let Err(e) = self.rtc.handle_input(input) {
-            tracing::debug!(error = %e, "input rejected");
+        self.highest_seq = Some(self.highest_seq.map_or(seq, |h| h.max(seq)));
+        if header.marker {
+            self.frames += 1;
+            self.last_frame_at = Some(at);
         }
         true
+    }
+}
+
+/// The fields of an RTP header we count by.
+#[derive(Debug, PartialEq, Eq)]
+struct RtpHeader {
+    pt: u8,
+    marker: bool,
+    seq: u16,
+    ssrc: u32,
+}
+
+/// Parses an RTP (not RTCP, RFC 5761 §4) header; `None` for anything else.
+fn rtp_header(datagram: &[u8]) -> Option<RtpHeader> {
+    if datagram.len() < 12 || datagram[0] >> 6 != 2 {
+        return None;
+    }
+    let pt = datagram[1] & 0x7f;
+    if (64..96).contains(&pt) {
+        return None; // RTCP packet types 192-223 with the marker bit position set
+    }
+    Some(RtpHeader {
+        pt,
+        marker: datagram[1] & 0x80 != 0,
+        seq: u16::from_be_bytes([datagram[2], datagram[3]]),
+        ssrc: u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(pt: u8, marker: bool, seq: u16, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 1]);
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xaa; 20]);
+        p
+    }
+
+    #[test]
+    fn rtcp_stun_and_dtls_are_not_counted_as_rtp() {
+        let mut counter = RtpCounter::new(vec![102]);
+        let now = Instant::now();
+        let sender_report = [0x80, 200, 0, 6, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0];
+        assert!(!counter.count(&sender_report, now));
+        assert!(!counter.count(&[0x00, 0x01, 0x00, 0x00], now), "STUN");
+        assert!(
+            !counter.count(&[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], now),
+            "DTLS"
+        );
+        assert_eq!(counter.packets_received, 0);
+    }
+
+    #[test]
+    fn video_loss_and_frames_are_counted_across_a_sequence_wrap() {
+        let mut counter = RtpCounter::new(vec![102]);
+        let now = Instant::now();
+        for (seq, marker) in [
+            (65_533u16, false),
+            (65_534, true),
+            (0, false),
+            (1, true),
+            (3, true),
+        ] {
+            assert!(counter.count(&rtp(102, marker, seq, 7), now));
+        }
+        assert!(
+            counter.count(&rtp(111, false, 9, 8), now),
+            "audio is RTP too"
+        );
+        assert_eq!(counter.packets_received, 5);
+        assert_eq!(
+            counter.packets_expected(),
+            7,
+            "65533..=3 across the wrap, 65535 and 2 lost"
+        );
+        assert_eq!(counter.frames, 3);
     }
 }

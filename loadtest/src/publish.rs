@@ -181,7 +181,10 @@ async fn stream(
                     signals.ice_connected,
                 ));
             }
-            peer.wait(deadline.min(requested + CONNECT_TIMEOUT)).await;
+            peer.wait(deadline.min(requested + CONNECT_TIMEOUT), |event| {
+                signals.on_event(event)
+            })
+            .await;
             continue;
         }
         let Some(video_mid) = video_mid else {
@@ -239,6 +242,9 @@ async fn stream(
         let next_frame = start + FRAME_INTERVAL * (*frame_number - first_frame) as u32;
         let next_audio = start + AUDIO_INTERVAL * (*audio_number - first_audio) as u32;
         peer.drain(|event| signals.on_event(event));
-        peer.wait(next_frame.min(next_audio).min(deadline)).await;
+        peer.wait(next_frame.min(next_audio).min(deadline), |event| {
+            signals.on_event(event)
+        })
+        .await;
     }
 }

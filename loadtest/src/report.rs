@@ -39,8 +39,16 @@ pub struct Report {
     pub target_viewers: usize,
     pub duration_secs: f64,
     pub workers: usize,
-    /// `full`: every viewer decrypts and reassembles every frame.
+    /// `full`: every viewer decrypts and reassembles every frame. `sampled`: only
+    /// `verified_viewers` do; frame counts and latency come from them, and the
+    /// `counted_viewers` contribute packet loss (from RTP sequence numbers), freezes, join
+    /// time (first complete video frame) and bitrate.
     pub verification: &'static str,
+    pub verified_viewers: u64,
+    pub counted_viewers: u64,
+    /// Video RTP packet loss of the counted viewers (sampling mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_packet_loss_pct: Option<f64>,
     pub sessions_started: u64,
     pub sessions_joined: u64,
     pub failures: std::collections::BTreeMap<String, u64>,
@@ -81,7 +89,20 @@ impl Report {
             target_viewers,
             duration_secs: (duration.as_secs_f64() * 10.0).round() / 10.0,
             workers,
-            verification: "full",
+            verification: if t.counted_viewers == 0 {
+                "full"
+            } else {
+                "sampled"
+            },
+            verified_viewers: t.verified_viewers,
+            counted_viewers: t.counted_viewers,
+            counted_packet_loss_pct: (t.counted_viewers > 0).then(|| {
+                let lost = t
+                    .counted_packets_expected
+                    .saturating_sub(t.counted_packets_received);
+                let expected = t.counted_packets_expected.max(1);
+                (lost as f64 * 10_000.0 / expected as f64).round() / 100.0
+            }),
             sessions_started: t.sessions_started,
             sessions_joined: t.sessions_joined,
             failed_sessions: t.failures.values().sum(),
@@ -143,6 +164,12 @@ impl Report {
             "frames: {} expected, {} received, loss {:.2}%\n",
             self.frames_expected, self.frames_received, self.frame_loss_pct
         );
+        if let Some(loss) = self.counted_packet_loss_pct {
+            out += &format!(
+                "sampled: {} viewers verified, {} counted (video packet loss {loss:.2}%)\n",
+                self.verified_viewers, self.counted_viewers
+            );
+        }
         out += &format!(
             "freezes: {} ({:.2} s in total); bitrate per viewer {:.1} kbit/s; NACKs {}, PLIs {}\n",
             self.freezes,

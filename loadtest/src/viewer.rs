@@ -11,7 +11,7 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 
 use crate::figures::{FailureReason, FrameTracker, Totals};
 use crate::marker;
-use crate::peer::Offering;
+use crate::peer::{Offering, RtpCounter};
 use crate::signaling;
 use crate::worker::WorkerContext;
 
@@ -26,6 +26,9 @@ pub struct ViewerSettings {
     pub join_timeout: Duration,
     /// A joined session with no media for this long counts as lost.
     pub media_timeout: Duration,
+    /// Viewers of each worker that decrypt and reassemble every frame; the rest count RTP
+    /// headers (sampling mode). `None`: every viewer.
+    pub verified_per_worker: Option<usize>,
 }
 
 /// Asks a running viewer to leave.
@@ -43,6 +46,85 @@ impl StopFlag {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.get()
+    }
+}
+
+/// What one session has seen so far.
+struct Watch {
+    video_mid: Option<Mid>,
+    ice_connected: bool,
+    dtls_connected_at: Option<Instant>,
+    joined: bool,
+    last_media: Instant,
+    closed: bool,
+    want_keyframe: bool,
+    nacks: u64,
+    plis: u64,
+    video_bytes: u64,
+    just_joined: Option<Instant>,
+    /// Frames of a counting peer already passed to the frame tracker.
+    counted_frames: u64,
+}
+
+impl Watch {
+    fn on_event(&mut self, event: Event, frames: &mut FrameTracker, ctx: &WorkerContext) {
+        match event {
+            Event::IceConnectionStateChange(state) => {
+                use str0m::IceConnectionState::*;
+                match state {
+                    Connected | Completed => self.ice_connected = true,
+                    Disconnected => self.closed = true,
+                    _ => {}
+                }
+            }
+            Event::Connected => self.dtls_connected_at = Some(Instant::now()),
+            Event::Closed => self.closed = true,
+            Event::MediaData(data) => {
+                let now = Instant::now();
+                self.last_media = now;
+                if Some(data.mid) != self.video_mid {
+                    return;
+                }
+                self.video_bytes += data.data.len() as u64;
+                if !self.joined {
+                    if !data.is_keyframe() {
+                        self.want_keyframe = true; // like a decoder: ask until a keyframe arrives
+                        return;
+                    }
+                    self.joined = true;
+                    self.just_joined = Some(now);
+                }
+                if !data.contiguous {
+                    self.want_keyframe = true;
+                }
+                let marker = marker::read(&data.data).map(|m| (m.frame, m.captured_unix_us));
+                if let Some(latency) = frames.on_frame(now, marker, unix_micros()) {
+                    ctx.record_latency(latency);
+                }
+            }
+            Event::MediaIngressStats(stats) if Some(stats.mid) == self.video_mid => {
+                self.nacks = stats.nacks;
+                self.plis = stats.plis;
+            }
+            _ => {}
+        }
+    }
+
+    /// A counting peer's new frames: join at the first (the server sends a keyframe
+    /// first), and follow arrivals for freezes.
+    fn on_counted(&mut self, counter: &RtpCounter, frames: &mut FrameTracker) {
+        let Some(at) = counter.last_frame_at else {
+            return;
+        };
+        while self.counted_frames < counter.frames {
+            self.counted_frames += 1;
+            frames.on_frame(at, None, 0);
+        }
+        self.last_media = at;
+        if !self.joined {
+            self.joined = true;
+            self.just_joined = Some(at);
+        }
     }
 }
 
@@ -64,10 +146,20 @@ pub async fn run(ctx: Rc<WorkerContext>, stop: Rc<StopFlag>) {
     let mut frames = FrameTracker::default();
     let mut lost_at: Option<Instant> = None;
     let mut attempts = 0u32;
-    ctx.totals.borrow_mut().verified_viewers += 1;
+    // Verified viewers decrypt and reassemble every frame; the others (sampling mode) count
+    // RTP headers. A viewer keeps its kind across reconnects.
+    let verify = ctx.take_verify_slot();
+    {
+        let mut totals = ctx.totals.borrow_mut();
+        if verify {
+            totals.verified_viewers += 1;
+        } else {
+            totals.counted_viewers += 1;
+        }
+    }
     while !stop.is_stopped() {
         attempts += 1;
-        let end = session(&ctx, &stop, &mut frames, &mut lost_at).await;
+        let end = session(&ctx, &stop, verify, &mut frames, &mut lost_at).await;
         match end {
             SessionEnd::Stopped => break,
             SessionEnd::Failed(reason) => {
@@ -91,13 +183,19 @@ pub async fn run(ctx: Rc<WorkerContext>, stop: Rc<StopFlag>) {
         }
     }
     frames.finish(Instant::now());
-    ctx.totals.borrow_mut().add_frames(&frames);
+    if verify {
+        ctx.totals.borrow_mut().add_frames(&frames);
+        ctx.release_verify_slot();
+    } else {
+        ctx.totals.borrow_mut().add_freezes(&frames);
+    }
 }
 
 /// One WHEP session from POST to its end.
 async fn session(
     ctx: &WorkerContext,
     stop: &StopFlag,
+    verify: bool,
     frames: &mut FrameTracker,
     lost_at: &mut Option<Instant>,
 ) -> SessionEnd {
@@ -136,66 +234,32 @@ async fn session(
         .iter()
         .find(|(k, _)| *k == MediaKind::Video)
         .map(|(_, m)| *m);
-
-    let mut ice_connected = false;
-    let mut dtls_connected_at: Option<Instant> = None;
-    let mut joined = false;
-    let mut last_media = Instant::now();
-    let mut closed = false;
-    let mut want_keyframe = false;
-    let mut nacks = 0u64;
-    let mut plis = 0u64;
-    let mut video_bytes = 0u64;
-    let mut just_joined: Option<Instant> = None;
+    if !verify {
+        peer.count_rtp_instead_of_decrypting();
+    }
+    let mut watch = Watch {
+        video_mid,
+        ice_connected: false,
+        dtls_connected_at: None,
+        joined: false,
+        last_media: Instant::now(),
+        closed: false,
+        want_keyframe: false,
+        nacks: 0,
+        plis: 0,
+        video_bytes: 0,
+        just_joined: None,
+        counted_frames: 0,
+    };
     let mut counted_bytes = 0u64;
     let end = loop {
-        let alive = peer.drain(|event| match event {
-            Event::IceConnectionStateChange(state) => {
-                use str0m::IceConnectionState::*;
-                match state {
-                    Connected | Completed => ice_connected = true,
-                    Disconnected => closed = true,
-                    _ => {}
-                }
-            }
-            Event::Connected => dtls_connected_at = Some(Instant::now()),
-            Event::Closed => closed = true,
-            Event::MediaData(data) => {
-                let now = Instant::now();
-                last_media = now;
-                if Some(data.mid) != video_mid {
-                    return;
-                }
-                if video_bytes == 0 {
-                    tracing::debug!(seq = ?data.seq_range, keyframe = data.is_keyframe(), contiguous = data.contiguous, len = data.data.len(), "first video frame");
-                }
-                video_bytes += data.data.len() as u64;
-                if !joined {
-                    if !data.is_keyframe() {
-                        tracing::debug!(seq = ?data.seq_range, contiguous = data.contiguous, since_request = ?now - requested, "frame before the first keyframe");
-                        want_keyframe = true; // like a decoder: ask until a keyframe arrives
-                        return;
-                    }
-                    joined = true;
-                    just_joined = Some(now);
-                }
-                if !data.contiguous {
-                    want_keyframe = true;
-                }
-                let marker = marker::read(&data.data).map(|m| (m.frame, m.captured_unix_us));
-                if let Some(latency) = frames.on_frame(now, marker, unix_micros()) {
-                    ctx.record_latency(latency);
-                }
-            }
-            Event::MediaIngressStats(stats) if Some(stats.mid) == video_mid => {
-                nacks = stats.nacks;
-                plis = stats.plis;
-            }
-            _ => {}
-        });
+        let alive = peer.drain(|event| watch.on_event(event, frames, ctx));
+        if let Some(counter) = peer.counted() {
+            watch.on_counted(counter, frames);
+        }
         ctx.live.add_bytes(peer.bytes_received - counted_bytes);
         counted_bytes = peer.bytes_received;
-        if let Some(at) = just_joined.take() {
+        if let Some(at) = watch.just_joined.take() {
             let mut totals = ctx.totals.borrow_mut();
             totals.sessions_joined += 1;
             Totals::record(&mut totals.join_us, (at - requested).as_micros() as u64);
@@ -204,8 +268,10 @@ async fn session(
             }
             ctx.live.connected.set(ctx.live.connected.get() + 1);
         }
-        if want_keyframe && let Some(mid) = video_mid {
-            want_keyframe = false;
+        if watch.want_keyframe
+            && let Some(mid) = video_mid
+        {
+            watch.want_keyframe = false;
             if let Some(mut writer) = peer.rtc.writer(mid) {
                 let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
             }
@@ -217,17 +283,17 @@ async fn session(
         }
         let failure = || {
             SessionEnd::Failed(FailureReason::from_stage(
-                joined,
-                dtls_connected_at.is_some(),
-                ice_connected,
+                watch.joined,
+                watch.dtls_connected_at.is_some(),
+                watch.ice_connected,
             ))
         };
-        if !alive || closed {
+        if !alive || watch.closed {
             break failure();
         }
-        let check_at = if joined {
-            last_media + settings.media_timeout
-        } else if let Some(connected) = dtls_connected_at {
+        let check_at = if watch.joined {
+            watch.last_media + settings.media_timeout
+        } else if let Some(connected) = watch.dtls_connected_at {
             connected + settings.join_timeout
         } else {
             requested + settings.join_timeout
@@ -238,15 +304,27 @@ async fn session(
         tokio::select! {
             biased;
             _ = stop.notify.notified() => {}
-            _ = peer.wait(check_at) => {}
+            _ = peer.wait(check_at, |event| watch.on_event(event, frames, ctx)) => {}
         }
     };
+    let Watch {
+        joined,
+        dtls_connected_at,
+        nacks,
+        plis,
+        video_bytes,
+        ..
+    } = watch;
     {
         let mut totals = ctx.totals.borrow_mut();
         totals.bytes += peer.bytes_received;
         totals.video_bytes += video_bytes;
         totals.nacks_sent += nacks;
         totals.plis_sent += plis;
+        if let Some(counter) = peer.counted() {
+            totals.counted_packets_expected += counter.packets_expected();
+            totals.counted_packets_received += counter.packets_received;
+        }
         if let Some(first) = dtls_connected_at {
             totals.viewer_time += Instant::now().saturating_duration_since(first);
         }

@@ -67,9 +67,24 @@ pub struct WorkerContext {
     pub totals: RefCell<Totals>,
     pub live: LiveCounters,
     recent_latency: RefCell<Histogram<u64>>,
+    /// Verified viewers this worker may still start (sampling mode).
+    verify_slots: Cell<usize>,
 }
 
 impl WorkerContext {
+    /// True when the next viewer is to be fully verified.
+    pub fn take_verify_slot(&self) -> bool {
+        let free = self.verify_slots.get();
+        self.verify_slots.set(free.saturating_sub(1));
+        free > 0
+    }
+
+    /// A verified viewer left: the next viewer to start takes its place.
+    pub fn release_verify_slot(&self) {
+        self.verify_slots
+            .set(self.verify_slots.get().saturating_add(1));
+    }
+
     pub fn record_latency(&self, micros: u64) {
         Totals::record(&mut self.totals.borrow_mut().latency_us, micros);
         Totals::record(&mut self.recent_latency.borrow_mut(), micros);
@@ -107,6 +122,7 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<WorkerCommand>,
     reports: mpsc::UnboundedSender<WorkerReport>,
 ) {
+    let settings_verify_slots = settings.verified_per_worker.unwrap_or(usize::MAX);
     let ctx = Rc::new(WorkerContext {
         settings,
         http: crate::signaling::client(),
@@ -114,6 +130,7 @@ async fn run(
         totals: RefCell::new(Totals::default()),
         live: LiveCounters::default(),
         recent_latency: RefCell::new(Totals::default().latency_us),
+        verify_slots: Cell::new(settings_verify_slots),
     });
     let mut running: VecDeque<(Rc<StopFlag>, tokio::task::JoinHandle<()>)> = VecDeque::new();
     let mut leaving: Vec<tokio::task::JoinHandle<()>> = Vec::new();
