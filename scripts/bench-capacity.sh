@@ -24,6 +24,8 @@ OUT=$(mktemp -d /tmp/cascade-bench.XXXXXX)
 
 cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
 BIN=target/release
+# Another build of the node to compare against, measured by the same load tester.
+SERVER_BIN=${SERVER_BIN:-$BIN/cascade}
 
 cleanup() { kill "${PUB:-}" "${NODE:-}" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -32,7 +34,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 
-RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN/cascade" run --http-addr "$IP:8080" \
+RUST_LOG=warn taskset -c "$SERVER_CPU" "$SERVER_BIN" run --http-addr "$IP:8080" \
     --webrtc-addr "$IP:8443" --data-dir "$OUT/data" 2>"$OUT/node.log" &
 NODE=$!
 for _ in $(seq 50); do curl -sf "$HTTP/healthz" >/dev/null && break; sleep 0.2; done

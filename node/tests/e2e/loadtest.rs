@@ -49,6 +49,53 @@ async fn fifty_viewers_join_and_receive_the_frames_with_latency_and_join_figures
     assert!(stdout.contains("glass-to-glass"), "{stdout}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sampling_mode_the_report_says_so_and_counted_viewers_see_every_packet() {
+    let node = Node::start(&[]).await;
+    let _publisher = live_stream(&node, "sampled", &[]).await;
+    let (code, report, output) = loadtest::webrtc(
+        &node.url("/whep/sampled"),
+        &node.ip,
+        &[
+            "--viewers",
+            "30",
+            "--ramp",
+            "30",
+            "--duration",
+            "12s",
+            "--verify",
+            "5",
+            "--workers",
+            "1",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(report["verification"], "sampled", "{stdout}");
+    assert_eq!(report["verified_viewers"], 5, "{stdout}");
+    assert_eq!(report["counted_viewers"], 25, "{stdout}");
+    assert_eq!(report["sessions_joined"], 30, "{stdout}");
+    assert_eq!(report["failed_sessions"], 0, "{stdout}");
+    // Counted viewers numbered the server's packets from their clear-text headers.
+    let loss = report["counted_packet_loss_pct"].as_f64().unwrap();
+    assert!(loss < 1.0, "{stdout}");
+    // Frame and latency figures come from the verified five: about 10 s at 30 fps each.
+    let expected = report["frames_expected"].as_f64().unwrap();
+    assert!(
+        expected > 5.0 * 30.0 * 8.0 && expected < 5.0 * 30.0 * 14.0,
+        "{stdout}"
+    );
+    assert!(
+        report["latency"]["samples"].as_f64().unwrap() > expected * 0.8,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("5 viewers verified, 25 counted"),
+        "{stdout}"
+    );
+}
+
 /// Deletes one viewer session of `stream` through its WHEP resource once two are connected.
 async fn delete_one_viewer(node: &Node, stream: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
