@@ -3,7 +3,8 @@
 # run pinned to core 0, the load tester (one worker) to core 1; its CPU is measured over 10 s
 # of steady state. Bounded: the run lasts STEP_SECS (default 25 s).
 #
-#   [VERIFY=all|N] [STEP_SECS=25] scripts/bench-loadtester.sh [viewers]     (default 500)
+#   [VERIFY=all|N] [STEP_SECS=25] [LOADTEST_BIN=path] scripts/bench-loadtester.sh [viewers]
+#                                                                        (default 500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,8 @@ OUT=$(mktemp -d /tmp/cascade-bench-lt.XXXXXX)
 
 cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
 BIN=target/release
+# Another build of the load tester to compare against, driving the same node.
+LOADTEST_BIN=${LOADTEST_BIN:-$BIN/cascade-loadtest}
 
 cleanup() { kill "${PUB:-}" "${NODE:-}" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -31,7 +34,7 @@ RUST_LOG=warn taskset -c 0 "$BIN/cascade-loadtest" publish --url "$HTTP/whip/ben
 PUB=$!
 for _ in $(seq 300); do curl -sf "$HTTP/api/v1/streams/bench" >/dev/null && break; sleep 0.2; done
 sleep 2
-RUST_LOG=warn taskset -c 1 "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/bench" --local-ip "$IP" \
+RUST_LOG=warn taskset -c 1 "$LOADTEST_BIN" webrtc --url "$HTTP/whep/bench" --local-ip "$IP" \
     --viewers "$N" --ramp 100 --workers 1 --verify "$VERIFY" --duration "${STEP_SECS}s" \
     --report "$OUT/report.json" >"$OUT/table.txt" 2>"$OUT/loadtest.log" &
 LT=$!
@@ -48,6 +51,6 @@ wall = float(t1) - float(t0)
 cpu = lambda a, b: 100.0 * (int(b) - int(a)) / int(hz) / wall
 lt = cpu(c0, c1)
 print(f"| {verify} | {n} | {r['sessions_joined']} | {r['failed_sessions']} | {lt:.0f} | {cpu(s0, s1):.0f} | "
-      f"{int(n) * 100 / max(lt, 1):.0f} |")
+      f"{int(n) * 100 / max(lt, 1):.0f} | {r['frame_loss_pct']:.2f} |")
 PY
 echo "raw report and logs: $OUT" >&2

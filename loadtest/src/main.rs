@@ -14,6 +14,7 @@ mod coordinator;
 mod figures;
 mod marker;
 mod peer;
+mod poller;
 mod publish;
 mod report;
 mod scenario;

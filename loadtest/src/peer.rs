@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use quinn_udp::{RecvMeta, UdpSocketState};
@@ -44,7 +45,7 @@ pub fn shared_certificate() -> DtlsCert {
 /// A client peer with its socket.
 pub struct Peer {
     pub rtc: Rtc,
-    socket: UdpSocket,
+    socket: PeerSocket,
     udp: UdpSocketState,
     local: SocketAddr,
     next_timeout: Instant,
@@ -99,7 +100,7 @@ impl Offering {
         Ok(Offering {
             peer: Peer {
                 rtc,
-                socket,
+                socket: PeerSocket::Own(socket),
                 udp,
                 local,
                 next_timeout: now,
@@ -163,9 +164,7 @@ impl Peer {
                     self.next_timeout = at;
                     return true;
                 }
-                Ok(Output::Transmit(t)) => {
-                    let _ = self.socket.try_send_to(&t.contents, t.destination);
-                }
+                Ok(Output::Transmit(t)) => self.socket.send_to(&t.contents, t.destination),
                 Ok(Output::Event(event)) => on_event(event),
                 Err(e) => {
                     tracing::debug!(error = %e, "peer failed");
@@ -179,24 +178,62 @@ impl Peer {
     /// handles what came, draining after every input (`on_event` gets the events): str0m
     /// must be drained after each datagram, or SRTP that follows the DTLS handshake's last
     /// flight in the same batch is dropped before its keys exist.
+    ///
+    /// A peer whose socket was handed to a [`crate::poller::SharedPoller`] only waits for
+    /// its timeout here.
     pub async fn wait(&mut self, until: Instant, mut on_event: impl FnMut(Event)) {
         if !self.receive(&mut on_event) {
             let deadline = self.next_timeout.min(until);
-            tokio::select! {
-                biased;
-                readable = self.socket.readable() => {
-                    if readable.is_ok() {
-                        self.receive(&mut on_event);
+            let sleep = tokio::time::sleep_until(deadline.into());
+            match &self.socket {
+                PeerSocket::Own(socket) => tokio::select! {
+                    biased;
+                    readable = socket.readable() => {
+                        if readable.is_ok() {
+                            self.receive(&mut on_event);
+                        }
                     }
-                }
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                    _ = sleep => {}
+                },
+                PeerSocket::Shared(_) | PeerSocket::Detaching => sleep.await,
             }
         }
-        let now = Instant::now();
+        self.handle_timeout(Instant::now(), &mut on_event);
+    }
+
+    /// When the peer's timeout has passed, tells str0m and drains.
+    pub fn handle_timeout(&mut self, now: Instant, on_event: &mut impl FnMut(Event)) {
         if now >= self.next_timeout {
             let _ = self.rtc.handle_input(Input::Timeout(now));
-            self.drain(&mut on_event);
+            self.drain(on_event);
         }
+    }
+
+    /// When str0m next wants [`Peer::handle_timeout`].
+    pub fn next_timeout(&self) -> Instant {
+        self.next_timeout
+    }
+
+    /// Reads and handles everything queued on the socket, as an edge-triggered readiness
+    /// event requires.
+    pub fn receive_all(&mut self, on_event: &mut impl FnMut(Event)) {
+        while self.receive(on_event) {}
+    }
+
+    /// Moves the socket out of tokio's reactor so that a worker's shared poll can watch it
+    /// instead (counting peers: one wake-up serves every peer with something to read).
+    pub fn detach_socket(&mut self) -> std::io::Result<RawFd> {
+        let placeholder = PeerSocket::Detaching;
+        let socket = match std::mem::replace(&mut self.socket, placeholder) {
+            PeerSocket::Own(socket) => socket.into_std()?,
+            other => {
+                self.socket = other;
+                return Err(std::io::Error::other("the socket is already detached"));
+            }
+        };
+        let fd = socket.as_raw_fd();
+        self.socket = PeerSocket::Shared(socket);
+        Ok(fd)
     }
 
     /// Reads what is queued (one `recvmsg`, several datagrams when the kernel coalesced a
@@ -207,10 +244,13 @@ impl Peer {
             let received = {
                 let mut slices = [IoSliceMut::new(&mut buf[..])];
                 let state = &self.udp;
-                let socket = &self.socket;
-                socket.try_io(Interest::READABLE, || {
-                    state.recv(socket.into(), &mut slices, &mut meta)
-                })
+                match &self.socket {
+                    PeerSocket::Own(socket) => socket.try_io(Interest::READABLE, || {
+                        state.recv(socket.into(), &mut slices, &mut meta)
+                    }),
+                    PeerSocket::Shared(socket) => state.recv(socket.into(), &mut slices, &mut meta),
+                    PeerSocket::Detaching => return false,
+                }
             };
             match received {
                 Ok(count) if count > 0 => {}
@@ -244,6 +284,26 @@ impl Peer {
             }
             true
         })
+    }
+}
+
+/// A peer's socket: registered with tokio (the peer's task waits for it), or a plain
+/// non-blocking socket watched by a worker's shared poll.
+enum PeerSocket {
+    Own(UdpSocket),
+    Shared(std::net::UdpSocket),
+    /// Only while [`Peer::detach_socket`] runs.
+    Detaching,
+}
+
+impl PeerSocket {
+    /// Sends without waiting: a full send buffer drops the datagram, as a network would.
+    fn send_to(&self, contents: &[u8], destination: SocketAddr) {
+        let _ = match self {
+            PeerSocket::Own(socket) => socket.try_send_to(contents, destination),
+            PeerSocket::Shared(socket) => socket.send_to(contents, destination),
+            PeerSocket::Detaching => return,
+        };
     }
 }
 

@@ -11,7 +11,7 @@ use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 
 use crate::figures::{FailureReason, FrameTracker, Totals};
 use crate::marker;
-use crate::peer::{Offering, RtpCounter};
+use crate::peer::{Offering, Peer, RtpCounter};
 use crate::signaling;
 use crate::worker::WorkerContext;
 
@@ -35,7 +35,7 @@ pub struct ViewerSettings {
 #[derive(Debug, Default)]
 pub struct StopFlag {
     stopped: Cell<bool>,
-    notify: tokio::sync::Notify,
+    pub(crate) notify: tokio::sync::Notify,
 }
 
 impl StopFlag {
@@ -110,6 +110,23 @@ impl Watch {
         }
     }
 
+    fn new(video_mid: Option<Mid>) -> Watch {
+        Watch {
+            video_mid,
+            ice_connected: false,
+            dtls_connected_at: None,
+            joined: false,
+            last_media: Instant::now(),
+            closed: false,
+            want_keyframe: false,
+            nacks: 0,
+            plis: 0,
+            video_bytes: 0,
+            just_joined: None,
+            counted_frames: 0,
+        }
+    }
+
     /// A counting peer's new frames: join at the first (the server sends a keyframe
     /// first), and follow arrivals for freezes.
     fn on_counted(&mut self, counter: &RtpCounter, frames: &mut FrameTracker) {
@@ -129,7 +146,8 @@ impl Watch {
 }
 
 /// How one session attempt ended.
-enum SessionEnd {
+#[derive(Debug)]
+pub enum SessionEnd {
     Stopped,
     Failed(FailureReason),
 }
@@ -226,7 +244,7 @@ async fn session(
         Ok(n) => n,
         Err(reason) => return SessionEnd::Failed(reason),
     };
-    let (mut peer, mids) = match offering.accept(&negotiated.answer) {
+    let (peer, mids) = match offering.accept(&negotiated.answer) {
         Ok(accepted) => accepted,
         Err(reason) => return SessionEnd::Failed(reason),
     };
@@ -234,102 +252,46 @@ async fn session(
         .iter()
         .find(|(k, _)| *k == MediaKind::Video)
         .map(|(_, m)| *m);
-    if !verify {
-        peer.count_rtp_instead_of_decrypting();
-    }
-    let mut watch = Watch {
-        video_mid,
-        ice_connected: false,
-        dtls_connected_at: None,
-        joined: false,
-        last_media: Instant::now(),
-        closed: false,
-        want_keyframe: false,
-        nacks: 0,
-        plis: 0,
-        video_bytes: 0,
-        just_joined: None,
-        counted_frames: 0,
+    let mut live = Live {
+        peer,
+        watch: Watch::new(video_mid),
+        frames: std::mem::take(frames),
+        lost_at: lost_at.take(),
+        requested,
+        bytes_reported: 0,
     };
-    let mut counted_bytes = 0u64;
-    let end = loop {
-        let alive = peer.drain(|event| watch.on_event(event, frames, ctx));
-        if let Some(counter) = peer.counted() {
-            watch.on_counted(counter, frames);
-        }
-        ctx.live.add_bytes(peer.bytes_received - counted_bytes);
-        counted_bytes = peer.bytes_received;
-        if let Some(at) = watch.just_joined.take() {
-            let mut totals = ctx.totals.borrow_mut();
-            totals.sessions_joined += 1;
-            Totals::record(&mut totals.join_us, (at - requested).as_micros() as u64);
-            if let Some(lost) = lost_at.take() {
-                Totals::record(&mut totals.recovery_us, (at - lost).as_micros() as u64);
-            }
-            ctx.live.connected.set(ctx.live.connected.get() + 1);
-        }
-        if watch.want_keyframe
-            && let Some(mid) = video_mid
-        {
-            watch.want_keyframe = false;
-            if let Some(mut writer) = peer.rtc.writer(mid) {
-                let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
-            }
-            continue; // drain what the request produced
-        }
-        let now = Instant::now();
-        if stop.is_stopped() {
-            break SessionEnd::Stopped;
-        }
-        let failure = || {
-            SessionEnd::Failed(FailureReason::from_stage(
-                watch.joined,
-                watch.dtls_connected_at.is_some(),
-                watch.ice_connected,
-            ))
-        };
-        if !alive || watch.closed {
-            break failure();
-        }
-        let check_at = if watch.joined {
-            watch.last_media + settings.media_timeout
-        } else if let Some(connected) = watch.dtls_connected_at {
-            connected + settings.join_timeout
-        } else {
-            requested + settings.join_timeout
-        };
-        if now >= check_at {
-            break failure();
-        }
-        tokio::select! {
-            biased;
-            _ = stop.notify.notified() => {}
-            _ = peer.wait(check_at, |event| watch.on_event(event, frames, ctx)) => {}
-        }
+    let end = if verify {
+        live.run_on_own_task(ctx, stop).await
+    } else {
+        live.peer.count_rtp_instead_of_decrypting();
+        let (returned, end) = ctx.counting_peers.drive(live, stop).await;
+        live = returned;
+        end
     };
-    let Watch {
-        joined,
-        dtls_connected_at,
-        nacks,
-        plis,
-        video_bytes,
+    let Live {
+        mut peer,
+        watch,
+        frames: tracked,
+        lost_at: still_lost_at,
         ..
-    } = watch;
+    } = live;
+    *frames = tracked;
+    *lost_at = still_lost_at;
     {
         let mut totals = ctx.totals.borrow_mut();
         totals.bytes += peer.bytes_received;
-        totals.video_bytes += video_bytes;
-        totals.nacks_sent += nacks;
-        totals.plis_sent += plis;
+        totals.video_bytes += watch.video_bytes;
+        totals.nacks_sent += watch.nacks;
+        totals.plis_sent += watch.plis;
         if let Some(counter) = peer.counted() {
             totals.counted_packets_expected += counter.packets_expected();
             totals.counted_packets_received += counter.packets_received;
         }
-        if let Some(first) = dtls_connected_at {
+        if let Some(first) = watch.dtls_connected_at {
             totals.viewer_time += Instant::now().saturating_duration_since(first);
         }
     }
-    if joined {
+    if watch.joined {
         ctx.live
             .connected
             .set(ctx.live.connected.get().saturating_sub(1));
@@ -343,4 +305,117 @@ async fn session(
         }
     }
     end
+}
+
+/// A session between its answer and its end: the peer, what it has seen, and the figures it
+/// feeds. Driven by its own task (verified viewers) or by the worker's shared poll
+/// (counting viewers); both call [`Live::step`] after every input.
+pub struct Live {
+    pub peer: Peer,
+    watch: Watch,
+    frames: FrameTracker,
+    /// When the previous session of this viewer lost media (for recovery time).
+    lost_at: Option<Instant>,
+    requested: Instant,
+    bytes_reported: u64,
+}
+
+impl Live {
+    /// Handles what the peer produced since the last call and keeps the figures. Returns
+    /// when to look again (the media or join deadline), or how the session ended.
+    pub fn step(&mut self, ctx: &WorkerContext) -> Result<Instant, SessionEnd> {
+        loop {
+            let watch = &mut self.watch;
+            let frames = &mut self.frames;
+            let alive = self.peer.drain(|event| watch.on_event(event, frames, ctx));
+            if let Some(counter) = self.peer.counted() {
+                watch.on_counted(counter, frames);
+            }
+            ctx.live
+                .add_bytes(self.peer.bytes_received - self.bytes_reported);
+            self.bytes_reported = self.peer.bytes_received;
+            if let Some(at) = watch.just_joined.take() {
+                let mut totals = ctx.totals.borrow_mut();
+                totals.sessions_joined += 1;
+                Totals::record(
+                    &mut totals.join_us,
+                    (at - self.requested).as_micros() as u64,
+                );
+                if let Some(lost) = self.lost_at.take() {
+                    Totals::record(&mut totals.recovery_us, (at - lost).as_micros() as u64);
+                }
+                ctx.live.connected.set(ctx.live.connected.get() + 1);
+            }
+            if watch.want_keyframe
+                && let Some(mid) = watch.video_mid
+            {
+                watch.want_keyframe = false;
+                if let Some(mut writer) = self.peer.rtc.writer(mid) {
+                    let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+                }
+                continue; // drain what the request produced
+            }
+            let failure = || {
+                SessionEnd::Failed(FailureReason::from_stage(
+                    watch.joined,
+                    watch.dtls_connected_at.is_some(),
+                    watch.ice_connected,
+                ))
+            };
+            if !alive || watch.closed {
+                return Err(failure());
+            }
+            let check_at = if watch.joined {
+                watch.last_media + ctx.settings.media_timeout
+            } else if let Some(connected) = watch.dtls_connected_at {
+                connected + ctx.settings.join_timeout
+            } else {
+                self.requested + ctx.settings.join_timeout
+            };
+            if Instant::now() >= check_at {
+                return Err(failure());
+            }
+            return Ok(check_at);
+        }
+    }
+
+    /// Reads whatever the socket holds and handles the peer's timeout if it is due (the
+    /// shared poll's side of a round).
+    pub fn receive_and_step(
+        &mut self,
+        ctx: &WorkerContext,
+        readable: bool,
+        now: Instant,
+    ) -> Result<Instant, SessionEnd> {
+        let watch = &mut self.watch;
+        let frames = &mut self.frames;
+        let mut on_event = |event| watch.on_event(event, frames, ctx);
+        if readable {
+            self.peer.receive_all(&mut on_event);
+        }
+        self.peer.handle_timeout(now, &mut on_event);
+        self.step(ctx)
+    }
+
+    /// Drives the session on the viewer's own task: it wakes for each datagram, so that
+    /// every frame's arrival time (and so its latency) is exact.
+    async fn run_on_own_task(&mut self, ctx: &WorkerContext, stop: &StopFlag) -> SessionEnd {
+        loop {
+            let stepped = self.step(ctx);
+            if stop.is_stopped() {
+                return SessionEnd::Stopped;
+            }
+            let check_at = match stepped {
+                Ok(check_at) => check_at,
+                Err(end) => return end,
+            };
+            let watch = &mut self.watch;
+            let frames = &mut self.frames;
+            tokio::select! {
+                biased;
+                _ = stop.notify.notified() => {}
+                _ = self.peer.wait(check_at, |event| watch.on_event(event, frames, ctx)) => {}
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ use str0m::crypto::dtls::DtlsCert;
 use tokio::sync::mpsc;
 
 use crate::figures::Totals;
+use crate::poller::SharedPoller;
 use crate::viewer::{self, StopFlag, ViewerSettings};
 
 /// How long leaving viewers get to close and DELETE their sessions at the end of a run.
@@ -69,6 +70,8 @@ pub struct WorkerContext {
     recent_latency: RefCell<Histogram<u64>>,
     /// Verified viewers this worker may still start (sampling mode).
     verify_slots: Cell<usize>,
+    /// Drives the counting viewers' sessions (sampling mode).
+    pub counting_peers: SharedPoller,
 }
 
 impl WorkerContext {
@@ -131,7 +134,13 @@ async fn run(
         live: LiveCounters::default(),
         recent_latency: RefCell::new(Totals::default().latency_us),
         verify_slots: Cell::new(settings_verify_slots),
+        counting_peers: SharedPoller::new(&format!("viewers-{index}"))
+            .expect("the OS creates an epoll instance and its thread"),
     });
+    let driver = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move { ctx.counting_peers.run(&ctx).await })
+    };
     let mut running: VecDeque<(Rc<StopFlag>, tokio::task::JoinHandle<()>)> = VecDeque::new();
     let mut leaving: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -181,6 +190,7 @@ async fn run(
         }
     })
     .await;
+    driver.abort();
     let totals = ctx.totals.borrow().clone();
     let _ = reports.send(WorkerReport::Final {
         totals: Box::new(totals),
