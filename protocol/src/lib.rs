@@ -13,6 +13,7 @@
 //! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes.
 //! - [`rtp_payload`]: a frame's RTP payloads, made once and shared by every viewer.
 //! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
+//! - [`relay`]: the node-to-node relay protocol (wire format and session state machine).
 //! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
 
 pub mod duration;
@@ -21,6 +22,7 @@ pub mod keyframe;
 pub mod media;
 pub mod ogg;
 pub mod priming;
+pub mod relay;
 pub mod rtp_payload;
 pub mod sei;
 pub mod stream_id;
