@@ -1,5 +1,5 @@
 /// Everything that can go wrong while interpreting bytes or names that came from outside.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
     /// A stream id must be 1 to 64 characters from `[A-Za-z0-9_-]`.
     #[error("invalid stream id {0:?}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")]
@@ -10,4 +10,29 @@ pub enum ProtocolError {
     /// An H.264 sequence parameter set ended early or held an impossible value.
     #[error("malformed H.264 SPS: {0}")]
     MalformedSps(&'static str),
+
+    // --- relay wire format (`relay::wire`) ---
+    #[error("varint does not fit in 62 bits")]
+    VarintTooLarge,
+    #[error("control message body of {0} bytes exceeds the {max}-byte limit", max = crate::relay::wire::MAX_CONTROL_BODY)]
+    ControlTooLong(u64),
+    #[error("frame of {0} bytes exceeds the {max}-byte limit", max = crate::relay::wire::MAX_FRAME_BYTES)]
+    FrameTooLong(u64),
+    #[error("name of {0} bytes exceeds the {max}-byte limit", max = crate::relay::wire::MAX_NAME_BYTES)]
+    NameTooLong(u64),
+    #[error("name is not UTF-8")]
+    NameNotUtf8,
+    #[error("{0} body ended early")]
+    Truncated(&'static str),
+    #[error("{0} body has {1} bytes left over")]
+    TrailingBytes(&'static str, usize),
+    #[error("unknown stream type {0:#x}")]
+    UnknownStreamType(u64),
+    #[error("unknown frame flags {0:#04x}")]
+    UnknownFlags(u8),
+    #[error("stream ended in the middle of a {0}")]
+    EndedMidItem(&'static str),
+    // --- cluster planning (`cluster`) ---
+    #[error("no healthy node can take the {0:?} role")]
+    NoCandidate(crate::cluster::NodeRole),
 }

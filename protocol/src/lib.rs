@@ -13,9 +13,11 @@
 //! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes.
 //! - [`rtp_payload`]: a frame's RTP payloads, made once and shared by every viewer.
 //! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
+//! - [`cluster`]: the cluster's decisions as values (roles, stream placement, edge choice, voters).
 //! - [`relay`]: the node-to-node relay protocol (wire format and session state machine).
 //! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
 
+pub mod cluster;
 pub mod duration;
 pub mod h264;
 pub mod keyframe;

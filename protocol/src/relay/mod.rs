@@ -4,14 +4,14 @@
 //! the wire format, versioning and error codes.
 //!
 //! - [`wire`]: the bytes — varints, control messages, group streams — with incremental
-//!   decoders that refuse bad input with a [`wire::WireError`].
+//!   decoders that refuse bad input with a [`crate::ProtocolError`].
 //! - [`session`]: one connection's state machine, sans IO, driven by quinn in `roles`.
 
 pub mod session;
 pub mod wire;
 
 pub use session::{Event, LocalStream, Output, RemoteStream, Role, Session, SessionConfig};
-pub use wire::{RelayFrame, SubscribeCode, WireError};
+pub use wire::{RelayFrame, SubscribeCode};
 
 /// The fuzz target's body (`protocol/fuzz`): feeds `data` to both decoders, split at
 /// points taken from the data itself, and to sessions of both roles. Must never panic.

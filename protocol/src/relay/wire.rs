@@ -5,9 +5,11 @@
 //! types it does not know (newer peers may send more) and never has to understand a body to
 //! find the next message. Decoding is incremental: [`ControlDecoder`] and [`GroupDecoder`]
 //! take bytes as they arrive and yield whole items; a malformed or oversized item is a
-//! [`WireError`], never a panic.
+//! [`ProtocolError`], never a panic.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::ProtocolError;
 
 /// The protocol versions this build speaks, best first.
 pub const SUPPORTED_VERSIONS: &[u64] = &[1];
@@ -19,31 +21,6 @@ pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_NAME_BYTES: usize = 256;
 /// The first varint of every group stream.
 pub const GROUP_STREAM_TYPE: u64 = 0x10;
-
-/// Why bytes off the wire were refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WireError {
-    #[error("varint does not fit in 62 bits")]
-    VarintTooLarge,
-    #[error("control message body of {0} bytes exceeds the {MAX_CONTROL_BODY}-byte limit")]
-    ControlTooLong(u64),
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
-    FrameTooLong(u64),
-    #[error("name of {0} bytes exceeds the {MAX_NAME_BYTES}-byte limit")]
-    NameTooLong(u64),
-    #[error("name is not UTF-8")]
-    NameNotUtf8,
-    #[error("{0} body ended early")]
-    Truncated(&'static str),
-    #[error("{0} body has {1} bytes left over")]
-    TrailingBytes(&'static str, usize),
-    #[error("unknown stream type {0:#x}")]
-    UnknownStreamType(u64),
-    #[error("unknown frame flags {0:#04x}")]
-    UnknownFlags(u8),
-    #[error("stream ended in the middle of a {0}")]
-    EndedMidItem(&'static str),
-}
 
 /// Error codes of SUBSCRIBE_ERROR and SUBSCRIBE_DONE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,14 +227,14 @@ impl ControlMessage {
         out.put(body);
     }
 
-    fn decode_body(kind: u64, mut body: &[u8]) -> Result<ControlMessage, WireError> {
+    fn decode_body(kind: u64, mut body: &[u8]) -> Result<ControlMessage, ProtocolError> {
         let b = &mut body;
         let message = match kind {
             kind::SETUP => {
                 let count = get_varint(b, "SETUP")?;
                 // Each version takes at least one byte: a count beyond the body is a lie.
                 if count > b.len() as u64 {
-                    return Err(WireError::Truncated("SETUP"));
+                    return Err(ProtocolError::Truncated("SETUP"));
                 }
                 let versions = (0..count)
                     .map(|_| get_varint(b, "SETUP"))
@@ -304,7 +281,7 @@ impl ControlMessage {
             other => return Ok(ControlMessage::Unknown { kind: other }),
         };
         if !body.is_empty() {
-            return Err(WireError::TrailingBytes(message.name(), body.len()));
+            return Err(ProtocolError::TrailingBytes(message.name(), body.len()));
         }
         Ok(message)
     }
@@ -340,7 +317,7 @@ impl ControlDecoder {
     }
 
     /// The next whole message, `Ok(None)` until one has arrived.
-    pub fn next_message(&mut self) -> Result<Option<ControlMessage>, WireError> {
+    pub fn next_message(&mut self) -> Result<Option<ControlMessage>, ProtocolError> {
         let mut peek = &self.buffer[..];
         let Some(kind) = try_varint(&mut peek)? else {
             return Ok(None);
@@ -349,7 +326,7 @@ impl ControlDecoder {
             return Ok(None);
         };
         if len > MAX_CONTROL_BODY as u64 {
-            return Err(WireError::ControlTooLong(len));
+            return Err(ProtocolError::ControlTooLong(len));
         }
         let len = len as usize;
         if peek.len() < len {
@@ -424,14 +401,14 @@ impl GroupDecoder {
     }
 
     /// The next header or frame, `Ok(None)` until one has arrived.
-    pub fn next_item(&mut self) -> Result<Option<GroupItem>, WireError> {
+    pub fn next_item(&mut self) -> Result<Option<GroupItem>, ProtocolError> {
         let mut peek = &self.buffer[..];
         if !self.header_seen {
             let Some(kind) = try_varint(&mut peek)? else {
                 return Ok(None);
             };
             if kind != GROUP_STREAM_TYPE {
-                return Err(WireError::UnknownStreamType(kind));
+                return Err(ProtocolError::UnknownStreamType(kind));
             }
             let Some(subscription) = try_varint(&mut peek)? else {
                 return Ok(None);
@@ -451,7 +428,7 @@ impl GroupDecoder {
             return Ok(None);
         };
         if flags & !FLAG_KEYFRAME != 0 {
-            return Err(WireError::UnknownFlags(flags));
+            return Err(ProtocolError::UnknownFlags(flags));
         }
         peek = &peek[1..];
         let Some(timestamp) = try_varint(&mut peek)? else {
@@ -461,7 +438,7 @@ impl GroupDecoder {
             return Ok(None);
         };
         if len > MAX_FRAME_BYTES as u64 {
-            return Err(WireError::FrameTooLong(len));
+            return Err(ProtocolError::FrameTooLong(len));
         }
         let len = len as usize;
         if peek.len() < len {
@@ -478,11 +455,11 @@ impl GroupDecoder {
     }
 
     /// Checks that the stream's end (FIN) fell between items.
-    pub fn finish(&self) -> Result<(), WireError> {
+    pub fn finish(&self) -> Result<(), ProtocolError> {
         match (self.header_seen, self.buffer.is_empty()) {
             (_, true) => Ok(()),
-            (false, false) => Err(WireError::EndedMidItem("group header")),
-            (true, false) => Err(WireError::EndedMidItem("frame")),
+            (false, false) => Err(ProtocolError::EndedMidItem("group header")),
+            (true, false) => Err(ProtocolError::EndedMidItem("frame")),
         }
     }
 }
@@ -503,7 +480,7 @@ pub fn put_varint(out: &mut impl BufMut, value: u64) {
 }
 
 /// Reads a varint; `Ok(None)` (and `buf` untouched) when it has not fully arrived.
-fn try_varint(buf: &mut &[u8]) -> Result<Option<u64>, WireError> {
+fn try_varint(buf: &mut &[u8]) -> Result<Option<u64>, ProtocolError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -519,8 +496,8 @@ fn try_varint(buf: &mut &[u8]) -> Result<Option<u64>, WireError> {
     Ok(Some(value))
 }
 
-fn get_varint(buf: &mut &[u8], message: &'static str) -> Result<u64, WireError> {
-    try_varint(buf)?.ok_or(WireError::Truncated(message))
+fn get_varint(buf: &mut &[u8], message: &'static str) -> Result<u64, ProtocolError> {
+    try_varint(buf)?.ok_or(ProtocolError::Truncated(message))
 }
 
 fn put_name(out: &mut BytesMut, name: &str) {
@@ -528,16 +505,16 @@ fn put_name(out: &mut BytesMut, name: &str) {
     out.extend_from_slice(name.as_bytes());
 }
 
-fn get_name(buf: &mut &[u8], message: &'static str) -> Result<String, WireError> {
+fn get_name(buf: &mut &[u8], message: &'static str) -> Result<String, ProtocolError> {
     let len = get_varint(buf, message)?;
     if len > MAX_NAME_BYTES as u64 {
-        return Err(WireError::NameTooLong(len));
+        return Err(ProtocolError::NameTooLong(len));
     }
     let len = len as usize;
     if buf.len() < len {
-        return Err(WireError::Truncated(message));
+        return Err(ProtocolError::Truncated(message));
     }
-    let name = std::str::from_utf8(&buf[..len]).map_err(|_| WireError::NameNotUtf8)?;
+    let name = std::str::from_utf8(&buf[..len]).map_err(|_| ProtocolError::NameNotUtf8)?;
     *buf = &buf[len..];
     Ok(name.to_owned())
 }
@@ -647,26 +624,29 @@ mod tests {
 
     #[test]
     fn malformed_control_messages_are_errors_with_a_reason() {
-        let cases: Vec<(Vec<u8>, WireError)> = vec![
+        let cases: Vec<(Vec<u8>, ProtocolError)> = vec![
             // SUBSCRIBE_OK with a byte too many.
             (
                 vec![0x06, 0x02, 0x01, 0x00],
-                WireError::TrailingBytes("SUBSCRIBE_OK", 1),
+                ProtocolError::TrailingBytes("SUBSCRIBE_OK", 1),
             ),
             // SUBSCRIBE whose name runs past the body.
             (
                 vec![0x05, 0x03, 0x01, 0x05, b'a'],
-                WireError::Truncated("SUBSCRIBE"),
+                ProtocolError::Truncated("SUBSCRIBE"),
             ),
             // ANNOUNCE with invalid UTF-8.
-            (vec![0x03, 0x02, 0x01, 0xff], WireError::NameNotUtf8),
+            (vec![0x03, 0x02, 0x01, 0xff], ProtocolError::NameNotUtf8),
             // A body longer than the limit.
             (
                 vec![0x03, 0x80, 0x01, 0x00, 0x00],
-                WireError::ControlTooLong(65_536),
+                ProtocolError::ControlTooLong(65_536),
             ),
             // SETUP claiming more versions than bytes.
-            (vec![0x01, 0x02, 0x3f, 0x01], WireError::Truncated("SETUP")),
+            (
+                vec![0x01, 0x02, 0x3f, 0x01],
+                ProtocolError::Truncated("SETUP"),
+            ),
         ];
         for (bytes, expected) in cases {
             let mut decoder = ControlDecoder::default();
@@ -725,23 +705,26 @@ mod tests {
             Ok(Some(GroupItem::Header(_)))
         ));
         assert_eq!(decoder.next_item(), Ok(None));
-        assert_eq!(decoder.finish(), Err(WireError::EndedMidItem("frame")));
+        assert_eq!(decoder.finish(), Err(ProtocolError::EndedMidItem("frame")));
 
         let mut decoder = GroupDecoder::default();
         decoder.push(&[0x11]);
-        assert_eq!(decoder.next_item(), Err(WireError::UnknownStreamType(0x11)));
+        assert_eq!(
+            decoder.next_item(),
+            Err(ProtocolError::UnknownStreamType(0x11))
+        );
 
         let mut decoder = GroupDecoder::default();
         decoder.push(&[0x10, 0x01, 0x01, 0x80]);
         decoder.next_item().unwrap();
-        assert_eq!(decoder.next_item(), Err(WireError::UnknownFlags(0x80)));
+        assert_eq!(decoder.next_item(), Err(ProtocolError::UnknownFlags(0x80)));
 
         let mut decoder = GroupDecoder::default();
         decoder.push(&[0x10, 0x01, 0x01, 0x00, 0x00, 0xc0, 0, 0, 0, 0xff, 0, 0, 0]);
         decoder.next_item().unwrap();
         assert_eq!(
             decoder.next_item(),
-            Err(WireError::FrameTooLong(0xff00_0000))
+            Err(ProtocolError::FrameTooLong(0xff00_0000))
         );
     }
 
