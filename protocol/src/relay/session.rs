@@ -501,7 +501,7 @@ impl Session {
     /// Ends a subscription the peer has with us (track ended, going away).
     pub fn end(&mut self, id: u64, code: SubscribeCode, reason: &str) {
         if let Some(served) = self.served.remove(&id) {
-            self.finish_served(&served, None);
+            self.finish_served(&served);
             self.write_control(&ControlMessage::SubscribeDone {
                 id,
                 code,
@@ -794,18 +794,24 @@ impl Session {
         }
     }
 
-    fn finish_served(&mut self, served: &Served, reset_code: Option<u32>) {
-        let mut streams: Vec<LocalStream> = served.superseded.iter().map(|g| g.stream).collect();
-        streams.extend(served.current.map(|(_, s)| s));
-        for stream in streams {
+    /// A subscription we served ended normally: its current group is finished; older
+    /// groups still being written may complete.
+    fn finish_served(&mut self, served: &Served) {
+        for group in &served.superseded {
+            self.stream_owner.remove(&group.stream);
+        }
+        if let Some((_, stream)) = served.current {
             self.stream_owner.remove(&stream);
-            self.outputs.push_back(match reset_code {
-                Some(code) => Output::ResetGroup { stream, code },
-                None if Some(stream) == served.current.map(|(_, s)| s) => {
-                    Output::FinishGroup { stream }
-                }
-                None => continue,
-            });
+            self.outputs.push_back(Output::FinishGroup { stream });
+        }
+    }
+
+    /// A subscription we served was cancelled: every group still in flight is reset.
+    fn reset_served(&mut self, served: &Served, code: u32) {
+        let streams = served.superseded.iter().map(|g| g.stream);
+        for stream in streams.chain(served.current.map(|(_, s)| s)) {
+            self.stream_owner.remove(&stream);
+            self.outputs.push_back(Output::ResetGroup { stream, code });
         }
     }
 
@@ -869,7 +875,7 @@ impl Session {
             }
             ControlMessage::Unsubscribe { id } => {
                 if let Some(served) = self.served.remove(&id) {
-                    self.finish_served(&served, Some(stream_code::CANCELLED));
+                    self.reset_served(&served, stream_code::CANCELLED);
                     self.emit(Event::Unsubscribed { id });
                 }
             }
