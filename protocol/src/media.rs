@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub type Payload = Arc<[u8]>;
 
 /// Audio or video.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaKind {
     /// Sound.
@@ -21,7 +21,7 @@ pub enum MediaKind {
 }
 
 /// The codecs Cascade carries end to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Codec {
     /// H.264 / AVC, Annex B access units.
     #[serde(rename = "H264")]
@@ -67,7 +67,7 @@ pub struct Frame {
 }
 
 /// What a catalog says about one track.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrackInfo {
     /// Audio or video.
     pub kind: MediaKind,

@@ -45,6 +45,14 @@ pub trait FrameSink: Send {
 /// Called when a keyframe request passes the limiter; installed by the current publisher.
 pub type KeyframeUpstream = Arc<dyn Fn() + Send + Sync>;
 
+/// Where a frame's time comes from.
+enum SourceTime {
+    /// A publisher's 32-bit RTP clock.
+    Rtp(u32),
+    /// An upstream node's track timeline.
+    Track(u64),
+}
+
 struct Subscriber {
     id: u64,
     sink: Box<dyn FrameSink>,
@@ -186,6 +194,16 @@ impl Track {
 
     /// Publishes one access unit whose RTP timestamp is `rtp_time`, received at `now`.
     pub fn publish_rtp(&self, rtp_time: u32, now: Instant, keyframe: bool, payload: Payload) {
+        self.publish(SourceTime::Rtp(rtp_time), now, keyframe, payload);
+    }
+
+    /// Publishes one access unit relayed from another node, whose timestamp is already in
+    /// the track's timescale (its upstream's timeline).
+    pub fn publish_relayed(&self, timestamp: u64, now: Instant, keyframe: bool, payload: Payload) {
+        self.publish(SourceTime::Track(timestamp), now, keyframe, payload);
+    }
+
+    fn publish(&self, time: SourceTime, now: Instant, keyframe: bool, payload: Payload) {
         let mut state = self.lock();
         if state.awaiting_first_keyframe {
             if !keyframe {
@@ -193,7 +211,10 @@ impl Track {
             }
             state.awaiting_first_keyframe = false;
         }
-        let timestamp = state.timeline.map_rtp(rtp_time, now);
+        let timestamp = match time {
+            SourceTime::Rtp(rtp) => state.timeline.map_rtp(rtp, now),
+            SourceTime::Track(ts) => state.timeline.map(ts, now),
+        };
         let seq = state.next_seq;
         state.next_seq += 1;
         let keyframe = keyframe || self.kind == MediaKind::Audio;
@@ -227,6 +248,26 @@ impl Track {
             skipping_to_keyframe: false,
         });
         id
+    }
+
+    /// Like [`Track::subscribe`], but first hands `sink` the current group, atomically, so
+    /// that it starts decodable and misses nothing in between. Returns the subscription id,
+    /// or `None` if the sink refused the cached group.
+    pub fn subscribe_from_current_group(&self, mut sink: Box<dyn FrameSink>) -> Option<u64> {
+        let mut state = self.lock();
+        for frame in &state.group {
+            if sink.deliver(frame) != Delivery::Accepted {
+                return None;
+            }
+        }
+        let id = state.next_subscriber_id;
+        state.next_subscriber_id += 1;
+        state.subscribers.push(Subscriber {
+            id,
+            sink,
+            skipping_to_keyframe: false,
+        });
+        Some(id)
     }
 
     /// Stops a subscription.

@@ -36,4 +36,10 @@ pub enum RoleError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// Certificates or TLS between nodes could not be set up.
+    #[error("cluster trust: {0}")]
+    Trust(String),
+    /// The media relay to another node failed.
+    #[error("relay: {0}")]
+    Relay(String),
 }

@@ -108,9 +108,10 @@ impl ApiError {
             RoleError::StreamNotFound(_) => (StatusCode::NOT_FOUND, "unknown_stream"),
             RoleError::PublisherAlreadyLive(_) => (StatusCode::CONFLICT, "publisher_already_live"),
             RoleError::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "unknown_session"),
-            RoleError::Unavailable(_) | RoleError::Bind { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            RoleError::Unavailable(_)
+            | RoleError::Bind { .. }
+            | RoleError::Trust(_)
+            | RoleError::Relay(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         Self::new(endpoint, status, reason, error.to_string())
     }

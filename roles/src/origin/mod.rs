@@ -107,6 +107,11 @@ impl StreamRegistry {
         )))
     }
 
+    /// The broadcast of a live stream on this node.
+    pub fn broadcast(&self, stream: &StreamId) -> Option<Arc<Broadcast>> {
+        self.lock().streams.get(stream).map(|e| e.broadcast.clone())
+    }
+
     fn lookup(&self, stream: &StreamId) -> Option<(ActorRef<StreamMsg>, Arc<Broadcast>)> {
         self.lock()
             .streams

@@ -1,0 +1,369 @@
+//! The edge side of the relay: one pull per (stream) shared by all of this node's viewers.
+//!
+//! A pull admits itself as the stream's publisher (protocol `relay`), so the local stream
+//! actor, API and viewer sessions work exactly as for a local publisher. It subscribes to
+//! the catalog, then to each track, and writes what arrives into the local broadcast. When
+//! the upstream goes away (origin died, stream moved) it keeps its viewers' sessions, asks
+//! where the stream lives now and subscribes again; the local timeline keeps timestamps
+//! continuous and viewers resume at the next keyframe. It ends a short while after its
+//! last viewer leaves.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cascade_protocol::StreamId;
+use cascade_protocol::media::TrackInfo;
+use cascade_protocol::relay::Role;
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+
+use super::connection::{PullEvent, PullTarget, RelayConnection, RelaySource};
+use super::group::{CATALOG_TRACK, track_name};
+use crate::RoleError;
+use crate::broadcast::Broadcast;
+use crate::origin::StreamRegistry;
+use crate::quic::{ALPN_RELAY, NodeEndpoint};
+use crate::session::{SessionId, SessionKind, SessionMsg};
+
+/// How long a pull outlives its last viewer (a viewer reconnecting meanwhile reuses it).
+pub const PULL_LINGER: Duration = Duration::from_secs(5);
+/// Longest wait for the upstream's catalog before trying again.
+const CATALOG_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between attempts when the upstream is unreachable or has no such stream.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Longest wait, when a pull starts, for its first keyframe before the viewer is answered.
+const FIRST_KEYFRAME_WAIT: Duration = Duration::from_secs(3);
+
+/// Tells a pull where a stream's origin is now: its relay (QUIC) address, or `None` when
+/// it has no origin, or this node is it.
+pub trait OriginLocator: Send + Sync + 'static {
+    /// The origin of `stream`.
+    fn origin_of(&self, stream: &StreamId) -> Option<SocketAddr>;
+}
+
+/// This node's relay: serves its streams to other nodes and pulls theirs. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: NodeEndpoint,
+    registry: StreamRegistry,
+    locator: Arc<dyn OriginLocator>,
+    connections: Mutex<HashMap<SocketAddr, RelayConnection>>,
+    pulls: Mutex<HashMap<StreamId, Arc<Broadcast>>>,
+}
+
+impl RelaySource for StreamRegistry {
+    fn find(&self, name: &str) -> Option<Arc<Broadcast>> {
+        let id = StreamId::parse(name).ok()?;
+        self.broadcast(&id)
+    }
+}
+
+impl Relay {
+    /// A relay on `endpoint` serving and feeding `registry`.
+    pub fn new(
+        endpoint: NodeEndpoint,
+        registry: StreamRegistry,
+        locator: Arc<dyn OriginLocator>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                endpoint,
+                registry,
+                locator,
+                connections: Mutex::default(),
+                pulls: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Serves a connection another node opened with the relay ALPN.
+    pub fn accept(&self, connection: quinn::Connection) {
+        let source: Arc<dyn RelaySource> = Arc::new(self.inner.registry.clone());
+        RelayConnection::start(connection, Role::Server, Some(source));
+    }
+
+    /// The streams this node currently pulls.
+    pub fn pulled(&self) -> Vec<StreamId> {
+        lock(&self.inner.pulls).keys().cloned().collect()
+    }
+
+    /// Makes sure `stream` is pulled from its origin; returns once its first keyframe is
+    /// here (or after a few seconds, when the origin has not sent one yet).
+    pub async fn ensure_pulled(&self, stream: &StreamId) -> Result<(), RoleError> {
+        let broadcast = {
+            let pulls = lock(&self.inner.pulls);
+            pulls.get(stream).cloned()
+        };
+        let broadcast = match broadcast {
+            Some(b) => b,
+            None => {
+                if self.inner.locator.origin_of(stream).is_none() {
+                    return Err(RoleError::StreamNotFound(stream.clone()));
+                }
+                let session = SessionId::random();
+                let admitted = self
+                    .inner
+                    .registry
+                    .admit(stream, SessionKind::Publisher, session, "relay", None)
+                    .await?;
+                let broadcast = admitted.broadcast.clone();
+                lock(&self.inner.pulls).insert(stream.clone(), broadcast.clone());
+                tracing::info!(%stream, "pulling the stream from its origin over the relay");
+                tokio::spawn(self.clone().run_pull(
+                    stream.clone(),
+                    admitted.broadcast,
+                    admitted.actor,
+                ));
+                broadcast
+            }
+        };
+        let deadline = Instant::now() + FIRST_KEYFRAME_WAIT;
+        let video = broadcast
+            .track(cascade_protocol::media::MediaKind::Video)
+            .clone();
+        while video.current_group().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    async fn connection(&self, addr: SocketAddr) -> Result<RelayConnection, RoleError> {
+        if let Some(existing) = lock(&self.inner.connections).get(&addr)
+            && existing.is_open()
+        {
+            return Ok(existing.clone());
+        }
+        let connection = self.inner.endpoint.dial(addr, ALPN_RELAY).await?;
+        let source: Arc<dyn RelaySource> = Arc::new(self.inner.registry.clone());
+        let relay = RelayConnection::start(connection, Role::Client, Some(source));
+        lock(&self.inner.connections).insert(addr, relay.clone());
+        Ok(relay)
+    }
+
+    async fn run_pull(
+        self,
+        stream: StreamId,
+        broadcast: Arc<Broadcast>,
+        actor: ActorRef<SessionMsg>,
+    ) {
+        let mut idle_since: Option<Instant> = None;
+        let outcome = loop {
+            let attempt = self
+                .pull_once(&stream, &broadcast, &actor, &mut idle_since)
+                .await;
+            for track in broadcast.tracks() {
+                track.end_source();
+            }
+            match attempt {
+                Attempt::Idle => break "no viewers left",
+                Attempt::StreamGone => break "the local stream ended",
+                Attempt::Lost(reason) => {
+                    metrics::counter!("cascade_relay_pull_interruptions_total").increment(1);
+                    tracing::warn!(%stream, %reason, "relay pull interrupted; finding the origin again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        };
+        lock(&self.inner.pulls).remove(&stream);
+        tracing::info!(%stream, outcome, "relay pull ended");
+        let _ = actor.cast(SessionMsg::Delete);
+    }
+
+    /// One subscription to the stream's current origin, until it breaks or is no longer
+    /// needed.
+    async fn pull_once(
+        &self,
+        stream: &StreamId,
+        broadcast: &Arc<Broadcast>,
+        actor: &ActorRef<SessionMsg>,
+        idle_since: &mut Option<Instant>,
+    ) -> Attempt {
+        let Some(origin) = self.inner.locator.origin_of(stream) else {
+            return self
+                .wait_tick(stream, actor, idle_since, "the stream has no origin")
+                .await;
+        };
+        let connection = match self.connection(origin).await {
+            Ok(c) => c,
+            Err(e) => {
+                return self
+                    .wait_tick(stream, actor, idle_since, &e.to_string())
+                    .await;
+            }
+        };
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let Some(catalog_id) = connection
+            .subscribe(
+                stream.as_str(),
+                CATALOG_TRACK,
+                PullTarget::Catalog,
+                events_tx.clone(),
+            )
+            .await
+        else {
+            return Attempt::Lost("relay connection closed".into());
+        };
+        let catalog = tokio::time::timeout(CATALOG_TIMEOUT, wait_catalog(&mut events)).await;
+        connection.unsubscribe(catalog_id);
+        let catalog = match catalog {
+            Ok(Ok(catalog)) if !catalog.is_empty() => catalog,
+            Ok(Ok(_)) => {
+                return self
+                    .wait_tick(stream, actor, idle_since, "the origin has no tracks yet")
+                    .await;
+            }
+            Ok(Err(reason)) => return self.wait_tick(stream, actor, idle_since, &reason).await,
+            Err(_) => return Attempt::Lost("no catalog from the origin".into()),
+        };
+        let mut subscriptions = Vec::new();
+        for info in &catalog {
+            let track = broadcast.track(info.kind).clone();
+            let id_cell = Arc::new(AtomicU64::new(u64::MAX));
+            let upstream = {
+                let connection = connection.clone();
+                let id_cell = id_cell.clone();
+                Arc::new(move || {
+                    let id = id_cell.load(Ordering::Relaxed);
+                    if id != u64::MAX {
+                        connection.request_keyframe(id);
+                    }
+                })
+            };
+            track.begin_source(info.codec, Some(upstream));
+            let target = PullTarget::Track(track);
+            let Some(id) = connection
+                .subscribe(
+                    stream.as_str(),
+                    track_name(info.kind),
+                    target,
+                    events_tx.clone(),
+                )
+                .await
+            else {
+                return Attempt::Lost("relay connection closed".into());
+            };
+            id_cell.store(id, Ordering::Relaxed);
+            subscriptions.push(id);
+        }
+        tracing::info!(%stream, %origin, tracks = catalog.len(), "relay pull subscribed");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let attempt = loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(PullEvent::Ended { reason, .. }) => break Attempt::Lost(reason),
+                    Some(_) => {}
+                    None => break Attempt::Lost("relay connection closed".into()),
+                },
+                _ = tick.tick() => {
+                    if let Some(done) = self.check_needed(stream, actor, idle_since).await {
+                        break done;
+                    }
+                    if self.inner.locator.origin_of(stream) != Some(origin) {
+                        break Attempt::Lost("the stream's origin moved".into());
+                    }
+                }
+            }
+        };
+        for id in subscriptions {
+            connection.unsubscribe(id);
+        }
+        attempt
+    }
+
+    /// Waits a moment before the next attempt, unless the pull is no longer needed.
+    async fn wait_tick(
+        &self,
+        stream: &StreamId,
+        actor: &ActorRef<SessionMsg>,
+        idle_since: &mut Option<Instant>,
+        reason: &str,
+    ) -> Attempt {
+        tracing::debug!(%stream, reason, "relay pull waiting");
+        tokio::time::sleep(RETRY_PAUSE).await;
+        self.check_needed(stream, actor, idle_since)
+            .await
+            .unwrap_or_else(|| Attempt::Lost(reason.to_owned()))
+    }
+
+    /// `Some` when the pull should stop: its stream ended or nobody watched for a while.
+    async fn check_needed(
+        &self,
+        stream: &StreamId,
+        actor: &ActorRef<SessionMsg>,
+        idle_since: &mut Option<Instant>,
+    ) -> Option<Attempt> {
+        if actor.get_status() != ractor::ActorStatus::Running {
+            return Some(Attempt::StreamGone);
+        }
+        let viewers = match self.inner.registry.info(stream).await {
+            Ok(info) => info.viewers,
+            Err(_) => return Some(Attempt::StreamGone),
+        };
+        let now = Instant::now();
+        if pull_is_idle(viewers, idle_since, now) {
+            return Some(Attempt::Idle);
+        }
+        None
+    }
+}
+
+/// Whether a pull with `viewers` has been without any for [`PULL_LINGER`]; keeps track of
+/// when the last one left in `idle_since`.
+pub fn pull_is_idle(viewers: usize, idle_since: &mut Option<Instant>, now: Instant) -> bool {
+    if viewers > 0 {
+        *idle_since = None;
+        return false;
+    }
+    let since = *idle_since.get_or_insert(now);
+    now.duration_since(since) >= PULL_LINGER
+}
+
+enum Attempt {
+    Idle,
+    StreamGone,
+    Lost(String),
+}
+
+async fn wait_catalog(
+    events: &mut mpsc::UnboundedReceiver<PullEvent>,
+) -> Result<Vec<TrackInfo>, String> {
+    loop {
+        match events.recv().await {
+            Some(PullEvent::Catalog(catalog)) => return Ok(catalog),
+            Some(PullEvent::Subscribed) => {}
+            Some(PullEvent::Ended { reason, .. }) => return Err(reason),
+            None => return Err("relay connection closed".into()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pull_ends_only_after_it_has_had_no_viewers_for_the_linger_time() {
+        let t0 = Instant::now();
+        let mut idle = None;
+        assert!(!pull_is_idle(3, &mut idle, t0));
+        assert!(!pull_is_idle(0, &mut idle, t0));
+        assert!(!pull_is_idle(0, &mut idle, t0 + PULL_LINGER / 2));
+        assert!(
+            !pull_is_idle(1, &mut idle, t0 + PULL_LINGER),
+            "a viewer came back"
+        );
+        assert!(!pull_is_idle(0, &mut idle, t0 + PULL_LINGER * 2));
+        assert!(pull_is_idle(0, &mut idle, t0 + PULL_LINGER * 3));
+    }
+}
