@@ -16,6 +16,12 @@ use crate::NodeError;
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// Default UDP address for all WebRTC media.
 pub const DEFAULT_WEBRTC_ADDR: &str = "127.0.0.1:8443";
+/// Default UDP address for node-to-node QUIC (Raft and the media relay).
+pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:4433";
+/// Default number of Raft voters.
+pub const DEFAULT_VOTERS: usize = 3;
+/// Default time a silent voter is given before a learner replaces it.
+pub const DEFAULT_VOTER_LOST_AFTER: &str = "10s";
 /// Default state directory.
 pub const DEFAULT_DATA_DIR: &str = "./cascade-data";
 /// Default time a dropped publisher has to come back before viewers are ended.
@@ -70,6 +76,50 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_RECONNECT_GRACE", value_name = "DURATION")]
     pub reconnect_grace: Option<String>,
 
+    /// UDP address for node-to-node QUIC: Raft and the media relay [default: 127.0.0.1:4433].
+    #[arg(long, env = "CASCADE_QUIC_ADDR", value_name = "ADDR")]
+    pub quic_addr: Option<SocketAddr>,
+
+    /// HTTP address of any member of an existing cluster to join (needs --token).
+    #[arg(long, env = "CASCADE_JOIN", value_name = "ADDR")]
+    pub join: Option<String>,
+
+    /// Join token: with --join, the cluster's; on a first node, the one to accept
+    /// [default: a first node generates and prints one].
+    #[arg(
+        long,
+        env = "CASCADE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// Roles this node may hold: `auto` (all) or a list such as `origin,edge` [default: auto].
+    #[arg(long, env = "CASCADE_ROLES", value_name = "ROLES")]
+    pub roles: Option<String>,
+
+    /// This node's `region` label; viewers asking for a region are sent to an edge there.
+    #[arg(long, env = "CASCADE_REGION", value_name = "NAME")]
+    pub region: Option<String>,
+
+    /// Raft voters the cluster keeps: 1, 3 or 5 [default: 3]; further nodes are learners.
+    #[arg(long, env = "CASCADE_VOTERS", value_name = "N")]
+    pub voters: Option<usize>,
+
+    /// How long a voter may be silent before a learner replaces it, e.g. 10s [default: 10s].
+    #[arg(long, env = "CASCADE_VOTER_LOST_AFTER", value_name = "DURATION")]
+    pub voter_lost_after: Option<String>,
+
+    /// Bearer token for cluster administration (drain, remove, new join tokens)
+    /// [default: none, administration is open].
+    #[arg(
+        long,
+        env = "CASCADE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
     /// Per-stream keys, file only: `[streams.NAME]` with `publish-key` and/or `play-key`.
     #[arg(skip)]
     pub streams: Option<HashMap<String, StreamKeys>>,
@@ -100,6 +150,16 @@ pub struct NodeConfig {
     pub access: crate::access::AccessPolicy,
     /// See [`RunOptions::reconnect_grace`].
     pub reconnect_grace: Duration,
+    /// See [`RunOptions::quic_addr`].
+    pub quic_addr: SocketAddr,
+    /// See [`RunOptions::join`].
+    pub join: Option<String>,
+    /// See [`RunOptions::token`].
+    pub token: Option<String>,
+    /// See [`RunOptions::admin_token`].
+    pub admin_token: Option<String>,
+    /// Voters, region, allowed roles.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl NodeConfig {
@@ -128,7 +188,31 @@ impl NodeConfig {
                 message: e.to_string(),
             })?;
         }
+        let voter_lost_after = parse_duration(
+            &cli.voter_lost_after
+                .or(file.voter_lost_after)
+                .unwrap_or_else(|| DEFAULT_VOTER_LOST_AFTER.to_owned()),
+        )
+        .map_err(|e| NodeError::Config {
+            key: "voter-lost-after",
+            message: e.to_string(),
+        })?;
+        let allowed = parse_roles(cli.roles.or(file.roles).as_deref().unwrap_or("auto"))?;
+        let cluster = crate::cluster::ClusterConfig {
+            voters: cli.voters.or(file.voters).unwrap_or(DEFAULT_VOTERS),
+            voter_lost_after,
+            region: cli.region.or(file.region),
+            allowed,
+        };
         let config = Self {
+            quic_addr: cli
+                .quic_addr
+                .or(file.quic_addr)
+                .unwrap_or_else(|| default_addr(DEFAULT_QUIC_ADDR)),
+            join: cli.join.or(file.join),
+            token: non_empty("token", cli.token.or(file.token))?,
+            admin_token: non_empty("admin-token", cli.admin_token.or(file.admin_token))?,
+            cluster,
             http_addr: cli
                 .http_addr
                 .or(file.http_addr)
@@ -157,6 +241,30 @@ impl NodeConfig {
     }
 
     fn validate(&self) -> Result<(), NodeError> {
+        if ![1, 3, 5].contains(&self.cluster.voters) {
+            return Err(NodeError::Config {
+                key: "voters",
+                message: format!("must be 1, 3 or 5 (got {})", self.cluster.voters),
+            });
+        }
+        if self.join.is_some() && self.token.is_none() {
+            return Err(NodeError::Config {
+                key: "token",
+                message: "is required with --join: the join token the first node printed".into(),
+            });
+        }
+        if self.quic_addr.port() == 0 || self.quic_addr.ip().is_unspecified() {
+            return Err(NodeError::Config {
+                key: "quic-addr",
+                message: "needs an address and port other nodes can reach (it is recorded in the cluster)".into(),
+            });
+        }
+        if self.http_addr.port() == 0 || self.http_addr.ip().is_unspecified() {
+            return Err(NodeError::Config {
+                key: "http-addr",
+                message: "needs an address and port other nodes can redirect clients to".into(),
+            });
+        }
         if self.webrtc_addr.port() == 0 {
             return Err(NodeError::Config {
                 key: "webrtc-addr",
@@ -177,6 +285,26 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+/// `auto` or a comma-separated list of role names.
+fn parse_roles(
+    text: &str,
+) -> Result<std::collections::BTreeSet<cascade_protocol::cluster::NodeRole>, NodeError> {
+    use cascade_protocol::cluster::NodeRole;
+    if text.trim() == "auto" {
+        return Ok(NodeRole::ALL.into_iter().collect());
+    }
+    text.split(',')
+        .map(|name| {
+            NodeRole::parse(name.trim()).ok_or_else(|| NodeError::Config {
+                key: "roles",
+                message: format!(
+                    "{name:?} is not a role; use auto or a list of origin, transcoder, packager, edge"
+                ),
+            })
+        })
+        .collect()
 }
 
 fn non_empty(key: &'static str, value: Option<String>) -> Result<Option<String>, NodeError> {

@@ -35,6 +35,9 @@ pub enum NodeError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The node could not bootstrap, join or start Raft.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A role failed to start.
     #[error(transparent)]
     Role(#[from] cascade_roles::RoleError),

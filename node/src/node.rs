@@ -6,7 +6,12 @@ use cascade_roles::origin::StreamRegistry;
 use cascade_roles::webrtc::{WebRtcEngine, WebRtcSettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use cascade_roles::quic::{ALPN_CLUSTER, ALPN_RELAY, NodeEndpoint, handshake};
+use cascade_roles::relay::Relay;
+
 use crate::NodeError;
+use crate::cluster::state::NodeRecord;
+use crate::cluster::{Cluster, format_id, identity, network};
 use crate::config::NodeConfig;
 use crate::http::AppState;
 
@@ -36,11 +41,15 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             source,
         })?;
 
-    announce(&config, http_addr);
+    let (cluster, relay, endpoint) = start_cluster(&config, http_addr, registry.clone()).await?;
+    announce(&config, http_addr, &cluster);
     let state = AppState {
         registry,
         access: Arc::new(config.access.clone()),
         metrics,
+        cluster: cluster.clone(),
+        relay,
+        admin_token: config.admin_token.as_deref().map(Arc::from),
     };
     let app = crate::http::router(state);
     axum::serve(
@@ -53,18 +62,92 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         addr: http_addr,
         source,
     })?;
+    cluster.shutdown().await;
+    endpoint.close();
     tracing::info!("node stopped");
     Ok(())
 }
 
-fn announce(config: &NodeConfig, http_addr: std::net::SocketAddr) {
+/// Takes this node's identity (stored, bootstrapped or joined), binds the QUIC port, starts
+/// Raft and serves other nodes' connections.
+async fn start_cluster(
+    config: &NodeConfig,
+    http_addr: std::net::SocketAddr,
+    registry: StreamRegistry,
+) -> Result<(Cluster, Relay, NodeEndpoint), NodeError> {
+    let mut record = NodeRecord {
+        id: identity::stored_node_id(&config.data_dir).unwrap_or_else(identity::new_node_id),
+        http_addr,
+        quic_addr: config.quic_addr,
+        region: config.cluster.region.clone(),
+        allowed: config.cluster.allowed.clone(),
+        draining: false,
+    };
+    let prepared = identity::prepare(
+        &config.data_dir,
+        &record,
+        config.join.as_deref(),
+        config.token.as_deref(),
+    )
+    .await?;
+    record.id = prepared.node_id;
+    let endpoint = NodeEndpoint::bind(config.quic_addr, prepared.identity.clone())?;
+    let cluster = Cluster::start(
+        &prepared,
+        record,
+        config.cluster.clone(),
+        endpoint.clone(),
+        registry.clone(),
+        &config.data_dir,
+    )
+    .await?;
+    let relay = crate::cluster::relay(endpoint.clone(), registry, &cluster);
+    tokio::spawn(accept_nodes(
+        endpoint.clone(),
+        cluster.clone(),
+        relay.clone(),
+    ));
+    Ok((cluster, relay, endpoint))
+}
+
+/// Hands each node connection to the service its ALPN names.
+async fn accept_nodes(endpoint: NodeEndpoint, cluster: Cluster, relay: Relay) {
+    while let Some(incoming) = endpoint.incoming().await {
+        let cluster = cluster.clone();
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let Some((connection, alpn)) = handshake(incoming).await else {
+                return;
+            };
+            match alpn.as_slice() {
+                ALPN_RELAY => relay.accept(connection),
+                ALPN_CLUSTER => network::serve(cluster, connection).await,
+                other => {
+                    tracing::warn!(alpn = %String::from_utf8_lossy(other), "node connection for an unknown service");
+                    connection.close(0u32.into(), b"unknown ALPN");
+                }
+            }
+        });
+    }
+}
+
+fn announce(config: &NodeConfig, http_addr: std::net::SocketAddr, cluster: &Cluster) {
+    let members = cluster.state().nodes.len().max(1);
     tracing::info!(
+        node = %format_id(cluster.id()),
         http = %http_addr,
         webrtc = %config.webrtc_addr,
+        quic = %config.quic_addr,
         data_dir = %config.data_dir.display(),
         reconnect_grace_secs = config.reconnect_grace.as_secs_f64(),
-        "Cascade node up: single-node cluster with every role (origin, edge)"
+        members,
+        "Cascade node up"
     );
+    if config.admin_token.is_none() {
+        tracing::warn!(
+            "OPEN ADMINISTRATION: anyone who reaches {http_addr} may drain or remove nodes and issue join tokens; set --admin-token"
+        );
+    }
     if config.access.publish_is_open() {
         tracing::warn!(
             "OPEN PUBLISHING: anyone who reaches {http_addr} may publish any stream; set --publish-token or per-stream keys"

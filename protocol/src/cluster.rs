@@ -13,7 +13,10 @@ use crate::ProtocolError;
 pub type NodeId = u64;
 
 /// The roles a node can hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum NodeRole {
     /// Takes publishers in and owns a stream's source.
     Origin,
@@ -26,6 +29,21 @@ pub enum NodeRole {
 }
 
 impl NodeRole {
+    /// The name used in config (`--roles origin,edge`) and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeRole::Origin => "origin",
+            NodeRole::Transcoder => "transcoder",
+            NodeRole::Packager => "packager",
+            NodeRole::Edge => "edge",
+        }
+    }
+
+    /// Parses a role name.
+    pub fn parse(name: &str) -> Option<NodeRole> {
+        NodeRole::ALL.into_iter().find(|r| r.name() == name)
+    }
+
     pub const ALL: [NodeRole; 4] = [
         NodeRole::Origin,
         NodeRole::Transcoder,
@@ -47,7 +65,7 @@ pub struct NodeInfo {
 }
 
 /// A node's soft state, reported to the leader every second (never in the Raft log).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Load {
     /// CPU use, 0–100 per node (all cores).
     pub cpu_pct: f32,

@@ -6,12 +6,14 @@
 //! | `POST/OPTIONS /whep/{stream}`, `DELETE/PATCH /whep/{stream}/{session}` | [`whep`] |
 //! | `GET /api/v1/streams[/{stream}]` | [`api`] |
 //! | `GET /metrics` | [`metrics`] |
+//! | `/api/v1/cluster...` | [`cluster`] |
 //! | `GET /`, `GET /healthz` | [`page`] |
 //!
 //! Every refusal is an [`ApiError`]: a status, a plain-text reason, and a count in
 //! `cascade_http_rejections_total{endpoint,reason}`.
 
 pub mod api;
+pub mod cluster;
 pub mod metrics;
 pub mod page;
 mod sdp_exchange;
@@ -42,6 +44,12 @@ pub struct AppState {
     pub access: Arc<AccessPolicy>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// This node's membership in the cluster: routing and placement.
+    pub cluster: crate::cluster::Cluster,
+    /// Pulls streams whose origin is another node.
+    pub relay: cascade_roles::relay::Relay,
+    /// Bearer token of the admin routes, if set.
+    pub admin_token: Option<Arc<str>>,
 }
 
 /// The node's routes.
@@ -67,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .merge(whip::routes())
         .merge(whep::routes())
         .merge(api::routes())
+        .merge(cluster::routes())
         .merge(metrics::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors)

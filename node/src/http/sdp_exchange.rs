@@ -13,6 +13,7 @@ use cascade_roles::webrtc::NegotiatedSession;
 
 use super::{ApiError, AppState};
 use crate::access::{Action, Denied};
+use crate::cluster::{Route, RouteError, format_id};
 
 /// Which of the two protocols a request speaks.
 #[derive(Debug, Clone, Copy)]
@@ -142,6 +143,65 @@ impl Exchange {
         Ok(StatusCode::OK)
     }
 
+    /// Decides where the request is served: `Some` is a `307` to another node. A viewer
+    /// served here of a stream whose origin is elsewhere gets the stream pulled first.
+    pub(crate) async fn route(
+        &self,
+        state: &AppState,
+        stream: &StreamId,
+        query: &RouteQuery,
+    ) -> Result<Option<Response>, ApiError> {
+        let cluster = &state.cluster;
+        let refuse = |error: RouteError| match error {
+            RouteError::LiveElsewhere(origin) => ApiError::new(
+                self.endpoint,
+                StatusCode::CONFLICT,
+                "publisher_already_live",
+                format!(
+                    "stream {stream} already has a live publisher on node {}; end that session first or use another stream id",
+                    format_id(origin)
+                ),
+            ),
+            RouteError::NotLive => {
+                ApiError::from_role(self.endpoint, RoleError::StreamNotFound(stream.clone()))
+            }
+            RouteError::Unavailable(why) => ApiError::new(
+                self.endpoint,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("the cluster cannot place this request now: {why}"),
+            ),
+        };
+        let route = match self.action {
+            Action::Publish => cluster.route_publish(stream).await.map_err(refuse)?,
+            Action::Play if query.routed.is_some() => Route::Local,
+            Action::Play => cluster
+                .route_play(stream, query.region.as_deref())
+                .map_err(refuse)?,
+        };
+        if let Route::Redirect(addr) = route {
+            ::metrics::counter!("cascade_http_redirects_total", "endpoint" => self.endpoint)
+                .increment(1);
+            let mut location = format!("http://{addr}/{}/{stream}?routed=1", self.endpoint);
+            if let Some(region) = &query.region {
+                location.push_str(&format!("&region={region}"));
+            }
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            return Ok(Some(response));
+        }
+        if self.action == Action::Play && cluster.remote_origin(stream).is_some() {
+            state
+                .relay
+                .ensure_pulled(stream)
+                .await
+                .map_err(|e| ApiError::from_role(self.endpoint, e))?;
+        }
+        Ok(None)
+    }
+
     /// Trickle ICE and ICE restarts are not needed with an ICE-lite server: RFC 9725 lets us say 405.
     pub(crate) fn patch(&self) -> ApiError {
         ApiError::new(
@@ -152,6 +212,14 @@ impl Exchange {
         )
         .with_allow("DELETE")
     }
+}
+
+/// Query parameters of a POST: `region` asks for an edge there; `routed` marks a request
+/// another node already redirected, so it is served here.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct RouteQuery {
+    region: Option<String>,
+    routed: Option<String>,
 }
 
 /// `OPTIONS` on the POST resource: advertise what a client may send.
@@ -165,14 +233,19 @@ pub(crate) fn options() -> Response {
 
 /// The routes of one exchange: POST/OPTIONS on the stream, DELETE/PATCH on the session.
 pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
+    use axum::extract::Query;
     use axum::extract::{ConnectInfo, Path, State};
     use axum::routing::{delete, post};
     let post_offer = move |State(state): State<AppState>,
                            Path(stream): Path<String>,
+                           Query(route): Query<RouteQuery>,
                            ConnectInfo(remote): ConnectInfo<SocketAddr>,
                            headers: HeaderMap,
                            body: Result<Bytes, BytesRejection>| async move {
         let (stream, offer) = exchange.admit_offer(&state, &stream, &headers, body)?;
+        if let Some(redirect) = exchange.route(&state, &stream, &route).await? {
+            return Ok(redirect);
+        }
         let remote = Some(remote);
         let negotiated = match exchange.action {
             Action::Publish => {

@@ -29,6 +29,8 @@ impl Node {
             .arg(format!("{ip}:18080"))
             .arg("--webrtc-addr")
             .arg(format!("{ip}:18443"))
+            .arg("--quic-addr")
+            .arg(format!("{ip}:14433"))
             .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)
@@ -46,8 +48,8 @@ impl Node {
             data_dir,
         };
         let client = reqwest::Client::new();
-        let health = format!("{}/healthz", node.http);
-        wait_for("node answers /healthz", Duration::from_secs(20), || {
+        let health = format!("{}/readyz", node.http);
+        wait_for("node answers /readyz", Duration::from_secs(20), || {
             let client = client.clone();
             let health = health.clone();
             async move {

@@ -1,0 +1,715 @@
+//! The cluster: Raft (openraft) over node-to-node QUIC, the replicated state, soft load,
+//! joining, and the routing decisions every request asks of it.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`state`] | the replicated state and its pure state machine |
+//! | [`store`] | Raft's log, vote and state machine in `raft.redb` |
+//! | [`network`] | Raft RPCs and load reports over QUIC |
+//! | [`load`] | soft state: load reports, health |
+//! | [`identity`] | the node's id and certificate in its data dir; bootstrap and join |
+//!
+//! A single node is a cluster of one on the same path. Media never waits on Raft: a
+//! viewer's frames flow through the relay whatever Raft is doing; only new placements and
+//! membership changes need a leader.
+
+pub mod identity;
+pub mod load;
+pub mod network;
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cascade_protocol::StreamId;
+use cascade_protocol::cluster::{
+    Load, NodeId, NodeInfo, NodeRole, VoterChange, assign_roles, choose_edge, place_stream,
+    plan_voters,
+};
+use cascade_roles::origin::StreamRegistry;
+use cascade_roles::quic::NodeEndpoint;
+use cascade_roles::relay::{OriginLocator, Relay};
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
+use tokio::sync::watch;
+
+use crate::NodeError;
+use load::{CpuMeter, LoadReport, LoadView};
+use network::{NetworkFactory, Peers, Rpc, RpcReply};
+use state::{ClusterState, Command, NodeRecord, Outcome};
+
+openraft::declare_raft_types!(
+    /// Raft's types for Cascade.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        Node = BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// How the cluster behaves; part of the node's config.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Raft voters to keep (1, 3 or 5).
+    pub voters: usize,
+    /// A voter silent this long is replaced by a healthy learner.
+    pub voter_lost_after: Duration,
+    /// This node's `region` label.
+    pub region: Option<String>,
+    /// Roles this node may hold.
+    pub allowed: BTreeSet<NodeRole>,
+}
+
+/// Where a request should go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Serve it here.
+    Local,
+    /// Send the client to this node's HTTP address.
+    Redirect(SocketAddr),
+}
+
+/// Why a route could not be chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// The stream is live on another origin (a second publisher).
+    LiveElsewhere(NodeId),
+    /// Nobody publishes the stream.
+    NotLive,
+    /// No node can take it now (no leader, no healthy node with the role).
+    Unavailable(String),
+}
+
+/// This node's membership in the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    record: NodeRecord,
+    config: ClusterConfig,
+    raft: Raft<TypeConfig>,
+    state: watch::Receiver<Arc<ClusterState>>,
+    peers: Peers,
+    loads: Mutex<LoadView>,
+    started: Instant,
+    registry: StreamRegistry,
+}
+
+impl Cluster {
+    /// Starts Raft on `endpoint` with the store in `data_dir`.
+    pub async fn start(
+        identity: &identity::Prepared,
+        record: NodeRecord,
+        config: ClusterConfig,
+        endpoint: NodeEndpoint,
+        registry: StreamRegistry,
+        data_dir: &std::path::Path,
+    ) -> Result<Self, NodeError> {
+        let (log_store, state_machine) =
+            store::open(data_dir).map_err(|e| NodeError::Cluster(format!("raft store: {e}")))?;
+        let state = state_machine.subscribe();
+        let raft_config = openraft::Config {
+            cluster_name: "cascade".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            install_snapshot_timeout: 2000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Cluster(format!("raft config: {e}")))?;
+        let peers = Peers::new(endpoint);
+        let raft = Raft::new(
+            identity.node_id,
+            Arc::new(raft_config),
+            NetworkFactory {
+                peers: peers.clone(),
+            },
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| NodeError::Cluster(format!("raft: {e}")))?;
+        let cluster = Self {
+            inner: Arc::new(Inner {
+                id: identity.node_id,
+                record,
+                config,
+                raft,
+                state,
+                peers,
+                loads: Mutex::default(),
+                started: Instant::now(),
+                registry,
+            }),
+        };
+        if let Some(bootstrap) = &identity.bootstrap {
+            cluster.bootstrap(bootstrap.clone()).await?;
+        }
+        tokio::spawn(cluster.clone().report_load());
+        tokio::spawn(cluster.clone().lead());
+        Ok(cluster)
+    }
+
+    async fn bootstrap(&self, bootstrap: identity::Bootstrap) -> Result<(), NodeError> {
+        let raft = &self.inner.raft;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Cluster(e.to_string()))?;
+        if !initialized {
+            let members = BTreeMap::from([(
+                self.inner.id,
+                BasicNode::new(self.inner.record.quic_addr.to_string()),
+            )]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| NodeError::Cluster(format!("initializing raft: {e}")))?;
+        }
+        self.write(Command::Bootstrap {
+            ca: bootstrap.ca,
+            join_token_hash: state::token_hash(&bootstrap.join_token),
+        })
+        .await
+        .map_err(NodeError::Cluster)?;
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The replicated state as last applied here.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.inner.state.borrow().clone()
+    }
+
+    fn loads(&self) -> MutexGuard<'_, LoadView> {
+        self.inner.loads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Raft's view: leader, term, voters, learners.
+    pub fn raft_metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {
+        self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// Appends a command through the leader (forwarded if this node is not it) and waits
+    /// until it is committed. Errors are for logs and HTTP 503 bodies.
+    pub async fn write(&self, command: Command) -> Result<Outcome, String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.inner.raft.client_write(command.clone()).await {
+                Ok(response) => return Ok(response.data),
+                Err(error) => {
+                    let leader = error
+                        .forward_to_leader::<BasicNode>()
+                        .and_then(|f| f.leader_node.clone());
+                    if let Some(leader) = leader
+                        && let Ok(addr) = leader.addr.parse::<SocketAddr>()
+                    {
+                        match self
+                            .inner
+                            .peers
+                            .call(addr, &Rpc::Write(command.clone()), Duration::from_secs(5))
+                            .await
+                        {
+                            Ok(RpcReply::Written(result)) => return result,
+                            Ok(_) => return Err("the leader answered something else".into()),
+                            Err(e) if Instant::now() >= deadline => {
+                                return Err(format!("the leader is unreachable: {e}"));
+                            }
+                            Err(_) => {}
+                        }
+                    } else if Instant::now() >= deadline {
+                        return Err(format!("no Raft leader to write to: {error}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Handles an RPC from another node.
+    pub async fn handle_rpc(&self, rpc: Rpc) -> RpcReply {
+        let raft = &self.inner.raft;
+        match rpc {
+            Rpc::AppendEntries(request) => {
+                RpcReply::AppendEntries(raft.append_entries(request).await)
+            }
+            Rpc::Vote(request) => RpcReply::Vote(raft.vote(request).await),
+            Rpc::InstallSnapshot(request) => {
+                RpcReply::InstallSnapshot(raft.install_snapshot(request).await)
+            }
+            Rpc::Load(report) => {
+                let now = Instant::now();
+                let mut loads = self.loads();
+                loads.record(report, now);
+                RpcReply::Load(loads.table(now))
+            }
+            Rpc::AddLearner(id, node) => self.add_learner(id, node).await,
+            Rpc::RemoveMember(id) => RpcReply::Written(self.remove_member_here(id).await),
+            Rpc::Write(command) => RpcReply::Written(match raft.client_write(command).await {
+                Ok(response) => Ok(response.data),
+                Err(e) => Err(format!("not written: {e}")),
+            }),
+        }
+    }
+
+    /// Adds a joining node as a learner and records it. Called on the node that accepted
+    /// the join token.
+    pub async fn admit(&self, record: NodeRecord) -> Result<(), String> {
+        self.write(Command::UpsertNode(record.clone())).await?;
+        let node = BasicNode::new(record.quic_addr.to_string());
+        let raft = &self.inner.raft;
+        // Non-blocking: the new node starts Raft only after it has its certificate, which
+        // it gets from this answer.
+        if let Err(e) = raft.add_learner(record.id, node.clone(), false).await {
+            let leader = e
+                .forward_to_leader::<BasicNode>()
+                .and_then(|f| f.leader_node.clone())
+                .and_then(|n| n.addr.parse::<SocketAddr>().ok());
+            let Some(leader) = leader else {
+                return Err(format!("cannot add the node to Raft: {e}"));
+            };
+            match self
+                .inner
+                .peers
+                .call(
+                    leader,
+                    &Rpc::AddLearner(record.id, node),
+                    Duration::from_secs(5),
+                )
+                .await
+            {
+                Ok(RpcReply::Written(Ok(_))) => {}
+                Ok(RpcReply::Written(Err(e))) => return Err(e),
+                Ok(_) => return Err("the leader answered something else".into()),
+                Err(e) => return Err(format!("the leader is unreachable: {e}")),
+            }
+        }
+        tracing::info!(node = %format_id(record.id), http = %record.http_addr, quic = %record.quic_addr, "node joined as a Raft learner");
+        Ok(())
+    }
+
+    /// Adds a learner on the leader (RPC from the node that accepted a join).
+    pub async fn add_learner(&self, id: NodeId, node: BasicNode) -> RpcReply {
+        RpcReply::Written(
+            self.inner
+                .raft
+                .add_learner(id, node, false)
+                .await
+                .map(|_| Outcome::Done)
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    /// The leader's QUIC address, when a leader is known.
+    fn leader_addr(&self) -> Option<(NodeId, SocketAddr)> {
+        let metrics = self.raft_metrics();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .parse()
+            .ok()?;
+        Some((leader, addr))
+    }
+
+    /// Starts draining a node: no new viewers or streams go to it.
+    pub async fn drain(&self, id: NodeId) -> Result<Outcome, String> {
+        self.write(Command::SetDraining { id, draining: true })
+            .await
+    }
+
+    /// Takes a node out of the cluster: out of Raft's membership, then out of the state
+    /// (its placements with it).
+    pub async fn remove(&self, id: NodeId) -> Result<Outcome, String> {
+        let (leader, addr) = self
+            .leader_addr()
+            .ok_or_else(|| "no Raft leader right now; try again".to_owned())?;
+        if leader == id {
+            return Err("this node is the Raft leader; drain it and remove it once another node leads, or stop it first".into());
+        }
+        if leader == self.inner.id {
+            self.remove_member_here(id).await?;
+        } else {
+            match self
+                .inner
+                .peers
+                .call(addr, &Rpc::RemoveMember(id), Duration::from_secs(10))
+                .await
+            {
+                Ok(RpcReply::Written(result)) => {
+                    result?;
+                }
+                Ok(_) => return Err("the leader answered something else".into()),
+                Err(e) => return Err(format!("the leader is unreachable: {e}")),
+            }
+        }
+        self.write(Command::RemoveNode { id }).await
+    }
+
+    async fn remove_member_here(&self, id: NodeId) -> Result<Outcome, String> {
+        let metrics = self.raft_metrics();
+        let membership = metrics.membership_config.membership();
+        let raft = &self.inner.raft;
+        if membership.voter_ids().any(|v| v == id) {
+            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| format!("cannot remove the voter: {e}"))?;
+        } else if membership.get_node(&id).is_some() {
+            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| format!("cannot remove the learner: {e}"))?;
+        }
+        Ok(Outcome::Done)
+    }
+
+    fn healthy(&self) -> BTreeSet<NodeId> {
+        let mut healthy = self.loads().healthy(Instant::now());
+        healthy.insert(self.inner.id); // we are here to answer, so we are alive
+        healthy
+    }
+
+    fn nodes(state: &ClusterState) -> Vec<NodeInfo> {
+        state.nodes.values().map(NodeRecord::info).collect()
+    }
+
+    /// Where a WHIP publish of `stream` arriving here should go; records the placement
+    /// when it is this node.
+    pub async fn route_publish(&self, stream: &StreamId) -> Result<Route, RouteError> {
+        let state = self.state();
+        let healthy = self.healthy();
+        let dead: BTreeSet<NodeId> = state
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| !healthy.contains(n))
+            .collect();
+        if let Some(&origin) = state.placements.get(stream.as_str())
+            && origin != self.inner.id
+            && !dead.contains(&origin)
+        {
+            return Err(RouteError::LiveElsewhere(origin));
+        }
+        let nodes = Self::nodes(&state);
+        let loads = self.loads().loads();
+        let origin = place_stream(self.inner.id, &nodes, &loads, &healthy)
+            .map_err(|e| RouteError::Unavailable(e.to_string()))?;
+        if origin != self.inner.id {
+            let record = state
+                .nodes
+                .get(&origin)
+                .ok_or_else(|| RouteError::Unavailable("the chosen origin left".into()))?;
+            return Ok(Route::Redirect(record.http_addr));
+        }
+        let outcome = self
+            .write(Command::Place {
+                stream: stream.as_str().to_owned(),
+                origin,
+                replaceable: dead,
+            })
+            .await
+            .map_err(RouteError::Unavailable)?;
+        match outcome {
+            Outcome::Placed { .. } => Ok(Route::Local),
+            Outcome::PlacedElsewhere { origin } => Err(RouteError::LiveElsewhere(origin)),
+            other => Err(RouteError::Unavailable(format!(
+                "placement refused: {other:?}"
+            ))),
+        }
+    }
+
+    /// Where a WHEP viewer of `stream` who asked this node should be served.
+    pub fn route_play(&self, stream: &StreamId, region: Option<&str>) -> Result<Route, RouteError> {
+        let state = self.state();
+        if !state.placements.contains_key(stream.as_str()) {
+            return Err(RouteError::NotLive);
+        }
+        let healthy = self.healthy();
+        let nodes = Self::nodes(&state);
+        let loads = self.loads().loads();
+        let edge = choose_edge(self.inner.id, region, &nodes, &loads, &healthy)
+            .map_err(|e| RouteError::Unavailable(e.to_string()))?;
+        if edge == self.inner.id {
+            return Ok(Route::Local);
+        }
+        state
+            .nodes
+            .get(&edge)
+            .map(|n| Route::Redirect(n.http_addr))
+            .ok_or_else(|| RouteError::Unavailable("the chosen edge left".into()))
+    }
+
+    /// The origin of `stream`, when it is another node.
+    pub fn remote_origin(&self, stream: &StreamId) -> Option<NodeId> {
+        self.state()
+            .placements
+            .get(stream.as_str())
+            .copied()
+            .filter(|o| *o != self.inner.id)
+    }
+
+    /// Everything `GET /api/v1/cluster` shows.
+    pub fn overview(&self) -> serde_json::Value {
+        let state = self.state();
+        let metrics = self.raft_metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let now = Instant::now();
+        let healthy = self.healthy();
+        let roles = assign_roles(&Self::nodes(&state), &healthy);
+        let loads = self.loads();
+        let nodes: Vec<serde_json::Value> = state
+            .nodes
+            .values()
+            .map(|n| {
+                let report = loads.report(n.id, now);
+                serde_json::json!({
+                    "id": format_id(n.id),
+                    "http_addr": n.http_addr,
+                    "quic_addr": n.quic_addr,
+                    "region": n.region,
+                    "allowed_roles": n.allowed.iter().map(|r| r.name()).collect::<Vec<_>>(),
+                    "roles": roles.get(&n.id).map(|r| r.iter().map(|r| r.name()).collect::<Vec<_>>()).unwrap_or_default(),
+                    "raft": if voters.contains(&n.id) { "voter" } else if learners.contains(&n.id) { "learner" } else { "none" },
+                    "healthy": healthy.contains(&n.id),
+                    "draining": n.draining,
+                    "load": report.map(|(r, _)| r.load),
+                    "load_age_ms": report.map(|(_, age)| age.as_millis() as u64),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "this_node": format_id(self.inner.id),
+            "leader": metrics.current_leader.map(format_id),
+            "term": metrics.current_term,
+            "voters": voters.iter().copied().map(format_id).collect::<Vec<_>>(),
+            "learners": learners.iter().copied().map(format_id).collect::<Vec<_>>(),
+            "nodes": nodes,
+            "placements": state.placements.iter().map(|(s, o)| (s.clone(), format_id(*o))).collect::<BTreeMap<_, _>>(),
+        })
+    }
+
+    /// Every second: measure this node, report to the leader, learn everyone's load, and
+    /// release placements of streams this node no longer has.
+    async fn report_load(self) {
+        let mut cpu = CpuMeter::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut missing: BTreeMap<String, u32> = BTreeMap::new();
+        loop {
+            tick.tick().await;
+            let streams = self.inner.registry.list().await;
+            let live: Vec<String> = streams
+                .iter()
+                .filter(|s| s.publisher.as_ref().is_some_and(|p| p.protocol != "relay"))
+                .map(|s| s.id.as_str().to_owned())
+                .collect();
+            let report = LoadReport {
+                node: self.inner.id,
+                load: Load {
+                    cpu_pct: cpu.sample(),
+                    viewers: streams.iter().map(|s| s.viewers as u32).sum(),
+                    egress_bps: 0,
+                    streams: live.len() as u32,
+                },
+                live_streams: live.clone(),
+            };
+            metrics::gauge!("cascade_node_cpu_percent").set(f64::from(report.load.cpu_pct));
+            self.keep_own_record().await;
+            self.exchange_load(report).await;
+            self.release_ended_streams(&live, &mut missing).await;
+            self.publish_raft_metrics();
+        }
+    }
+
+    /// Makes sure the state lists this node with its current addresses and labels (first
+    /// start, restart with new flags). Draining is the operator's and is kept.
+    async fn keep_own_record(&self) {
+        let state = self.state();
+        if state.ca.is_none() || self.inner.raft.current_leader().await.is_none() {
+            return;
+        }
+        let mut wanted = self.inner.record.clone();
+        if let Some(known) = state.nodes.get(&self.inner.id) {
+            wanted.draining = known.draining;
+            if *known == wanted {
+                return;
+            }
+        }
+        if let Err(e) = self.write(Command::UpsertNode(wanted)).await {
+            tracing::debug!(error = %e, "could not record this node in the cluster state yet");
+        }
+    }
+
+    async fn exchange_load(&self, report: LoadReport) {
+        let now = Instant::now();
+        self.loads().record(report.clone(), now);
+        let metrics = self.raft_metrics();
+        let Some(leader) = metrics.current_leader.filter(|l| *l != self.inner.id) else {
+            return;
+        };
+        let Some(addr) = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .and_then(|n| n.addr.parse().ok())
+        else {
+            return;
+        };
+        match self
+            .inner
+            .peers
+            .call(addr, &Rpc::Load(report), Duration::from_secs(1))
+            .await
+        {
+            Ok(RpcReply::Load(table)) => self.loads().merge(table, Instant::now()),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "load report to the leader failed"),
+        }
+    }
+
+    /// A placement on this node whose stream has not been live here for three reports
+    /// (its publisher left for good) is released, so the stream can start elsewhere.
+    async fn release_ended_streams(&self, live: &[String], missing: &mut BTreeMap<String, u32>) {
+        let state = self.state();
+        let mine: Vec<&String> = state
+            .placements
+            .iter()
+            .filter(|(_, o)| **o == self.inner.id)
+            .map(|(s, _)| s)
+            .collect();
+        missing.retain(|s, _| mine.contains(&s));
+        for stream in mine {
+            if live.contains(stream) {
+                missing.remove(stream);
+                continue;
+            }
+            let count = missing.entry(stream.clone()).or_insert(0);
+            *count += 1;
+            if *count >= 3 {
+                missing.remove(stream);
+                let _ = self
+                    .write(Command::Unplace {
+                        stream: stream.clone(),
+                        origin: self.inner.id,
+                    })
+                    .await;
+            }
+        }
+    }
+
+    fn publish_raft_metrics(&self) {
+        let metrics = self.raft_metrics();
+        metrics::gauge!("cascade_raft_term").set(metrics.current_term as f64);
+        metrics::gauge!("cascade_raft_is_leader")
+            .set(f64::from(u8::from(metrics.state == ServerState::Leader)));
+        metrics::gauge!("cascade_raft_last_applied")
+            .set(metrics.last_applied.map_or(0.0, |l| l.index as f64));
+        metrics::gauge!("cascade_cluster_nodes").set(self.state().nodes.len() as f64);
+    }
+
+    /// On the leader, once a second: keep the voter set at its target size, replacing a
+    /// voter that has been silent too long by a healthy learner.
+    async fn lead(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut leader_changes = self.inner.raft.metrics();
+        let mut last_leader = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = leader_changes.changed() => {
+                    if changed.is_err() { return; }
+                    let leader = leader_changes.borrow().current_leader;
+                    if leader != last_leader {
+                        metrics::counter!("cascade_raft_leader_changes_total").increment(1);
+                        tracing::info!(leader = ?leader.map(format_id), "Raft leader changed");
+                        last_leader = leader;
+                    }
+                    continue;
+                }
+            }
+            let metrics = self.raft_metrics();
+            if metrics.state != ServerState::Leader {
+                continue;
+            }
+            let membership = metrics.membership_config.membership().clone();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+            let now = Instant::now();
+            let members: BTreeSet<NodeId> = voters
+                .union(&learners)
+                .copied()
+                .filter(|n| *n != self.inner.id)
+                .collect();
+            let silent = self
+                .loads()
+                .unreachable_for(&members, self.inner.started, now);
+            let healthy = self.healthy();
+            let change = plan_voters(
+                &voters,
+                &learners,
+                &silent,
+                self.inner.config.voter_lost_after,
+                self.inner.config.voters,
+                &healthy,
+            );
+            let Some(VoterChange::Promote { learner, replaces }) = change else {
+                continue;
+            };
+            let mut next = voters.clone();
+            next.insert(learner);
+            if let Some(lost) = replaces {
+                next.remove(&lost);
+            }
+            tracing::info!(promote = %format_id(learner), replaces = ?replaces.map(format_id), "changing Raft voters");
+            // `retain`: a replaced voter stays a learner and can be promoted again.
+            if let Err(e) = self
+                .inner
+                .raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(next), true)
+                .await
+            {
+                tracing::warn!(error = %e, "voter change failed; will retry");
+            } else {
+                metrics::counter!("cascade_raft_voter_changes_total").increment(1);
+            }
+        }
+    }
+
+    /// Stops Raft (on shutdown).
+    pub async fn shutdown(&self) {
+        let _ = self.inner.raft.shutdown().await;
+    }
+}
+
+impl OriginLocator for Cluster {
+    fn origin_of(&self, stream: &StreamId) -> Option<SocketAddr> {
+        let origin = self.remote_origin(stream)?;
+        self.state().nodes.get(&origin).map(|n| n.quic_addr)
+    }
+}
+
+/// Wires the relay into routing: the relay pulls from the origins the cluster names.
+pub fn relay(endpoint: NodeEndpoint, registry: StreamRegistry, cluster: &Cluster) -> Relay {
+    Relay::new(endpoint, registry, Arc::new(cluster.clone()))
+}
+
+/// A node id as shown to operators: 16 hex digits.
+pub fn format_id(id: NodeId) -> String {
+    format!("{id:016x}")
+}
+
+/// Parses a node id as [`format_id`] writes it.
+pub fn parse_id(text: &str) -> Option<NodeId> {
+    u64::from_str_radix(text, 16).ok()
+}
