@@ -76,9 +76,15 @@ struct Common {
 
 #[derive(Debug, Args)]
 struct PublishArgs {
-    /// WHIP endpoint, e.g. http://127.0.0.1:8080/whip/show.
-    #[arg(long, env = "CASCADE_LOADTEST_URL")]
-    url: String,
+    /// WHIP endpoint, e.g. http://127.0.0.1:8080/whip/show. Several (comma-separated or
+    /// repeated): any node of a cluster; a reconnect tries the next one.
+    #[arg(
+        long,
+        env = "CASCADE_LOADTEST_URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    url: Vec<String>,
     /// How long to publish (e.g. 30s, 5m).
     #[arg(long, env = "CASCADE_LOADTEST_DURATION", default_value = "60s", value_parser = duration_arg)]
     duration: Duration,
@@ -97,9 +103,15 @@ struct PublishArgs {
 
 #[derive(Debug, Args)]
 struct WebrtcArgs {
-    /// WHEP endpoint, e.g. http://127.0.0.1:8080/whep/show.
-    #[arg(long, env = "CASCADE_LOADTEST_URL")]
-    url: String,
+    /// WHEP endpoint, e.g. http://127.0.0.1:8080/whep/show. Several (comma-separated or
+    /// repeated): any node of a cluster; a reconnect tries the next one.
+    #[arg(
+        long,
+        env = "CASCADE_LOADTEST_URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    url: Vec<String>,
     /// Viewers to run (ignored with --scenario).
     #[arg(long, env = "CASCADE_LOADTEST_VIEWERS", default_value_t = 1)]
     viewers: usize,
@@ -204,9 +216,9 @@ async fn publish(args: PublishArgs) -> Result<ExitCode, LoadtestError> {
     let media = tokio::task::spawn_blocking(move || source::load(&spec))
         .await
         .map_err(|e| LoadtestError::Source(e.to_string()))??;
-    tracing::info!(source = %media.description, frames = media.video.len(), url = %args.url, "publishing");
+    tracing::info!(source = %media.description, frames = media.video.len(), url = %args.url.join(","), "publishing");
     let settings = publish::PublishSettings {
-        url: args.url,
+        urls: signaling::Endpoints::new(args.url),
         token: args.common.token,
         local_ip: args.common.local_ip,
         duration: args.duration,
@@ -254,7 +266,7 @@ async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
     let settings = viewer::ViewerSettings {
-        url: args.url.clone(),
+        urls: signaling::Endpoints::new(args.url.clone()),
         token: args.common.token,
         local_ip: args.common.local_ip,
         reconnect: args.common.reconnect,
@@ -267,7 +279,7 @@ async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
     };
     let outcome = coordinator::run(settings, &phases, workers).await;
     let mut report = report::Report::new(
-        &args.url,
+        &args.url.join(","),
         outcome.peak_target,
         outcome.elapsed,
         workers,

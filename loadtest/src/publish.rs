@@ -18,7 +18,7 @@ use crate::source::{FPS, Media};
 /// What the publisher needs to know.
 #[derive(Debug, Clone)]
 pub struct PublishSettings {
-    pub url: String,
+    pub urls: crate::signaling::Endpoints,
     pub token: Option<String>,
     pub local_ip: std::net::IpAddr,
     pub duration: Duration,
@@ -63,35 +63,34 @@ pub async fn run(
         .await
         .map_err(|e| LoadtestError::Config(format!("cannot bind a UDP socket: {e}")))?;
         let offer = offering.offer.clone();
-        let result =
-            match signaling::exchange(&http, &settings.url, settings.token.as_deref(), offer).await
-            {
-                Ok(negotiated) => match offering.accept(&negotiated.answer) {
-                    Ok((peer, mids)) => {
-                        let ended = stream(
-                            peer,
-                            &mids,
-                            media,
-                            deadline,
-                            &mut frame_number,
-                            &mut audio_number,
-                        )
-                        .await;
-                        if ended.is_ok()
-                            && let Some(url) = &negotiated.session_url
-                        {
-                            signaling::delete(&http, url, settings.token.as_deref()).await;
-                        }
-                        ended
+        let url = settings.urls.for_attempt(attempts);
+        let result = match signaling::exchange(&http, url, settings.token.as_deref(), offer).await {
+            Ok(negotiated) => match offering.accept(&negotiated.answer) {
+                Ok((peer, mids)) => {
+                    let ended = stream(
+                        peer,
+                        &mids,
+                        media,
+                        deadline,
+                        &mut frame_number,
+                        &mut audio_number,
+                    )
+                    .await;
+                    if ended.is_ok()
+                        && let Some(url) = &negotiated.session_url
+                    {
+                        signaling::delete(&http, url, settings.token.as_deref()).await;
                     }
-                    Err(reason) => Err(reason),
-                },
+                    ended
+                }
                 Err(reason) => Err(reason),
-            };
+            },
+            Err(reason) => Err(reason),
+        };
         match result {
             Ok(()) => break,
             Err(reason) => {
-                tracing::warn!(reason = %reason.label(), url = %settings.url, "publish session failed");
+                tracing::warn!(reason = %reason.label(), %url, "publish session failed");
                 outcome.failures.push(reason);
                 if !settings.reconnect {
                     break;

@@ -9,6 +9,24 @@ use crate::figures::FailureReason;
 /// How long a signalling request may take before the session counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The WHIP or WHEP URLs of a run. Any node of a cluster answers any request, so a client
+/// that lost its session tries the next URL: the node it used may be the one that died.
+#[derive(Debug, Clone)]
+pub struct Endpoints(Vec<String>);
+
+impl Endpoints {
+    /// At least one URL (clap requires it).
+    pub fn new(urls: Vec<String>) -> Self {
+        assert!(!urls.is_empty(), "at least one URL");
+        Self(urls)
+    }
+
+    /// The URL for the `attempt`-th session (1-based): the first, then each next in turn.
+    pub fn for_attempt(&self, attempt: u32) -> &str {
+        &self.0[attempt.saturating_sub(1) as usize % self.0.len()]
+    }
+}
+
 /// A negotiated session.
 #[derive(Debug)]
 pub struct Negotiated {
@@ -75,5 +93,17 @@ pub async fn delete(client: &reqwest::Client, session_url: &str, token: Option<&
     }
     if let Err(e) = request.send().await {
         tracing::debug!(%session_url, error = %e, "DELETE failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_go_round_the_given_urls() {
+        let urls = Endpoints::new(vec!["a".into(), "b".into()]);
+        let picked: Vec<&str> = (1..=4).map(|n| urls.for_attempt(n)).collect();
+        assert_eq!(picked, ["a", "b", "a", "b"]);
     }
 }

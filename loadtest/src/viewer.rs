@@ -18,7 +18,7 @@ use crate::worker::WorkerContext;
 /// What every viewer of a run shares.
 #[derive(Debug, Clone)]
 pub struct ViewerSettings {
-    pub url: String,
+    pub urls: crate::signaling::Endpoints,
     pub token: Option<String>,
     pub local_ip: std::net::IpAddr,
     pub reconnect: bool,
@@ -177,7 +177,8 @@ pub async fn run(ctx: Rc<WorkerContext>, stop: Rc<StopFlag>) {
     }
     while !stop.is_stopped() {
         attempts += 1;
-        let end = session(&ctx, &stop, verify, &mut frames, &mut lost_at).await;
+        let url = settings.urls.for_attempt(attempts);
+        let end = session(&ctx, url, &stop, verify, &mut frames, &mut lost_at).await;
         match end {
             SessionEnd::Stopped => break,
             SessionEnd::Failed(reason) => {
@@ -212,6 +213,7 @@ pub async fn run(ctx: Rc<WorkerContext>, stop: Rc<StopFlag>) {
 /// One WHEP session from POST to its end.
 async fn session(
     ctx: &WorkerContext,
+    url: &str,
     stop: &StopFlag,
     verify: bool,
     frames: &mut FrameTracker,
@@ -237,7 +239,7 @@ async fn session(
     };
     let offer = offering.offer.clone();
     let negotiated = tokio::select! {
-        result = signaling::exchange(&ctx.http, &settings.url, settings.token.as_deref(), offer) => result,
+        result = signaling::exchange(&ctx.http, url, settings.token.as_deref(), offer) => result,
         _ = stop.notify.notified() => return SessionEnd::Stopped,
     };
     let negotiated = match negotiated {

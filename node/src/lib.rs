@@ -5,6 +5,7 @@
 //! - [`access`]: publish/play authorisation as a pure decision.
 //! - [`cluster`]: Raft, the replicated state, joining, load and routing decisions.
 //! - [`http`]: the routes; one file per surface (`whip.rs`, `whep.rs`, `api.rs`, ...).
+//! - [`node_cli`]: `cascade node list|drain|remove` against the admin API.
 //! - [`node`]: wiring a node together and running it.
 
 pub mod access;
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod node;
+pub mod node_cli;
 
 mod error;
 

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 
 use cascade_node::config::{NodeConfig, RunOptions};
 
-/// Cascade: a distributed live-video streaming cluster (WHIP/WHEP today).
+/// Cascade: a distributed live-video streaming cluster.
 #[derive(Debug, Parser)]
 #[command(name = "cascade", version, about, long_about = None)]
 struct Cli {
@@ -17,7 +17,9 @@ enum Command {
     /// Start a node. With no options: a single-node cluster with every role, HTTP on
     /// 127.0.0.1:8080, WebRTC media on UDP 127.0.0.1:8443, state in ./cascade-data.
     /// Every option can also be set as CASCADE_<NAME> or as a key in the --config file.
-    Run(RunOptions),
+    Run(Box<RunOptions>),
+    /// Operate a cluster through any node's admin API: list, drain or remove nodes.
+    Node(cascade_node::node_cli::NodeOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -25,13 +27,16 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,str0m=warn,ractor=warn")
+                tracing_subscriber::EnvFilter::new("info,str0m=warn,ractor=warn,openraft=error")
             }),
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Run(options) = cli.command;
-    let config = match NodeConfig::resolve(options) {
+    let options = match cli.command {
+        Command::Run(options) => options,
+        Command::Node(options) => return run_node_command(options),
+    };
+    let config = match NodeConfig::resolve(*options) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("cascade: {e}");
@@ -49,6 +54,26 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cascade: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_node_command(options: cascade_node::node_cli::NodeOptions) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cascade: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cascade_node::node_cli::run(options)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cascade node: {e}");
             std::process::ExitCode::FAILURE
         }
     }

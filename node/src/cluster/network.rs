@@ -84,16 +84,22 @@ impl Peers {
         if let Some(connection) = cached {
             return Ok(connection);
         }
-        let connection = self
-            .endpoint
-            .dial(addr, ALPN_CLUSTER)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.connections
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, connection.clone());
-        Ok(connection)
+        // The dial runs on its own task: Raft gives heartbeats 100 ms, and a handshake cut
+        // short by that deadline would otherwise start again from scratch every time.
+        let endpoint = self.endpoint.clone();
+        let connections = self.connections.clone();
+        let dial = tokio::spawn(async move {
+            let connection = endpoint
+                .dial(addr, ALPN_CLUSTER)
+                .await
+                .map_err(|e| e.to_string())?;
+            connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(addr, connection.clone());
+            Ok(connection)
+        });
+        dial.await.map_err(|e| format!("dial task failed: {e}"))?
     }
 
     /// Sends one RPC and waits for its reply, at most `timeout`.

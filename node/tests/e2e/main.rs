@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod browser_page;
+mod cluster;
 mod config_samples;
 mod late_joiner;
 mod loadtest;

@@ -118,10 +118,25 @@ pub async fn handshake(incoming: quinn::Incoming) -> Option<(quinn::Connection, 
                 .unwrap_or_default();
             Some((connection, alpn))
         }
-        Err(error) => {
+        Err(error) if is_trust_failure(&error) => {
             metrics::counter!("cascade_cluster_refusals_total", "reason" => "tls").increment(1);
             tracing::warn!(%remote, %error, "refused a node connection: its TLS handshake failed (no certificate, or not one signed by this cluster's CA)");
             None
         }
+        Err(error) => {
+            tracing::debug!(%remote, %error, "a node connection was abandoned during its handshake");
+            None
+        }
+    }
+}
+
+/// Whether a failed handshake was a certificate problem (ours or the peer's verdict) rather
+/// than a dialler that gave up or timed out. TLS alerts are QUIC errors 0x100–0x1ff.
+fn is_trust_failure(error: &quinn::ConnectionError) -> bool {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match error {
+        quinn::ConnectionError::TransportError(e) => crypto(e.code),
+        quinn::ConnectionError::ConnectionClosed(frame) => crypto(frame.error_code),
+        _ => false,
     }
 }

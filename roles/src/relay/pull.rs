@@ -56,6 +56,8 @@ struct Inner {
     locator: Arc<dyn OriginLocator>,
     connections: Mutex<HashMap<SocketAddr, RelayConnection>>,
     pulls: Mutex<HashMap<StreamId, Arc<Broadcast>>>,
+    /// Held while a pull is being set up, so that concurrent viewers share one.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl RelaySource for StreamRegistry {
@@ -79,6 +81,7 @@ impl Relay {
                 locator,
                 connections: Mutex::default(),
                 pulls: Mutex::default(),
+                starting: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -97,11 +100,23 @@ impl Relay {
     /// Makes sure `stream` is pulled from its origin; returns once its first keyframe is
     /// here (or after a few seconds, when the origin has not sent one yet).
     pub async fn ensure_pulled(&self, stream: &StreamId) -> Result<(), RoleError> {
-        let broadcast = {
-            let pulls = lock(&self.inner.pulls);
-            pulls.get(stream).cloned()
-        };
-        let broadcast = match broadcast {
+        let broadcast = self.pull(stream).await?;
+        let deadline = Instant::now() + FIRST_KEYFRAME_WAIT;
+        let video = broadcast
+            .track(cascade_protocol::media::MediaKind::Video)
+            .clone();
+        while video.current_group().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// The broadcast of the pull of `stream`, started if needed. Concurrent callers share one
+    /// pull: the second would otherwise be refused as a second publisher.
+    async fn pull(&self, stream: &StreamId) -> Result<Arc<Broadcast>, RoleError> {
+        let _starting = self.inner.starting.lock().await;
+        let existing = lock(&self.inner.pulls).get(stream).cloned();
+        Ok(match existing {
             Some(b) => b,
             None => {
                 if self.inner.locator.origin_of(stream).is_none() {
@@ -123,15 +138,7 @@ impl Relay {
                 ));
                 broadcast
             }
-        };
-        let deadline = Instant::now() + FIRST_KEYFRAME_WAIT;
-        let video = broadcast
-            .track(cascade_protocol::media::MediaKind::Video)
-            .clone();
-        while video.current_group().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        })
     }
 
     async fn connection(&self, addr: SocketAddr) -> Result<RelayConnection, RoleError> {

@@ -12,56 +12,92 @@ pub struct Node {
     pub ip: String,
     pub http: String,
     pub data_dir: std::path::PathBuf,
+    extra: Vec<String>,
 }
 
 impl Node {
-    /// Starts `cascade run` on a fresh 127.x.y.z address with `extra` arguments.
+    /// Starts `cascade run` on a fresh 127.x.y.z address with `extra` arguments and waits
+    /// until it is ready (a member of a cluster with a leader).
     pub async fn start(extra: &[&str]) -> Node {
+        let node = Self::spawn(extra);
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts `cascade run` without waiting for it (e.g. one expected to fail).
+    pub fn spawn(extra: &[&str]) -> Node {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let ip = format!("127.{}.{}.{}", 10 + (pid % 200), (pid / 200) % 250, n);
         let data_dir = std::env::temp_dir().join(format!("cascade-e2e-{pid}-{n}"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cascade"));
-        command
-            .arg("run")
-            .arg("--http-addr")
-            .arg(format!("{ip}:18080"))
-            .arg("--webrtc-addr")
-            .arg(format!("{ip}:18443"))
-            .arg("--quic-addr")
-            .arg(format!("{ip}:14433"))
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let child = command.spawn().expect("spawning the cascade binary");
-        let node = Node {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = launch(&ip, &data_dir, &extra);
+        Node {
             child,
             http: format!("http://{ip}:18080"),
             ip,
             data_dir,
-        };
+            extra,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
-        let health = format!("{}/readyz", node.http);
-        wait_for("node answers /readyz", Duration::from_secs(20), || {
-            let client = client.clone();
-            let health = health.clone();
-            async move {
-                client
-                    .get(&health)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
+        let ready = format!("{}/readyz", self.http);
+        wait_for(
+            &format!("{} answers /readyz", self.http),
+            Duration::from_secs(30),
+            || {
+                let client = client.clone();
+                let ready = ready.clone();
+                async move {
+                    client
+                        .get(&ready)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
         .await;
-        node
+    }
+
+    /// The address other nodes join through.
+    pub fn join_addr(&self) -> String {
+        format!("{}:18080", self.ip)
+    }
+
+    /// SIGKILL, as a crash or a pulled plug.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again with the same address, data dir and arguments.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = launch(&self.ip, &self.data_dir, &self.extra);
+        self.wait_ready().await;
+    }
+
+    /// Waits for the process to exit by itself; its exit code.
+    pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// This node's id as the cluster API shows it.
+    pub async fn id(&self) -> String {
+        let (_, cluster) = self.json("/api/v1/cluster").await;
+        cluster["this_node"].as_str().unwrap_or_default().to_owned()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -99,6 +135,28 @@ impl Node {
             response.json().await.unwrap_or(serde_json::Value::Null),
         )
     }
+}
+
+fn launch(ip: &str, data_dir: &std::path::Path, extra: &[String]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cascade"));
+    command
+        .arg("run")
+        .arg("--http-addr")
+        .arg(format!("{ip}:18080"))
+        .arg("--webrtc-addr")
+        .arg(format!("{ip}:18443"))
+        .arg("--quic-addr")
+        .arg(format!("{ip}:14433"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    command.spawn().expect("spawning the cascade binary")
 }
 
 impl Drop for Node {

@@ -1,0 +1,386 @@
+//! Several real `cascade` processes on loopback as one cluster: joining, routing, the relay
+//! between nodes, and what survives SIGKILL. Media comes from `cascade-loadtest publish`
+//! and is watched by `cascade-loadtest webrtc`, whose report says what viewers saw.
+
+use std::time::Duration;
+
+use crate::support::loadtest::{self, LoadPublisher};
+use crate::support::node::Node;
+use crate::support::wait_for;
+
+const TOKEN: &str = "e2e-join-token";
+/// Routing (409, 307) is decided before the offer is negotiated, so any SDP body will do.
+const ROUTED_OFFER: &str = "v=0\r\n";
+
+/// `n` nodes: the first bootstraps, the others join it; returns once every node is listed
+/// healthy and the voters are in place.
+async fn cluster(n: usize, extra: &[&str]) -> Vec<Node> {
+    let mut first_args = vec!["--token", TOKEN];
+    first_args.extend_from_slice(extra);
+    let first = Node::start(&first_args).await;
+    let join = first.join_addr();
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        let mut args = vec!["--join", join.as_str(), "--token", TOKEN];
+        args.extend_from_slice(extra);
+        nodes.push(Node::start(&args).await);
+    }
+    let voters = n.min(3);
+    wait_for(
+        "every node is healthy and the voters are promoted",
+        Duration::from_secs(30),
+        || async {
+            let (_, overview) = nodes[0].json("/api/v1/cluster").await;
+            let listed = overview["nodes"].as_array().map_or(0, Vec::len);
+            let healthy = overview["nodes"]
+                .as_array()
+                .is_some_and(|ns| ns.iter().all(|node| node["healthy"] == true));
+            listed == n && healthy && overview["voters"].as_array().map_or(0, Vec::len) == voters
+        },
+    )
+    .await;
+    nodes
+}
+
+/// Publishes `stream` through `urls` (with reconnect) and waits until the cluster places it.
+async fn publish(urls: &[String], local_ip: &str, stream: &str, on: &Node) -> LoadPublisher {
+    let publisher = LoadPublisher::start(
+        &urls.join(","),
+        local_ip,
+        &["--source", "synthetic", "--duration", "300s", "--reconnect"],
+    );
+    wait_for("the stream is live", Duration::from_secs(30), || async {
+        let (status, info) = on.json(&format!("/api/v1/streams/{stream}")).await;
+        status == 200 && info["state"] == "live"
+    })
+    .await;
+    publisher
+}
+
+fn whep(node: &Node, stream: &str) -> String {
+    node.url(&format!("/whep/{stream}"))
+}
+
+fn whip(node: &Node, stream: &str) -> String {
+    node.url(&format!("/whip/{stream}"))
+}
+
+async fn leader(node: &Node) -> Option<String> {
+    let (_, overview) = node.json("/api/v1/cluster").await;
+    overview["leader"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_another_node_is_fed_over_the_relay_and_a_second_publisher_anywhere_gets_409() {
+    let nodes = cluster(3, &[]).await;
+    let _publisher = publish(
+        &[whip(&nodes[0], "relayed")],
+        &nodes[0].ip,
+        "relayed",
+        &nodes[0],
+    )
+    .await;
+
+    let (code, report, output) = loadtest::webrtc(
+        &whep(&nodes[1], "relayed"),
+        &nodes[1].ip,
+        &["--viewers", "6", "--duration", "8s"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(report["sessions_joined"], 6, "{stdout}");
+    assert_eq!(report["failed_sessions"], 0, "{stdout}");
+    let expected = report["frames_expected"].as_f64().unwrap();
+    assert!(expected > 6.0 * 30.0 * 4.0, "{stdout}");
+    assert_eq!(
+        report["frames_received"].as_f64().unwrap(),
+        expected,
+        "{stdout}"
+    );
+    // One relay subscription per track on the edge, however many viewers it has.
+    let metrics = nodes[1].metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cascade_relay_bytes_total") && l.contains("direction=\"in\"")),
+        "the edge received relay bytes:\n{metrics}"
+    );
+    let (_, streams) = nodes[1].json("/api/v1/streams/relayed").await;
+    assert_eq!(streams["publisher"]["protocol"], "relay", "{streams}");
+
+    // A second publisher of the same stream on a third node is refused.
+    let response = reqwest::Client::new()
+        .post(whip(&nodes[2], "relayed"))
+        .header("content-type", "application/sdp")
+        .body(ROUTED_OFFER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 409);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("already has a live publisher")
+    );
+
+    // A draining node sends new viewers elsewhere with a 307.
+    let drained = nodes[1].id().await;
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["node", "--api", &nodes[2].join_addr(), "drain", &drained])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for(
+        "the drain is replicated",
+        Duration::from_secs(10),
+        || async {
+            let (_, overview) = nodes[1].json("/api/v1/cluster").await;
+            overview["nodes"].as_array().is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n["id"] == drained.as_str() && n["draining"] == true)
+            })
+        },
+    )
+    .await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_redirects
+        .post(whep(&nodes[1], "relayed"))
+        .header("content-type", "application/sdp")
+        .body(ROUTED_OFFER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 307);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.contains(&nodes[0].ip) || location.contains(&nodes[2].ip),
+        "{location}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_an_edge_is_killed_its_viewers_see_frames_again_from_another_edge_within_2s() {
+    let mut nodes = cluster(3, &[]).await;
+    let _publisher = publish(
+        &[whip(&nodes[0], "edgekill")],
+        &nodes[0].ip,
+        "edgekill",
+        &nodes[0],
+    )
+    .await;
+    let urls = format!(
+        "{},{}",
+        whep(&nodes[1], "edgekill"),
+        whep(&nodes[2], "edgekill")
+    );
+    let ip = nodes[1].ip.clone();
+    let viewers = tokio::spawn(async move {
+        loadtest::webrtc(
+            &urls,
+            &ip,
+            &[
+                "--viewers",
+                "10",
+                "--duration",
+                "14s",
+                "--reconnect",
+                "--media-timeout",
+                "1s",
+            ],
+        )
+        .await
+    });
+    wait_for(
+        "viewers are watching on the edge",
+        Duration::from_secs(20),
+        || async {
+            let (status, info) = nodes[1].json("/api/v1/streams/edgekill").await;
+            status == 200 && info["viewers"] == 10
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nodes[1].kill();
+    let (_, report, output) = viewers.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let recovery = &report["recovery"];
+    assert_eq!(recovery["samples"], 10, "every viewer came back: {stdout}");
+    let max = recovery["max_ms"].as_f64().unwrap();
+    println!("edge failover recovery: {recovery}");
+    assert!(max < 2000.0, "recovery took {max} ms: {stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_raft_leader_loses_no_frame_and_a_new_leader_keeps_the_state() {
+    // Five nodes: the leader (the first) is neither the stream's origin nor its edge.
+    let mut nodes = cluster(5, &["--voters", "5"]).await;
+    let old_leader = nodes[0].id().await;
+    assert_eq!(
+        leader(&nodes[1]).await.as_deref(),
+        Some(old_leader.as_str())
+    );
+    let _publisher = publish(
+        &[whip(&nodes[1], "steady")],
+        &nodes[1].ip,
+        "steady",
+        &nodes[1],
+    )
+    .await;
+    let url = whep(&nodes[2], "steady");
+    let ip = nodes[2].ip.clone();
+    let viewers = tokio::spawn(async move {
+        loadtest::webrtc(&url, &ip, &["--viewers", "5", "--duration", "12s"]).await
+    });
+    wait_for("viewers are watching", Duration::from_secs(20), || async {
+        let (status, info) = nodes[2].json("/api/v1/streams/steady").await;
+        status == 200 && info["viewers"] == 5
+    })
+    .await;
+    nodes[0].kill();
+    wait_for(
+        "a new leader is elected",
+        Duration::from_secs(10),
+        || async { leader(&nodes[1]).await.is_some_and(|l| l != old_leader) },
+    )
+    .await;
+    let (code, report, output) = viewers.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(report["failed_sessions"], 0, "{stdout}");
+    assert_eq!(
+        report["frames_received"], report["frames_expected"],
+        "no frame lost: {stdout}"
+    );
+    assert_eq!(report["freezes"], 0, "{stdout}");
+    let (_, overview) = nodes[3].json("/api/v1/cluster").await;
+    let origin = nodes[1].id().await;
+    assert_eq!(
+        overview["placements"]["steady"],
+        origin.as_str(),
+        "{overview}"
+    );
+    assert_eq!(overview["nodes"].as_array().unwrap().len(), 5, "{overview}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_origin_is_killed_the_publisher_reconnects_elsewhere_and_edge_viewers_resume() {
+    let mut nodes = cluster(3, &[]).await;
+    // The publisher uses the origin first and another node after it dies.
+    let urls = [whip(&nodes[1], "moving"), whip(&nodes[0], "moving")];
+    let _publisher = publish(&urls, &nodes[1].ip, "moving", &nodes[1]).await;
+    let url = whep(&nodes[2], "moving");
+    let ip = nodes[2].ip.clone();
+    let viewers = tokio::spawn(async move {
+        loadtest::webrtc(
+            &url,
+            &ip,
+            &[
+                "--viewers",
+                "4",
+                "--duration",
+                "20s",
+                "--media-timeout",
+                "15s",
+            ],
+        )
+        .await
+    });
+    wait_for("viewers are watching", Duration::from_secs(20), || async {
+        let (status, info) = nodes[2].json("/api/v1/streams/moving").await;
+        status == 200 && info["viewers"] == 4
+    })
+    .await;
+    let old_origin = nodes[1].id().await;
+    nodes[1].kill();
+    let new_origin = nodes[0].id().await;
+    wait_for(
+        "the stream is placed on its new origin",
+        Duration::from_secs(15),
+        || async {
+            let (_, overview) = nodes[2].json("/api/v1/cluster").await;
+            overview["placements"]["moving"] == new_origin.as_str()
+        },
+    )
+    .await;
+    assert_ne!(old_origin, new_origin);
+    let (code, report, output) = viewers.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, 0, "{stdout}");
+    // The viewers kept their sessions on the surviving edge and the media came back.
+    assert_eq!(report["sessions_started"], 4, "{stdout}");
+    assert_eq!(report["failed_sessions"], 0, "{stdout}");
+    let (_, info) = nodes[2].json("/api/v1/streams/moving").await;
+    assert_eq!(info["state"], "live", "{info}");
+    let received = report["frames_received"].as_f64().unwrap();
+    // 20 s at 30 fps for 4 viewers, less the gap while the publisher moved.
+    assert!(received > 4.0 * 30.0 * 10.0, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_a_restarted_node_rejoins_as_itself_and_a_removed_node_leaves() {
+    let mut nodes = cluster(3, &[]).await;
+    let mut stranger = Node::spawn(&["--join", &nodes[0].join_addr(), "--token", "not-the-token"]);
+    let code = stranger.exit_code(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1), "a node with the wrong token does not start");
+    let metrics = nodes[0].metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cascade_cluster_refusals_total")
+                && l.contains("reason=\"token\"")),
+        "{metrics}"
+    );
+
+    let id = nodes[2].id().await;
+    nodes[2].restart().await;
+    assert_eq!(nodes[2].id().await, id, "same identity after a restart");
+    wait_for(
+        "the restarted node is healthy again",
+        Duration::from_secs(15),
+        || async {
+            let (_, overview) = nodes[0].json("/api/v1/cluster").await;
+            let list = overview["nodes"].as_array().cloned().unwrap_or_default();
+            list.len() == 3 && list.iter().all(|n| n["healthy"] == true)
+        },
+    )
+    .await;
+
+    let removed = nodes[2].id().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["node", "--api", &nodes[1].join_addr(), "remove", &removed])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    nodes[2].kill();
+    wait_for(
+        "the node is gone from the cluster",
+        Duration::from_secs(10),
+        || async {
+            let (_, overview) = nodes[0].json("/api/v1/cluster").await;
+            let gone = overview["nodes"]
+                .as_array()
+                .is_some_and(|ns| ns.iter().all(|n| n["id"] != removed.as_str()));
+            let not_voter = overview["voters"]
+                .as_array()
+                .is_some_and(|vs| vs.iter().all(|v| v != removed.as_str()));
+            gone && not_voter
+        },
+    )
+    .await;
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(["node", "--api", &nodes[0].join_addr(), "list"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(table.lines().count(), 3, "a header and two nodes:\n{table}");
+}
