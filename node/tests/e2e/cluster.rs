@@ -384,3 +384,60 @@ async fn a_wrong_token_is_refused_a_restarted_node_rejoins_as_itself_and_a_remov
     let table = String::from_utf8_lossy(&list.stdout);
     assert_eq!(table.lines().count(), 3, "a header and two nodes:\n{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_three_node_script_starts_a_cluster_and_prints_where_to_go() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let state = std::env::temp_dir().join(format!("cascade-three-node-{}", std::process::id()));
+    let mut script = std::process::Command::new(root.join("cluster-config/three-node.sh"))
+        .env("CASCADE_BIN", env!("CARGO_BIN_EXE_cascade"))
+        .env("CASCADE_CLUSTER_DATA", &state)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = script.id();
+    let stdout = script.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.starts_with("ID ");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines.join("\n")
+    });
+    let printed = tokio::time::timeout(Duration::from_secs(60), printed).await;
+    let overview = match reqwest::get("http://127.0.0.11:8080/api/v1/cluster").await {
+        Ok(response) => response
+            .json::<serde_json::Value>()
+            .await
+            .unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    };
+    // Stop the script (it stops its nodes) before judging, so that a failure cannot hang.
+    let _ = std::process::Command::new("kill")
+        .args(["-s", "TERM", "--", &format!("-{group}")])
+        .status();
+    let _ = script.wait();
+    let _ = std::fs::remove_dir_all(&state);
+    let printed = printed
+        .expect("the script prints the URLs within a minute")
+        .unwrap();
+    assert!(printed.contains("http://127.0.0.12:8080/"), "{printed}");
+    assert!(
+        printed.contains("Three-node Cascade cluster is up"),
+        "{printed}"
+    );
+    assert_eq!(
+        overview["nodes"].as_array().map_or(0, Vec::len),
+        3,
+        "{overview}"
+    );
+}

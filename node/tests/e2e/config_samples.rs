@@ -7,8 +7,16 @@ use std::process::Command;
 fn every_sample_config_in_cluster_config_parses() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config");
     let mut checked = 0;
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            paths.push(path);
+        }
+    }
+    for path in paths {
         if path.extension().is_some_and(|e| e == "toml") {
             let options = cascade_node::config::read_file(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -20,7 +28,49 @@ fn every_sample_config_in_cluster_config_parses() {
             checked += 1;
         }
     }
-    assert!(checked >= 1, "no sample configs found in {}", dir.display());
+    assert!(checked >= 4, "sample configs missing in {}", dir.display());
+}
+
+/// The port of a default address constant such as `"127.0.0.1:8080"`.
+fn port(addr: &str) -> String {
+    addr.rsplit(':').next().unwrap().to_owned()
+}
+
+#[test]
+fn the_kubernetes_manifests_use_the_default_ports_and_the_probe_routes() {
+    use cascade_node::config::{DEFAULT_HTTP_ADDR, DEFAULT_QUIC_ADDR, DEFAULT_WEBRTC_ADDR};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cluster-config/kubernetes/cascade.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = yaml.lines().map(str::trim).collect();
+    // Each named container port is followed by its number and protocol.
+    for (name, addr, protocol) in [
+        ("http", DEFAULT_HTTP_ADDR, "TCP"),
+        ("webrtc", DEFAULT_WEBRTC_ADDR, "UDP"),
+        ("quic", DEFAULT_QUIC_ADDR, "UDP"),
+    ] {
+        let at = lines
+            .windows(3)
+            .find(|w| w[0] == format!("- name: {name}") && w[1].starts_with("containerPort:"))
+            .unwrap_or_else(|| panic!("container port {name} missing"));
+        assert_eq!(at[1], format!("containerPort: {}", port(addr)), "{name}");
+        assert_eq!(at[2], format!("protocol: {protocol}"), "{name}");
+        assert!(
+            yaml.contains(&format!("--{name}-addr \"${{POD_IP}}:{}\"", port(addr))),
+            "the {name} flag uses the same port"
+        );
+    }
+    for (probe, path) in [
+        ("livenessProbe:", "/healthz"),
+        ("readinessProbe:", "/readyz"),
+    ] {
+        let at = lines
+            .iter()
+            .position(|l| *l == probe)
+            .unwrap_or_else(|| panic!("{probe}"));
+        assert_eq!(lines[at + 2], format!("path: {path}"), "{probe}");
+        assert_eq!(lines[at + 3], "port: http", "{probe}");
+    }
 }
 
 #[test]
@@ -58,6 +108,13 @@ fn invalid_config_exits_non_zero_naming_the_key() {
         "--data-dir",
         "--config",
         "CASCADE_HTTP_ADDR",
+        "--quic-addr",
+        "CASCADE_QUIC_ADDR",
+        "--join",
+        "--token",
+        "--voters",
+        "--roles",
+        "--region",
     ] {
         assert!(help.contains(flag), "`cascade run --help` documents {flag}");
     }
