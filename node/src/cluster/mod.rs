@@ -202,6 +202,13 @@ impl Cluster {
     /// Appends a command through the leader (forwarded if this node is not it) and waits
     /// until it is committed. Errors are for logs and HTTP 503 bodies.
     pub async fn write(&self, command: Command) -> Result<Outcome, String> {
+        let started = Instant::now();
+        let result = self.write_through_leader(command).await;
+        metrics::histogram!("cascade_raft_commit_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn write_through_leader(&self, command: Command) -> Result<Outcome, String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match self.inner.raft.client_write(command.clone()).await {
@@ -609,6 +616,13 @@ impl Cluster {
     }
 
     fn publish_raft_metrics(&self) {
+        for (node, load) in self.loads().loads() {
+            let node = format_id(node);
+            metrics::gauge!("cascade_cluster_node_cpu_percent", "node" => node.clone())
+                .set(f64::from(load.cpu_pct));
+            metrics::gauge!("cascade_cluster_node_viewers", "node" => node)
+                .set(f64::from(load.viewers));
+        }
         let metrics = self.raft_metrics();
         metrics::gauge!("cascade_raft_term").set(metrics.current_term as f64);
         metrics::gauge!("cascade_raft_is_leader")
@@ -624,6 +638,7 @@ impl Cluster {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut leader_changes = self.inner.raft.metrics();
         let mut last_leader = None;
+        let mut was_healthy: BTreeSet<NodeId> = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -640,8 +655,19 @@ impl Cluster {
             }
             let metrics = self.raft_metrics();
             if metrics.state != ServerState::Leader {
+                was_healthy.clear();
                 continue;
             }
+            let healthy_now = self.healthy();
+            for lost in was_healthy.difference(&healthy_now) {
+                tracing::warn!(node = %format_id(*lost), silent_for_secs = load::HEALTHY_WITHIN.as_secs(), "node stopped reporting: no new viewers or streams go to it; its streams may be published elsewhere");
+            }
+            for back in healthy_now.difference(&was_healthy) {
+                if !was_healthy.is_empty() {
+                    tracing::info!(node = %format_id(*back), "node is reporting again");
+                }
+            }
+            was_healthy = healthy_now;
             let membership = metrics.membership_config.membership().clone();
             let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
             let learners: BTreeSet<NodeId> = membership.learner_ids().collect();

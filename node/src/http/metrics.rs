@@ -63,8 +63,85 @@ pub fn describe() {
         "cascade_udp_dropped_total",
         "UDP datagrams dropped on arrival, by reason."
     );
+    describe_cluster();
     metrics::gauge!("cascade_streams_live").set(0.0);
     for kind in ["publisher", "viewer"] {
         metrics::counter!("cascade_sessions_started_total", "kind" => kind).absolute(0);
     }
+}
+
+fn describe_cluster() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "cascade_raft_term",
+        "Current Raft term as this node sees it."
+    );
+    describe_gauge!(
+        "cascade_raft_is_leader",
+        "1 on the Raft leader, 0 elsewhere."
+    );
+    describe_gauge!(
+        "cascade_raft_last_applied",
+        "Index of the last Raft entry applied here."
+    );
+    describe_counter!(
+        "cascade_raft_leader_changes_total",
+        "Changes of Raft leader seen by this node."
+    );
+    describe_counter!(
+        "cascade_raft_voter_changes_total",
+        "Voter set changes made by this node as leader."
+    );
+    describe_histogram!(
+        "cascade_raft_commit_seconds",
+        "Time from proposing a cluster command to its commit (forwarding to the leader included)."
+    );
+    describe_gauge!(
+        "cascade_cluster_nodes",
+        "Nodes in the replicated cluster state."
+    );
+    describe_counter!(
+        "cascade_cluster_refusals_total",
+        "Refused node-to-node attempts, by reason (tls: no or foreign certificate; token: wrong join token; malformed_rpc)."
+    );
+    describe_gauge!(
+        "cascade_node_cpu_percent",
+        "This node's CPU use, percent of the machine."
+    );
+    describe_gauge!(
+        "cascade_cluster_node_cpu_percent",
+        "Each node's last reported CPU use, per node."
+    );
+    describe_gauge!(
+        "cascade_cluster_node_viewers",
+        "Each node's last reported viewers, per node."
+    );
+    describe_gauge!(
+        "cascade_relay_connections",
+        "Open relay (QUIC) connections to other nodes."
+    );
+    describe_gauge!(
+        "cascade_relay_subscriptions",
+        "Relay subscriptions, by side (served: other nodes pull from us; pulled: we pull)."
+    );
+    describe_counter!(
+        "cascade_relay_bytes_total",
+        "Relay group-stream bytes, by direction (in, out)."
+    );
+    describe_counter!(
+        "cascade_relay_group_drops_total",
+        "Relay groups given up, by cause (late: the subscriber fell behind; superseded)."
+    );
+    describe_counter!(
+        "cascade_relay_subscribe_refusals_total",
+        "Relay subscriptions this node refused, by reason."
+    );
+    describe_counter!(
+        "cascade_relay_pull_interruptions_total",
+        "Relay pulls that lost their upstream and looked for the origin again."
+    );
+    describe_counter!(
+        "cascade_http_redirects_total",
+        "WHIP/WHEP requests answered 307 to another node, by endpoint."
+    );
 }

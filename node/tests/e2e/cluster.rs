@@ -323,6 +323,41 @@ async fn when_the_origin_is_killed_the_publisher_reconnects_elsewhere_and_edge_v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_voter_is_replaced_by_a_healthy_learner() {
+    let mut nodes = cluster(4, &["--voter-lost-after", "2s"]).await;
+    let (_, overview) = nodes[0].json("/api/v1/cluster").await;
+    let learners: Vec<String> = serde_json::from_value(overview["learners"].clone()).unwrap();
+    assert_eq!(
+        learners.len(),
+        1,
+        "three voters and one learner: {overview}"
+    );
+    let leader_id = leader(&nodes[0]).await.unwrap();
+    let mut victim = None;
+    for (i, node) in nodes.iter().enumerate() {
+        let id = node.id().await;
+        if id != leader_id && !learners.contains(&id) {
+            victim = Some((i, id));
+            break;
+        }
+    }
+    let (victim, victim_id) = victim.expect("a voter that is not the leader");
+    nodes[victim].kill();
+    let survivor = if victim == 0 { 1 } else { 0 };
+    wait_for(
+        "the learner is promoted in place of the lost voter",
+        Duration::from_secs(20),
+        || async {
+            let (_, overview) = nodes[survivor].json("/api/v1/cluster").await;
+            let voters: Vec<String> =
+                serde_json::from_value(overview["voters"].clone()).unwrap_or_default();
+            voters.len() == 3 && voters.contains(&learners[0]) && !voters.contains(&victim_id)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_a_restarted_node_rejoins_as_itself_and_a_removed_node_leaves() {
     let mut nodes = cluster(3, &[]).await;
     let mut stranger = Node::spawn(&["--join", &nodes[0].join_addr(), "--token", "not-the-token"]);
@@ -440,4 +475,45 @@ async fn the_three_node_script_starts_a_cluster_and_prints_where_to_go() {
         3,
         "{overview}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_publisher_comes_back_through_another_node_when_its_node_dies() {
+    use crate::support::browser::ChromeDriver;
+    let mut nodes = cluster(3, &[]).await;
+    let mut driver = ChromeDriver::start().await;
+    let page = driver.open().await;
+    page.goto(&nodes[1].url("/?publish=pagepub")).await;
+    wait_for("the page publishes", Duration::from_secs(20), || async {
+        page.eval("return window.cascade.publish.state").await == "connected"
+    })
+    .await;
+    let first_origin = nodes[1].id().await;
+    wait_for(
+        "the stream is placed on the page's node",
+        Duration::from_secs(10),
+        || async {
+            nodes[0].json("/api/v1/cluster").await.1["placements"]["pagepub"]
+                == first_origin.as_str()
+        },
+    )
+    .await;
+    nodes[1].kill();
+    wait_for(
+        "the page publishes through another node",
+        Duration::from_secs(40),
+        || async {
+            let (_, overview) = nodes[0].json("/api/v1/cluster").await;
+            let origin = overview["placements"]["pagepub"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            !origin.is_empty()
+                && origin != first_origin
+                && page.eval("return window.cascade.publish.state").await == "connected"
+        },
+    )
+    .await;
+    let reconnects = page.eval("return window.cascade.publish.reconnects").await;
+    assert!(reconnects.as_u64().unwrap_or(0) >= 1, "{reconnects}");
 }
