@@ -35,9 +35,9 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 
 RUST_LOG=warn taskset -c "$SERVER_CPU" "$SERVER_BIN" run --http-addr "$IP:8080" \
-    --webrtc-addr "$IP:8443" --data-dir "$OUT/data" 2>"$OUT/node.log" &
+    --webrtc-addr "$IP:8443" --quic-addr "$IP:4433" --data-dir "$OUT/data" 2>"$OUT/node.log" &
 NODE=$!
-for _ in $(seq 50); do curl -sf "$HTTP/healthz" >/dev/null && break; sleep 0.2; done
+for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
 RUST_LOG=warn taskset -c "$CLIENT_CPU" "$BIN/cascade-loadtest" publish --url "$HTTP/whip/bench" \
     --local-ip "$IP" --duration 1h 2>"$OUT/publish.log" &
 PUB=$!

@@ -25,10 +25,10 @@ trap cleanup EXIT
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
-RUST_LOG=warn taskset -c 0 "$BIN/cascade" run --http-addr "$IP:8080" --webrtc-addr "$IP:8443" \
+RUST_LOG=warn taskset -c 0 "$BIN/cascade" run --http-addr "$IP:8080" --webrtc-addr "$IP:8443" --quic-addr "$IP:4433" \
     --data-dir "$OUT/data" >"$OUT/node.out" 2>"$OUT/node.log" &
 NODE=$!
-for _ in $(seq 50); do curl -sf "$HTTP/healthz" >/dev/null && break; sleep 0.2; done
+for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
 RUST_LOG=warn taskset -c 0 "$BIN/cascade-loadtest" publish --url "$HTTP/whip/bench" \
     --local-ip "$IP" --duration 1h 2>"$OUT/publish.log" &
 PUB=$!

@@ -170,3 +170,83 @@ async fn a_node_with_a_certificate_from_another_ca_is_refused() {
     );
     assert!(!accepted.await.unwrap(), "the member refused the stranger");
 }
+
+/// CPU time of this process so far (user + system), from `/proc/self/stat`.
+fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Relay throughput: an origin and an edge endpoint in this process, one video track of
+/// 64 KiB frames published as fast as the origin's sink takes them for `RELAY_BENCH_SECS`
+/// (default 10). Prints Gbit/s delivered into the edge's track and Gbit/s per CPU core used
+/// by both ends together. Run in release:
+/// `cargo test --release -p cascade-roles --test relay_quic -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run on demand, see docs/benchmarks.md"]
+async fn relay_throughput_per_core() {
+    let seconds: u64 = std::env::var("RELAY_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let ca = ClusterCa::generate("bench").unwrap();
+    let origin = endpoint(&ca, 1);
+    let edge = endpoint(&ca, 2);
+    let source = Broadcast::new(StreamId::parse("bench").unwrap());
+    source.track(MediaKind::Video).begin_source(Codec::H264, None);
+    let served: Arc<dyn RelaySource> = Arc::new(OneBroadcast(source.clone()));
+    let accept = origin.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accept.incoming().await {
+            if let Some((connection, _)) = handshake(incoming).await {
+                RelayConnection::start(connection, Role::Server, Some(served.clone()));
+            }
+        }
+    });
+    let connection = edge.dial(origin.local_addr(), ALPN_RELAY).await.unwrap();
+    let relay = RelayConnection::start(connection, Role::Client, None);
+    let local = Broadcast::new(StreamId::parse("bench").unwrap());
+    let local_video = local.track(MediaKind::Video).clone();
+    local_video.begin_source(Codec::H264, None);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    relay
+        .subscribe("bench", "video", PullTarget::Track(local_video.clone()), events_tx)
+        .await
+        .unwrap();
+    assert!(matches!(events.recv().await, Some(PullEvent::Subscribed)));
+
+    let payload: Arc<[u8]> = Arc::from(vec![0x5a; 64 * 1024]);
+    let frames_before = local_video.frames_in();
+    let cpu_before = process_cpu_secs();
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    let mut n = 0u32;
+    while Instant::now() < end {
+        // Offer no more than the relay carries: at most 256 frames in flight, so that the
+        // CPU measured is the relay's and not a producer spinning on a full queue.
+        if u64::from(n) > local_video.frames_in() - frames_before + 256 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            continue;
+        }
+        // A keyframe every 60 frames: 60 × 64 KiB groups, like a 2 s GOP at a high bitrate.
+        source.track(MediaKind::Video).publish_rtp(
+            n.wrapping_mul(3000),
+            Instant::now(),
+            n % 60 == 0,
+            payload.clone(),
+        );
+        n += 1;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_secs() - cpu_before;
+    let delivered = local_video.frames_in() - frames_before;
+    let gbits = delivered as f64 * payload.len() as f64 * 8.0 / elapsed / 1e9;
+    println!(
+        "relay throughput: {gbits:.2} Gbit/s delivered ({delivered} of {n} frames offered), {cpu:.1} CPU-s in {elapsed:.1} s, {:.2} Gbit/s per core (origin and edge together)",
+        gbits / (cpu / elapsed)
+    );
+    assert!(delivered > 0);
+}
