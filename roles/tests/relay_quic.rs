@@ -196,7 +196,9 @@ async fn relay_throughput_per_core() {
     let origin = endpoint(&ca, 1);
     let edge = endpoint(&ca, 2);
     let source = Broadcast::new(StreamId::parse("bench").unwrap());
-    source.track(MediaKind::Video).begin_source(Codec::H264, None);
+    source
+        .track(MediaKind::Video)
+        .begin_source(Codec::H264, None);
     let served: Arc<dyn RelaySource> = Arc::new(OneBroadcast(source.clone()));
     let accept = origin.clone();
     tokio::spawn(async move {
@@ -213,7 +215,12 @@ async fn relay_throughput_per_core() {
     local_video.begin_source(Codec::H264, None);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     relay
-        .subscribe("bench", "video", PullTarget::Track(local_video.clone()), events_tx)
+        .subscribe(
+            "bench",
+            "video",
+            PullTarget::Track(local_video.clone()),
+            events_tx,
+        )
         .await
         .unwrap();
     assert!(matches!(events.recv().await, Some(PullEvent::Subscribed)));
@@ -235,7 +242,7 @@ async fn relay_throughput_per_core() {
         source.track(MediaKind::Video).publish_rtp(
             n.wrapping_mul(3000),
             Instant::now(),
-            n % 60 == 0,
+            n.is_multiple_of(60),
             payload.clone(),
         );
         n += 1;

@@ -192,6 +192,11 @@ impl Exchange {
             }
             return Ok(Some(response));
         }
+        if self.action == Action::Publish {
+            // This node may have been pulling the stream as an edge: its viewers stay and
+            // now watch the publisher here.
+            state.relay.release(stream).await;
+        }
         if self.action == Action::Play && cluster.remote_origin(stream).is_some() {
             state
                 .relay

@@ -268,13 +268,14 @@ async fn killing_the_raft_leader_loses_no_frame_and_a_new_leader_keeps_the_state
     assert_eq!(overview["nodes"].as_array().unwrap().len(), 5, "{overview}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_origin_is_killed_the_publisher_reconnects_elsewhere_and_edge_viewers_resume() {
+/// Kills the origin of a stream watched on an edge; the publisher's second URL is node
+/// `fallback`. Viewers on the edge must keep their sessions and get media again.
+async fn origin_failover(stream: &str, fallback: usize) {
     let mut nodes = cluster(3, &[]).await;
     // The publisher uses the origin first and another node after it dies.
-    let urls = [whip(&nodes[1], "moving"), whip(&nodes[0], "moving")];
-    let _publisher = publish(&urls, &nodes[1].ip, "moving", &nodes[1]).await;
-    let url = whep(&nodes[2], "moving");
+    let urls = [whip(&nodes[1], stream), whip(&nodes[fallback], stream)];
+    let _publisher = publish(&urls, &nodes[1].ip, stream, &nodes[1]).await;
+    let url = whep(&nodes[2], stream);
     let ip = nodes[2].ip.clone();
     let viewers = tokio::spawn(async move {
         loadtest::webrtc(
@@ -292,19 +293,19 @@ async fn when_the_origin_is_killed_the_publisher_reconnects_elsewhere_and_edge_v
         .await
     });
     wait_for("viewers are watching", Duration::from_secs(20), || async {
-        let (status, info) = nodes[2].json("/api/v1/streams/moving").await;
+        let (status, info) = nodes[2].json(&format!("/api/v1/streams/{stream}")).await;
         status == 200 && info["viewers"] == 4
     })
     .await;
     let old_origin = nodes[1].id().await;
     nodes[1].kill();
-    let new_origin = nodes[0].id().await;
+    let new_origin = nodes[fallback].id().await;
     wait_for(
         "the stream is placed on its new origin",
         Duration::from_secs(15),
         || async {
             let (_, overview) = nodes[2].json("/api/v1/cluster").await;
-            overview["placements"]["moving"] == new_origin.as_str()
+            overview["placements"][stream] == new_origin.as_str()
         },
     )
     .await;
@@ -315,11 +316,23 @@ async fn when_the_origin_is_killed_the_publisher_reconnects_elsewhere_and_edge_v
     // The viewers kept their sessions on the surviving edge and the media came back.
     assert_eq!(report["sessions_started"], 4, "{stdout}");
     assert_eq!(report["failed_sessions"], 0, "{stdout}");
-    let (_, info) = nodes[2].json("/api/v1/streams/moving").await;
+    let (_, info) = nodes[2].json(&format!("/api/v1/streams/{stream}")).await;
     assert_eq!(info["state"], "live", "{info}");
     let received = report["frames_received"].as_f64().unwrap();
     // 20 s at 30 fps for 4 viewers, less the gap while the publisher moved.
     assert!(received > 4.0 * 30.0 * 10.0, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_origin_is_killed_the_publisher_reconnects_elsewhere_and_edge_viewers_resume() {
+    // The publisher comes back through a third node; the edge resubscribes by itself.
+    origin_failover("moving", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_publisher_comes_back_through_the_viewers_edge_that_edge_becomes_the_origin() {
+    // The edge that pulled the stream ends its pull and takes the publisher; its viewers stay.
+    origin_failover("landing", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

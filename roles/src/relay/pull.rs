@@ -34,6 +34,9 @@ pub const PULL_LINGER: Duration = Duration::from_secs(5);
 const CATALOG_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between attempts when the upstream is unreachable or has no such stream.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// A pull whose stream has no origin this long ends; the local stream's reconnect grace then
+/// decides when its viewers are told.
+const NO_ORIGIN_GIVE_UP: Duration = Duration::from_secs(10);
 /// Longest wait, when a pull starts, for its first keyframe before the viewer is answered.
 const FIRST_KEYFRAME_WAIT: Duration = Duration::from_secs(3);
 
@@ -55,9 +58,18 @@ struct Inner {
     registry: StreamRegistry,
     locator: Arc<dyn OriginLocator>,
     connections: Mutex<HashMap<SocketAddr, RelayConnection>>,
-    pulls: Mutex<HashMap<StreamId, Arc<Broadcast>>>,
+    pulls: Mutex<HashMap<StreamId, PullHandle>>,
     /// Held while a pull is being set up, so that concurrent viewers share one.
     starting: tokio::sync::Mutex<()>,
+}
+
+/// A running pull, as the relay keeps it.
+struct PullHandle {
+    broadcast: Arc<Broadcast>,
+    /// Asks the pull to end now (the stream is published on this node instead).
+    stop: Arc<tokio::sync::Notify>,
+    /// Told when the pull has ended and its publisher session is gone.
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl RelaySource for StreamRegistry {
@@ -97,6 +109,21 @@ impl Relay {
         lock(&self.inner.pulls).keys().cloned().collect()
     }
 
+    /// Ends the pull of `stream`, if any, and returns once its publisher session is gone: a
+    /// publisher is about to publish the stream on this node. Viewers stay; the stream's
+    /// reconnect grace covers the switch and the new publisher continues the timeline.
+    pub async fn release(&self, stream: &StreamId) {
+        let handle = lock(&self.inner.pulls).remove(stream);
+        let Some(mut handle) = handle else {
+            return;
+        };
+        handle.stop.notify_one();
+        if let Some(done) = handle.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
+        }
+        tracing::info!(%stream, "relay pull released: the stream is published on this node now");
+    }
+
     /// Makes sure `stream` is pulled from its origin; returns once its first keyframe is
     /// here (or after a few seconds, when the origin has not sent one yet).
     pub async fn ensure_pulled(&self, stream: &StreamId) -> Result<(), RoleError> {
@@ -115,7 +142,9 @@ impl Relay {
     /// pull: the second would otherwise be refused as a second publisher.
     async fn pull(&self, stream: &StreamId) -> Result<Arc<Broadcast>, RoleError> {
         let _starting = self.inner.starting.lock().await;
-        let existing = lock(&self.inner.pulls).get(stream).cloned();
+        let existing = lock(&self.inner.pulls)
+            .get(stream)
+            .map(|h| h.broadcast.clone());
         Ok(match existing {
             Some(b) => b,
             None => {
@@ -129,13 +158,24 @@ impl Relay {
                     .admit(stream, SessionKind::Publisher, session, "relay", None)
                     .await?;
                 let broadcast = admitted.broadcast.clone();
-                lock(&self.inner.pulls).insert(stream.clone(), broadcast.clone());
-                tracing::info!(%stream, "pulling the stream from its origin over the relay");
-                tokio::spawn(self.clone().run_pull(
+                let stop = Arc::new(tokio::sync::Notify::new());
+                let (done_tx, done) = tokio::sync::oneshot::channel();
+                lock(&self.inner.pulls).insert(
                     stream.clone(),
-                    admitted.broadcast,
-                    admitted.actor,
-                ));
+                    PullHandle {
+                        broadcast: broadcast.clone(),
+                        stop: stop.clone(),
+                        done: Some(done),
+                    },
+                );
+                tracing::info!(%stream, "pulling the stream from its origin over the relay");
+                let pull = Pull {
+                    stream: stream.clone(),
+                    broadcast: admitted.broadcast,
+                    actor: admitted.actor,
+                    stop,
+                };
+                tokio::spawn(self.clone().run_pull(pull, done_tx));
                 broadcast
             }
         })
@@ -154,55 +194,68 @@ impl Relay {
         Ok(relay)
     }
 
-    async fn run_pull(
-        self,
-        stream: StreamId,
-        broadcast: Arc<Broadcast>,
-        actor: ActorRef<SessionMsg>,
-    ) {
+    async fn run_pull(self, pull: Pull, done: tokio::sync::oneshot::Sender<()>) {
         let mut idle_since: Option<Instant> = None;
+        let mut no_origin_since: Option<Instant> = None;
+        let stream = &pull.stream;
         let outcome = loop {
-            let attempt = self
-                .pull_once(&stream, &broadcast, &actor, &mut idle_since)
-                .await;
-            for track in broadcast.tracks() {
+            let attempt = self.pull_once(&pull, &mut idle_since).await;
+            for track in pull.broadcast.tracks() {
                 track.end_source();
             }
             match attempt {
                 Attempt::Idle => break "no viewers left",
                 Attempt::StreamGone => break "the local stream ended",
+                Attempt::Released => break "the stream is published on this node now",
+                Attempt::NoOrigin => {
+                    let since = *no_origin_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= NO_ORIGIN_GIVE_UP {
+                        break "the stream has had no origin for a while";
+                    }
+                }
                 Attempt::Lost(reason) => {
+                    no_origin_since = None;
                     metrics::counter!("cascade_relay_pull_interruptions_total").increment(1);
                     tracing::warn!(%stream, %reason, "relay pull interrupted; finding the origin again");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
         };
-        lock(&self.inner.pulls).remove(&stream);
+        {
+            let mut pulls = lock(&self.inner.pulls);
+            // A released pull is already gone; a new one may have taken its place since.
+            if pulls
+                .get(stream)
+                .is_some_and(|h| Arc::ptr_eq(&h.stop, &pull.stop))
+            {
+                pulls.remove(stream);
+            }
+        }
         tracing::info!(%stream, outcome, "relay pull ended");
-        let _ = actor.cast(SessionMsg::Delete);
+        let _ = pull
+            .actor
+            .stop_and_wait(Some("deleted".into()), Some(Duration::from_secs(2)))
+            .await;
+        let _ = done.send(());
     }
 
     /// One subscription to the stream's current origin, until it breaks or is no longer
     /// needed.
-    async fn pull_once(
-        &self,
-        stream: &StreamId,
-        broadcast: &Arc<Broadcast>,
-        actor: &ActorRef<SessionMsg>,
-        idle_since: &mut Option<Instant>,
-    ) -> Attempt {
+    async fn pull_once(&self, pull: &Pull, idle_since: &mut Option<Instant>) -> Attempt {
+        let (stream, broadcast) = (&pull.stream, &pull.broadcast);
         let Some(origin) = self.inner.locator.origin_of(stream) else {
-            return self
-                .wait_tick(stream, actor, idle_since, "the stream has no origin")
-                .await;
+            return match self
+                .wait_tick(pull, idle_since, "the stream has no origin")
+                .await
+            {
+                Attempt::Lost(_) => Attempt::NoOrigin,
+                other => other,
+            };
         };
         let connection = match self.connection(origin).await {
             Ok(c) => c,
             Err(e) => {
-                return self
-                    .wait_tick(stream, actor, idle_since, &e.to_string())
-                    .await;
+                return self.wait_tick(pull, idle_since, &e.to_string()).await;
             }
         };
         let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -223,10 +276,10 @@ impl Relay {
             Ok(Ok(catalog)) if !catalog.is_empty() => catalog,
             Ok(Ok(_)) => {
                 return self
-                    .wait_tick(stream, actor, idle_since, "the origin has no tracks yet")
+                    .wait_tick(pull, idle_since, "the origin has no tracks yet")
                     .await;
             }
-            Ok(Err(reason)) => return self.wait_tick(stream, actor, idle_since, &reason).await,
+            Ok(Err(reason)) => return self.wait_tick(pull, idle_since, &reason).await,
             Err(_) => return Attempt::Lost("no catalog from the origin".into()),
         };
         let mut subscriptions = Vec::new();
@@ -268,8 +321,9 @@ impl Relay {
                     Some(_) => {}
                     None => break Attempt::Lost("relay connection closed".into()),
                 },
+                () = pull.stop.notified() => break Attempt::Released,
                 _ = tick.tick() => {
-                    if let Some(done) = self.check_needed(stream, actor, idle_since).await {
+                    if let Some(done) = self.check_needed(pull, idle_since).await {
                         break done;
                     }
                     if self.inner.locator.origin_of(stream) != Some(origin) {
@@ -287,25 +341,23 @@ impl Relay {
     /// Waits a moment before the next attempt, unless the pull is no longer needed.
     async fn wait_tick(
         &self,
-        stream: &StreamId,
-        actor: &ActorRef<SessionMsg>,
+        pull: &Pull,
         idle_since: &mut Option<Instant>,
         reason: &str,
     ) -> Attempt {
-        tracing::debug!(%stream, reason, "relay pull waiting");
-        tokio::time::sleep(RETRY_PAUSE).await;
-        self.check_needed(stream, actor, idle_since)
+        tracing::debug!(stream = %pull.stream, reason, "relay pull waiting");
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_PAUSE) => {}
+            () = pull.stop.notified() => return Attempt::Released,
+        }
+        self.check_needed(pull, idle_since)
             .await
             .unwrap_or_else(|| Attempt::Lost(reason.to_owned()))
     }
 
     /// `Some` when the pull should stop: its stream ended or nobody watched for a while.
-    async fn check_needed(
-        &self,
-        stream: &StreamId,
-        actor: &ActorRef<SessionMsg>,
-        idle_since: &mut Option<Instant>,
-    ) -> Option<Attempt> {
+    async fn check_needed(&self, pull: &Pull, idle_since: &mut Option<Instant>) -> Option<Attempt> {
+        let (stream, actor) = (&pull.stream, &pull.actor);
         if actor.get_status() != ractor::ActorStatus::Running {
             return Some(Attempt::StreamGone);
         }
@@ -332,9 +384,22 @@ pub fn pull_is_idle(viewers: usize, idle_since: &mut Option<Instant>, now: Insta
     now.duration_since(since) >= PULL_LINGER
 }
 
+/// What a running pull owns.
+struct Pull {
+    stream: StreamId,
+    broadcast: Arc<Broadcast>,
+    /// Its publisher session on the local stream.
+    actor: ActorRef<SessionMsg>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
 enum Attempt {
     Idle,
     StreamGone,
+    /// [`Relay::release`] asked it to end.
+    Released,
+    /// The cluster names no origin for the stream.
+    NoOrigin,
     Lost(String),
 }
 
