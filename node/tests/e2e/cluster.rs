@@ -385,6 +385,30 @@ async fn a_wrong_token_is_refused_a_restarted_node_rejoins_as_itself_and_a_remov
         "{metrics}"
     );
 
+    // The admin API issues another join token, and a node joins with it.
+    let issued: serde_json::Value = reqwest::Client::new()
+        .post(nodes[1].url("/api/v1/cluster/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = issued["token"].as_str().unwrap().to_owned();
+    let newcomer = Node::start(&["--join", &nodes[0].join_addr(), "--token", &token]).await;
+    let newcomer_id = newcomer.id().await;
+    wait_for(
+        "the node joined with the issued token",
+        Duration::from_secs(10),
+        || async {
+            let (_, overview) = nodes[0].json("/api/v1/cluster").await;
+            overview["nodes"]
+                .as_array()
+                .is_some_and(|ns| ns.iter().any(|n| n["id"] == newcomer_id.as_str()))
+        },
+    )
+    .await;
+
     let id = nodes[2].id().await;
     nodes[2].restart().await;
     assert_eq!(nodes[2].id().await, id, "same identity after a restart");
@@ -394,7 +418,7 @@ async fn a_wrong_token_is_refused_a_restarted_node_rejoins_as_itself_and_a_remov
         || async {
             let (_, overview) = nodes[0].json("/api/v1/cluster").await;
             let list = overview["nodes"].as_array().cloned().unwrap_or_default();
-            list.len() == 3 && list.iter().all(|n| n["healthy"] == true)
+            list.len() == 4 && list.iter().all(|n| n["healthy"] == true)
         },
     )
     .await;
@@ -430,7 +454,12 @@ async fn a_wrong_token_is_refused_a_restarted_node_rejoins_as_itself_and_a_remov
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&list.stdout);
-    assert_eq!(table.lines().count(), 3, "a header and two nodes:\n{table}");
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "a header and three nodes:\n{table}"
+    );
+    drop(newcomer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,7 +152,7 @@ fn launch(ip: &str, data_dir: &std::path::Path, extra: &[String]) -> Child {
         .args(extra)
         .env(
             "RUST_LOG",
-            std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),
         )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
