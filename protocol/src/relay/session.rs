@@ -467,11 +467,17 @@ impl Session {
                 stream
             }
         };
-        let mut bytes = BytesMut::with_capacity(frame.payload.len() + 12);
-        frame.encode(&mut bytes);
+        // The frame header and the payload go out as two pieces: the payload is shared with
+        // the track, never copied here.
+        let mut header = BytesMut::with_capacity(20);
+        frame.encode_header(&mut header);
         self.outputs.push_back(Output::GroupData {
             stream,
-            bytes: bytes.freeze(),
+            bytes: header.freeze(),
+        });
+        self.outputs.push_back(Output::GroupData {
+            stream,
+            bytes: frame.payload.clone(),
         });
         self.reset_late_groups(now);
     }

@@ -374,10 +374,16 @@ const FLAG_KEYFRAME: u8 = 0x01;
 impl RelayFrame {
     /// `flags (1 byte) | timestamp (varint) | length (varint) | payload`.
     pub fn encode(&self, out: &mut BytesMut) {
+        self.encode_header(out);
+        out.extend_from_slice(&self.payload);
+    }
+
+    /// Everything before the payload, so that a sender can pass the payload on without
+    /// copying it.
+    pub fn encode_header(&self, out: &mut BytesMut) {
         out.put_u8(if self.keyframe { FLAG_KEYFRAME } else { 0 });
         put_varint(out, self.timestamp);
         put_varint(out, self.payload.len() as u64);
-        out.extend_from_slice(&self.payload);
     }
 }
 

@@ -655,7 +655,8 @@ async fn write_group(
         match write {
             GroupWrite::Data(bytes) => {
                 let result = tokio::select! {
-                    result = send.write_all(&bytes) => result,
+                    // `write_chunk` hands quinn the `Bytes` itself: no copy of the payload.
+                    result = send.write_chunk(bytes) => result,
                     code = &mut reset => {
                         let _ = send.reset(code.unwrap_or(0).into());
                         return;
