@@ -239,15 +239,7 @@ impl Track {
 
     /// Starts delivering this track's frames to `sink`; returns the subscription id.
     pub fn subscribe(&self, sink: Box<dyn FrameSink>) -> u64 {
-        let mut state = self.lock();
-        let id = state.next_subscriber_id;
-        state.next_subscriber_id += 1;
-        state.subscribers.push(Subscriber {
-            id,
-            sink,
-            skipping_to_keyframe: false,
-        });
-        id
+        self.lock().add_subscriber(sink)
     }
 
     /// Like [`Track::subscribe`], but first hands `sink` the current group, atomically, so
@@ -260,19 +252,17 @@ impl Track {
                 return None;
             }
         }
-        let id = state.next_subscriber_id;
-        state.next_subscriber_id += 1;
-        state.subscribers.push(Subscriber {
-            id,
-            sink,
-            skipping_to_keyframe: false,
-        });
-        Some(id)
+        Some(state.add_subscriber(sink))
     }
 
     /// Stops a subscription.
     pub fn unsubscribe(&self, id: u64) {
         self.lock().subscribers.retain(|s| s.id != id);
+    }
+
+    /// Whether a current group is cached, i.e. a viewer joining now can decode at once.
+    pub fn has_current_group(&self) -> bool {
+        !self.lock().group.is_empty()
     }
 
     /// The frames of the current group (from its keyframe), for a viewer that joins now.
@@ -304,6 +294,17 @@ impl Track {
 }
 
 impl TrackState {
+    fn add_subscriber(&mut self, sink: Box<dyn FrameSink>) -> u64 {
+        let id = self.next_subscriber_id;
+        self.next_subscriber_id += 1;
+        self.subscribers.push(Subscriber {
+            id,
+            sink,
+            skipping_to_keyframe: false,
+        });
+        id
+    }
+
     fn timeline_rate(&self) -> u32 {
         self.info.as_ref().map_or(90_000, |i| i.codec.clock_rate())
     }

@@ -220,16 +220,11 @@ impl Cluster {
                     if let Some(leader) = leader
                         && let Ok(addr) = leader.addr.parse::<SocketAddr>()
                     {
-                        match self
-                            .inner
-                            .peers
-                            .call(addr, &Rpc::Write(command.clone()), Duration::from_secs(5))
-                            .await
-                        {
-                            Ok(RpcReply::Written(result)) => return result,
-                            Ok(_) => return Err("the leader answered something else".into()),
-                            Err(e) if Instant::now() >= deadline => {
-                                return Err(format!("the leader is unreachable: {e}"));
+                        let rpc = Rpc::Write(command.clone());
+                        match self.ask_leader(addr, &rpc, Duration::from_secs(5)).await {
+                            Ok(answer) => return answer,
+                            Err(unreachable) if Instant::now() >= deadline => {
+                                return Err(unreachable);
                             }
                             Err(_) => {}
                         }
@@ -239,6 +234,21 @@ impl Cluster {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+    }
+
+    /// Sends a change to the leader at `addr`. The outer error: the leader could not be
+    /// reached; the inner one: the leader refused the change.
+    async fn ask_leader(
+        &self,
+        addr: SocketAddr,
+        rpc: &Rpc,
+        timeout: Duration,
+    ) -> Result<Result<Outcome, String>, String> {
+        match self.inner.peers.call(addr, rpc, timeout).await {
+            Ok(RpcReply::Written(answer)) => Ok(answer),
+            Ok(_) => Ok(Err("the leader answered something else".into())),
+            Err(e) => Err(format!("the leader is unreachable: {e}")),
         }
     }
 
@@ -284,21 +294,9 @@ impl Cluster {
             let Some(leader) = leader else {
                 return Err(format!("cannot add the node to Raft: {e}"));
             };
-            match self
-                .inner
-                .peers
-                .call(
-                    leader,
-                    &Rpc::AddLearner(record.id, node),
-                    Duration::from_secs(5),
-                )
-                .await
-            {
-                Ok(RpcReply::Written(Ok(_))) => {}
-                Ok(RpcReply::Written(Err(e))) => return Err(e),
-                Ok(_) => return Err("the leader answered something else".into()),
-                Err(e) => return Err(format!("the leader is unreachable: {e}")),
-            }
+            let rpc = Rpc::AddLearner(record.id, node);
+            self.ask_leader(leader, &rpc, Duration::from_secs(5))
+                .await??;
         }
         tracing::info!(node = %format_id(record.id), http = %record.http_addr, quic = %record.quic_addr, "node joined as a Raft learner");
         Ok(())
@@ -348,18 +346,8 @@ impl Cluster {
         if leader == self.inner.id {
             self.remove_member_here(id).await?;
         } else {
-            match self
-                .inner
-                .peers
-                .call(addr, &Rpc::RemoveMember(id), Duration::from_secs(10))
-                .await
-            {
-                Ok(RpcReply::Written(result)) => {
-                    result?;
-                }
-                Ok(_) => return Err("the leader answered something else".into()),
-                Err(e) => return Err(format!("the leader is unreachable: {e}")),
-            }
+            self.ask_leader(addr, &Rpc::RemoveMember(id), Duration::from_secs(10))
+                .await??;
         }
         self.write(Command::RemoveNode { id }).await
     }

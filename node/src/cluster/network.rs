@@ -175,6 +175,25 @@ impl PeerClient {
             .await
             .map_err(unreachable)
     }
+
+    /// Sends `rpc` and takes its answer out of the reply with `pick`; the peer's refusal
+    /// becomes a remote error, anything else a network error.
+    async fn ask<T, E: std::error::Error>(
+        &self,
+        rpc: Rpc,
+        option: &RPCOption,
+        pick: impl FnOnce(RpcReply) -> Option<Result<T, E>>,
+    ) -> Result<T, RPCError<NodeId, BasicNode, E>> {
+        match self.call(&rpc, option).await? {
+            RpcReply::Refused(reason) => Err(network(reason)),
+            reply => match pick(reply) {
+                Some(answer) => {
+                    answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+                }
+                None => Err(network("mismatched reply".into())),
+            },
+        }
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -183,13 +202,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(&Rpc::AppendEntries(rpc), &option).await? {
-            RpcReply::AppendEntries(result) => {
-                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            RpcReply::Refused(reason) => Err(network(reason)),
-            _ => Err(network("mismatched reply".into())),
-        }
+        self.ask(Rpc::AppendEntries(rpc), &option, |reply| match reply {
+            RpcReply::AppendEntries(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -200,13 +217,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(&Rpc::InstallSnapshot(rpc), &option).await? {
-            RpcReply::InstallSnapshot(result) => {
-                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            RpcReply::Refused(reason) => Err(network(reason)),
-            _ => Err(network("mismatched reply".into())),
-        }
+        self.ask(Rpc::InstallSnapshot(rpc), &option, |reply| match reply {
+            RpcReply::InstallSnapshot(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(
@@ -214,13 +229,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(&Rpc::Vote(rpc), &option).await? {
-            RpcReply::Vote(result) => {
-                result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            RpcReply::Refused(reason) => Err(network(reason)),
-            _ => Err(network("mismatched reply".into())),
-        }
+        self.ask(Rpc::Vote(rpc), &option, |reply| match reply {
+            RpcReply::Vote(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 }
 

@@ -123,9 +123,12 @@ fn node_id(raw: &str) -> Result<u64, ApiError> {
     })
 }
 
-fn known(state: &AppState, id: u64) -> Result<(), ApiError> {
+/// The node an admin request names: the caller is an admin, and the node exists.
+fn admin_target(state: &AppState, headers: &HeaderMap, raw: &str) -> Result<u64, ApiError> {
+    require_admin(state, headers)?;
+    let id = node_id(raw)?;
     if state.cluster.state().nodes.contains_key(&id) {
-        Ok(())
+        Ok(id)
     } else {
         Err(ApiError::new(
             ENDPOINT,
@@ -157,9 +160,7 @@ async fn drain(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&state, &headers)?;
-    let id = node_id(&raw)?;
-    known(&state, id)?;
+    let id = admin_target(&state, &headers, &raw)?;
     state.cluster.drain(id).await.map_err(unavailable)?;
     tracing::info!(node = %format_id(id), "node draining: no new viewers or streams go to it");
     Ok(Json(
@@ -172,9 +173,7 @@ async fn remove(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&state, &headers)?;
-    let id = node_id(&raw)?;
-    known(&state, id)?;
+    let id = admin_target(&state, &headers, &raw)?;
     state
         .cluster
         .remove(id)

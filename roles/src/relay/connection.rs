@@ -124,11 +124,6 @@ impl RelayConnection {
         self.connection.close_reason().is_none() && !self.inputs.is_closed()
     }
 
-    /// The peer's address.
-    pub fn remote_address(&self) -> std::net::SocketAddr {
-        self.connection.remote_address()
-    }
-
     /// Subscribes to `track` of `broadcast` at the peer, from its newest group.
     pub async fn subscribe(
         &self,

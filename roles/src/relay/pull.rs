@@ -104,11 +104,6 @@ impl Relay {
         RelayConnection::start(connection, Role::Server, Some(source));
     }
 
-    /// The streams this node currently pulls.
-    pub fn pulled(&self) -> Vec<StreamId> {
-        lock(&self.inner.pulls).keys().cloned().collect()
-    }
-
     /// Ends the pull of `stream`, if any, and returns once its publisher session is gone: a
     /// publisher is about to publish the stream on this node. Viewers stay; the stream's
     /// reconnect grace covers the switch and the new publisher continues the timeline.
@@ -132,7 +127,7 @@ impl Relay {
         let video = broadcast
             .track(cascade_protocol::media::MediaKind::Video)
             .clone();
-        while video.current_group().is_empty() && Instant::now() < deadline {
+        while !video.has_current_group() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
