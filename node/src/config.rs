@@ -26,6 +26,8 @@ pub const DEFAULT_VOTER_LOST_AFTER: &str = "10s";
 pub const DEFAULT_DATA_DIR: &str = "./cascade-data";
 /// Default time a dropped publisher has to come back before viewers are ended.
 pub const DEFAULT_RECONNECT_GRACE: &str = "10s";
+/// Default time a WebRTC session has to complete ICE and DTLS.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: &str = "15s";
 
 /// Options of `cascade run`. Every field is optional here; [`NodeConfig::resolve`] fills in
 /// the file's values and then the defaults.
@@ -75,6 +77,11 @@ pub struct RunOptions {
     /// How long viewers wait for a dropped publisher to come back, e.g. 10s [default: 10s].
     #[arg(long, env = "CASCADE_RECONNECT_GRACE", value_name = "DURATION")]
     pub reconnect_grace: Option<String>,
+
+    /// How long a WHIP or WHEP session has to complete ICE and DTLS before it is ended,
+    /// e.g. 15s [default: 15s].
+    #[arg(long, env = "CASCADE_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
 
     /// UDP address for node-to-node QUIC: Raft and the media relay [default: 127.0.0.1:4433].
     #[arg(long, env = "CASCADE_QUIC_ADDR", value_name = "ADDR")]
@@ -150,6 +157,8 @@ pub struct NodeConfig {
     pub access: crate::access::AccessPolicy,
     /// See [`RunOptions::reconnect_grace`].
     pub reconnect_grace: Duration,
+    /// See [`RunOptions::handshake_timeout`].
+    pub handshake_timeout: Duration,
     /// See [`RunOptions::quic_addr`].
     pub quic_addr: SocketAddr,
     /// See [`RunOptions::join`].
@@ -181,6 +190,15 @@ impl NodeConfig {
             })?,
             None => parse_duration(DEFAULT_RECONNECT_GRACE).expect("the default is valid"),
         };
+        let handshake_timeout = parse_duration(
+            &cli.handshake_timeout
+                .or(file.handshake_timeout)
+                .unwrap_or_else(|| DEFAULT_HANDSHAKE_TIMEOUT.to_owned()),
+        )
+        .map_err(|e| NodeError::Config {
+            key: "handshake-timeout",
+            message: e.to_string(),
+        })?;
         let streams = cli.streams.or(file.streams).unwrap_or_default();
         for name in streams.keys() {
             cascade_protocol::StreamId::parse(name).map_err(|e| NodeError::Config {
@@ -235,6 +253,7 @@ impl NodeConfig {
                 streams,
             },
             reconnect_grace,
+            handshake_timeout,
         };
         config.validate()?;
         Ok(config)
@@ -245,6 +264,12 @@ impl NodeConfig {
             return Err(NodeError::Config {
                 key: "voters",
                 message: format!("must be 1, 3 or 5 (got {})", self.cluster.voters),
+            });
+        }
+        if self.handshake_timeout < Duration::from_secs(1) {
+            return Err(NodeError::Config {
+                key: "handshake-timeout",
+                message: "must be at least 1s: ICE and DTLS take a few round trips".into(),
             });
         }
         if self.join.is_some() && self.token.is_none() {

@@ -25,6 +25,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let engine = WebRtcEngine::start(WebRtcSettings {
         bind: config.webrtc_addr,
         public_ip: config.public_ip,
+        handshake_timeout: config.handshake_timeout,
     })
     .await?;
     let registry = StreamRegistry::new(engine, config.reconnect_grace);
@@ -145,7 +146,7 @@ fn announce(config: &NodeConfig, http_addr: std::net::SocketAddr, cluster: &Clus
     );
     if config.admin_token.is_none() {
         tracing::warn!(
-            "OPEN ADMINISTRATION: anyone who reaches {http_addr} may drain or remove nodes and issue join tokens; set --admin-token"
+            "OPEN ADMINISTRATION: anyone who reaches {http_addr} may drain or remove nodes, issue join tokens and list every stream's sessions with their client addresses; set --admin-token"
         );
     }
     if config.access.publish_is_open() {

@@ -25,6 +25,14 @@ pub enum RoleError {
         /// The session named in the request.
         session: String,
     },
+    /// A DELETE for a session opened with a Bearer token did not carry that token.
+    #[error(
+        "this session on stream {stream} was opened with a Bearer token: end it with the same Authorization header"
+    )]
+    NotSessionOwner {
+        /// The stream named in the request.
+        stream: cascade_protocol::StreamId,
+    },
     /// The node is shutting down or an internal task has stopped.
     #[error("the node is not accepting sessions right now: {0}")]
     Unavailable(String),

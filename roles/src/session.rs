@@ -6,7 +6,10 @@
 //! a session that crashes is reported to the stream, which cleans up and carries on.
 
 use std::fmt;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use cascade_protocol::StreamId;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -14,26 +17,155 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::origin::StreamRegistry;
 use crate::webrtc::WebRtcEngine;
 
-/// An unguessable session id, shown as 16 hex digits in `Location` URLs.
+/// An unguessable session id, shown as 32 hex digits in `Location` URLs. Knowing it is what
+/// lets a client end the session, so it carries 128 bits from a CSPRNG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(pub u64);
+pub struct SessionId(pub u128);
 
 impl SessionId {
-    /// A fresh random id.
+    /// A fresh random id from the thread's CSPRNG (ChaCha, seeded from the OS).
     pub fn random() -> Self {
         Self(rand::random())
     }
 
-    /// Reads the hex form used in URLs.
+    /// Reads the hex form used in URLs (exactly 32 lowercase or uppercase hex digits).
     pub fn parse(text: &str) -> Option<Self> {
-        (text.len() == 16).then(|| u64::from_str_radix(text, 16).ok().map(Self))?
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(text, 16).ok().map(Self)
     }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        write!(f, "{:032x}", self.0)
     }
+}
+
+/// Who opened a session: where from, and what it must show again to end it.
+///
+/// The `Location` URL (a 128-bit id) is the capability to end a session; a session opened
+/// with a Bearer token additionally needs that same token, so a leaked URL alone is not
+/// enough. Only a digest of the token is kept.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The client's address as the HTTP server saw it.
+    pub remote: Option<SocketAddr>,
+    bearer_digest: Option<[u8; 32]>,
+}
+
+impl Client {
+    /// A client at `remote` that presented `bearer` (if any).
+    pub fn new(remote: Option<SocketAddr>, bearer: Option<&str>) -> Self {
+        Self {
+            remote,
+            bearer_digest: bearer.map(digest),
+        }
+    }
+
+    /// Whether a request carrying `bearer` may end this client's session.
+    pub fn is_owner(&self, bearer: Option<&str>) -> bool {
+        match (self.bearer_digest, bearer) {
+            (None, _) => true,
+            (Some(expected), Some(presented)) => {
+                let presented = digest(presented);
+                // Constant time: the comparison must not say how much of the token matched.
+                expected
+                    .iter()
+                    .zip(presented.iter())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+            }
+            (Some(_), None) => false,
+        }
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// What the WebRTC engine knows of a session's transport, shared with the session's stream
+/// without a lock or a message: whether ICE and DTLS completed, and when a datagram last came
+/// from the peer (media, RTCP or an ICE consent check). The engine writes, the stream reads.
+#[derive(Debug, Clone)]
+pub struct Liveness(Arc<LivenessCell>);
+
+#[derive(Debug)]
+struct LivenessCell {
+    /// Milliseconds after [`epoch`] when the peer was last heard from.
+    heard_ms: AtomicU64,
+    connected: AtomicBool,
+}
+
+/// The origin of [`Liveness`] timestamps (the first use in this process).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Liveness {
+    /// A session created at `now`: not connected, counted as heard from at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self(Arc::new(LivenessCell {
+            heard_ms: AtomicU64::new(millis_since_epoch(now)),
+            connected: AtomicBool::new(false),
+        }))
+    }
+
+    /// A datagram from the peer arrived at `now` (one relaxed store).
+    pub fn heard(&self, now: Instant) {
+        self.0
+            .heard_ms
+            .store(millis_since_epoch(now), Ordering::Relaxed);
+    }
+
+    /// ICE and DTLS completed.
+    pub fn set_connected(&self) {
+        self.0.connected.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether ICE and DTLS completed.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected.load(Ordering::Relaxed)
+    }
+
+    /// How long the peer has been silent at `now`.
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        let heard = self.0.heard_ms.load(Ordering::Relaxed);
+        Duration::from_millis(millis_since_epoch(now).saturating_sub(heard))
+    }
+}
+
+/// A session asking to join a stream.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Publisher or viewer.
+    pub kind: SessionKind,
+    /// Its id.
+    pub session: SessionId,
+    /// Protocol, e.g. `"whip"`, `"whep"` or `"relay"`.
+    pub protocol: &'static str,
+    /// Who opened it.
+    pub client: Client,
+    /// Its transport as the WebRTC engine sees it; `None` for sessions without one (a relay
+    /// pull), which are never taken for gone by silence.
+    pub liveness: Option<Liveness>,
+}
+
+/// Who asks to end a session.
+#[derive(Debug, Clone, Copy)]
+pub enum Ender<'a> {
+    /// An operator who presented the admin token: may end any session.
+    Operator,
+    /// Whoever holds the `Location`, with the Bearer token the request carried.
+    Holder(Option<&'a str>),
 }
 
 /// Which side of a stream a session is on.
@@ -64,6 +196,13 @@ pub enum SessionMsg {
     TransportClosed(String),
     /// The stream ended (its publisher did not come back within the grace period).
     StreamEnded,
+    /// ICE and DTLS did not complete within the handshake timeout.
+    HandshakeTimedOut(Duration),
+    /// A publisher that had gone silent was replaced by a new one for the same stream.
+    Replaced {
+        /// How long it had been silent.
+        silent: Duration,
+    },
 }
 
 /// The actor type.
@@ -81,6 +220,8 @@ pub struct SessionArgs {
     pub engine: WebRtcEngine,
     /// Where DELETE finds it.
     pub registry: StreamRegistry,
+    /// Who opened it.
+    pub client: Client,
 }
 
 /// The actor's state.
@@ -99,8 +240,13 @@ impl Actor for SessionActor {
         myself: ActorRef<Self::Msg>,
         args: SessionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        args.registry
-            .register_session(args.id, args.stream.clone(), myself);
+        args.registry.register_session(
+            args.id,
+            args.stream.clone(),
+            args.kind,
+            myself,
+            args.client.clone(),
+        );
         metrics::counter!("cascade_sessions_started_total", "kind" => args.kind.label())
             .increment(1);
         tracing::info!(stream = %args.stream, session = %args.id, kind = args.kind.label(), "session started");
@@ -120,6 +266,14 @@ impl Actor for SessionActor {
             SessionMsg::Delete => "deleted".to_owned(),
             SessionMsg::TransportClosed(reason) => format!("transport_closed: {reason}"),
             SessionMsg::StreamEnded => "stream_ended".to_owned(),
+            SessionMsg::HandshakeTimedOut(limit) => format!(
+                "handshake_timeout: ICE and DTLS did not complete within {:.1} s",
+                limit.as_secs_f64()
+            ),
+            SessionMsg::Replaced { silent } => format!(
+                "replaced: silent for {:.1} s, a new publisher took the stream over",
+                silent.as_secs_f64()
+            ),
         };
         myself.stop(Some(outcome));
         Ok(())
@@ -149,6 +303,8 @@ pub fn outcome_label(reason: Option<&str>) -> &'static str {
         Some("deleted") => "deleted",
         Some("stream_ended") => "stream_ended",
         Some(r) if r.starts_with("transport_closed") => "transport_closed",
+        Some(r) if r.starts_with("handshake_timeout") => "handshake_timeout",
+        Some(r) if r.starts_with("replaced") => "replaced",
         _ => "other",
     }
 }
@@ -158,11 +314,68 @@ mod tests {
     use super::*;
 
     #[test]
+    fn liveness_measures_silence_from_the_last_datagram() {
+        let t0 = Instant::now();
+        let liveness = Liveness::new(t0);
+        assert!(!liveness.is_connected());
+        assert!(
+            liveness.silent_for(t0 + Duration::from_millis(1500)) >= Duration::from_millis(1499)
+        );
+        liveness.heard(t0 + Duration::from_secs(2));
+        assert!(liveness.silent_for(t0 + Duration::from_secs(2)) < Duration::from_millis(2));
+        assert_eq!(
+            liveness.silent_for(t0),
+            Duration::ZERO,
+            "time never runs backwards"
+        );
+        liveness.set_connected();
+        assert!(liveness.clone().is_connected(), "clones share the cell");
+    }
+
+    #[test]
+    fn every_end_reason_has_its_metric_label() {
+        for (reason, label) in [
+            ("deleted", "deleted"),
+            ("stream_ended", "stream_ended"),
+            ("transport_closed: ICE disconnected", "transport_closed"),
+            (
+                "handshake_timeout: ICE and DTLS did not complete within 15.0 s",
+                "handshake_timeout",
+            ),
+            ("replaced: silent for 1.6 s", "replaced"),
+        ] {
+            assert_eq!(outcome_label(Some(reason)), label);
+        }
+        assert_eq!(outcome_label(None), "other");
+    }
+
+    #[test]
+    fn only_the_token_that_opened_a_session_may_end_it() {
+        let open = Client::new(None, None);
+        assert!(open.is_owner(None), "no token: the Location alone suffices");
+        assert!(open.is_owner(Some("anything")));
+        let owned = Client::new(None, Some("s3cret"));
+        assert!(owned.is_owner(Some("s3cret")));
+        assert!(!owned.is_owner(Some("s3cret2")));
+        assert!(!owned.is_owner(Some("")));
+        assert!(!owned.is_owner(None));
+    }
+
+    #[test]
     fn session_ids_round_trip_through_their_url_form() {
-        let id = SessionId(0x00ab_cdef_0123_4567);
-        assert_eq!(id.to_string(), "00abcdef01234567");
-        assert_eq!(SessionId::parse("00abcdef01234567"), Some(id));
+        let id = SessionId(0x00ab_cdef_0123_4567_89ab_cdef_0123_4567);
+        assert_eq!(id.to_string(), "00abcdef0123456789abcdef01234567");
+        assert_eq!(
+            SessionId::parse("00abcdef0123456789abcdef01234567"),
+            Some(id)
+        );
         assert_eq!(SessionId::parse("xyz"), None);
-        assert_eq!(SessionId::parse("00abcdef0123456g"), None);
+        assert_eq!(
+            SessionId::parse("00abcdef01234567"),
+            None,
+            "64 bits are too few"
+        );
+        assert_eq!(SessionId::parse("00abcdef0123456789abcdef0123456g"), None);
+        assert_eq!(SessionId::parse("+0abcdef0123456789abcdef01234567"), None);
     }
 }

@@ -68,7 +68,12 @@ pub enum Route {
     /// Serve it here.
     Local,
     /// Send the client to this node's HTTP address.
-    Redirect(SocketAddr),
+    Redirect {
+        /// The node that serves it.
+        node: NodeId,
+        /// Its HTTP address.
+        addr: SocketAddr,
+    },
 }
 
 /// Why a route could not be chosen.
@@ -404,7 +409,10 @@ impl Cluster {
                 .nodes
                 .get(&origin)
                 .ok_or_else(|| RouteError::Unavailable("the chosen origin left".into()))?;
-            return Ok(Route::Redirect(record.http_addr));
+            return Ok(Route::Redirect {
+                node: origin,
+                addr: record.http_addr,
+            });
         }
         let outcome = self
             .write(Command::Place {
@@ -440,8 +448,19 @@ impl Cluster {
         state
             .nodes
             .get(&edge)
-            .map(|n| Route::Redirect(n.http_addr))
+            .map(|n| Route::Redirect {
+                node: edge,
+                addr: n.http_addr,
+            })
             .ok_or_else(|| RouteError::Unavailable("the chosen edge left".into()))
+    }
+
+    /// The key of route passes (`route_pass`), once the cluster CA is known.
+    pub fn route_pass_key(&self) -> Option<[u8; 32]> {
+        self.state()
+            .ca
+            .as_ref()
+            .map(|ca| cascade_protocol::route_pass::derive_key(&ca.key_pem))
     }
 
     /// The origin of `stream`, when it is another node.

@@ -12,7 +12,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
 
 use super::{ApiError, AppState};
@@ -91,27 +91,6 @@ async fn join(
     }))
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.admin_token.as_deref() else {
-        return Ok(());
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if presented == Some(expected) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ENDPOINT,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "cluster administration needs Authorization: Bearer <admin-token>",
-        ))
-    }
-}
-
 fn node_id(raw: &str) -> Result<u64, ApiError> {
     parse_id(raw).ok_or_else(|| {
         ApiError::new(
@@ -125,7 +104,7 @@ fn node_id(raw: &str) -> Result<u64, ApiError> {
 
 /// The node an admin request names: the caller is an admin, and the node exists.
 fn admin_target(state: &AppState, headers: &HeaderMap, raw: &str) -> Result<u64, ApiError> {
-    require_admin(state, headers)?;
+    super::require_admin(state, headers, ENDPOINT)?;
     let id = node_id(raw)?;
     if state.cluster.state().nodes.contains_key(&id) {
         Ok(id)
@@ -143,7 +122,7 @@ async fn new_token(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    require_admin(&state, &headers)?;
+    super::require_admin(&state, &headers, ENDPOINT)?;
     let token = generate_token();
     state
         .cluster

@@ -23,7 +23,7 @@ pub mod whip;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cascade_roles::RoleError;
 use cascade_roles::origin::StreamRegistry;
@@ -82,6 +82,45 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The token of an `Authorization: Bearer` header, if the request carries one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Whether the request presents the admin token. False when no admin token is set: an open
+/// node has administration open to all, but that never makes anyone an operator who may end
+/// other people's sessions.
+pub(crate) fn is_operator(state: &AppState, headers: &HeaderMap) -> bool {
+    match (state.admin_token.as_deref(), bearer(headers)) {
+        (Some(expected), Some(presented)) => {
+            crate::access::constant_time_eq(expected.as_bytes(), presented.as_bytes())
+        }
+        _ => false,
+    }
+}
+
+/// Refuses an admin route without the admin token (when one is set).
+pub(crate) fn require_admin(
+    state: &AppState,
+    headers: &HeaderMap,
+    endpoint: &'static str,
+) -> Result<(), ApiError> {
+    if state.admin_token.is_none() || is_operator(state, headers) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            endpoint,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs Authorization: Bearer <admin-token>",
+        ))
+    }
+}
+
 /// A refused request: status, reason for the client, and labels for the rejection metric.
 #[derive(Debug)]
 pub struct ApiError {
@@ -117,6 +156,7 @@ impl ApiError {
             RoleError::StreamNotFound(_) => (StatusCode::NOT_FOUND, "unknown_stream"),
             RoleError::PublisherAlreadyLive(_) => (StatusCode::CONFLICT, "publisher_already_live"),
             RoleError::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "unknown_session"),
+            RoleError::NotSessionOwner { .. } => (StatusCode::FORBIDDEN, "not_session_owner"),
             RoleError::Unavailable(_)
             | RoleError::Bind { .. }
             | RoleError::Trust(_)

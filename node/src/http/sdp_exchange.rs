@@ -9,11 +9,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cascade_protocol::StreamId;
 use cascade_roles::RoleError;
+use cascade_roles::session::{Client, Ender, SessionKind};
 use cascade_roles::webrtc::NegotiatedSession;
 
 use super::{ApiError, AppState};
 use crate::access::{Action, Denied};
 use crate::cluster::{Route, RouteError, format_id};
+use cascade_protocol::route_pass;
 
 /// Which of the two protocols a request speaks.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +26,13 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
+    fn session_kind(&self) -> SessionKind {
+        match self.action {
+            Action::Publish => SessionKind::Publisher,
+            Action::Play => SessionKind::Viewer,
+        }
+    }
+
     pub(crate) fn stream_id(&self, raw: &str) -> Result<StreamId, ApiError> {
         StreamId::parse(raw).map_err(|e| {
             ApiError::new(
@@ -44,11 +53,7 @@ impl Exchange {
         body: Result<Bytes, BytesRejection>,
     ) -> Result<(StreamId, String), ApiError> {
         let stream = self.stream_id(raw_stream)?;
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let bearer = super::bearer(headers);
         state
             .access
             .check(&stream, self.action, bearer)
@@ -129,16 +134,24 @@ impl Exchange {
         response
     }
 
+    /// Ends a session for whoever holds its `Location` (with the token that opened it, if
+    /// one did) or for an operator.
     pub(crate) fn delete(
         &self,
         state: &AppState,
         raw_stream: &str,
         session: &str,
+        headers: &HeaderMap,
     ) -> Result<StatusCode, ApiError> {
         let stream = self.stream_id(raw_stream)?;
+        let ender = if super::is_operator(state, headers) {
+            Ender::Operator
+        } else {
+            Ender::Holder(super::bearer(headers))
+        };
         state
             .registry
-            .end_session(&stream, session)
+            .end_session(&stream, self.session_kind(), session, ender)
             .map_err(|e| ApiError::from_role(self.endpoint, e))?;
         Ok(StatusCode::OK)
     }
@@ -174,15 +187,19 @@ impl Exchange {
         };
         let route = match self.action {
             Action::Publish => cluster.route_publish(stream).await.map_err(refuse)?,
-            Action::Play if query.routed.is_some() => Route::Local,
+            Action::Play if self.holds_route_pass(state, stream, query) => Route::Local,
             Action::Play => cluster
                 .route_play(stream, query.region.as_deref())
                 .map_err(refuse)?,
         };
-        if let Route::Redirect(addr) = route {
+        if let Route::Redirect { node: target, addr } = route {
             ::metrics::counter!("cascade_http_redirects_total", "endpoint" => self.endpoint)
                 .increment(1);
-            let mut location = format!("http://{addr}/{}/{stream}?routed=1", self.endpoint);
+            let pass = cluster
+                .route_pass_key()
+                .map(|key| route_pass::issue(&key, self.endpoint, stream, target, unix_now()))
+                .unwrap_or_default();
+            let mut location = format!("http://{addr}/{}/{stream}?routed={pass}", self.endpoint);
             if let Some(region) = &query.region {
                 location.push_str(&format!("&region={region}"));
             }
@@ -207,6 +224,30 @@ impl Exchange {
         Ok(None)
     }
 
+    /// Whether the request followed a redirect this cluster issued to this node. A missing,
+    /// stale or forged pass is counted and the request is routed as any other.
+    fn holds_route_pass(&self, state: &AppState, stream: &StreamId, query: &RouteQuery) -> bool {
+        let Some(pass) = query.routed.as_deref() else {
+            return false;
+        };
+        let cluster = &state.cluster;
+        let verdict = match cluster.route_pass_key() {
+            Some(key) => {
+                route_pass::verify(&key, self.endpoint, stream, cluster.id(), unix_now(), pass)
+            }
+            None => Err(route_pass::PassRefused::BadSignature),
+        };
+        match verdict {
+            Ok(()) => true,
+            Err(refused) => {
+                ::metrics::counter!("cascade_route_pass_refused_total", "reason" => refused.label())
+                    .increment(1);
+                tracing::info!(%stream, reason = refused.label(), "a routed request's pass was refused; routing it again");
+                false
+            }
+        }
+    }
+
     /// Trickle ICE and ICE restarts are not needed with an ICE-lite server: RFC 9725 lets us say 405.
     pub(crate) fn patch(&self) -> ApiError {
         ApiError::new(
@@ -219,8 +260,14 @@ impl Exchange {
     }
 }
 
-/// Query parameters of a POST: `region` asks for an edge there; `routed` marks a request
-/// another node already redirected, so it is served here.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Query parameters of a POST: `region` asks for an edge there; `routed` carries the signed
+/// pass of a redirect another node issued (`cascade_protocol::route_pass`), so it is served here.
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct RouteQuery {
     region: Option<String>,
@@ -251,22 +298,23 @@ pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
         if let Some(redirect) = exchange.route(&state, &stream, &route).await? {
             return Ok(redirect);
         }
-        let remote = Some(remote);
+        let client = Client::new(Some(remote), super::bearer(&headers));
         let negotiated = match exchange.action {
             Action::Publish => {
-                cascade_roles::origin::whip::publish(&state.registry, &stream, &offer, remote).await
+                cascade_roles::origin::whip::publish(&state.registry, &stream, &offer, client).await
             }
             Action::Play => {
-                cascade_roles::edge::whep::play(&state.registry, &stream, &offer, remote).await
+                cascade_roles::edge::whep::play(&state.registry, &stream, &offer, client).await
             }
         }
         .map_err(|e| ApiError::from_role(exchange.endpoint, e))?;
         Ok::<_, ApiError>(exchange.created(&stream, negotiated))
     };
-    let delete_session =
-        move |State(state): State<AppState>, Path((stream, session)): Path<(String, String)>| async move {
-            exchange.delete(&state, &stream, &session)
-        };
+    let delete_session = move |State(state): State<AppState>,
+                               Path((stream, session)): Path<(String, String)>,
+                               headers: HeaderMap| async move {
+        exchange.delete(&state, &stream, &session, &headers)
+    };
     axum::Router::new()
         .route(
             &format!("/{}/{{stream}}", exchange.endpoint),

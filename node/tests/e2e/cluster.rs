@@ -162,6 +162,40 @@ async fn a_viewer_on_another_node_is_fed_over_the_relay_and_a_second_publisher_a
         location.contains(&nodes[0].ip) || location.contains(&nodes[2].ip),
         "{location}"
     );
+    // The redirect's signed pass is honoured where it points: the target serves the request
+    // itself (and refuses the dummy SDP) instead of routing it again.
+    let followed = no_redirects
+        .post(&location)
+        .header("content-type", "application/sdp")
+        .body(ROUTED_OFFER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(followed.status().as_u16(), 400, "{location}");
+    // A client cannot make its own pass to skip the drain: the old `routed=1`, a forged
+    // pass, or a real pass issued for another node are all routed again.
+    let pass = location.split("routed=").nth(1).unwrap().to_owned();
+    for forged in [
+        "1".to_owned(),
+        format!("9999999999.{}.{}", drained, "00".repeat(32)),
+        pass,
+    ] {
+        let response = no_redirects
+            .post(format!("{}?routed={forged}", whep(&nodes[1], "relayed")))
+            .header("content-type", "application/sdp")
+            .body(ROUTED_OFFER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 307, "routed={forged}");
+    }
+    assert!(
+        nodes[1]
+            .metrics()
+            .await
+            .contains("cascade_route_pass_refused_total"),
+        "refused passes are counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

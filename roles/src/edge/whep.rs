@@ -1,12 +1,10 @@
 //! WHEP playback: an SDP offer from a viewer becomes a viewer session of a live stream.
 
-use std::net::SocketAddr;
-
 use cascade_protocol::StreamId;
 
 use crate::RoleError;
 use crate::origin::StreamRegistry;
-use crate::session::SessionKind;
+use crate::session::{Client, SessionKind};
 use crate::webrtc::{NegotiatedSession, open_session};
 
 /// Answers a WHEP offer for `stream`: 404 if the stream is not live, 400/406 for a bad offer.
@@ -14,7 +12,7 @@ pub async fn play(
     registry: &StreamRegistry,
     stream: &StreamId,
     offer_sdp: &str,
-    remote: Option<SocketAddr>,
+    client: Client,
 ) -> Result<NegotiatedSession, RoleError> {
     open_session(
         registry,
@@ -22,7 +20,7 @@ pub async fn play(
         SessionKind::Viewer,
         "whep",
         offer_sdp,
-        remote,
+        client,
     )
     .await
 }

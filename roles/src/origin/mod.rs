@@ -6,8 +6,7 @@
 pub mod stream;
 pub mod whip;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,21 +15,33 @@ use ractor::{Actor, ActorRef};
 
 use crate::RoleError;
 use crate::broadcast::Broadcast;
-use crate::session::{SessionId, SessionKind, SessionMsg};
+use crate::session::{Admission, Client, Ender, SessionId, SessionKind, SessionMsg};
 use crate::webrtc::WebRtcEngine;
 
-pub use stream::{SessionInfo, StreamActor, StreamInfo, StreamMsg};
+pub use stream::{EndedSession, PublisherInfo, SessionInfo, StreamActor, StreamInfo, StreamMsg};
 
 struct StreamEntry {
     actor: ActorRef<StreamMsg>,
     broadcast: Arc<Broadcast>,
 }
 
+struct SessionEntry {
+    stream: StreamId,
+    kind: SessionKind,
+    actor: ActorRef<SessionMsg>,
+    client: Client,
+}
+
 #[derive(Default)]
 struct Tables {
     streams: HashMap<StreamId, StreamEntry>,
-    sessions: HashMap<SessionId, (StreamId, ActorRef<SessionMsg>)>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    /// The most recent session ends, newest last.
+    ended: VecDeque<EndedSession>,
 }
+
+/// Ended sessions the admin API remembers.
+const ENDED_SESSIONS_KEPT: usize = 256;
 
 /// The streams and sessions of this node. Cheap to clone.
 #[derive(Clone)]
@@ -72,14 +83,31 @@ impl StreamRegistry {
 
     /// Admits a session on a stream: a publisher creates the stream if needed (and is refused
     /// if one is live), a viewer needs the stream to exist.
+    ///
+    /// A publisher refused because another one is live is asked again once
+    /// [`stream::PUBLISHER_GONE_AFTER`] later: an encoder that crashed and reconnects at once
+    /// finds its old session still live, and without the second look it would be locked out
+    /// until a timeout noticed. If the old one is still sending, the answer is `409` as before.
     pub async fn admit(
         &self,
         stream: &StreamId,
-        kind: SessionKind,
-        session: SessionId,
-        protocol: &'static str,
-        remote: Option<SocketAddr>,
+        admission: Admission,
     ) -> Result<AdmittedSession, RoleError> {
+        match self.admit_once(stream, admission.clone()).await {
+            Err(RoleError::PublisherAlreadyLive(_)) if admission.kind == SessionKind::Publisher => {
+                tokio::time::sleep(stream::PUBLISHER_GONE_AFTER).await;
+                self.admit_once(stream, admission).await
+            }
+            other => other,
+        }
+    }
+
+    async fn admit_once(
+        &self,
+        stream: &StreamId,
+        admission: Admission,
+    ) -> Result<AdmittedSession, RoleError> {
+        let kind = admission.kind;
         // A stream actor that just stopped may still be listed: retry once with a fresh one.
         for _ in 0..2 {
             let (actor, broadcast) = match self.lookup(stream) {
@@ -88,10 +116,7 @@ impl StreamRegistry {
                 None => return Err(RoleError::StreamNotFound(stream.clone())),
             };
             let reply = ractor::call!(actor, |reply| StreamMsg::Admit {
-                kind,
-                session,
-                protocol,
-                remote,
+                admission: admission.clone(),
                 reply
             });
             match reply {
@@ -166,30 +191,69 @@ impl StreamRegistry {
         &self,
         id: SessionId,
         stream: StreamId,
+        kind: SessionKind,
         actor: ActorRef<SessionMsg>,
+        client: Client,
     ) {
-        self.lock().sessions.insert(id, (stream, actor));
+        self.lock().sessions.insert(
+            id,
+            SessionEntry {
+                stream,
+                kind,
+                actor,
+                client,
+            },
+        );
     }
 
     pub(crate) fn forget_session(&self, id: SessionId) {
         self.lock().sessions.remove(&id);
     }
 
-    /// Ends a session at the client's request (HTTP DELETE).
-    pub fn end_session(&self, stream: &StreamId, session: &str) -> Result<(), RoleError> {
+    /// Ends a session at the request of its owner or an operator (HTTP DELETE). The stream
+    /// the id and the kind (WHIP or WHEP) must all match the `Location` it was created with.
+    pub fn end_session(
+        &self,
+        stream: &StreamId,
+        kind: SessionKind,
+        session: &str,
+        ender: Ender<'_>,
+    ) -> Result<(), RoleError> {
         let not_found = || RoleError::SessionNotFound {
             stream: stream.clone(),
-            session: session.chars().take(32).collect(),
+            session: session.chars().take(40).collect(),
         };
         let id = SessionId::parse(session).ok_or_else(not_found)?;
         let tables = self.lock();
-        match tables.sessions.get(&id) {
-            Some((owner, actor)) if owner == stream => {
-                let _ = actor.cast(SessionMsg::Delete);
-                Ok(())
-            }
-            _ => Err(not_found()),
+        let entry = tables
+            .sessions
+            .get(&id)
+            .filter(|e| &e.stream == stream && e.kind == kind)
+            .ok_or_else(not_found)?;
+        let allowed = match ender {
+            Ender::Operator => true,
+            Ender::Holder(bearer) => entry.client.is_owner(bearer),
+        };
+        if !allowed {
+            return Err(RoleError::NotSessionOwner {
+                stream: stream.clone(),
+            });
         }
+        let _ = entry.actor.cast(SessionMsg::Delete);
+        Ok(())
+    }
+
+    pub(crate) fn record_ended(&self, ended: EndedSession) {
+        let mut tables = self.lock();
+        if tables.ended.len() == ENDED_SESSIONS_KEPT {
+            tables.ended.pop_front();
+        }
+        tables.ended.push_back(ended);
+    }
+
+    /// The most recent session ends on this node, newest first.
+    pub fn ended_sessions(&self) -> Vec<EndedSession> {
+        self.lock().ended.iter().rev().cloned().collect()
     }
 
     /// What every live stream looks like now.

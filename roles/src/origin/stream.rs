@@ -7,6 +7,12 @@
 //! Publisher lifecycle (decided by [`PublisherSlot`], a pure state machine):
 //! `Live` ─publisher ends→ `Waiting(deadline)` ─publisher returns→ `Live`
 //!                                             └─deadline passes→ stream ends, viewers ended.
+//! `Live` ─a new publisher arrives while the live one has been silent for
+//! [`PUBLISHER_GONE_AFTER`]→ `Live` (the new one; the old session ends as `replaced`).
+//!
+//! What the API calls the stream: `connecting` until its publisher's first frame, `live` while
+//! frames arrive from the current publisher, `reconnecting` while viewers wait for a publisher
+//! that left. A stream that never received a frame ends as soon as its publisher does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,21 +29,16 @@ use super::StreamRegistry;
 use crate::RoleError;
 use crate::broadcast::Broadcast;
 use crate::session::{
-    SessionActor, SessionArgs, SessionId, SessionKind, SessionMsg, outcome_label,
+    Admission, Liveness, SessionActor, SessionArgs, SessionId, SessionKind, SessionMsg,
+    outcome_label,
 };
 
 /// Messages to a stream actor.
 pub enum StreamMsg {
     /// Admit a new session; replies with its actor, or why not.
     Admit {
-        /// Publisher or viewer.
-        kind: SessionKind,
-        /// Its id.
-        session: SessionId,
-        /// Ingest protocol (for publishers), e.g. `"whip"`.
-        protocol: &'static str,
-        /// The client's address, if known.
-        remote: Option<SocketAddr>,
+        /// Who asks.
+        admission: Admission,
         /// Where the answer goes.
         reply: RpcReplyPort<Result<ActorRef<SessionMsg>, RoleError>>,
     },
@@ -63,6 +64,42 @@ pub struct SessionInfo {
     pub remote_addr: Option<SocketAddr>,
     /// Its session id.
     pub session: String,
+    /// `connecting` until ICE and DTLS complete, then `connected` (`relay` for a pull).
+    pub state: &'static str,
+    /// Seconds since it connected.
+    pub connected_secs: f64,
+}
+
+/// A session that ended, as the admin API lists it (`GET /api/v1/sessions/ended`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndedSession {
+    /// The stream it belonged to.
+    pub stream: StreamId,
+    /// `publisher` or `viewer`.
+    pub kind: &'static str,
+    /// Protocol, e.g. `"whip"`.
+    pub protocol: &'static str,
+    /// Its session id.
+    pub session: String,
+    /// The metric label of how it ended (`deleted`, `handshake_timeout`, `replaced`, ...).
+    pub outcome: &'static str,
+    /// The full reason, as logged.
+    pub reason: String,
+    /// Whether ICE and DTLS had completed.
+    pub connected: bool,
+    /// How long it lasted, seconds.
+    pub lasted_secs: f64,
+    /// When it ended, seconds since the Unix epoch.
+    pub ended_at_unix: u64,
+}
+
+/// The publisher of a stream as the public API shows it: nothing that would let a visitor
+/// find or end its session (no session id, no address; those are in the admin-only sessions
+/// list).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PublisherInfo {
+    /// Protocol, e.g. `"whip"`.
+    pub protocol: &'static str,
     /// Seconds since it connected.
     pub connected_secs: f64,
 }
@@ -72,10 +109,11 @@ pub struct SessionInfo {
 pub struct StreamInfo {
     /// The stream id.
     pub id: StreamId,
-    /// `live` while a publisher sends, `reconnecting` during the grace period.
+    /// `connecting` until the publisher's first frame, `live` while it sends, `reconnecting`
+    /// while viewers wait for a publisher that left.
     pub state: &'static str,
     /// The current publisher, if any.
-    pub publisher: Option<SessionInfo>,
+    pub publisher: Option<PublisherInfo>,
     /// Connected viewer sessions.
     pub viewers: usize,
     /// Tracks with codec and, once known, resolution.
@@ -103,11 +141,18 @@ pub enum PublisherSlot {
     },
 }
 
+/// A live publisher silent this long (no media, no RTCP, no ICE consent) is taken for gone:
+/// a new publisher for its stream takes over at once instead of getting `409`. Browsers send
+/// audio every 20 ms and consent checks every few seconds, so a live one is never this quiet.
+pub const PUBLISHER_GONE_AFTER: Duration = Duration::from_millis(1500);
+
 /// What the stream must do after a publisher event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotDecision {
     /// Accept the new publisher.
     Accept,
+    /// Accept the new publisher and end this one, which went silent.
+    TakeOver(SessionId),
     /// Refuse it: another one is live.
     Conflict,
     /// Nothing to do.
@@ -119,9 +164,15 @@ pub enum SlotDecision {
 }
 
 impl PublisherSlot {
-    /// A publisher asks to publish at `now`.
-    pub fn on_publish(&mut self, session: SessionId) -> SlotDecision {
+    /// A publisher asks to publish; the live one (if any) has been silent for
+    /// `live_silent_for`.
+    pub fn on_publish(&mut self, session: SessionId, live_silent_for: Duration) -> SlotDecision {
         match self {
+            PublisherSlot::Live { session: live } if live_silent_for >= PUBLISHER_GONE_AFTER => {
+                let gone = *live;
+                *self = PublisherSlot::Live { session };
+                SlotDecision::TakeOver(gone)
+            }
             PublisherSlot::Live { .. } => SlotDecision::Conflict,
             PublisherSlot::Waiting { .. } => {
                 *self = PublisherSlot::Live { session };
@@ -175,6 +226,7 @@ struct Member {
     actor: ActorRef<SessionMsg>,
     protocol: &'static str,
     remote: Option<SocketAddr>,
+    liveness: Option<Liveness>,
     joined: Instant,
 }
 
@@ -190,6 +242,11 @@ pub struct StreamState {
     bitrate_bps: u64,
     /// Set when the stream ended; the actor stops once its last session is accounted for.
     ending: bool,
+    /// Frames the broadcast had received when the current publisher was admitted: it is
+    /// `connecting` until there are more.
+    frames_at_publish: u64,
+    /// Whether any publisher ever delivered a frame.
+    ever_live: bool,
 }
 
 impl StreamState {
@@ -198,6 +255,28 @@ impl StreamState {
             .values()
             .filter(|m| m.kind == SessionKind::Viewer)
             .count()
+    }
+
+    fn frames_in(&self) -> u64 {
+        self.args
+            .broadcast
+            .tracks()
+            .iter()
+            .map(|t| t.frames_in())
+            .sum()
+    }
+
+    /// The live publisher's silence: zero when there is none, or when it has no transport
+    /// to judge by (a relay pull).
+    fn live_publisher_silence(&self, now: Instant) -> Duration {
+        let PublisherSlot::Live { session } = &self.slot else {
+            return Duration::ZERO;
+        };
+        self.members
+            .values()
+            .find(|m| m.id == *session)
+            .and_then(|m| m.liveness.as_ref())
+            .map_or(Duration::ZERO, |l| l.silent_for(now))
     }
 
     fn publish_viewer_gauge(&self) {
@@ -234,6 +313,8 @@ impl Actor for StreamActor {
             last_bytes: 0,
             bitrate_bps: 0,
             ending: false,
+            frames_at_publish: 0,
+            ever_live: false,
         })
     }
 
@@ -244,14 +325,8 @@ impl Actor for StreamActor {
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StreamMsg::Admit {
-                kind,
-                session,
-                protocol,
-                remote,
-                reply,
-            } => {
-                let result = admit(&myself, state, kind, session, protocol, remote).await;
+            StreamMsg::Admit { admission, reply } => {
+                let result = admit(&myself, state, admission).await;
                 let _ = reply.send(result);
             }
             StreamMsg::Info(reply) => {
@@ -275,6 +350,7 @@ impl Actor for StreamActor {
                 let bytes = state.args.broadcast.bytes_in();
                 state.bitrate_bps = (bytes - state.last_bytes) * 8;
                 state.last_bytes = bytes;
+                state.ever_live |= state.frames_in() > 0;
                 // A stream nobody ever published to (a refused offer) also times out here.
                 if !state.ending && state.slot.on_tick(Instant::now()) == SlotDecision::EndStream {
                     end_stream(&myself, state);
@@ -290,20 +366,31 @@ impl Actor for StreamActor {
         event: SupervisionEvent,
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, outcome): (ActorCell, &'static str) = match event {
+        let (cell, outcome, reason): (ActorCell, &'static str, String) = match event {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let label = outcome_label(reason.as_deref());
-                (cell, label)
+                (cell, label, reason.unwrap_or_default())
             }
             SupervisionEvent::ActorFailed(cell, error) => {
                 tracing::error!(stream = %state.args.broadcast.id(), %error, "session actor crashed");
-                (cell, "crashed")
+                (cell, "crashed", error.to_string())
             }
             _ => return Ok(()),
         };
         let Some(member) = state.members.remove(&cell.get_id()) else {
             return Ok(());
         };
+        state.args.registry.record_ended(EndedSession {
+            stream: state.args.broadcast.id().clone(),
+            kind: member.kind.label(),
+            protocol: member.protocol,
+            session: member.id.to_string(),
+            outcome,
+            reason,
+            connected: member.liveness.as_ref().is_none_or(Liveness::is_connected),
+            lasted_secs: member.joined.elapsed().as_secs_f64(),
+            ended_at_unix: unix_now(),
+        });
         // The engine may still hold the media of a crashed session: make sure it is gone.
         state.args.registry.engine().close(member.id);
         state.args.registry.forget_session(member.id);
@@ -318,6 +405,13 @@ impl Actor for StreamActor {
         if let SlotDecision::StartGrace(_) =
             state.slot.on_session_end(member.id, Instant::now(), grace)
         {
+            state.ever_live |= state.frames_in() > 0;
+            if !state.ever_live {
+                // Nothing was ever published: nobody waits for this publisher to come back.
+                tracing::info!(stream = %state.args.broadcast.id(), "the publisher left before sending media; ending the stream");
+                end_stream(&myself, state);
+                return Ok(());
+            }
             state.grace_generation += 1;
             let generation = state.grace_generation;
             tracing::info!(
@@ -350,15 +444,21 @@ impl Actor for StreamActor {
 async fn admit(
     myself: &ActorRef<StreamMsg>,
     state: &mut StreamState,
-    kind: SessionKind,
-    session: SessionId,
-    protocol: &'static str,
-    remote: Option<SocketAddr>,
+    admission: Admission,
 ) -> Result<ActorRef<SessionMsg>, RoleError> {
+    let Admission {
+        kind,
+        session,
+        protocol,
+        client,
+        liveness,
+    } = admission;
+    let remote = client.remote;
     let stream = state.args.broadcast.id().clone();
+    let silence = state.live_publisher_silence(Instant::now());
     if kind == SessionKind::Publisher {
         let mut candidate = state.slot.clone();
-        if candidate.on_publish(session) == SlotDecision::Conflict {
+        if candidate.on_publish(session, silence) == SlotDecision::Conflict {
             return Err(RoleError::PublisherAlreadyLive(stream));
         }
     }
@@ -368,12 +468,22 @@ async fn admit(
         stream: stream.clone(),
         engine: state.args.registry.engine().clone(),
         registry: state.args.registry.clone(),
+        client,
     };
     let (actor, _) = Actor::spawn_linked(None, SessionActor, args, myself.get_cell())
         .await
         .map_err(|e| RoleError::Unavailable(format!("cannot start session actor: {e}")))?;
     if kind == SessionKind::Publisher {
-        state.slot.on_publish(session);
+        if let SlotDecision::TakeOver(gone) = state.slot.on_publish(session, silence)
+            && let Some(old) = state.members.values().find(|m| m.id == gone)
+        {
+            tracing::info!(%stream, replaced = %gone, silent_secs = silence.as_secs_f64(), "a new publisher takes over from a silent one");
+            // Closed in the engine before the new session is added (the engine takes
+            // commands in order), so the old one cannot end the new one's tracks.
+            state.args.registry.engine().close(gone);
+            let _ = old.actor.cast(SessionMsg::Replaced { silent: silence });
+        }
+        state.frames_at_publish = state.frames_in();
         state.grace_generation += 1; // cancels a pending grace expiry
         tracing::info!(%stream, session = %session, protocol, ?remote, "publisher live");
     }
@@ -385,6 +495,7 @@ async fn admit(
             actor: actor.clone(),
             protocol,
             remote,
+            liveness,
             joined: Instant::now(),
         },
     );
@@ -420,27 +531,33 @@ impl Member {
             protocol: self.protocol,
             remote_addr: self.remote,
             session: self.id.to_string(),
+            state: match &self.liveness {
+                None => "relay",
+                Some(l) if l.is_connected() => "connected",
+                Some(_) => "connecting",
+            },
             connected_secs: self.joined.elapsed().as_secs_f64(),
         }
     }
 }
 
 fn info(state: &StreamState) -> StreamInfo {
-    let publisher = match &state.slot {
-        PublisherSlot::Live { session } => state
-            .members
-            .values()
-            .find(|m| m.id == *session)
-            .map(Member::info),
-        PublisherSlot::Waiting { .. } => None,
-    };
+    let publisher =
+        match &state.slot {
+            PublisherSlot::Live { session } => state
+                .members
+                .values()
+                .find(|m| m.id == *session)
+                .map(|m| PublisherInfo {
+                    protocol: m.protocol,
+                    connected_secs: m.joined.elapsed().as_secs_f64(),
+                }),
+            PublisherSlot::Waiting { .. } => None,
+        };
+    let receiving = state.frames_in() > state.frames_at_publish;
     StreamInfo {
         id: state.args.broadcast.id().clone(),
-        state: if publisher.is_some() {
-            "live"
-        } else {
-            "reconnecting"
-        },
+        state: stream_state(publisher.is_some(), receiving, state.ever_live),
         publisher,
         viewers: state.viewers(),
         tracks: state
@@ -456,6 +573,21 @@ fn info(state: &StreamState) -> StreamInfo {
     }
 }
 
+/// What the API calls a stream: see the module header.
+fn stream_state(has_publisher: bool, receiving: bool, ever_live: bool) -> &'static str {
+    match (has_publisher, receiving, ever_live) {
+        (true, true, _) => "live",
+        (true, false, _) | (false, _, false) => "connecting",
+        (false, _, true) => "reconnecting",
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,8 +600,9 @@ mod tests {
         let mut slot = PublisherSlot::Waiting {
             deadline: t0 + grace,
         };
-        assert_eq!(slot.on_publish(a), SlotDecision::Accept);
-        assert_eq!(slot.on_publish(b), SlotDecision::Conflict);
+        let heard = Duration::from_millis(100);
+        assert_eq!(slot.on_publish(a, heard), SlotDecision::Accept);
+        assert_eq!(slot.on_publish(b, heard), SlotDecision::Conflict);
         assert_eq!(
             slot.on_session_end(b, t0, grace),
             SlotDecision::Nothing,
@@ -484,7 +617,7 @@ mod tests {
             SlotDecision::Nothing
         );
         assert_eq!(
-            slot.on_publish(b),
+            slot.on_publish(b, heard),
             SlotDecision::Accept,
             "the publisher came back in time"
         );
@@ -494,5 +627,41 @@ mod tests {
         );
         slot.on_session_end(b, t0, grace);
         assert_eq!(slot.on_tick(t0 + grace), SlotDecision::EndStream);
+    }
+
+    #[test]
+    fn a_new_publisher_takes_over_from_one_silent_for_a_second_and_a_half() {
+        let (a, b, c) = (SessionId(1), SessionId(2), SessionId(3));
+        let mut slot = PublisherSlot::Live { session: a };
+        assert_eq!(
+            slot.on_publish(b, Duration::from_millis(1499)),
+            SlotDecision::Conflict,
+            "a publisher heard from 1.5 s ago keeps its stream"
+        );
+        assert_eq!(
+            slot.on_publish(b, PUBLISHER_GONE_AFTER),
+            SlotDecision::TakeOver(a)
+        );
+        assert_eq!(slot, PublisherSlot::Live { session: b });
+        let t0 = Instant::now();
+        assert_eq!(
+            slot.on_session_end(a, t0, Duration::from_secs(10)),
+            SlotDecision::Nothing,
+            "the replaced session's end does not start a grace period"
+        );
+        assert_eq!(slot.on_publish(c, Duration::ZERO), SlotDecision::Conflict);
+    }
+
+    #[test]
+    fn a_stream_is_connecting_until_its_first_frame_and_reconnecting_only_after_media() {
+        assert_eq!(stream_state(true, false, false), "connecting");
+        assert_eq!(stream_state(true, true, false), "live");
+        assert_eq!(stream_state(false, false, true), "reconnecting");
+        assert_eq!(
+            stream_state(true, false, true),
+            "connecting",
+            "a returning publisher"
+        );
+        assert_eq!(stream_state(false, false, false), "connecting");
     }
 }

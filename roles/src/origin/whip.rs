@@ -1,12 +1,10 @@
 //! WHIP ingest (RFC 9725): an SDP offer from a publisher becomes a live stream's source.
 
-use std::net::SocketAddr;
-
 use cascade_protocol::StreamId;
 
 use super::StreamRegistry;
 use crate::RoleError;
-use crate::session::SessionKind;
+use crate::session::{Client, SessionKind};
 use crate::webrtc::{NegotiatedSession, open_session};
 
 /// Answers a WHIP offer for `stream`: 409 if another publisher is live, 400/406 for a bad offer.
@@ -14,7 +12,7 @@ pub async fn publish(
     registry: &StreamRegistry,
     stream: &StreamId,
     offer_sdp: &str,
-    remote: Option<SocketAddr>,
+    client: Client,
 ) -> Result<NegotiatedSession, RoleError> {
     open_session(
         registry,
@@ -22,7 +20,7 @@ pub async fn publish(
         SessionKind::Publisher,
         "whip",
         offer_sdp,
-        remote,
+        client,
     )
     .await
 }

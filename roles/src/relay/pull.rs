@@ -26,7 +26,7 @@ use crate::RoleError;
 use crate::broadcast::Broadcast;
 use crate::origin::StreamRegistry;
 use crate::quic::{ALPN_RELAY, NodeEndpoint};
-use crate::session::{SessionId, SessionKind, SessionMsg};
+use crate::session::{Admission, Client, SessionId, SessionKind, SessionMsg};
 
 /// How long a pull outlives its last viewer (a viewer reconnecting meanwhile reuses it).
 pub const PULL_LINGER: Duration = Duration::from_secs(5);
@@ -150,7 +150,16 @@ impl Relay {
                 let admitted = self
                     .inner
                     .registry
-                    .admit(stream, SessionKind::Publisher, session, "relay", None)
+                    .admit(
+                        stream,
+                        Admission {
+                            kind: SessionKind::Publisher,
+                            session,
+                            protocol: "relay",
+                            client: Client::default(),
+                            liveness: None,
+                        },
+                    )
                     .await?;
                 let broadcast = admitted.broadcast.clone();
                 let stop = Arc::new(tokio::sync::Notify::new());

@@ -9,10 +9,8 @@ pub mod offer;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use ractor::ActorRef;
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
 use str0m::rtp::{Extension, ExtensionMap};
@@ -20,8 +18,7 @@ use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 
 use crate::RoleError;
-use crate::broadcast::Broadcast;
-use crate::session::{SessionId, SessionKind, SessionMsg};
+use crate::session::{Admission, Client, Liveness, SessionId, SessionKind};
 
 pub(crate) use engine::Command;
 
@@ -42,6 +39,9 @@ pub struct WebRtcSettings {
     pub bind: SocketAddr,
     /// The address advertised in ICE candidates (defaults to the bound one).
     pub public_ip: Option<IpAddr>,
+    /// A session whose ICE and DTLS have not completed this long after its offer was
+    /// answered is ended (`handshake_timeout`), freeing its stream id.
+    pub handshake_timeout: Duration,
 }
 
 /// Handle to the engine task.
@@ -77,7 +77,12 @@ impl WebRtcEngine {
         })?;
         let advertised = SocketAddr::new(settings.public_ip.unwrap_or(local.ip()), local.port());
         let (commands, command_rx) = mpsc::unbounded_channel();
-        engine::spawn(socket, commands.clone(), command_rx);
+        engine::spawn(
+            socket,
+            commands.clone(),
+            command_rx,
+            settings.handshake_timeout,
+        );
         tracing::info!(%local, %advertised, "WebRTC media socket bound");
         Ok(Self {
             commands,
@@ -139,22 +144,9 @@ impl WebRtcEngine {
     }
 
     /// Hands a negotiated session to the engine.
-    pub fn add_session(
-        &self,
-        id: SessionId,
-        kind: SessionKind,
-        rtc: Rtc,
-        broadcast: Arc<Broadcast>,
-        actor: ActorRef<SessionMsg>,
-    ) -> Result<(), RoleError> {
+    pub(crate) fn add_session(&self, session: engine::NewSession) -> Result<(), RoleError> {
         self.commands
-            .send(Command::Add(Box::new(engine::NewSession {
-                id,
-                kind,
-                rtc,
-                broadcast,
-                actor,
-            })))
+            .send(Command::Add(Box::new(session)))
             .map_err(|_| RoleError::Unavailable("WebRTC engine stopped".into()))
     }
 
@@ -206,21 +198,28 @@ pub async fn open_session(
     kind: SessionKind,
     protocol: &'static str,
     offer_sdp: &str,
-    remote: Option<SocketAddr>,
+    client: Client,
 ) -> Result<NegotiatedSession, RoleError> {
     let engine = registry.engine();
     let (rtc, answer_sdp) = engine.answer(offer_sdp, kind)?;
     let session = SessionId::random();
-    let admitted = registry
-        .admit(stream, kind, session, protocol, remote)
-        .await?;
-    if let Err(e) = engine.add_session(
+    let liveness = Liveness::new(Instant::now());
+    let admission = Admission {
+        kind,
         session,
+        protocol,
+        client,
+        liveness: Some(liveness.clone()),
+    };
+    let admitted = registry.admit(stream, admission).await?;
+    if let Err(e) = engine.add_session(engine::NewSession {
+        id: session,
         kind,
         rtc,
-        admitted.broadcast,
-        admitted.actor.clone(),
-    ) {
+        broadcast: admitted.broadcast,
+        actor: admitted.actor.clone(),
+        liveness,
+    }) {
         admitted.actor.stop(Some("engine unavailable".into()));
         return Err(e);
     }

@@ -1,5 +1,6 @@
 //! Headless Chromium driven over WebDriver (Debian's `chromedriver`), with fake camera and
-//! microphone, talking to the node over loopback only.
+//! microphone, talking to the node the way a stock browser does: no flag lets it offer loopback
+//! candidates, so its checks come from the host's own address.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -68,7 +69,6 @@ impl ChromeDriver {
             "--disable-dev-shm-usage".into(),
             "--use-fake-device-for-media-stream".into(),
             "--use-fake-ui-for-media-stream".into(),
-            "--allow-loopback-in-peer-connection".into(),
             "--autoplay-policy=no-user-gesture-required".into(),
             "--disable-background-networking".into(),
             "--disable-component-update".into(),

@@ -50,6 +50,14 @@ impl LoadPublisher {
     }
 }
 
+impl LoadPublisher {
+    /// SIGKILLs the publisher: no DELETE, no DTLS close, it just stops sending.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for LoadPublisher {
     fn drop(&mut self) {
         let _ = self.0.kill();

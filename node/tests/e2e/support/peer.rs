@@ -183,6 +183,26 @@ async fn wait_connected(states: &mut mpsc::UnboundedReceiver<RTCPeerConnectionSt
     .expect("peer connection connected within 10 s");
 }
 
+/// POSTs a publisher's offer and disappears without applying the answer: a client that
+/// never completes ICE. Returns the session's `Location`.
+pub async fn offer_and_vanish(ip: &str, url: &str) -> String {
+    let (pc, _states) = peer(ip, None).await;
+    let video = local_track(RtpCodecKind::Video, h264().rtp_codec, rand_u32());
+    pc.add_track(video as Arc<dyn TrackLocal>).await.unwrap();
+    let offer = pc.create_offer(None).await.unwrap();
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/sdp")
+        .body(offer.sdp)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201, "the offer is answered");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let _ = pc.close().await;
+    location
+}
+
 /// A WHIP publisher sending H.264 and Opus samples.
 pub struct Publisher {
     pub pc: Arc<dyn PeerConnection>,
