@@ -43,6 +43,20 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_HTTP_ADDR", value_name = "ADDR")]
     pub http_addr: Option<SocketAddr>,
 
+    /// Serve the HTTP port over TLS with this PEM certificate chain (needs --tls-key;
+    /// both files are read again on SIGHUP).
+    #[arg(long, env = "CASCADE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CASCADE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// `self-signed`: serve the HTTP port over TLS with a certificate made at start (for
+    /// trials; its fingerprint is printed) [default: plain HTTP unless --tls-cert is given].
+    #[arg(long, env = "CASCADE_TLS", value_name = "MODE")]
+    pub tls: Option<String>,
+
     /// UDP address shared by all WebRTC media [default: 127.0.0.1:8443].
     #[arg(long, env = "CASCADE_WEBRTC_ADDR", value_name = "ADDR")]
     pub webrtc_addr: Option<SocketAddr>,
@@ -147,6 +161,8 @@ pub struct StreamKeys {
 pub struct NodeConfig {
     /// See [`RunOptions::http_addr`].
     pub http_addr: SocketAddr,
+    /// HTTPS on the HTTP port, if asked for (`--tls-cert`/`--tls-key` or `--tls self-signed`).
+    pub tls: Option<crate::http::tls::TlsSource>,
     /// See [`RunOptions::webrtc_addr`].
     pub webrtc_addr: SocketAddr,
     /// See [`RunOptions::public_ip`].
@@ -199,6 +215,11 @@ impl NodeConfig {
             key: "handshake-timeout",
             message: e.to_string(),
         })?;
+        let tls = tls_source(
+            cli.tls.or(file.tls),
+            cli.tls_cert.or(file.tls_cert),
+            cli.tls_key.or(file.tls_key),
+        )?;
         let streams = cli.streams.or(file.streams).unwrap_or_default();
         for name in streams.keys() {
             cascade_protocol::StreamId::parse(name).map_err(|e| NodeError::Config {
@@ -231,6 +252,7 @@ impl NodeConfig {
             token: non_empty("token", cli.token.or(file.token))?,
             admin_token: non_empty("admin-token", cli.admin_token.or(file.admin_token))?,
             cluster,
+            tls,
             http_addr: cli
                 .http_addr
                 .or(file.http_addr)
@@ -309,6 +331,38 @@ impl NodeConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// `--tls`, `--tls-cert` and `--tls-key` together.
+fn tls_source(
+    mode: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<crate::http::tls::TlsSource>, NodeError> {
+    use crate::http::tls::TlsSource;
+    match (mode.as_deref().map(str::trim), cert, key) {
+        (None | Some("off"), None, None) => Ok(None),
+        (Some("self-signed"), None, None) => Ok(Some(TlsSource::SelfSigned)),
+        (Some("self-signed"), _, _) => Err(NodeError::Config {
+            key: "tls",
+            message: "self-signed makes its own certificate: leave out tls-cert and tls-key".into(),
+        }),
+        (Some(other), _, _) if other != "files" => Err(NodeError::Config {
+            key: "tls",
+            message: format!(
+                "{other:?} is not a TLS mode; use self-signed, or give tls-cert and tls-key"
+            ),
+        }),
+        (_, Some(cert), Some(key)) => Ok(Some(TlsSource::Files { cert, key })),
+        (_, Some(_), None) => Err(NodeError::Config {
+            key: "tls-key",
+            message: "is required with tls-cert".into(),
+        }),
+        (_, None, _) => Err(NodeError::Config {
+            key: "tls-cert",
+            message: "is required with tls-key (or use --tls self-signed)".into(),
+        }),
     }
 }
 
@@ -402,6 +456,21 @@ mod tests {
                 .to_string()
                 .contains("public-ip")
         );
+        for (tls, cert, key, named) in [
+            (Some("self-signed"), Some("c.pem"), None, "tls"),
+            (Some("on"), None, None, "tls"),
+            (None, Some("c.pem"), None, "tls-key"),
+            (None, None, Some("k.pem"), "tls-cert"),
+        ] {
+            let cli = RunOptions {
+                tls: tls.map(str::to_owned),
+                tls_cert: cert.map(PathBuf::from),
+                tls_key: key.map(PathBuf::from),
+                ..Default::default()
+            };
+            let err = NodeConfig::resolve(cli).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{named}`")), "{err}");
+        }
         let err = toml::from_str::<RunOptions>("http-adr = \"x\"")
             .unwrap_err()
             .to_string();

@@ -3,6 +3,9 @@ use std::path::PathBuf;
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// The HTTPS certificate or key could not be used; the message names the file.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A configuration value is invalid; `key` is its name in flags, env and file.
     #[error("invalid configuration: `{key}` {message}")]
     Config {

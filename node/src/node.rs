@@ -14,6 +14,7 @@ use crate::cluster::state::NodeRecord;
 use crate::cluster::{Cluster, format_id, identity, network};
 use crate::config::NodeConfig;
 use crate::http::AppState;
+use crate::http::tls::{CertStore, ClientAddr, TlsListener, TlsSource};
 
 /// Runs a node until Ctrl-C or SIGTERM.
 pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
@@ -51,15 +52,43 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         cluster: cluster.clone(),
         relay,
         admin_token: config.admin_token.as_deref().map(Arc::from),
+        scheme: if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
     };
-    let app = crate::http::router(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .map_err(|source| NodeError::HttpBind {
+    let app = crate::http::router(state).into_make_service_with_connect_info::<ClientAddr>();
+    let served = match &config.tls {
+        None => {
+            println!("Cascade is running. Open http://{http_addr}/ to publish and watch.");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+        Some(source) => {
+            let names = vec![http_addr.ip().to_string(), "localhost".to_owned()];
+            let store = CertStore::load(source.clone(), &names)?;
+            store.reload_on_sighup();
+            let fingerprint = store.fingerprint();
+            tracing::info!(%fingerprint, self_signed = (*source == TlsSource::SelfSigned), "serving HTTPS");
+            println!("Cascade is running. Open https://{http_addr}/ to publish and watch.");
+            if *source == TlsSource::SelfSigned {
+                println!(
+                    "Self-signed certificate (browsers will warn): SHA-256 fingerprint {fingerprint}"
+                );
+            }
+            let listener =
+                TlsListener::new(listener, store).map_err(|source| NodeError::HttpBind {
+                    addr: http_addr,
+                    source,
+                })?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    };
+    served.map_err(|source| NodeError::HttpBind {
         addr: http_addr,
         source,
     })?;
@@ -159,7 +188,6 @@ fn announce(config: &NodeConfig, http_addr: std::net::SocketAddr, cluster: &Clus
             "OPEN PLAYBACK: anyone who reaches {http_addr} may watch any stream; set --play-token or per-stream keys"
         );
     }
-    println!("Cascade is running. Open http://{http_addr}/ to publish and watch.");
 }
 
 fn install_metrics() -> PrometheusHandle {

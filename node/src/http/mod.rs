@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod metrics;
 pub mod page;
 mod sdp_exchange;
+pub mod tls;
 pub mod whep;
 pub mod whip;
 
@@ -50,6 +51,9 @@ pub struct AppState {
     pub relay: cascade_roles::relay::Relay,
     /// Bearer token of the admin routes, if set.
     pub admin_token: Option<Arc<str>>,
+    /// `http` or `https`: what this node serves, and what its redirects to other nodes say
+    /// (a cluster's nodes are set up alike).
+    pub scheme: &'static str,
 }
 
 /// The node's routes.

@@ -1,8 +1,6 @@
 //! The request/response pattern WHIP and WHEP share: POST an SDP offer, get `201 Created` with
 //! the answer and a `Location`; DELETE the `Location` to end; PATCH is answered `405`.
 
-use std::net::SocketAddr;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -199,7 +197,10 @@ impl Exchange {
                 .route_pass_key()
                 .map(|key| route_pass::issue(&key, self.endpoint, stream, target, unix_now()))
                 .unwrap_or_default();
-            let mut location = format!("http://{addr}/{}/{stream}?routed={pass}", self.endpoint);
+            let mut location = format!(
+                "{}://{addr}/{}/{stream}?routed={pass}",
+                state.scheme, self.endpoint
+            );
             if let Some(region) = &query.region {
                 location.push_str(&format!("&region={region}"));
             }
@@ -291,7 +292,9 @@ pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
     let post_offer = move |State(state): State<AppState>,
                            Path(stream): Path<String>,
                            Query(route): Query<RouteQuery>,
-                           ConnectInfo(remote): ConnectInfo<SocketAddr>,
+                           ConnectInfo(super::tls::ClientAddr(remote)): ConnectInfo<
+        super::tls::ClientAddr,
+    >,
                            headers: HeaderMap,
                            body: Result<Bytes, BytesRejection>| async move {
         let (stream, offer) = exchange.admit_offer(&state, &stream, &headers, body)?;

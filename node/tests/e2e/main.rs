@@ -9,6 +9,7 @@ mod cluster;
 mod config_samples;
 mod handshake_timeout;
 mod host_address;
+mod https;
 mod late_joiner;
 mod loadtest;
 mod publisher_reconnect;

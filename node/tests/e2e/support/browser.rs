@@ -56,6 +56,12 @@ impl ChromeDriver {
 
     /// Opens a headless Chromium window with fake media devices.
     pub async fn open(&mut self) -> Browser {
+        self.open_with(&[]).await
+    }
+
+    /// Like [`ChromeDriver::open`] with extra Chromium flags (for one test's own needs, such
+    /// as accepting a test certificate; never to make WebRTC work).
+    pub async fn open_with(&mut self, extra: &[&str]) -> Browser {
         let profile = std::env::temp_dir().join(format!(
             "cascade-chromium-{}-{}",
             std::process::id(),
@@ -77,6 +83,10 @@ impl ChromeDriver {
             "--disable-quic".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
         let capabilities = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }

@@ -33,9 +33,14 @@ impl Node {
         let data_dir = std::env::temp_dir().join(format!("cascade-e2e-{pid}-{n}"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let child = launch(&ip, &data_dir, &extra);
+        let scheme = if extra.iter().any(|a| a == "--tls" || a == "--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         Node {
             child,
-            http: format!("http://{ip}:18080"),
+            http: format!("{scheme}://{ip}:18080"),
             ip,
             data_dir,
             extra,
@@ -44,6 +49,26 @@ impl Node {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
+        if self.http.starts_with("https") {
+            // The tests' HTTP client speaks no TLS: curl checks HTTPS nodes (any certificate).
+            let ready = format!("{}/readyz", self.http);
+            wait_for(
+                &format!("{ready} answers over HTTPS"),
+                Duration::from_secs(30),
+                || {
+                    let ready = ready.clone();
+                    async move {
+                        tokio::process::Command::new("curl")
+                            .args(["-ksf", "-o", "/dev/null", &ready])
+                            .status()
+                            .await
+                            .is_ok_and(|s| s.success())
+                    }
+                },
+            )
+            .await;
+            return;
+        }
         let client = reqwest::Client::new();
         let ready = format!("{}/readyz", self.http);
         wait_for(
@@ -67,6 +92,15 @@ impl Node {
     /// The address other nodes join through.
     pub fn join_addr(&self) -> String {
         format!("{}:18080", self.ip)
+    }
+
+    /// SIGHUP: reload what the node reloads (its TLS certificate).
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// SIGKILL, as a crash or a pulled plug.
