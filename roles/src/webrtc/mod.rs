@@ -96,53 +96,91 @@ impl WebRtcEngine {
         self.advertised
     }
 
-    /// Parses and checks an SDP offer and builds the `Rtc` that answers it. Viewer sessions
-    /// leave out transport-wide congestion control: we do not estimate bandwidth towards
-    /// viewers, and hundreds of viewers' feedback would only load the shared socket.
+    /// Parses and checks an SDP offer and builds the `Rtc` that answers it.
     pub fn answer(&self, offer_sdp: &str, kind: SessionKind) -> Result<(Rtc, String), RoleError> {
-        offer::check_codecs(offer_sdp)?;
-        let offer =
-            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| RoleError::BadOffer(e.to_string()))?;
-        let mut config = RtcConfig::new();
-        if kind == SessionKind::Viewer {
-            let mut extensions = ExtensionMap::empty();
-            for (id, extension) in [
-                (1, Extension::AudioLevel),
-                (2, Extension::AbsoluteSendTime),
-                (4, Extension::RtpMid),
-                (10, Extension::RtpStreamId),
-                (11, Extension::RepairedRtpStreamId),
-                (13, Extension::VideoOrientation),
-            ] {
-                extensions.set(id, extension);
-            }
-            // str0m keeps this many sent packets per viewer for NACK resends (default 1000);
-            // 256 is ~1.7 s of a 1.5 Mbit/s stream. They share the frame's payloads: RTP mode
-            // lets the engine packetize each frame once for every viewer (`engine`).
-            config = config
-                .set_extension_map(extensions)
-                .set_send_buffer_video(VIEWER_SEND_BUFFER)
-                .set_rtp_mode(true);
-        }
-        let mut rtc = config
-            .set_ice_lite(true)
-            .clear_codecs()
-            .enable_h264(true)
-            .enable_vp8(true)
-            .enable_opus(true, false)
-            .set_reordering_size_video(MAX_FRAME_PACKETS)
-            .set_dtls_cert(self.certificate.clone())
-            .build(Instant::now());
-        let candidate = Candidate::host(self.advertised, "udp")
-            .map_err(|e| RoleError::Unavailable(format!("bad ICE candidate address: {e}")))?;
-        rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| RoleError::BadOffer(e.to_string()))?;
-        Ok((rtc, answer.to_sdp_string()))
+        negotiate(
+            offer_sdp,
+            kind,
+            &self.certificate,
+            self.advertised,
+            Instant::now(),
+        )
     }
+}
 
+/// Everything a client's offer goes through before a session exists: our codec check,
+/// str0m's SDP parser and its negotiation into an ICE-lite `Rtc` with our one candidate.
+/// Viewer sessions leave out transport-wide congestion control: we do not estimate bandwidth
+/// towards viewers, and hundreds of viewers' feedback would only load the shared socket.
+pub fn negotiate(
+    offer_sdp: &str,
+    kind: SessionKind,
+    certificate: &DtlsCert,
+    advertised: SocketAddr,
+    now: Instant,
+) -> Result<(Rtc, String), RoleError> {
+    offer::check_codecs(offer_sdp)?;
+    let offer =
+        SdpOffer::from_sdp_string(offer_sdp).map_err(|e| RoleError::BadOffer(e.to_string()))?;
+    let mut config = RtcConfig::new();
+    if kind == SessionKind::Viewer {
+        let mut extensions = ExtensionMap::empty();
+        for (id, extension) in [
+            (1, Extension::AudioLevel),
+            (2, Extension::AbsoluteSendTime),
+            (4, Extension::RtpMid),
+            (10, Extension::RtpStreamId),
+            (11, Extension::RepairedRtpStreamId),
+            (13, Extension::VideoOrientation),
+        ] {
+            extensions.set(id, extension);
+        }
+        // str0m keeps this many sent packets per viewer for NACK resends (default 1000);
+        // 256 is ~1.7 s of a 1.5 Mbit/s stream. They share the frame's payloads: RTP mode
+        // lets the engine packetize each frame once for every viewer (`engine`).
+        config = config
+            .set_extension_map(extensions)
+            .set_send_buffer_video(VIEWER_SEND_BUFFER)
+            .set_rtp_mode(true);
+    }
+    let mut rtc = config
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_vp8(true)
+        .enable_opus(true, false)
+        .set_reordering_size_video(MAX_FRAME_PACKETS)
+        .set_dtls_cert(certificate.clone())
+        .build(now);
+    let candidate = Candidate::host(advertised, "udp")
+        .map_err(|e| RoleError::Unavailable(format!("bad ICE candidate address: {e}")))?;
+    rtc.add_local_candidate(candidate);
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| RoleError::BadOffer(e.to_string()))?;
+    Ok((rtc, answer.to_sdp_string()))
+}
+
+/// The SDP fuzz target's body (`protocol/fuzz`, target `sdp_offer`): any bytes as an offer,
+/// through [`negotiate`] for both kinds of session. An error or an answer, never a panic.
+pub fn fuzz_offer(data: &[u8]) {
+    static CERTIFICATE: std::sync::OnceLock<Option<DtlsCert>> = std::sync::OnceLock::new();
+    let Some(certificate) = CERTIFICATE.get_or_init(|| {
+        let provider = str0m::crypto::from_feature_flags();
+        provider.install_process_default();
+        provider.dtls_provider.generate_certificate()
+    }) else {
+        return;
+    };
+    let offer = String::from_utf8_lossy(data);
+    let advertised = SocketAddr::from(([127, 0, 0, 1], 8443));
+    for kind in [SessionKind::Publisher, SessionKind::Viewer] {
+        let _ = negotiate(&offer, kind, certificate, advertised, Instant::now());
+    }
+}
+
+impl WebRtcEngine {
     /// Hands a negotiated session to the engine.
     pub(crate) fn add_session(&self, session: engine::NewSession) -> Result<(), RoleError> {
         self.commands
