@@ -168,8 +168,9 @@ pub fn fuzz_offer(data: &[u8]) {
     static CERTIFICATE: std::sync::OnceLock<Option<DtlsCert>> = std::sync::OnceLock::new();
     let Some(certificate) = CERTIFICATE.get_or_init(|| {
         let provider = str0m::crypto::from_feature_flags();
+        let certificate = provider.dtls_provider.generate_certificate();
         provider.install_process_default();
-        provider.dtls_provider.generate_certificate()
+        certificate
     }) else {
         return;
     };
