@@ -97,6 +97,16 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub handshake_timeout: Option<String>,
 
+    /// Most WebRTC viewers this node serves at once; beyond it a WHEP request gets `503`
+    /// (or a `307` to another edge with room) [default: no fixed cap; the engine's own lag
+    /// guard still refuses new viewers when it falls behind].
+    #[arg(long, env = "CASCADE_MAX_VIEWERS", value_name = "N")]
+    pub max_viewers: Option<usize>,
+
+    /// Most publishers this node takes at once [default: no fixed cap].
+    #[arg(long, env = "CASCADE_MAX_PUBLISHERS", value_name = "N")]
+    pub max_publishers: Option<usize>,
+
     /// UDP address for node-to-node QUIC: Raft and the media relay [default: 127.0.0.1:4433].
     #[arg(long, env = "CASCADE_QUIC_ADDR", value_name = "ADDR")]
     pub quic_addr: Option<SocketAddr>,
@@ -175,6 +185,8 @@ pub struct NodeConfig {
     pub reconnect_grace: Duration,
     /// See [`RunOptions::handshake_timeout`].
     pub handshake_timeout: Duration,
+    /// See [`RunOptions::max_viewers`] and [`RunOptions::max_publishers`].
+    pub limits: cascade_roles::admission::Limits,
     /// See [`RunOptions::quic_addr`].
     pub quic_addr: SocketAddr,
     /// See [`RunOptions::join`].
@@ -276,6 +288,10 @@ impl NodeConfig {
             },
             reconnect_grace,
             handshake_timeout,
+            limits: cascade_roles::admission::Limits {
+                max_viewers: cli.max_viewers.or(file.max_viewers),
+                max_publishers: cli.max_publishers.or(file.max_publishers),
+            },
         };
         config.validate()?;
         Ok(config)

@@ -29,7 +29,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         handshake_timeout: config.handshake_timeout,
     })
     .await?;
-    let registry = StreamRegistry::new(engine, config.reconnect_grace);
+    let registry = StreamRegistry::new(engine, config.reconnect_grace, config.limits);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| NodeError::HttpBind {

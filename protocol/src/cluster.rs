@@ -172,6 +172,26 @@ pub fn choose_edge(
     }
 }
 
+/// Where a viewer goes when `full` (the edge it reached) cannot take it: the least loaded
+/// other edge that is not busy, in `region` when one there can; `None` when no edge has room.
+pub fn choose_edge_with_room(
+    full: NodeId,
+    region: Option<&str>,
+    nodes: &[NodeInfo],
+    loads: &BTreeMap<NodeId, Load>,
+    healthy: &BTreeSet<NodeId>,
+) -> Option<NodeId> {
+    let mut options: Vec<_> = candidates(nodes, loads, healthy, NodeRole::Edge)
+        .filter(|(n, load)| n.id != full && load.cpu_pct < BUSY_CPU_PCT)
+        .collect();
+    options.sort_by(|a, b| {
+        let in_region =
+            |(n, _): &(&NodeInfo, Load)| region.is_some() && n.region.as_deref() == region;
+        in_region(b).cmp(&in_region(a)).then(less_loaded(a, b))
+    });
+    options.first().map(|(n, _)| n.id)
+}
+
 /// A change to the Raft voter set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VoterChange {
@@ -339,6 +359,45 @@ mod tests {
         assert_eq!(
             choose_edge(1, None, &nodes, &loads(&[]), &set(&[5])),
             Err(ProtocolError::NoCandidate(Edge))
+        );
+    }
+
+    #[test]
+    fn a_viewer_an_edge_cannot_take_goes_to_the_least_loaded_other_edge_with_room() {
+        let nodes = [
+            node(1, "eu", &[Origin, Edge], false),
+            node(2, "eu", &[Edge], false),
+            node(3, "us", &[Edge], false),
+            node(4, "eu", &[Edge], true),
+        ];
+        let all = set(&[1, 2, 3, 4]);
+        let pick = |region, cpu: &[(NodeId, f32)]| {
+            choose_edge_with_room(1, region, &nodes, &loads(cpu), &all)
+        };
+        assert_eq!(
+            pick(None, &[(1, 10.0), (2, 40.0), (3, 30.0)]),
+            Some(3),
+            "never itself"
+        );
+        assert_eq!(
+            pick(Some("eu"), &[(2, 40.0), (3, 30.0)]),
+            Some(2),
+            "its region first"
+        );
+        assert_eq!(
+            pick(Some("eu"), &[(2, 90.0), (3, 30.0)]),
+            Some(3),
+            "unless that one is busy"
+        );
+        assert_eq!(
+            pick(None, &[(2, 90.0), (3, 86.0), (4, 0.0)]),
+            None,
+            "busy or draining"
+        );
+        assert_eq!(
+            choose_edge_with_room(1, None, &nodes, &loads(&[]), &set(&[1])),
+            None,
+            "alone"
         );
     }
 

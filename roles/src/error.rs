@@ -33,6 +33,10 @@ pub enum RoleError {
         /// The stream named in the request.
         stream: cascade_protocol::StreamId,
     },
+    /// The node is at capacity: a fixed cap or the engine's lag (a `503` with `Retry-After`,
+    /// or a `307` to another edge that has room).
+    #[error("{0}")]
+    Overloaded(crate::admission::Overload),
     /// The node is shutting down or an internal task has stopped.
     #[error("the node is not accepting sessions right now: {0}")]
     Unavailable(String),

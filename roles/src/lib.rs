@@ -10,6 +10,7 @@
 //!
 //! Actors (ractor) carry lifecycle and control; media never passes through a mailbox.
 
+pub mod admission;
 pub mod broadcast;
 pub mod edge;
 pub mod origin;

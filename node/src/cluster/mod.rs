@@ -463,6 +463,24 @@ impl Cluster {
             .map(|ca| cascade_protocol::route_pass::derive_key(&ca.key_pem))
     }
 
+    /// Another edge with room for a viewer this node cannot take, if there is one.
+    pub fn edge_with_room(&self, region: Option<&str>) -> Option<Route> {
+        let state = self.state();
+        let nodes = Self::nodes(&state);
+        let loads = self.loads().loads();
+        let edge = cascade_protocol::cluster::choose_edge_with_room(
+            self.inner.id,
+            region,
+            &nodes,
+            &loads,
+            &self.healthy(),
+        )?;
+        state.nodes.get(&edge).map(|n| Route::Redirect {
+            node: edge,
+            addr: n.http_addr,
+        })
+    }
+
     /// The origin of `stream`, when it is another node.
     pub fn remote_origin(&self, stream: &StreamId) -> Option<NodeId> {
         self.state()

@@ -161,6 +161,7 @@ impl ApiError {
             RoleError::PublisherAlreadyLive(_) => (StatusCode::CONFLICT, "publisher_already_live"),
             RoleError::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "unknown_session"),
             RoleError::NotSessionOwner { .. } => (StatusCode::FORBIDDEN, "not_session_owner"),
+            RoleError::Overloaded(overload) => (StatusCode::SERVICE_UNAVAILABLE, overload.label()),
             RoleError::Unavailable(_)
             | RoleError::Bind { .. }
             | RoleError::Trust(_)
@@ -190,6 +191,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Overload and a cluster without a leader both pass: try again shortly.
+            let seconds = cascade_roles::admission::RETRY_AFTER.as_secs().to_string();
+            if let Ok(value) = HeaderValue::from_str(&seconds) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response

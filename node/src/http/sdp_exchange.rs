@@ -13,6 +13,7 @@ use cascade_roles::webrtc::NegotiatedSession;
 use super::{ApiError, AppState};
 use crate::access::{Action, Denied};
 use crate::cluster::{Route, RouteError, format_id};
+use cascade_protocol::cluster::NodeId;
 use cascade_protocol::route_pass;
 
 /// Which of the two protocols a request speaks.
@@ -190,25 +191,8 @@ impl Exchange {
                 .route_play(stream, query.region.as_deref())
                 .map_err(refuse)?,
         };
-        if let Route::Redirect { node: target, addr } = route {
-            ::metrics::counter!("cascade_http_redirects_total", "endpoint" => self.endpoint)
-                .increment(1);
-            let pass = cluster
-                .route_pass_key()
-                .map(|key| route_pass::issue(&key, self.endpoint, stream, target, unix_now()))
-                .unwrap_or_default();
-            let mut location = format!(
-                "{}://{addr}/{}/{stream}?routed={pass}",
-                state.scheme, self.endpoint
-            );
-            if let Some(region) = &query.region {
-                location.push_str(&format!("&region={region}"));
-            }
-            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            return Ok(Some(response));
+        if let Route::Redirect { node, addr } = route {
+            return Ok(Some(self.redirect(state, stream, query, node, addr)));
         }
         if self.action == Action::Publish {
             // This node may have been pulling the stream as an edge: its viewers stay and
@@ -223,6 +207,54 @@ impl Exchange {
                 .map_err(|e| ApiError::from_role(self.endpoint, e))?;
         }
         Ok(None)
+    }
+
+    /// `307` to `addr` (node `target`), with a route pass so that it serves the request.
+    fn redirect(
+        &self,
+        state: &AppState,
+        stream: &StreamId,
+        query: &RouteQuery,
+        target: NodeId,
+        addr: std::net::SocketAddr,
+    ) -> Response {
+        ::metrics::counter!("cascade_http_redirects_total", "endpoint" => self.endpoint)
+            .increment(1);
+        let pass = state
+            .cluster
+            .route_pass_key()
+            .map(|key| route_pass::issue(&key, self.endpoint, stream, target, unix_now()))
+            .unwrap_or_default();
+        let mut location = format!(
+            "{}://{addr}/{}/{stream}?routed={pass}",
+            state.scheme, self.endpoint
+        );
+        if let Some(region) = &query.region {
+            location.push_str(&format!("&region={region}"));
+        }
+        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        response
+    }
+
+    /// A viewer this node is too full for goes to another edge with room (`307`); with none,
+    /// the refusal stands (`503` with `Retry-After`).
+    pub(crate) fn elsewhere_when_full(
+        &self,
+        state: &AppState,
+        stream: &StreamId,
+        query: &RouteQuery,
+        refusal: RoleError,
+    ) -> Result<Response, ApiError> {
+        if let (Action::Play, RoleError::Overloaded(_)) = (self.action, &refusal)
+            && let Some(Route::Redirect { node, addr }) =
+                state.cluster.edge_with_room(query.region.as_deref())
+        {
+            return Ok(self.redirect(state, stream, query, node, addr));
+        }
+        Err(ApiError::from_role(self.endpoint, refusal))
     }
 
     /// Whether the request followed a redirect this cluster issued to this node. A missing,
@@ -309,9 +341,11 @@ pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
             Action::Play => {
                 cascade_roles::edge::whep::play(&state.registry, &stream, &offer, client).await
             }
+        };
+        match negotiated {
+            Ok(negotiated) => Ok(exchange.created(&stream, negotiated)),
+            Err(refusal) => exchange.elsewhere_when_full(&state, &stream, &route, refusal),
         }
-        .map_err(|e| ApiError::from_role(exchange.endpoint, e))?;
-        Ok::<_, ApiError>(exchange.created(&stream, negotiated))
     };
     let delete_session = move |State(state): State<AppState>,
                                Path((stream, session)): Path<(String, String)>,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admission;
 mod bad_input;
 mod browser_page;
 mod cluster;

@@ -14,6 +14,7 @@ use cascade_protocol::StreamId;
 use ractor::{Actor, ActorRef};
 
 use crate::RoleError;
+use crate::admission::{self, Limits};
 use crate::broadcast::Broadcast;
 use crate::session::{Admission, Client, Ender, SessionId, SessionKind, SessionMsg};
 use crate::webrtc::WebRtcEngine;
@@ -38,6 +39,23 @@ struct Tables {
     sessions: HashMap<SessionId, SessionEntry>,
     /// The most recent session ends, newest last.
     ended: VecDeque<EndedSession>,
+    /// Viewer and publisher sessions (WebRTC and relay) on this node.
+    viewers: usize,
+    publishers: usize,
+}
+
+impl Tables {
+    fn count(&mut self, kind: SessionKind, added: bool) {
+        let counter = match kind {
+            SessionKind::Viewer => &mut self.viewers,
+            SessionKind::Publisher => &mut self.publishers,
+        };
+        *counter = if added {
+            *counter + 1
+        } else {
+            counter.saturating_sub(1)
+        };
+    }
 }
 
 /// Ended sessions the admin API remembers.
@@ -49,6 +67,7 @@ pub struct StreamRegistry {
     tables: Arc<Mutex<Tables>>,
     engine: WebRtcEngine,
     reconnect_grace: Duration,
+    limits: Limits,
 }
 
 /// A session that was admitted by its stream and now needs its media attached.
@@ -61,12 +80,29 @@ pub struct AdmittedSession {
 
 impl StreamRegistry {
     /// An empty registry. A publisher that drops may come back within `reconnect_grace`.
-    pub fn new(engine: WebRtcEngine, reconnect_grace: Duration) -> Self {
+    /// Beyond `limits` (or while the engine lags) new sessions are refused.
+    pub fn new(engine: WebRtcEngine, reconnect_grace: Duration, limits: Limits) -> Self {
         Self {
             tables: Arc::default(),
             engine,
             reconnect_grace,
+            limits,
         }
+    }
+
+    /// Whether one more session of `kind` fits on this node now ([`crate::admission`]).
+    pub fn check_capacity(&self, kind: SessionKind) -> Result<(), RoleError> {
+        let (viewers, publishers) = {
+            let tables = self.lock();
+            (tables.viewers, tables.publishers)
+        };
+        admission::decide(kind, viewers, publishers, self.limits, self.engine.lag()).map_err(
+            |overload| {
+                metrics::counter!("cascade_admission_refusals_total", "kind" => kind.label(), "reason" => overload.label())
+                    .increment(1);
+                RoleError::Overloaded(overload)
+            },
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -195,7 +231,8 @@ impl StreamRegistry {
         actor: ActorRef<SessionMsg>,
         client: Client,
     ) {
-        self.lock().sessions.insert(
+        let mut tables = self.lock();
+        let previous = tables.sessions.insert(
             id,
             SessionEntry {
                 stream,
@@ -204,10 +241,16 @@ impl StreamRegistry {
                 client,
             },
         );
+        if previous.is_none() {
+            tables.count(kind, true);
+        }
     }
 
     pub(crate) fn forget_session(&self, id: SessionId) {
-        self.lock().sessions.remove(&id);
+        let mut tables = self.lock();
+        if let Some(entry) = tables.sessions.remove(&id) {
+            tables.count(entry.kind, false);
+        }
     }
 
     /// Ends a session at the request of its owner or an operator (HTTP DELETE). The stream

@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 
 use super::udp::{MediaSocket, Sent};
 
+use crate::admission::EngineLag;
 use crate::broadcast::{Broadcast, Delivery, FrameSink};
 use crate::session::{Liveness, SessionId, SessionKind, SessionMsg};
 
@@ -57,6 +58,12 @@ const REPRIME_INTERVAL: Duration = Duration::from_secs(1);
 /// router queue with a whole group at line rate.
 const PRIMING_BYTES_PER_TICK: usize = 64 * 1024;
 const PRIMING_TICK: Duration = Duration::from_millis(20);
+/// The engine's lag (the worst queueing delay of a frame) is published once per window.
+const LAG_WINDOW: Duration = Duration::from_millis(250);
+/// During a long fan-out the socket is read again after this many viewers, so that the
+/// publisher's media, RTCP and consent checks are never left waiting behind viewer egress
+/// (nor dropped by a full receive buffer).
+const READ_SOCKET_EVERY_VIEWERS: usize = 64;
 
 /// A session handed over by the HTTP side after its offer was answered.
 pub(crate) struct NewSession {
@@ -80,6 +87,8 @@ type TrackKey = (StreamId, MediaKind);
 struct FrameToEngine {
     key: TrackKey,
     frame: Frame,
+    /// When it entered the queue: how long it waited is the engine's lag.
+    enqueued: Instant,
 }
 
 /// The engine's subscription to one track: delivers into the engine's frame queue.
@@ -93,6 +102,7 @@ impl FrameSink for EngineSink {
         match self.tx.try_send(FrameToEngine {
             key: self.key.clone(),
             frame: frame.clone(),
+            enqueued: Instant::now(),
         }) {
             Ok(()) => Delivery::Accepted,
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
@@ -268,6 +278,10 @@ struct Engine {
     pacing: Vec<(usize, u64)>,
     next_pacing: Option<Instant>,
     handshake_timeout: Duration,
+    lag: Arc<EngineLag>,
+    /// The worst frame queueing delay seen in the current window, and when it began.
+    window_lag: Duration,
+    window_started: Instant,
 }
 
 pub(crate) fn spawn(
@@ -275,6 +289,7 @@ pub(crate) fn spawn(
     commands: mpsc::UnboundedSender<Command>,
     command_rx: mpsc::UnboundedReceiver<Command>,
     handshake_timeout: Duration,
+    lag: Arc<EngineLag>,
 ) {
     let local = socket
         .local_addr()
@@ -298,6 +313,9 @@ pub(crate) fn spawn(
         pacing: Vec::new(),
         next_pacing: None,
         handshake_timeout,
+        lag,
+        window_lag: Duration::ZERO,
+        window_started: Instant::now(),
     };
     tokio::spawn(engine.run(command_rx, frames_rx));
 }
@@ -322,8 +340,14 @@ impl Engine {
                 },
                 readable = self.socket.readable() => match readable {
                     // Take what is queued now: one wake-up serves a burst, and the socket
-                    // buffer empties before a long fan-out fills it.
-                    Ok(()) => self.receive_batch(),
+                    // buffer empties before a long fan-out fills it. Then the frames that
+                    // are waiting: a busy socket (junk, a crowd's RTCP) must not starve them.
+                    Ok(()) => {
+                        self.receive_batch();
+                        while let Ok(frame) = frames_rx.try_recv() {
+                            self.handle_frame(frame);
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "UDP receive error"),
                 },
                 Some(first) = frames_rx.recv() => {
@@ -340,6 +364,7 @@ impl Engine {
             if self.next_pacing.is_some_and(|at| at <= Instant::now()) {
                 self.pace_priming();
             }
+            self.publish_lag(Instant::now());
         }
         tracing::info!("WebRTC engine stopped");
     }
@@ -511,8 +536,24 @@ impl Engine {
         self.drive(slot);
     }
 
+    /// Closes the lag window when it is over: admission reads the worst delay of the last one.
+    fn publish_lag(&mut self, now: Instant) {
+        if now.duration_since(self.window_started) >= LAG_WINDOW {
+            self.lag.set(self.window_lag);
+            self.window_lag = Duration::ZERO;
+            self.window_started = now;
+        }
+    }
+
     fn handle_frame(&mut self, delivered: FrameToEngine) {
-        let FrameToEngine { key, frame } = delivered;
+        let FrameToEngine {
+            key,
+            frame,
+            enqueued,
+        } = delivered;
+        self.window_lag = self
+            .window_lag
+            .max(Instant::now().saturating_duration_since(enqueued));
         let Some(subscription) = self.subscriptions.get_mut(&key) else {
             return;
         };
@@ -522,7 +563,10 @@ impl Engine {
         // Indices are copied out so that sessions can be driven (and removed) in the loop.
         let viewers = subscription.viewers.clone();
         let now = Instant::now();
-        for slot in viewers {
+        for (served, slot) in viewers.into_iter().enumerate() {
+            if served > 0 && served % READ_SOCKET_EVERY_VIEWERS == 0 {
+                self.receive_batch();
+            }
             let Some(session) = self.slots[slot].as_mut() else {
                 continue;
             };

@@ -9,6 +9,7 @@ pub mod offer;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
@@ -18,6 +19,7 @@ use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 
 use crate::RoleError;
+use crate::admission::EngineLag;
 use crate::session::{Admission, Client, Liveness, SessionId, SessionKind};
 
 pub(crate) use engine::Command;
@@ -52,6 +54,7 @@ pub struct WebRtcEngine {
     /// One DTLS certificate for every session of this node: generating a key pair per
     /// session would add to every join (each session still negotiates its own keys).
     certificate: DtlsCert,
+    lag: Arc<EngineLag>,
 }
 
 impl WebRtcEngine {
@@ -77,18 +80,26 @@ impl WebRtcEngine {
         })?;
         let advertised = SocketAddr::new(settings.public_ip.unwrap_or(local.ip()), local.port());
         let (commands, command_rx) = mpsc::unbounded_channel();
+        let lag = Arc::new(EngineLag::default());
         engine::spawn(
             socket,
             commands.clone(),
             command_rx,
             settings.handshake_timeout,
+            lag.clone(),
         );
         tracing::info!(%local, %advertised, "WebRTC media socket bound");
         Ok(Self {
             commands,
             advertised,
             certificate,
+            lag,
         })
+    }
+
+    /// How far behind the engine is (the worst frame queueing delay of its last window).
+    pub fn lag(&self) -> Duration {
+        self.lag.get()
     }
 
     /// The UDP address put in ICE candidates.
@@ -240,6 +251,8 @@ pub async fn open_session(
     client: Client,
 ) -> Result<NegotiatedSession, RoleError> {
     let engine = registry.engine();
+    // Refused before any negotiation: an overloaded node spends nothing on a refusal.
+    registry.check_capacity(kind)?;
     let (rtc, answer_sdp) = engine.answer(offer_sdp, kind)?;
     let session = SessionId::random();
     let liveness = Liveness::new(Instant::now());
