@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Cascade needs, only when something is missing.
 #   scripts/install-deps.sh run    -> what `cascade run` needs (nothing beyond Rust today)
-#   scripts/install-deps.sh test   -> FFmpeg, GStreamer, Chromium for the test suite
+#   scripts/install-deps.sh test   -> FFmpeg, GStreamer, Chromium, OpenSSL, curl, iproute2 and
+#                                     aiortc (PyPI, in .venv-interop) for the test suite
 set -euo pipefail
 mode=${1:-test}
 packages=(pkg-config)
 if [ "$mode" = test ]; then
   packages+=(ffmpeg chromium chromium-driver gstreamer1.0-tools gstreamer1.0-plugins-base
-             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+             gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+             openssl curl iproute2 python3 python3-venv)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -19,4 +21,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# aiortc, the non-Rust WebRTC peer of the interop tests, in its own virtual environment.
+if [ "$mode" = test ]; then
+  venv="$(dirname "$0")/../.venv-interop"
+  if ! "$venv/bin/python" -c "import aiortc" 2>/dev/null; then
+    echo "Installing aiortc into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiortc==1.16.0"
+  fi
 fi

@@ -16,6 +16,8 @@ use crate::NodeError;
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// Default UDP address for all WebRTC media.
 pub const DEFAULT_WEBRTC_ADDR: &str = "127.0.0.1:8443";
+/// Default UDP address for publishers' WebRTC media: the WebRTC address's next port.
+pub const DEFAULT_WEBRTC_INGEST_ADDR: &str = "127.0.0.1:8444";
 /// Default UDP address for node-to-node QUIC (Raft and the media relay).
 pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:4433";
 /// Default number of Raft voters.
@@ -60,6 +62,11 @@ pub struct RunOptions {
     /// UDP address shared by all WebRTC media [default: 127.0.0.1:8443].
     #[arg(long, env = "CASCADE_WEBRTC_ADDR", value_name = "ADDR")]
     pub webrtc_addr: Option<SocketAddr>,
+
+    /// UDP address for publishers' (WHIP) media, apart from viewers' so that no viewer load
+    /// can delay a publisher [default: the WebRTC address with the next port, 127.0.0.1:8444].
+    #[arg(long, env = "CASCADE_WEBRTC_INGEST_ADDR", value_name = "ADDR")]
+    pub webrtc_ingest_addr: Option<SocketAddr>,
 
     /// IP address advertised in ICE candidates, when clients reach this node by another
     /// address than it binds (NAT, containers) [default: the bound address].
@@ -175,6 +182,8 @@ pub struct NodeConfig {
     pub tls: Option<crate::http::tls::TlsSource>,
     /// See [`RunOptions::webrtc_addr`].
     pub webrtc_addr: SocketAddr,
+    /// See [`RunOptions::webrtc_ingest_addr`].
+    pub webrtc_ingest_addr: SocketAddr,
     /// See [`RunOptions::public_ip`].
     pub public_ip: Option<IpAddr>,
     /// See [`RunOptions::data_dir`].
@@ -255,6 +264,16 @@ impl NodeConfig {
             region: cli.region.or(file.region),
             allowed,
         };
+        let webrtc_addr = cli
+            .webrtc_addr
+            .or(file.webrtc_addr)
+            .unwrap_or_else(|| default_addr(DEFAULT_WEBRTC_ADDR));
+        let webrtc_ingest_addr = cli
+            .webrtc_ingest_addr
+            .or(file.webrtc_ingest_addr)
+            .unwrap_or_else(|| {
+                SocketAddr::new(webrtc_addr.ip(), webrtc_addr.port().wrapping_add(1))
+            });
         let config = Self {
             quic_addr: cli
                 .quic_addr
@@ -269,10 +288,8 @@ impl NodeConfig {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| default_addr(DEFAULT_HTTP_ADDR)),
-            webrtc_addr: cli
-                .webrtc_addr
-                .or(file.webrtc_addr)
-                .unwrap_or_else(|| default_addr(DEFAULT_WEBRTC_ADDR)),
+            webrtc_addr,
+            webrtc_ingest_addr,
             public_ip: cli.public_ip.or(file.public_ip),
             data_dir: cli
                 .data_dir
@@ -332,6 +349,12 @@ impl NodeConfig {
             return Err(NodeError::Config {
                 key: "webrtc-addr",
                 message: "needs a fixed port: it is advertised to every WebRTC client".into(),
+            });
+        }
+        if self.webrtc_ingest_addr.port() == 0 || self.webrtc_ingest_addr == self.webrtc_addr {
+            return Err(NodeError::Config {
+                key: "webrtc-ingest-addr",
+                message: "needs a fixed port of its own, other than webrtc-addr's".into(),
             });
         }
         if self.public_ip.is_some_and(|ip| ip.is_unspecified()) {
@@ -446,6 +469,11 @@ mod tests {
         let config = NodeConfig::resolve(cli).unwrap();
         assert_eq!(config.http_addr.to_string(), "127.0.0.3:7000");
         assert_eq!(config.webrtc_addr.to_string(), "127.0.0.2:9443");
+        assert_eq!(
+            config.webrtc_ingest_addr.to_string(),
+            "127.0.0.2:9444",
+            "publishers default to the next port"
+        );
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(config.reconnect_grace, Duration::from_secs(10));
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cascade_roles::origin::StreamRegistry;
+use cascade_roles::origin::{Engines, StreamRegistry};
 use cascade_roles::webrtc::{WebRtcEngine, WebRtcSettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -23,13 +23,19 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         source,
     })?;
     let metrics = install_metrics();
-    let engine = WebRtcEngine::start(WebRtcSettings {
-        bind: config.webrtc_addr,
-        public_ip: config.public_ip,
-        handshake_timeout: config.handshake_timeout,
-    })
-    .await?;
-    let registry = StreamRegistry::new(engine, config.reconnect_grace, config.limits);
+    let engine = |bind, serves| {
+        WebRtcEngine::start(WebRtcSettings {
+            bind,
+            serves,
+            public_ip: config.public_ip,
+            handshake_timeout: config.handshake_timeout,
+        })
+    };
+    let engines = Engines {
+        egress: engine(config.webrtc_addr, "viewers").await?,
+        ingest: engine(config.webrtc_ingest_addr, "publishers").await?,
+    };
+    let registry = StreamRegistry::new(engines, config.reconnect_grace, config.limits);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| NodeError::HttpBind {
@@ -167,6 +173,7 @@ fn announce(config: &NodeConfig, http_addr: std::net::SocketAddr, cluster: &Clus
         node = %format_id(cluster.id()),
         http = %http_addr,
         webrtc = %config.webrtc_addr,
+        webrtc_ingest = %config.webrtc_ingest_addr,
         quic = %config.quic_addr,
         data_dir = %config.data_dir.display(),
         reconnect_grace_secs = config.reconnect_grace.as_secs_f64(),

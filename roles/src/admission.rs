@@ -1,10 +1,14 @@
 //! Whether this node takes one more session: fixed caps per node and an automatic guard that
-//! refuses new viewers while the WebRTC engine is falling behind, so that the viewers already
+//! refuses new viewers while the WebRTC engine is at capacity, so that the viewers already
 //! watching keep their quality and the publisher they depend on is never starved.
 //!
-//! The decision is a pure function ([`decide`]); the engine measures its own lag (how long a
-//! frame waited in its queue, the worst over a short window) and shares it lock-free
-//! ([`EngineLag`]). Once the lag falls back, new viewers are admitted again by themselves.
+//! The decision is a pure function ([`decide`]); the engine measures itself over short
+//! windows and shares the figures lock-free ([`EngineLoad`]): its lag (how long a frame waited
+//! in its queue, the worst of the window) and how busy it was (the share of the window it
+//! spent working rather than waiting for input). Busy is the earlier signal: measured on one
+//! core, viewers' latency grew by seconds while frames still waited < 300 ms in the queue
+//! (the backlog builds in the kernel's socket buffers instead). Once both fall back, new
+//! viewers are admitted again by themselves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +17,8 @@ use crate::session::SessionKind;
 
 /// New viewers are refused while frames wait longer than this in the engine's queue.
 pub const MAX_ENGINE_LAG: Duration = Duration::from_millis(100);
+/// New viewers are refused while the engine spends more than this share of its time working.
+pub const MAX_ENGINE_BUSY_PCT: u32 = 85;
 /// What a refused client is told to wait before trying again (`Retry-After`).
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -41,12 +47,16 @@ pub enum Overload {
         max: usize,
     },
     /// The WebRTC engine is behind by `lag_ms`: new viewers would degrade everyone.
-    #[error(
-        "this node is at capacity (media {lag_ms} ms behind); new viewers are refused until it catches up"
-    )]
+    #[error("this node is at capacity (media {lag_ms} ms behind); try again shortly")]
     Lagging {
         /// The engine's lag.
         lag_ms: u64,
+    },
+    /// The WebRTC engine is busy `busy_pct` % of the time: one more viewer and it falls behind.
+    #[error("this node is at capacity (media engine {busy_pct} % busy); try again shortly")]
+    Saturated {
+        /// The engine's busy share.
+        busy_pct: u32,
     },
 }
 
@@ -57,18 +67,28 @@ impl Overload {
             Overload::ViewerCap { .. } => "viewer_cap",
             Overload::PublisherCap { .. } => "publisher_cap",
             Overload::Lagging { .. } => "engine_lagging",
+            Overload::Saturated { .. } => "engine_saturated",
         }
     }
 }
 
+/// What the engine measured over its last window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineFigures {
+    /// The worst frame queueing delay.
+    pub lag: Duration,
+    /// The share of the window spent working, in percent.
+    pub busy_pct: u32,
+}
+
 /// Decides one more session of `kind`, with `viewers` and `publishers` present now.
-/// Publishers are never refused for lag: every viewer depends on them.
+/// Publishers are never refused for engine load: every viewer depends on them.
 pub fn decide(
     kind: SessionKind,
     viewers: usize,
     publishers: usize,
     limits: Limits,
-    lag: Duration,
+    engine: EngineFigures,
 ) -> Result<(), Overload> {
     match kind {
         SessionKind::Publisher => match limits.max_publishers {
@@ -77,29 +97,42 @@ pub fn decide(
         },
         SessionKind::Viewer => match limits.max_viewers {
             Some(max) if viewers >= max => Err(Overload::ViewerCap { max }),
-            _ if lag > MAX_ENGINE_LAG => Err(Overload::Lagging {
-                lag_ms: u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+            _ if engine.lag > MAX_ENGINE_LAG => Err(Overload::Lagging {
+                lag_ms: u64::try_from(engine.lag.as_millis()).unwrap_or(u64::MAX),
+            }),
+            _ if engine.busy_pct > MAX_ENGINE_BUSY_PCT => Err(Overload::Saturated {
+                busy_pct: engine.busy_pct,
             }),
             _ => Ok(()),
         },
     }
 }
 
-/// The engine's lag, written by the engine once per window, read by admission.
+/// The engine's figures, written by the engine once per window, read by admission.
 #[derive(Debug, Default)]
-pub struct EngineLag(AtomicU64);
+pub struct EngineLoad {
+    lag_micros: AtomicU64,
+    busy_pct: AtomicU64,
+}
 
-impl EngineLag {
-    /// The worst queueing delay of the last window.
-    pub fn get(&self) -> Duration {
-        Duration::from_micros(self.0.load(Ordering::Relaxed))
+impl EngineLoad {
+    /// The figures of the last window.
+    pub fn get(&self) -> EngineFigures {
+        EngineFigures {
+            lag: Duration::from_micros(self.lag_micros.load(Ordering::Relaxed)),
+            busy_pct: u32::try_from(self.busy_pct.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+        }
     }
 
-    /// Publishes the worst queueing delay of the window that just closed.
-    pub fn set(&self, lag: Duration) {
-        let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
-        self.0.store(micros, Ordering::Relaxed);
-        metrics::gauge!("cascade_webrtc_engine_lag_seconds").set(lag.as_secs_f64());
+    /// Publishes the figures of the window that just closed.
+    pub fn set(&self, figures: EngineFigures) {
+        let micros = u64::try_from(figures.lag.as_micros()).unwrap_or(u64::MAX);
+        self.lag_micros.store(micros, Ordering::Relaxed);
+        self.busy_pct
+            .store(u64::from(figures.busy_pct), Ordering::Relaxed);
+        metrics::gauge!("cascade_webrtc_engine_lag_seconds").set(figures.lag.as_secs_f64());
+        metrics::gauge!("cascade_webrtc_engine_busy_ratio")
+            .set(f64::from(figures.busy_pct) / 100.0);
     }
 }
 
@@ -108,14 +141,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn caps_and_lag_refuse_viewers_but_lag_never_refuses_a_publisher() {
+    fn caps_lag_and_saturation_refuse_viewers_but_never_a_publisher() {
         let open = Limits::default();
         let capped = Limits {
             max_viewers: Some(10),
             max_publishers: Some(2),
         };
-        let calm = Duration::from_millis(5);
-        let behind = Duration::from_millis(250);
+        let calm = EngineFigures {
+            lag: Duration::from_millis(5),
+            busy_pct: 40,
+        };
+        let behind = EngineFigures {
+            lag: Duration::from_millis(250),
+            busy_pct: 40,
+        };
+        let saturated = EngineFigures {
+            lag: Duration::from_millis(5),
+            busy_pct: 95,
+        };
         assert_eq!(decide(SessionKind::Viewer, 5_000, 0, open, calm), Ok(()));
         assert_eq!(
             decide(SessionKind::Viewer, 10, 0, capped, calm),
@@ -127,11 +170,23 @@ mod tests {
             Err(Overload::Lagging { lag_ms: 250 })
         );
         assert_eq!(
-            decide(SessionKind::Viewer, 1, 0, open, MAX_ENGINE_LAG),
+            decide(SessionKind::Viewer, 1, 0, open, saturated),
+            Err(Overload::Saturated { busy_pct: 95 })
+        );
+        let at_limits = EngineFigures {
+            lag: MAX_ENGINE_LAG,
+            busy_pct: MAX_ENGINE_BUSY_PCT,
+        };
+        assert_eq!(
+            decide(SessionKind::Viewer, 1, 0, open, at_limits),
             Ok(()),
-            "at the limit is still fine"
+            "at the limits is still fine"
         );
         assert_eq!(decide(SessionKind::Publisher, 0, 1, capped, behind), Ok(()));
+        assert_eq!(
+            decide(SessionKind::Publisher, 0, 0, open, saturated),
+            Ok(())
+        );
         assert_eq!(
             decide(SessionKind::Publisher, 0, 2, capped, calm),
             Err(Overload::PublisherCap { max: 2 })

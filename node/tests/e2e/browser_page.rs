@@ -9,6 +9,7 @@ use crate::support::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
     let node = Node::start(&[]).await;
     let mut driver = ChromeDriver::start().await;
     let publisher = driver.open().await;

@@ -252,6 +252,7 @@ async fn when_an_edge_is_killed_its_viewers_see_frames_again_from_another_edge_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_raft_leader_loses_no_frame_and_a_new_leader_keeps_the_state() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
     // Five nodes: the leader (the first) is neither the stream's origin nor its edge.
     let mut nodes = cluster(5, &["--voters", "5"]).await;
     let old_leader = nodes[0].id().await;
@@ -555,6 +556,7 @@ async fn the_three_node_script_starts_a_cluster_and_prints_where_to_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_publisher_comes_back_through_another_node_when_its_node_dies() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
     use crate::support::browser::ChromeDriver;
     let mut nodes = cluster(3, &[]).await;
     let mut driver = ChromeDriver::start().await;

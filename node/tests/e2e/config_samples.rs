@@ -38,7 +38,9 @@ fn port(addr: &str) -> String {
 
 #[test]
 fn the_kubernetes_manifests_use_the_default_ports_and_the_probe_routes() {
-    use cascade_node::config::{DEFAULT_HTTP_ADDR, DEFAULT_QUIC_ADDR, DEFAULT_WEBRTC_ADDR};
+    use cascade_node::config::{
+        DEFAULT_HTTP_ADDR, DEFAULT_QUIC_ADDR, DEFAULT_WEBRTC_ADDR, DEFAULT_WEBRTC_INGEST_ADDR,
+    };
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../cluster-config/kubernetes/cascade.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap();
@@ -47,6 +49,7 @@ fn the_kubernetes_manifests_use_the_default_ports_and_the_probe_routes() {
     for (name, addr, protocol) in [
         ("http", DEFAULT_HTTP_ADDR, "TCP"),
         ("webrtc", DEFAULT_WEBRTC_ADDR, "UDP"),
+        ("webrtc-ingest", DEFAULT_WEBRTC_INGEST_ADDR, "UDP"),
         ("quic", DEFAULT_QUIC_ADDR, "UDP"),
     ] {
         let at = lines

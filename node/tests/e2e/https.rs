@@ -29,6 +29,7 @@ fn write_certificate(dir: &std::path::Path, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_served_over_https_publishes_the_camera_and_another_decodes_it() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
     let node = Node::start(&["--tls", "self-signed"]).await;
     let mut driver = ChromeDriver::start().await;
     // Only the certificate is special here (made by the node at start); WebRTC runs as in

@@ -65,9 +65,20 @@ const ENDED_SESSIONS_KEPT: usize = 256;
 #[derive(Clone)]
 pub struct StreamRegistry {
     tables: Arc<Mutex<Tables>>,
-    engine: WebRtcEngine,
+    engines: Engines,
     reconnect_grace: Duration,
     limits: Limits,
+}
+
+/// The node's two WebRTC engines. Publishers have their own (own socket, own task), so that
+/// no viewer load can delay their media, RTCP or ICE consent: under overload the viewers'
+/// engine falls behind, the publisher's does not.
+#[derive(Clone)]
+pub struct Engines {
+    /// WHIP publishers.
+    pub ingest: WebRtcEngine,
+    /// WHEP viewers.
+    pub egress: WebRtcEngine,
 }
 
 /// A session that was admitted by its stream and now needs its media attached.
@@ -81,10 +92,10 @@ pub struct AdmittedSession {
 impl StreamRegistry {
     /// An empty registry. A publisher that drops may come back within `reconnect_grace`.
     /// Beyond `limits` (or while the engine lags) new sessions are refused.
-    pub fn new(engine: WebRtcEngine, reconnect_grace: Duration, limits: Limits) -> Self {
+    pub fn new(engines: Engines, reconnect_grace: Duration, limits: Limits) -> Self {
         Self {
             tables: Arc::default(),
-            engine,
+            engines,
             reconnect_grace,
             limits,
         }
@@ -96,7 +107,7 @@ impl StreamRegistry {
             let tables = self.lock();
             (tables.viewers, tables.publishers)
         };
-        admission::decide(kind, viewers, publishers, self.limits, self.engine.lag()).map_err(
+        admission::decide(kind, viewers, publishers, self.limits, self.engines.egress.load()).map_err(
             |overload| {
                 metrics::counter!("cascade_admission_refusals_total", "kind" => kind.label(), "reason" => overload.label())
                     .increment(1);
@@ -112,9 +123,12 @@ impl StreamRegistry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The WebRTC engine of this node.
-    pub fn engine(&self) -> &WebRtcEngine {
-        &self.engine
+    /// The WebRTC engine of sessions of `kind`.
+    pub fn engine(&self, kind: SessionKind) -> &WebRtcEngine {
+        match kind {
+            SessionKind::Publisher => &self.engines.ingest,
+            SessionKind::Viewer => &self.engines.egress,
+        }
     }
 
     /// Admits a session on a stream: a publisher creates the stream if needed (and is refused

@@ -392,7 +392,7 @@ impl Actor for StreamActor {
             ended_at_unix: unix_now(),
         });
         // The engine may still hold the media of a crashed session: make sure it is gone.
-        state.args.registry.engine().close(member.id);
+        state.args.registry.engine(member.kind).close(member.id);
         state.args.registry.forget_session(member.id);
         metrics::counter!("cascade_sessions_ended_total", "kind" => member.kind.label(), "outcome" => outcome)
             .increment(1);
@@ -466,7 +466,7 @@ async fn admit(
         id: session,
         kind,
         stream: stream.clone(),
-        engine: state.args.registry.engine().clone(),
+        engine: state.args.registry.engine(kind).clone(),
         registry: state.args.registry.clone(),
         client,
     };
@@ -480,7 +480,11 @@ async fn admit(
             tracing::info!(%stream, replaced = %gone, silent_secs = silence.as_secs_f64(), "a new publisher takes over from a silent one");
             // Closed in the engine before the new session is added (the engine takes
             // commands in order), so the old one cannot end the new one's tracks.
-            state.args.registry.engine().close(gone);
+            state
+                .args
+                .registry
+                .engine(SessionKind::Publisher)
+                .close(gone);
             let _ = old.actor.cast(SessionMsg::Replaced { silent: silence });
         }
         state.frames_at_publish = state.frames_in();

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 
 use super::udp::{MediaSocket, Sent};
 
-use crate::admission::EngineLag;
+use crate::admission::{EngineFigures, EngineLoad};
 use crate::broadcast::{Broadcast, Delivery, FrameSink};
 use crate::session::{Liveness, SessionId, SessionKind, SessionMsg};
 
@@ -58,8 +58,9 @@ const REPRIME_INTERVAL: Duration = Duration::from_secs(1);
 /// router queue with a whole group at line rate.
 const PRIMING_BYTES_PER_TICK: usize = 64 * 1024;
 const PRIMING_TICK: Duration = Duration::from_millis(20);
-/// The engine's lag (the worst queueing delay of a frame) is published once per window.
-const LAG_WINDOW: Duration = Duration::from_millis(250);
+/// The engine's load (the worst queueing delay of a frame, the share of time spent working)
+/// is published once per window.
+const LOAD_WINDOW: Duration = Duration::from_millis(500);
 /// During a long fan-out the socket is read again after this many viewers, so that the
 /// publisher's media, RTCP and consent checks are never left waiting behind viewer egress
 /// (nor dropped by a full receive buffer).
@@ -249,6 +250,14 @@ impl Subscription {
     }
 }
 
+/// What woke the engine loop.
+enum Wake {
+    Command(Option<Command>),
+    Readable(std::io::Result<()>),
+    Frame(FrameToEngine),
+    Timer,
+}
+
 /// Work found while draining a session's output, applied once the session is no longer borrowed.
 enum Followup {
     ViewerTrackOpened(MediaKind),
@@ -278,9 +287,11 @@ struct Engine {
     pacing: Vec<(usize, u64)>,
     next_pacing: Option<Instant>,
     handshake_timeout: Duration,
-    lag: Arc<EngineLag>,
-    /// The worst frame queueing delay seen in the current window, and when it began.
+    load: Arc<EngineLoad>,
+    /// The worst frame queueing delay seen in the current window, the time spent working in
+    /// it, and when it began.
     window_lag: Duration,
+    window_busy: Duration,
     window_started: Instant,
 }
 
@@ -289,7 +300,7 @@ pub(crate) fn spawn(
     commands: mpsc::UnboundedSender<Command>,
     command_rx: mpsc::UnboundedReceiver<Command>,
     handshake_timeout: Duration,
-    lag: Arc<EngineLag>,
+    load: Arc<EngineLoad>,
 ) {
     let local = socket
         .local_addr()
@@ -313,8 +324,9 @@ pub(crate) fn spawn(
         pacing: Vec::new(),
         next_pacing: None,
         handshake_timeout,
-        lag,
+        load,
         window_lag: Duration::ZERO,
+        window_busy: Duration::ZERO,
         window_started: Instant::now(),
     };
     tokio::spawn(engine.run(command_rx, frames_rx));
@@ -332,39 +344,46 @@ impl Engine {
                 .peek()
                 .map_or(Instant::now() + IDLE_TICK, |Reverse((at, _, _))| *at);
             let next_timer = self.next_pacing.map_or(next_timer, |at| at.min(next_timer));
-            tokio::select! {
+            // Wait for one input; the work it causes is done after `woke`, so that the time
+            // the loop spends working (not waiting) can be measured.
+            let wake = tokio::select! {
                 biased;
-                command = command_rx.recv() => match command {
-                    Some(command) => self.handle_command(command),
-                    None => break,
-                },
-                readable = self.socket.readable() => match readable {
-                    // Take what is queued now: one wake-up serves a burst, and the socket
-                    // buffer empties before a long fan-out fills it. Then the frames that
-                    // are waiting: a busy socket (junk, a crowd's RTCP) must not starve them.
-                    Ok(()) => {
-                        self.receive_batch();
-                        while let Ok(frame) = frames_rx.try_recv() {
-                            self.handle_frame(frame);
-                        }
+                command = command_rx.recv() => Wake::Command(command),
+                readable = self.socket.readable() => Wake::Readable(readable),
+                Some(first) = frames_rx.recv() => Wake::Frame(first),
+                _ = tokio::time::sleep_until(next_timer.into()) => Wake::Timer,
+            };
+            let woke = Instant::now();
+            match wake {
+                Wake::Command(Some(command)) => self.handle_command(command),
+                Wake::Command(None) => break,
+                // Take what is queued now: one wake-up serves a burst, and the socket buffer
+                // empties before a long fan-out fills it. Then the frames that are waiting:
+                // a busy socket (junk, a crowd's RTCP) must not starve them.
+                Wake::Readable(Ok(())) => {
+                    self.receive_batch();
+                    while let Ok(frame) = frames_rx.try_recv() {
+                        self.handle_frame(frame);
                     }
-                    Err(e) => tracing::debug!(error = %e, "UDP receive error"),
-                },
-                Some(first) = frames_rx.recv() => {
+                }
+                Wake::Readable(Err(e)) => tracing::debug!(error = %e, "UDP receive error"),
+                Wake::Frame(first) => {
                     self.handle_frame(first);
-                    // Drain what is already queued before going back to the socket: one wake-up
-                    // serves a burst of frames.
+                    // Drain what is already queued before going back to the socket: one
+                    // wake-up serves a burst of frames.
                     while let Ok(more) = frames_rx.try_recv() {
                         self.handle_frame(more);
                     }
                 }
-                _ = tokio::time::sleep_until(next_timer.into()) => {}
+                Wake::Timer => {}
             }
             self.fire_timers();
             if self.next_pacing.is_some_and(|at| at <= Instant::now()) {
                 self.pace_priming();
             }
-            self.publish_lag(Instant::now());
+            let now = Instant::now();
+            self.window_busy += now.saturating_duration_since(woke);
+            self.publish_load(now);
         }
         tracing::info!("WebRTC engine stopped");
     }
@@ -536,11 +555,18 @@ impl Engine {
         self.drive(slot);
     }
 
-    /// Closes the lag window when it is over: admission reads the worst delay of the last one.
-    fn publish_lag(&mut self, now: Instant) {
-        if now.duration_since(self.window_started) >= LAG_WINDOW {
-            self.lag.set(self.window_lag);
+    /// Closes the measuring window when it is over: admission reads the last one's figures.
+    fn publish_load(&mut self, now: Instant) {
+        let window = now.duration_since(self.window_started);
+        if window >= LOAD_WINDOW {
+            let busy = self.window_busy.as_secs_f64() / window.as_secs_f64();
+            self.load.set(EngineFigures {
+                lag: self.window_lag,
+                // A share in 0..=1 as a whole percentage: the cast cannot truncate.
+                busy_pct: (busy * 100.0).round().clamp(0.0, 100.0) as u32,
+            });
             self.window_lag = Duration::ZERO;
+            self.window_busy = Duration::ZERO;
             self.window_started = now;
         }
     }

@@ -19,7 +19,7 @@ use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 
 use crate::RoleError;
-use crate::admission::EngineLag;
+use crate::admission::{EngineFigures, EngineLoad};
 use crate::session::{Admission, Client, Liveness, SessionId, SessionKind};
 
 pub(crate) use engine::Command;
@@ -37,8 +37,10 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 /// How the engine is set up.
 #[derive(Debug, Clone)]
 pub struct WebRtcSettings {
-    /// The one UDP socket for all WebRTC media.
+    /// The engine's UDP socket.
     pub bind: SocketAddr,
+    /// What it serves, for logs: `"viewers"` or `"publishers"`.
+    pub serves: &'static str,
     /// The address advertised in ICE candidates (defaults to the bound one).
     pub public_ip: Option<IpAddr>,
     /// A session whose ICE and DTLS have not completed this long after its offer was
@@ -54,7 +56,7 @@ pub struct WebRtcEngine {
     /// One DTLS certificate for every session of this node: generating a key pair per
     /// session would add to every join (each session still negotiates its own keys).
     certificate: DtlsCert,
-    lag: Arc<EngineLag>,
+    load: Arc<EngineLoad>,
 }
 
 impl WebRtcEngine {
@@ -80,26 +82,26 @@ impl WebRtcEngine {
         })?;
         let advertised = SocketAddr::new(settings.public_ip.unwrap_or(local.ip()), local.port());
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let lag = Arc::new(EngineLag::default());
+        let load = Arc::new(EngineLoad::default());
         engine::spawn(
             socket,
             commands.clone(),
             command_rx,
             settings.handshake_timeout,
-            lag.clone(),
+            load.clone(),
         );
-        tracing::info!(%local, %advertised, "WebRTC media socket bound");
+        tracing::info!(%local, %advertised, serves = settings.serves, "WebRTC media socket bound");
         Ok(Self {
             commands,
             advertised,
             certificate,
-            lag,
+            load,
         })
     }
 
-    /// How far behind the engine is (the worst frame queueing delay of its last window).
-    pub fn lag(&self) -> Duration {
-        self.lag.get()
+    /// How loaded the engine was over its last window (lag and busy share).
+    pub fn load(&self) -> EngineFigures {
+        self.load.get()
     }
 
     /// The UDP address put in ICE candidates.
@@ -250,7 +252,7 @@ pub async fn open_session(
     offer_sdp: &str,
     client: Client,
 ) -> Result<NegotiatedSession, RoleError> {
-    let engine = registry.engine();
+    let engine = registry.engine(kind);
     // Refused before any negotiation: an overloaded node spends nothing on a refusal.
     registry.check_capacity(kind)?;
     let (rtc, answer_sdp) = engine.answer(offer_sdp, kind)?;

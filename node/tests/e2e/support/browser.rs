@@ -25,7 +25,10 @@ pub struct Browser {
 
 impl ChromeDriver {
     pub async fn start() -> ChromeDriver {
-        let port = 19000 + (std::process::id() % 1000) as u16;
+        // Several browser tests run at once in this process: each driver its own port.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 19000 + (std::process::id() % 500) as u16 * 8 + n % 8;
         // Its own process group, so that a failing test still takes every Chromium process
         // it started down with it (see Drop).
         let child = Command::new("chromedriver")
@@ -62,10 +65,12 @@ impl ChromeDriver {
     /// Like [`ChromeDriver::open`] with extra Chromium flags (for one test's own needs, such
     /// as accepting a test certificate; never to make WebRTC work).
     pub async fn open_with(&mut self, extra: &[&str]) -> Browser {
+        // Unique per window in this process (profiles are locked by the Chromium using them).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let profile = std::env::temp_dir().join(format!(
             "cascade-chromium-{}-{}",
             std::process::id(),
-            self.profiles.len()
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         self.profiles.push(profile.clone());
         let args = vec![

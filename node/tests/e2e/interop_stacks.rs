@@ -1,0 +1,142 @@
+//! Publish with one WebRTC stack, watch with another: Chromium, the `webrtc` crate and aiortc
+//! (Python, outside Rust), each in its default configuration; VP8 and H.264 video, Opus
+//! audio. Viewers decode the frames, and the frames arrive in order.
+
+use std::time::Duration;
+
+use crate::support::aiortc::{self, AiortcPublisher};
+use crate::support::browser::ChromeDriver;
+use crate::support::media::encode_h264;
+use crate::support::node::Node;
+use crate::support::peer::{Publisher, Viewer};
+use crate::support::wait_for;
+
+async fn live_with_codec(node: &Node, stream: &str, codec: &str) {
+    wait_for(
+        &format!("{stream} is live with {codec}"),
+        Duration::from_secs(20),
+        || async {
+            let (_, info) = node.json(&format!("/api/v1/streams/{stream}")).await;
+            info["state"] == "live"
+                && info["tracks"]
+                    .as_array()
+                    .is_some_and(|ts| ts.iter().any(|t| t["codec"] == codec))
+        },
+    )
+    .await;
+}
+
+fn assert_in_order(summary: &serde_json::Value, at_least: u64, numbered: bool) {
+    let frames = summary["frames"].as_u64().unwrap_or(0);
+    assert!(
+        frames >= at_least,
+        "decoded {frames} frames, wanted {at_least}: {summary}"
+    );
+    assert_eq!(
+        summary["pts_increasing"], true,
+        "frames out of order: {summary}"
+    );
+    if numbered {
+        assert_eq!(
+            summary["increasing"], true,
+            "frame numbers out of order: {summary}"
+        );
+        assert_eq!(
+            summary["distinct"], summary["frames"],
+            "repeated frames: {summary}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_publishes_vp8_and_opus_to_aiortc_and_chromium_viewers() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
+    let node = Node::start(&[]).await;
+    let _publisher = AiortcPublisher::start(&node.url("/whip/py-vp8"), "vp8", 30).await;
+    live_with_codec(&node, "py-vp8", "VP8").await;
+
+    let mut driver = ChromeDriver::start().await;
+    let page = driver.open().await;
+    page.goto(&node.url("/?watch=py-vp8")).await;
+    let summary = aiortc::watch(&node.url("/whep/py-vp8"), 8).await;
+    assert_in_order(&summary, 150, true);
+    assert!(
+        summary["audio_frames"].as_u64().unwrap_or(0) > 100,
+        "Opus reached aiortc: {summary}"
+    );
+    wait_for(
+        "Chromium decodes the VP8",
+        Duration::from_secs(10),
+        || async {
+            page.eval("return window.cascade.watch.framesDecoded")
+                .await
+                .as_u64()
+                .unwrap_or(0)
+                > 30
+        },
+    )
+    .await;
+    let codec = page.eval("return window.cascade.watch.codec").await;
+    assert!(
+        codec.as_str().unwrap_or("").contains("VP8"),
+        "Chromium decodes VP8: {codec}"
+    );
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_publishes_h264_to_the_webrtc_crate_and_aiortc() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
+    let node = Node::start(&[]).await;
+    let _publisher = AiortcPublisher::start(&node.url("/whip/py-h264"), "h264", 30).await;
+    live_with_codec(&node, "py-h264", "H264").await;
+    let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/py-h264"), None)
+        .await
+        .expect("webrtc-rs viewer");
+    let summary = aiortc::watch(&node.url("/whep/py-h264"), 8).await;
+    assert_in_order(&summary, 150, true);
+    let received = viewer.collect(90, Duration::from_secs(3)).await;
+    assert!(
+        received.len() >= 90,
+        "the webrtc crate received {} H.264 access units",
+        received.len()
+    );
+    assert!(received[0].keyframe, "it starts at a keyframe");
+    assert!(
+        received.windows(2).all(|w| w[0].at <= w[1].at),
+        "in arrival order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_and_the_webrtc_crate_publish_to_an_aiortc_viewer() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
+    let node = Node::start(&[]).await;
+    let mut driver = ChromeDriver::start().await;
+    let page = driver.open().await;
+    page.goto(&node.url("/?publish=from-chromium")).await;
+    wait_for("Chromium publishes", Duration::from_secs(20), || async {
+        page.eval("return window.cascade.publish.state").await == "connected"
+    })
+    .await;
+    live_with_codec(&node, "from-chromium", "H264").await;
+    let summary = aiortc::watch(&node.url("/whep/from-chromium"), 6).await;
+    // Chromium's fake camera runs at 20-30 fps.
+    assert_in_order(&summary, 60, false);
+    assert!(
+        summary["audio_frames"].as_u64().unwrap_or(0) > 100,
+        "Chromium's Opus reached aiortc: {summary}"
+    );
+    page.close().await;
+
+    let publisher = Publisher::connect(&node.ip, &node.url("/whip/from-rust"), None)
+        .await
+        .expect("webrtc-rs publisher");
+    let video = encode_h264(6, 30);
+    let url = node.url("/whep/from-rust");
+    let (summary, ()) = tokio::join!(aiortc::watch(&url, 7), async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        publisher.stream(&video, &[]).await;
+    });
+    assert_in_order(&summary, 100, false);
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Overload: the node pinned to one core, the publisher and the load tester on the other, the
+# load tester asking for VIEWERS (default 1000, about three times what one core of this kind
+# of machine serves). The admission guard must refuse the excess (503) while the publisher
+# stays connected and the viewers admitted first (verified) keep their latency; then a fresh
+# run at normal load (RECOVERY_VIEWERS, default 100) must be healthy. Bounded: two phases.
+#
+#   [VIEWERS=1000] [VERIFY=20] [SECS=40] [RECOVERY_VIEWERS=100] scripts/bench-overload.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VIEWERS=${VIEWERS:-1000}
+VERIFY=${VERIFY:-20}
+SECS=${SECS:-40}
+RECOVERY_VIEWERS=${RECOVERY_VIEWERS:-100}
+IP=127.0.0.79
+HTTP="http://$IP:8080"
+OUT=$(mktemp -d /tmp/cascade-overload.XXXXXX)
+
+cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
+BIN=target/release
+cleanup() { kill "${PUB:-}" "${NODE:-}" "${SAMPLER:-}" 2>/dev/null || true; }
+trap cleanup EXIT
+
+RUST_LOG=info taskset -c 0 "$BIN/cascade" run --http-addr "$IP:8080" --webrtc-addr "$IP:8443" \
+    --quic-addr "$IP:4433" --data-dir "$OUT/data" 2>"$OUT/node.log" &
+NODE=$!
+for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
+RUST_LOG=info taskset -c 1 "$BIN/cascade-loadtest" publish --url "$HTTP/whip/overload" \
+    --local-ip "$IP" --duration 1h 2>"$OUT/publish.log" &
+PUB=$!
+for _ in $(seq 300); do curl -sf "$HTTP/api/v1/streams/overload" | grep -q '"live"' && break; sleep 0.2; done
+
+# Once a second: the stream's state, its viewers and the engine's lag, to show the curve.
+( while true; do
+    state=$(curl -sf "$HTTP/api/v1/streams/overload" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["state"], d["viewers"])' 2>/dev/null || echo "gone 0")
+    lag=$(curl -sf "$HTTP/metrics" | awk '/^cascade_webrtc_engine_lag_seconds/ {print $2 * 1000}')
+    echo "$(date +%s) $state ${lag:-0}"
+    sleep 1
+  done ) >"$OUT/samples.txt" &
+SAMPLER=$!
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+HZ=$(getconf CLK_TCK)
+run() {  # name viewers seconds
+    RUST_LOG=warn taskset -c 1 "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/overload" \
+        --local-ip "$IP" --viewers "$2" --ramp 100 --workers 1 --verify "$VERIFY" --duration "$3s" \
+        --report "$OUT/report-$1.json" >"$OUT/table-$1.txt" 2>"$OUT/loadtest-$1.log" &
+    local lt=$!
+    # CPU of the node and of the load tester over the second half of the run.
+    sleep $(( $3 / 2 ))
+    local s0 c0 t0 s1 c1 t1
+    s0=$(ticks "$NODE"); c0=$(ticks "$lt"); t0=$(date +%s.%N)
+    sleep $(( $3 / 2 - 3 ))
+    s1=$(ticks "$NODE"); c1=$(ticks "$lt"); t1=$(date +%s.%N)
+    wait "$lt" || true
+    python3 -c "import sys; s0,s1,c0,c1,t0,t1,hz=map(float,sys.argv[1:]); w=t1-t0; print(f'{100*(s1-s0)/hz/w:.0f} {100*(c1-c0)/hz/w:.0f}')" \
+        "$s0" "$s1" "$c0" "$c1" "$t0" "$t1" "$HZ" >"$OUT/cpu-$1.txt"
+}
+run overload "$VIEWERS" "$SECS"
+sleep 5
+run recovery "$RECOVERY_VIEWERS" 20
+kill "$SAMPLER" 2>/dev/null || true
+
+publisher_failures=$(grep -c "session failed" "$OUT/publish.log" || true)
+state=$(curl -sf "$HTTP/api/v1/streams/overload" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])' || echo gone)
+echo "| run | viewers asked | admitted | refused (503) | other failures | node CPU % | load tester CPU % | verified latency p50 / p95 / p99 ms | frame loss % | freezes |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+for name in overload recovery; do
+    python3 - "$OUT/report-$name.json" "$name" $(cat "$OUT/cpu-$name.txt") <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+node_cpu, lt_cpu = sys.argv[3], sys.argv[4]
+refused = r["failures"].get("http_503", 0)
+other = r["failed_sessions"] - refused
+lat = r["latency"]
+f = lambda v: "-" if v is None else f"{v:.1f}"
+print(f"| {sys.argv[2]} | {r['target_viewers']} | {r['sessions_joined']} | {refused} | {other} | {node_cpu} | {lt_cpu} | "
+      f"{f(lat['p50_ms'])} / {f(lat['p95_ms'])} / {f(lat['p99_ms'])} | {r['frame_loss_pct']:.2f} | {r['freezes']} |")
+PY
+done
+echo
+echo "publisher: $publisher_failures session failure(s) during the runs; stream state afterwards: $state"
+echo "engine lag and viewers per second (unix time, state, viewers, lag ms): $OUT/samples.txt"
+python3 - "$OUT/samples.txt" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 4]
+if rows:
+    peak_v = max(int(r[2]) for r in rows)
+    peak_lag = max(float(r[3]) for r in rows)
+    not_live = sum(1 for r in rows if r[1] != "live")
+    print(f"peak viewers admitted: {peak_v}; worst engine lag window: {peak_lag:.0f} ms; seconds the stream was not live: {not_live}")
+PY
+echo "raw reports and logs: $OUT" >&2
