@@ -14,24 +14,10 @@ VERIFY=${VERIFY:-20}
 RATE=${RATE:-10000}
 PHASE_SECS=${PHASE_SECS:-25}
 IP=127.0.0.78
-HTTP="http://$IP:8080"
+STREAM=junk
 OUT=$(mktemp -d /tmp/cascade-junk.XXXXXX)
-
-cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
-BIN=target/release
-cleanup() { kill "${PUB:-}" "${NODE:-}" "${JUNK:-}" 2>/dev/null || true; }
-trap cleanup EXIT
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
-
-RUST_LOG=warn taskset -c 0 "$BIN/cascade" run --http-addr "$IP:8080" --webrtc-addr "$IP:8443" \
-    --quic-addr "$IP:4433" --data-dir "$OUT/data" 2>"$OUT/node.log" &
-NODE=$!
-for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
-RUST_LOG=warn taskset -c 1 "$BIN/cascade-loadtest" publish --url "$HTTP/whip/junk" \
-    --local-ip "$IP" --duration 1h 2>"$OUT/publish.log" &
-PUB=$!
-for _ in $(seq 300); do curl -sf "$HTTP/api/v1/streams/junk" | grep -q '"live"' && break; sleep 0.2; done
+source scripts/bench-lib.sh
+start_node_and_publisher
 
 dropped() { curl -sf "$HTTP/metrics" | awk '/^cascade_udp_dropped_total\{reason="(no_session|unparseable)"\}/ {s += $2} END {print s + 0}'; }
 

@@ -13,34 +13,20 @@ VERIFY=${VERIFY:-20}
 SECS=${SECS:-40}
 RECOVERY_VIEWERS=${RECOVERY_VIEWERS:-100}
 IP=127.0.0.79
-HTTP="http://$IP:8080"
+STREAM=overload
 OUT=$(mktemp -d /tmp/cascade-overload.XXXXXX)
-
-cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
-BIN=target/release
-cleanup() { kill "${PUB:-}" "${NODE:-}" "${SAMPLER:-}" 2>/dev/null || true; }
-trap cleanup EXIT
-
-RUST_LOG=info taskset -c 0 "$BIN/cascade" run --http-addr "$IP:8080" --webrtc-addr "$IP:8443" \
-    --quic-addr "$IP:4433" --data-dir "$OUT/data" 2>"$OUT/node.log" &
-NODE=$!
-for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
-RUST_LOG=info taskset -c 1 "$BIN/cascade-loadtest" publish --url "$HTTP/whip/overload" \
-    --local-ip "$IP" --duration 1h 2>"$OUT/publish.log" &
-PUB=$!
-for _ in $(seq 300); do curl -sf "$HTTP/api/v1/streams/overload" | grep -q '"live"' && break; sleep 0.2; done
+source scripts/bench-lib.sh
+start_node_and_publisher info
 
 # Once a second: the stream's state, its viewers and the engine's lag, to show the curve.
 ( while true; do
     state=$(curl -sf "$HTTP/api/v1/streams/overload" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["state"], d["viewers"])' 2>/dev/null || echo "gone 0")
-    lag=$(curl -sf "$HTTP/metrics" | awk '/^cascade_webrtc_engine_lag_seconds/ {print $2 * 1000}')
-    echo "$(date +%s) $state ${lag:-0}"
+    figures=$(curl -sf "$HTTP/metrics" | awk '/^cascade_webrtc_engine_lag_seconds/ {lag = $2 * 1000} /^cascade_webrtc_engine_busy_ratio/ {busy = $2 * 100} END {print lag + 0, busy + 0}')
+    echo "$(date +%s) $state ${figures:-0 0}"
     sleep 1
   done ) >"$OUT/samples.txt" &
 SAMPLER=$!
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-HZ=$(getconf CLK_TCK)
 run() {  # name viewers seconds
     RUST_LOG=warn taskset -c 1 "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/overload" \
         --local-ip "$IP" --viewers "$2" --ramp 100 --workers 1 --verify "$VERIFY" --duration "$3s" \
@@ -80,14 +66,15 @@ PY
 done
 echo
 echo "publisher: $publisher_failures session failure(s) during the runs; stream state afterwards: $state"
-echo "engine lag and viewers per second (unix time, state, viewers, lag ms): $OUT/samples.txt"
+echo "viewers and the viewers' engine per second (unix time, state, viewers, lag ms, busy %): $OUT/samples.txt"
 python3 - "$OUT/samples.txt" <<'PY'
 import sys
-rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 4]
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 5]
 if rows:
     peak_v = max(int(r[2]) for r in rows)
     peak_lag = max(float(r[3]) for r in rows)
     not_live = sum(1 for r in rows if r[1] != "live")
-    print(f"peak viewers admitted: {peak_v}; worst engine lag window: {peak_lag:.0f} ms; seconds the stream was not live: {not_live}")
+    peak_busy = max(float(r[4]) for r in rows)
+    print(f"peak viewers admitted: {peak_v}; worst engine lag window: {peak_lag:.0f} ms; busiest window: {peak_busy:.0f} %; seconds the stream was not live: {not_live}")
 PY
 echo "raw reports and logs: $OUT" >&2

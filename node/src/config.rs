@@ -219,23 +219,16 @@ impl NodeConfig {
             text.parse::<SocketAddr>()
                 .expect("default addresses are valid")
         };
-        let grace_text = cli.reconnect_grace.or(file.reconnect_grace);
-        let reconnect_grace = match grace_text {
-            Some(text) => parse_duration(&text).map_err(|e| NodeError::Config {
-                key: "reconnect-grace",
-                message: e.to_string(),
-            })?,
-            None => parse_duration(DEFAULT_RECONNECT_GRACE).expect("the default is valid"),
-        };
-        let handshake_timeout = parse_duration(
-            &cli.handshake_timeout
-                .or(file.handshake_timeout)
-                .unwrap_or_else(|| DEFAULT_HANDSHAKE_TIMEOUT.to_owned()),
-        )
-        .map_err(|e| NodeError::Config {
-            key: "handshake-timeout",
-            message: e.to_string(),
-        })?;
+        let reconnect_grace = duration(
+            "reconnect-grace",
+            cli.reconnect_grace.or(file.reconnect_grace),
+            DEFAULT_RECONNECT_GRACE,
+        )?;
+        let handshake_timeout = duration(
+            "handshake-timeout",
+            cli.handshake_timeout.or(file.handshake_timeout),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        )?;
         let tls = tls_source(
             cli.tls.or(file.tls),
             cli.tls_cert.or(file.tls_cert),
@@ -248,15 +241,11 @@ impl NodeConfig {
                 message: e.to_string(),
             })?;
         }
-        let voter_lost_after = parse_duration(
-            &cli.voter_lost_after
-                .or(file.voter_lost_after)
-                .unwrap_or_else(|| DEFAULT_VOTER_LOST_AFTER.to_owned()),
-        )
-        .map_err(|e| NodeError::Config {
-            key: "voter-lost-after",
-            message: e.to_string(),
-        })?;
+        let voter_lost_after = duration(
+            "voter-lost-after",
+            cli.voter_lost_after.or(file.voter_lost_after),
+            DEFAULT_VOTER_LOST_AFTER,
+        )?;
         let allowed = parse_roles(cli.roles.or(file.roles).as_deref().unwrap_or("auto"))?;
         let cluster = crate::cluster::ClusterConfig {
             voters: cli.voters.or(file.voters).unwrap_or(DEFAULT_VOTERS),
@@ -371,6 +360,18 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+/// A duration option (`30s`, `250ms`): its value, else its default; errors name the key.
+fn duration(
+    key: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, NodeError> {
+    parse_duration(value.as_deref().unwrap_or(default)).map_err(|e| NodeError::Config {
+        key,
+        message: e.to_string(),
+    })
 }
 
 /// `--tls`, `--tls-cert` and `--tls-key` together.

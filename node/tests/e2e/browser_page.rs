@@ -14,12 +14,7 @@ async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
     let mut driver = ChromeDriver::start().await;
     let publisher = driver.open().await;
     publisher.goto(&node.url("/?publish=browser")).await;
-    wait_for(
-        "the publishing page is connected",
-        Duration::from_secs(20),
-        || async { publisher.eval("return window.cascade.publish.state").await == "connected" },
-    )
-    .await;
+    publisher.wait_publishing(Duration::from_secs(20)).await;
 
     let watcher = driver.open().await;
     watcher.goto(&node.url("/?watch=browser")).await;

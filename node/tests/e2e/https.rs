@@ -37,12 +37,7 @@ async fn a_page_served_over_https_publishes_the_camera_and_another_decodes_it() 
     let trusting = ["--ignore-certificate-errors"];
     let publisher = driver.open_with(&trusting).await;
     publisher.goto(&node.url("/?publish=secure")).await;
-    wait_for(
-        "the page served over HTTPS publishes",
-        Duration::from_secs(20),
-        || async { publisher.eval("return window.cascade.publish.state").await == "connected" },
-    )
-    .await;
+    publisher.wait_publishing(Duration::from_secs(20)).await;
     assert_eq!(
         publisher.eval("return window.isSecureContext").await,
         true,
@@ -50,19 +45,7 @@ async fn a_page_served_over_https_publishes_the_camera_and_another_decodes_it() 
     );
     let watcher = driver.open_with(&trusting).await;
     watcher.goto(&node.url("/?watch=secure")).await;
-    wait_for(
-        "the watching page decodes frames over HTTPS signalling",
-        Duration::from_secs(20),
-        || async {
-            watcher
-                .eval("return window.cascade.watch.framesDecoded")
-                .await
-                .as_u64()
-                .unwrap_or(0)
-                > 30
-        },
-    )
-    .await;
+    watcher.wait_decoded(30, Duration::from_secs(20)).await;
     watcher.close().await;
     publisher.close().await;
 }

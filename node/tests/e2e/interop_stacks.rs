@@ -64,18 +64,7 @@ async fn aiortc_publishes_vp8_and_opus_to_aiortc_and_chromium_viewers() {
         summary["audio_frames"].as_u64().unwrap_or(0) > 100,
         "Opus reached aiortc: {summary}"
     );
-    wait_for(
-        "Chromium decodes the VP8",
-        Duration::from_secs(10),
-        || async {
-            page.eval("return window.cascade.watch.framesDecoded")
-                .await
-                .as_u64()
-                .unwrap_or(0)
-                > 30
-        },
-    )
-    .await;
+    page.wait_decoded(30, Duration::from_secs(10)).await;
     let codec = page.eval("return window.cascade.watch.codec").await;
     assert!(
         codec.as_str().unwrap_or("").contains("VP8"),
@@ -115,10 +104,7 @@ async fn chromium_and_the_webrtc_crate_publish_to_an_aiortc_viewer() {
     let mut driver = ChromeDriver::start().await;
     let page = driver.open().await;
     page.goto(&node.url("/?publish=from-chromium")).await;
-    wait_for("Chromium publishes", Duration::from_secs(20), || async {
-        page.eval("return window.cascade.publish.state").await == "connected"
-    })
-    .await;
+    page.wait_publishing(Duration::from_secs(20)).await;
     live_with_codec(&node, "from-chromium", "H264").await;
     let summary = aiortc::watch(&node.url("/whep/from-chromium"), 6).await;
     // Chromium's fake camera runs at 20-30 fps.

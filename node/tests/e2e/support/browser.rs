@@ -155,6 +155,30 @@ impl Browser {
         response["value"].clone()
     }
 
+    /// Waits until the page's publisher (opened with `/?publish=NAME`) is connected.
+    pub async fn wait_publishing(&self, limit: Duration) {
+        wait_for("the page publishes", limit, || async {
+            self.eval("return window.cascade.publish.state").await == "connected"
+        })
+        .await;
+    }
+
+    /// Frames the page's player (opened with `/?watch=NAME`) has decoded so far.
+    pub async fn frames_decoded(&self) -> u64 {
+        self.eval("return window.cascade.watch.framesDecoded")
+            .await
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Waits until the page's player has decoded more than `frames` frames.
+    pub async fn wait_decoded(&self, frames: u64, limit: Duration) {
+        wait_for("the page decodes frames", limit, || async {
+            self.frames_decoded().await > frames
+        })
+        .await;
+    }
+
     pub async fn close(self) {
         let _ = reqwest::Client::new()
             .delete(format!("{}/session/{}", self.base, self.session))
