@@ -10,14 +10,22 @@ use crate::support::wait_for;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
     let _turn = crate::support::one_heavy_test_at_a_time().await;
-    let node = Node::start(&[]).await;
+    // Watching needs a token: the page sends it with the offer, and with the DELETE of Stop.
+    let node = Node::start(&["--play-token", "page-play"]).await;
     let mut driver = ChromeDriver::start().await;
     let publisher = driver.open().await;
     publisher.goto(&node.url("/?publish=browser")).await;
     publisher.wait_publishing(Duration::from_secs(20)).await;
 
     let watcher = driver.open().await;
-    watcher.goto(&node.url("/?watch=browser")).await;
+    watcher.goto(&node.url("/")).await;
+    watcher
+        .eval(
+            "document.getElementById('watch-stream').value = 'browser';
+             document.getElementById('watch-token').value = 'page-play';
+             document.getElementById('watch-start').click(); return true",
+        )
+        .await;
     let decoding = tokio::time::timeout(Duration::from_secs(20), async {
         while watcher
             .eval("return window.cascade.watch.framesDecoded")
@@ -62,7 +70,8 @@ async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
     let (_, info) = node.json("/api/v1/streams/browser").await;
     assert_eq!(info["viewers"], 1);
 
-    // The Stop button DELETEs the session it was given in `Location`.
+    // The Stop button DELETEs the session it was given in `Location`, with its token (a
+    // DELETE without it would be refused with 403).
     watcher
         .eval("document.getElementById('watch-stop').click(); return true")
         .await;
