@@ -12,18 +12,22 @@ use crate::support::peer::{Publisher, Viewer};
 use crate::support::wait_for;
 
 async fn live_with_codec(node: &Node, stream: &str, codec: &str) {
-    wait_for(
-        &format!("{stream} is live with {codec}"),
-        Duration::from_secs(20),
-        || async {
-            let (_, info) = node.json(&format!("/api/v1/streams/{stream}")).await;
-            info["state"] == "live"
-                && info["tracks"]
-                    .as_array()
-                    .is_some_and(|ts| ts.iter().any(|t| t["codec"] == codec))
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, info) = node.json(&format!("/api/v1/streams/{stream}")).await;
+        if info["state"] == "live"
+            && info["tracks"]
+                .as_array()
+                .is_some_and(|ts| ts.iter().any(|t| t["codec"] == codec))
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{stream} is not live with {codec} after 20 s: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn assert_in_order(summary: &serde_json::Value, at_least: u64, numbered: bool) {
@@ -125,4 +129,19 @@ async fn chromium_and_the_webrtc_crate_publish_to_an_aiortc_viewer() {
         publisher.stream(&video, &[]).await;
     });
     assert_in_order(&summary, 100, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_vp8_to_an_aiortc_viewer() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
+    let node = Node::start(&[]).await;
+    let mut driver = ChromeDriver::start().await;
+    let page = driver.open().await;
+    page.goto(&node.url("/?publish=chromium-vp8&codec=vp8"))
+        .await;
+    page.wait_publishing(Duration::from_secs(20)).await;
+    live_with_codec(&node, "chromium-vp8", "VP8").await;
+    let summary = aiortc::watch(&node.url("/whep/chromium-vp8"), 6).await;
+    assert_in_order(&summary, 60, false);
+    page.close().await;
 }

@@ -156,11 +156,14 @@ pub fn negotiate(
             .set_send_buffer_video(VIEWER_SEND_BUFFER)
             .set_rtp_mode(true);
     }
+    let config = config.set_ice_lite(true).clear_codecs();
+    // str0m answers with the first of its codecs the offer has: enable them in the offer's order.
+    let config = if offer::prefers_vp8(offer_sdp) {
+        config.enable_vp8(true).enable_h264(true)
+    } else {
+        config.enable_h264(true).enable_vp8(true)
+    };
     let mut rtc = config
-        .set_ice_lite(true)
-        .clear_codecs()
-        .enable_h264(true)
-        .enable_vp8(true)
         .enable_opus(true, false)
         .set_reordering_size_video(MAX_FRAME_PACKETS)
         .set_dtls_cert(certificate.clone())
