@@ -9,7 +9,6 @@ use crate::support::browser::ChromeDriver;
 use crate::support::media::encode_h264;
 use crate::support::node::Node;
 use crate::support::peer::{Publisher, Viewer};
-use crate::support::wait_for;
 
 async fn live_with_codec(node: &Node, stream: &str, codec: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
