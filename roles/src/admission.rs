@@ -17,7 +17,8 @@ use crate::session::SessionKind;
 
 /// New viewers are refused while frames wait longer than this in the engine's queue.
 pub const MAX_ENGINE_LAG: Duration = Duration::from_millis(100);
-/// New viewers are refused while the engine spends more than this share of its time working.
+/// New viewers are refused while the engine spends more than this share of its time working,
+/// in each of its last two windows (a second).
 pub const MAX_ENGINE_BUSY_PCT: u32 = 65;
 /// What a refused client is told to wait before trying again (`Retry-After`).
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);

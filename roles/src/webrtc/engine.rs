@@ -293,6 +293,7 @@ struct Engine {
     window_lag: Duration,
     window_busy: Duration,
     window_started: Instant,
+    previous_busy_pct: u32,
 }
 
 pub(crate) fn spawn(
@@ -327,6 +328,7 @@ pub(crate) fn spawn(
         load,
         window_lag: Duration::ZERO,
         window_busy: Duration::ZERO,
+        previous_busy_pct: 0,
         window_started: Instant::now(),
     };
     tokio::spawn(engine.run(command_rx, frames_rx));
@@ -560,11 +562,15 @@ impl Engine {
         let window = now.duration_since(self.window_started);
         if window >= LOAD_WINDOW {
             let busy = self.window_busy.as_secs_f64() / window.as_secs_f64();
+            // A share in 0..=1 as a whole percentage: the cast cannot truncate.
+            let busy_pct = (busy * 100.0).round().clamp(0.0, 100.0) as u32;
+            // Only a busy second counts, not one busy window: a burst of joins (each a DTLS
+            // handshake in this task) must not refuse the next viewers of an idle node.
             self.load.set(EngineFigures {
                 lag: self.window_lag,
-                // A share in 0..=1 as a whole percentage: the cast cannot truncate.
-                busy_pct: (busy * 100.0).round().clamp(0.0, 100.0) as u32,
+                busy_pct: busy_pct.min(self.previous_busy_pct),
             });
+            self.previous_busy_pct = busy_pct;
             self.window_lag = Duration::ZERO;
             self.window_busy = Duration::ZERO;
             self.window_started = now;
