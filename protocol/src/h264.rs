@@ -141,26 +141,28 @@ pub fn sps_resolution(sps: &[u8]) -> Result<(u32, u32), ProtocolError> {
     }
     r.ue()?; // max_num_ref_frames
     r.bits(1)?; // gaps_in_frame_num_value_allowed_flag
-    let width_mbs = r.ue()? + 1;
-    let height_map_units = r.ue()? + 1;
-    let frame_mbs_only = r.bits(1)?;
+    // In u64, with the crop below: every field is up to 32 bits from the network, and their
+    // products must not overflow (a fuzzed SPS did); anything out of range is refused below.
+    let width_mbs = u64::from(r.ue()?) + 1;
+    let height_map_units = u64::from(r.ue()?) + 1;
+    let frame_mbs_only = u64::from(r.bits(1)?);
     if frame_mbs_only == 0 {
         r.bits(1)?; // mb_adaptive_frame_field_flag
     }
     r.bits(1)?; // direct_8x8_inference_flag
-    let (mut crop_l, mut crop_r, mut crop_t, mut crop_b) = (0, 0, 0, 0);
+    let (mut crop_l, mut crop_r, mut crop_t, mut crop_b) = (0u64, 0u64, 0u64, 0u64);
     if r.bits(1)? == 1 {
-        crop_l = r.ue()?;
-        crop_r = r.ue()?;
-        crop_t = r.ue()?;
-        crop_b = r.ue()?;
+        crop_l = u64::from(r.ue()?);
+        crop_r = u64::from(r.ue()?);
+        crop_t = u64::from(r.ue()?);
+        crop_b = u64::from(r.ue()?);
     }
     let chroma_array_type = if separate_colour_plane {
         0
     } else {
         chroma_format_idc
     };
-    let (sub_w, sub_h) = match chroma_array_type {
+    let (sub_w, sub_h): (u64, u64) = match chroma_array_type {
         1 => (2, 2),
         2 => (2, 1),
         _ => (1, 1),
@@ -171,7 +173,13 @@ pub fn sps_resolution(sps: &[u8]) -> Result<(u32, u32), ProtocolError> {
     let height =
         (height_map_units * 16 * (2 - frame_mbs_only)).checked_sub(crop_unit_y * (crop_t + crop_b));
     match (width, height) {
-        (Some(w), Some(h)) if w > 0 && h > 0 && w <= 16384 && h <= 16384 => Ok((w, h)),
+        (Some(w @ 1..=16384), Some(h @ 1..=16384)) => {
+            // Both are at most 16384: the conversions cannot fail.
+            Ok((
+                u32::try_from(w).unwrap_or(16384),
+                u32::try_from(h).unwrap_or(16384),
+            ))
+        }
         _ => Err(ProtocolError::MalformedSps("impossible picture size")),
     }
 }
@@ -246,6 +254,20 @@ impl<'a> BitReader<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_sps_with_huge_sizes_is_an_error_not_an_overflow() {
+        // Found by the h264_access_unit fuzz target: 32-bit sizes whose products overflowed.
+        let crash = [
+            0x00, 0x00, 0x00, 0x01, 0xc7, 0xc7, 0xc7, 0x00, 0x00, 0x00, 0xec, 0xec, 0x00, 0x00,
+            0xff, 0xc7, 0xc7, 0xc7, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x05,
+        ];
+        for nal in super::nal_units(&crash) {
+            let _ = super::sps_resolution(nal);
+        }
+        let _ = super::resolution_of_access_unit(&crash);
+    }
+
     use super::*;
 
     // SPS of a 1280x720 constrained-baseline stream from x264.
