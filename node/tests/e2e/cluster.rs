@@ -292,7 +292,11 @@ async fn killing_the_raft_leader_loses_no_frame_and_a_new_leader_keeps_the_state
         report["frames_received"], report["frames_expected"],
         "no frame lost: {stdout}"
     );
-    assert_eq!(report["freezes"], 0, "{stdout}");
+    // No frame waited on Raft: measured from each frame's capture time, so that a pause of
+    // the test's own publisher (starved by the election's CPU burst on a two-core machine: a
+    // gap in capture, latency unchanged) is not mistaken for the cluster holding media.
+    let worst = report["latency"]["max_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(worst < 100.0, "a frame waited {worst} ms: {stdout}");
     let (_, overview) = nodes[3].json("/api/v1/cluster").await;
     let origin = nodes[1].id().await;
     assert_eq!(
