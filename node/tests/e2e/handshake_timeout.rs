@@ -34,15 +34,7 @@ async fn a_publisher_that_never_connects_is_ended_and_frees_its_stream_id() {
         || async { node.json("/api/v1/streams/ghost").await.0 == 404 },
     )
     .await;
-    let ended: serde_json::Value = reqwest::Client::new()
-        .get(node.url("/api/v1/sessions/ended"))
-        .bearer_auth("adm")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ended) = node.json_as("/api/v1/sessions/ended", Some("adm")).await;
     let session = location.rsplit('/').next().unwrap();
     let entry = ended["sessions"]
         .as_array()

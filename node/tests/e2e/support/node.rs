@@ -162,7 +162,16 @@ impl Node {
 
     /// `GET` a JSON document.
     pub async fn json(&self, path: &str) -> (u16, serde_json::Value) {
-        let response = reqwest::get(self.url(path)).await.unwrap();
+        self.json_as(path, None).await
+    }
+
+    /// `GET` a JSON document with `Authorization: Bearer <token>`.
+    pub async fn json_as(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = reqwest::Client::new().get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (
             status,
