@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use cascade_protocol::StreamId;
+use cascade_protocol::secret::constant_time_eq;
 
 use crate::config::StreamKeys;
 
@@ -78,10 +79,6 @@ impl AccessPolicy {
             Err(Denied::WrongToken)
         }
     }
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

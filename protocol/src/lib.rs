@@ -15,6 +15,7 @@
 //! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
 //! - [`cluster`]: the cluster's decisions as values (roles, stream placement, edge choice, voters).
 //! - [`relay`]: the node-to-node relay protocol (wire format and session state machine).
+//! - [`secret`]: comparing tokens and digests in constant time.
 //! - [`stun`]: the recipient ufrag of an ICE check, to route a new peer's first datagram in O(1).
 //! - [`route_pass`]: the signed pass a redirected request carries to the node it was sent to.
 //! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
@@ -29,6 +30,7 @@ pub mod priming;
 pub mod relay;
 pub mod route_pass;
 pub mod rtp_payload;
+pub mod secret;
 pub mod sei;
 pub mod stream_id;
 pub mod stun;

@@ -69,13 +69,7 @@ impl Client {
         match (self.bearer_digest, bearer) {
             (None, _) => true,
             (Some(expected), Some(presented)) => {
-                let presented = digest(presented);
-                // Constant time: the comparison must not say how much of the token matched.
-                expected
-                    .iter()
-                    .zip(presented.iter())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
+                cascade_protocol::secret::constant_time_eq(&expected, &digest(presented))
             }
             (Some(_), None) => false,
         }

@@ -101,7 +101,7 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub(crate) fn is_operator(state: &AppState, headers: &HeaderMap) -> bool {
     match (state.admin_token.as_deref(), bearer(headers)) {
         (Some(expected), Some(presented)) => {
-            crate::access::constant_time_eq(expected.as_bytes(), presented.as_bytes())
+            cascade_protocol::secret::constant_time_eq(expected.as_bytes(), presented.as_bytes())
         }
         _ => false,
     }

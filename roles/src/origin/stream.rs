@@ -245,8 +245,6 @@ pub struct StreamState {
     /// Frames the broadcast had received when the current publisher was admitted: it is
     /// `connecting` until there are more.
     frames_at_publish: u64,
-    /// Whether any publisher ever delivered a frame.
-    ever_live: bool,
 }
 
 impl StreamState {
@@ -264,6 +262,11 @@ impl StreamState {
             .iter()
             .map(|t| t.frames_in())
             .sum()
+    }
+
+    /// Whether any publisher ever delivered a frame (the counts only grow).
+    fn ever_live(&self) -> bool {
+        self.frames_in() > 0
     }
 
     /// The live publisher's silence: zero when there is none, or when it has no transport
@@ -314,7 +317,6 @@ impl Actor for StreamActor {
             bitrate_bps: 0,
             ending: false,
             frames_at_publish: 0,
-            ever_live: false,
         })
     }
 
@@ -350,7 +352,6 @@ impl Actor for StreamActor {
                 let bytes = state.args.broadcast.bytes_in();
                 state.bitrate_bps = (bytes - state.last_bytes) * 8;
                 state.last_bytes = bytes;
-                state.ever_live |= state.frames_in() > 0;
                 // A stream nobody ever published to (a refused offer) also times out here.
                 if !state.ending && state.slot.on_tick(Instant::now()) == SlotDecision::EndStream {
                     end_stream(&myself, state);
@@ -405,8 +406,7 @@ impl Actor for StreamActor {
         if let SlotDecision::StartGrace(_) =
             state.slot.on_session_end(member.id, Instant::now(), grace)
         {
-            state.ever_live |= state.frames_in() > 0;
-            if !state.ever_live {
+            if !state.ever_live() {
                 // Nothing was ever published: nobody waits for this publisher to come back.
                 tracing::info!(stream = %state.args.broadcast.id(), "the publisher left before sending media; ending the stream");
                 end_stream(&myself, state);
@@ -561,7 +561,7 @@ fn info(state: &StreamState) -> StreamInfo {
     let receiving = state.frames_in() > state.frames_at_publish;
     StreamInfo {
         id: state.args.broadcast.id().clone(),
-        state: stream_state(publisher.is_some(), receiving, state.ever_live),
+        state: stream_state(publisher.is_some(), receiving, state.ever_live()),
         publisher,
         viewers: state.viewers(),
         tracks: state
