@@ -69,6 +69,15 @@ struct Common {
     /// Local address for media sockets (ICE host candidate).
     #[arg(long, env = "CASCADE_LOADTEST_LOCAL_IP", default_value = "127.0.0.1")]
     local_ip: IpAddr,
+    /// How media reaches the server: `udp`, or `tcp` to its passive ICE-TCP candidate (as
+    /// clients on networks that block UDP do).
+    #[arg(
+        long,
+        env = "CASCADE_LOADTEST_TRANSPORT",
+        value_enum,
+        default_value = "udp"
+    )]
+    transport: peer::Transport,
     /// After a session dies, request a new one through the same URL (following redirects).
     #[arg(long, env = "CASCADE_LOADTEST_RECONNECT")]
     reconnect: bool,
@@ -221,6 +230,7 @@ async fn publish(args: PublishArgs) -> Result<ExitCode, LoadtestError> {
         urls: signaling::Endpoints::new(args.url),
         token: args.common.token,
         local_ip: args.common.local_ip,
+        transport: args.common.transport,
         duration: args.duration,
         reconnect: args.common.reconnect,
     };
@@ -269,6 +279,7 @@ async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
         urls: signaling::Endpoints::new(args.url.clone()),
         token: args.common.token,
         local_ip: args.common.local_ip,
+        transport: args.common.transport,
         reconnect: args.common.reconnect,
         join_timeout: args.join_timeout,
         media_timeout: args.media_timeout,

@@ -1,6 +1,7 @@
-//! A str0m `Rtc` as the offering client, on its own UDP socket, and the few lines that drive
-//! it: drain output until `Timeout`, wait for datagrams or the timeout, feed them back. In
-//! counting mode RTP is counted from its headers instead of being decrypted.
+//! A str0m `Rtc` as the offering client, on its own UDP socket (or, with `--transport tcp`,
+//! its own TCP connection to the server's passive ICE-TCP candidate), and the few lines that
+//! drive it: drain output until `Timeout`, wait for datagrams or the timeout, feed them back.
+//! In counting mode RTP is counted from its headers instead of being decrypted.
 //!
 //! Each simulated peer has its own socket because servers tell sessions apart by the remote
 //! address (ICE only authenticates the first packet).
@@ -14,19 +15,36 @@ use std::time::Instant;
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::io::Interest;
 
+use bytes::BytesMut;
+use cascade_protocol::ice_tcp::{frame_into, next_frame};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 /// How often a connected peer checks that the server still answers (STUN).
 const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 /// Unanswered checks after which the session counts as disconnected.
 const ICE_MAX_UNANSWERED: usize = 4;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::figures::FailureReason;
+
+/// How a peer's media reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// A UDP socket per peer (a host candidate on `--local-ip`).
+    Udp,
+    /// A TCP connection per peer to the server's passive ICE-TCP candidate (RFC 6544), as a
+    /// browser on a network that blocks UDP makes.
+    Tcp,
+}
+
+/// RFC 6544: an active TCP candidate carries the discard port; it never accepts.
+const ACTIVE_TCP_PORT: u16 = 9;
+/// Bytes a TCP peer buffers beyond what its socket takes before it drops datagrams.
+const TCP_MAX_PENDING: usize = 256 * 1024;
 
 /// Room for one receive: up to 64 datagrams the kernel coalesced (UDP GRO) from a sender's
 /// GSO batch, each under the path MTU.
@@ -51,7 +69,8 @@ pub fn shared_certificate() -> DtlsCert {
 pub struct Peer {
     pub rtc: Rtc,
     socket: PeerSocket,
-    udp: UdpSocketState,
+    /// The UDP socket's offload state (`None` over TCP).
+    udp: Option<UdpSocketState>,
     local: SocketAddr,
     next_timeout: Instant,
     pub bytes_received: u64,
@@ -67,17 +86,35 @@ pub struct Offering {
 }
 
 impl Offering {
-    /// Creates a peer on `local_ip` offering one `direction` m-line per kind in `kinds`.
+    /// Creates a peer on `local_ip` offering one `direction` m-line per kind in `kinds`. Over
+    /// TCP nothing is connected until the answer names the server's TCP candidate.
     pub async fn new(
         local_ip: IpAddr,
+        transport: Transport,
         cert: &DtlsCert,
         direction: Direction,
         kinds: &[MediaKind],
         stats: bool,
     ) -> std::io::Result<Offering> {
-        let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
-        let local = socket.local_addr()?;
-        let udp = UdpSocketState::new((&socket).into())?;
+        let (socket, udp, local, candidate) = match transport {
+            Transport::Udp => {
+                let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
+                let local = socket.local_addr()?;
+                let udp = UdpSocketState::new((&socket).into())?;
+                let candidate = Candidate::host(local, "udp").map_err(std::io::Error::other)?;
+                (PeerSocket::Own(socket), Some(udp), local, candidate)
+            }
+            Transport::Tcp => {
+                let local = SocketAddr::new(local_ip, ACTIVE_TCP_PORT);
+                let candidate = Candidate::builder()
+                    .tcp()
+                    .host(local)
+                    .tcptype(TcpType::Active)
+                    .build()
+                    .map_err(std::io::Error::other)?;
+                (PeerSocket::Unconnected, None, local, candidate)
+            }
+        };
         let now = Instant::now();
         let mut config = RtcConfig::new()
             .clear_codecs()
@@ -97,7 +134,6 @@ impl Offering {
             config = config.set_stats_interval(Some(std::time::Duration::from_secs(1)));
         }
         let mut rtc = config.build(now);
-        let candidate = Candidate::host(local, "udp").map_err(std::io::Error::other)?;
         rtc.add_local_candidate(candidate);
         let mut change = rtc.sdp_api();
         let mids = kinds
@@ -110,7 +146,7 @@ impl Offering {
         Ok(Offering {
             peer: Peer {
                 rtc,
-                socket: PeerSocket::Own(socket),
+                socket,
                 udp,
                 local,
                 next_timeout: now,
@@ -123,8 +159,30 @@ impl Offering {
         })
     }
 
-    /// Applies the server's answer.
-    pub fn accept(mut self, answer: &str) -> Result<(Peer, Vec<(MediaKind, Mid)>), FailureReason> {
+    /// Applies the server's answer; over TCP, connects to the candidate it names.
+    pub async fn accept(
+        mut self,
+        answer: &str,
+    ) -> Result<(Peer, Vec<(MediaKind, Mid)>), FailureReason> {
+        if matches!(self.peer.socket, PeerSocket::Unconnected) {
+            let Some(server) = passive_tcp_candidate(answer) else {
+                tracing::warn!(
+                    "the answer has no passive TCP candidate (is ICE-TCP off on the server?)"
+                );
+                return Err(FailureReason::BadAnswer);
+            };
+            let stream = TcpStream::connect(server).await.map_err(|e| {
+                tracing::debug!(%server, error = %e, "ICE-TCP connect failed");
+                FailureReason::Unreachable
+            })?;
+            let _ = stream.set_nodelay(true);
+            self.peer.socket = PeerSocket::Tcp(TcpLink {
+                stream,
+                server,
+                read: BytesMut::with_capacity(RECEIVE_BYTES),
+                pending: Vec::new(),
+            });
+        }
         let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| {
             tracing::debug!(error = %e, "unparseable SDP answer");
             FailureReason::BadAnswer
@@ -205,7 +263,18 @@ impl Peer {
                     }
                     _ = sleep => {}
                 },
-                PeerSocket::Shared(_) | PeerSocket::Detaching => sleep.await,
+                PeerSocket::Tcp(link) => tokio::select! {
+                    biased;
+                    readable = link.stream.readable() => {
+                        if readable.is_ok() {
+                            self.receive(&mut on_event);
+                        }
+                    }
+                    _ = sleep => {}
+                },
+                PeerSocket::Shared(_) | PeerSocket::Unconnected | PeerSocket::Detaching => {
+                    sleep.await
+                }
             }
         }
         self.handle_timeout(Instant::now(), &mut on_event);
@@ -249,17 +318,24 @@ impl Peer {
     /// Reads what is queued (one `recvmsg`, several datagrams when the kernel coalesced a
     /// GSO batch) and handles each. Returns false when nothing was queued.
     fn receive(&mut self, on_event: &mut impl FnMut(Event)) -> bool {
+        if matches!(self.socket, PeerSocket::Tcp(_)) {
+            return self.receive_tcp(on_event);
+        }
         RECEIVE_BUFFER.with_borrow_mut(|buf| {
             let mut meta = [RecvMeta::default()];
             let received = {
                 let mut slices = [IoSliceMut::new(&mut buf[..])];
-                let state = &self.udp;
+                let Some(state) = &self.udp else {
+                    return false;
+                };
                 match &self.socket {
                     PeerSocket::Own(socket) => socket.try_io(Interest::READABLE, || {
                         state.recv(socket.into(), &mut slices, &mut meta)
                     }),
                     PeerSocket::Shared(socket) => state.recv(socket.into(), &mut slices, &mut meta),
-                    PeerSocket::Detaching => return false,
+                    PeerSocket::Tcp(_) | PeerSocket::Unconnected | PeerSocket::Detaching => {
+                        return false;
+                    }
                 }
             };
             match received {
@@ -270,30 +346,117 @@ impl Peer {
             self.bytes_received += meta.len as u64;
             let now = Instant::now();
             for datagram in buf[..meta.len].chunks(meta.stride.max(1)) {
-                if let Some(counter) = self.counter.as_mut()
-                    && counter.count(datagram, now)
-                {
-                    continue;
-                }
-                let Ok(contents) = datagram.try_into() else {
-                    continue;
-                };
-                let input = Input::Receive(
-                    now,
-                    Receive {
-                        proto: Protocol::Udp,
-                        source: meta.addr,
-                        destination: self.local,
-                        contents,
-                    },
-                );
-                if let Err(e) = self.rtc.handle_input(input) {
-                    tracing::debug!(error = %e, "input rejected");
-                }
-                self.drain(&mut *on_event);
+                self.handle_datagram(datagram, (Protocol::Udp, meta.addr), now, on_event);
             }
             true
         })
+    }
+
+    /// The TCP side of [`Peer::receive`]: reads what the connection holds and handles every
+    /// whole datagram in it. A closed connection ends the session through ICE.
+    fn receive_tcp(&mut self, on_event: &mut impl FnMut(Event)) -> bool {
+        let PeerSocket::Tcp(link) = &mut self.socket else {
+            return false;
+        };
+        link.flush();
+        link.read.reserve(RECEIVE_BYTES);
+        let read = match link.stream.try_read_buf(&mut link.read) {
+            Ok(0) => {
+                self.socket = PeerSocket::Unconnected;
+                return false;
+            }
+            Ok(read) => read,
+            Err(_) => return false, // WouldBlock: nothing queued
+        };
+        self.bytes_received += read as u64;
+        let server = link.server;
+        let now = Instant::now();
+        loop {
+            let PeerSocket::Tcp(link) = &mut self.socket else {
+                return true;
+            };
+            let Some(datagram) = next_frame(&mut link.read) else {
+                return true;
+            };
+            self.handle_datagram(&datagram, (Protocol::Tcp, server), now, on_event);
+        }
+    }
+
+    /// Counts or hands one datagram to str0m, then drains.
+    fn handle_datagram(
+        &mut self,
+        datagram: &[u8],
+        (proto, source): (Protocol, SocketAddr),
+        now: Instant,
+        on_event: &mut impl FnMut(Event),
+    ) {
+        if let Some(counter) = self.counter.as_mut()
+            && counter.count(datagram, now)
+        {
+            return;
+        }
+        let Ok(contents) = datagram.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        if let Err(e) = self.rtc.handle_input(input) {
+            tracing::debug!(error = %e, "input rejected");
+        }
+        self.drain(&mut *on_event);
+    }
+
+    /// Whether this peer talks to the server over TCP (it cannot join a shared UDP poll).
+    pub fn is_tcp(&self) -> bool {
+        !matches!(self.socket, PeerSocket::Own(_) | PeerSocket::Shared(_))
+    }
+}
+
+/// The server's passive ICE-TCP candidate in an SDP answer.
+fn passive_tcp_candidate(answer: &str) -> Option<SocketAddr> {
+    answer
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("a="))
+        .filter_map(|attribute| Candidate::from_sdp_string(attribute).ok())
+        .find(|c| c.proto() == Protocol::Tcp && c.tcptype() == Some(TcpType::Passive))
+        .map(|c| c.addr())
+}
+
+/// A peer's TCP connection: RFC 4571 frames both ways.
+struct TcpLink {
+    stream: TcpStream,
+    server: SocketAddr,
+    read: BytesMut,
+    /// Framed datagrams the socket has not taken yet.
+    pending: Vec<u8>,
+}
+
+impl TcpLink {
+    /// Frames a datagram and writes what the socket takes without waiting; a full buffer
+    /// drops the datagram, as a congested network would.
+    fn send(&mut self, datagram: &[u8]) {
+        if self.pending.len() + datagram.len() <= TCP_MAX_PENDING {
+            frame_into(&mut self.pending, datagram);
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            match self.stream.try_write(&self.pending) {
+                Ok(written) if written > 0 => {
+                    self.pending.drain(..written);
+                }
+                _ => return,
+            }
+        }
     }
 }
 
@@ -302,17 +465,24 @@ impl Peer {
 enum PeerSocket {
     Own(UdpSocket),
     Shared(std::net::UdpSocket),
+    Tcp(TcpLink),
+    /// A TCP peer before its answer arrived, or after the server closed the connection.
+    Unconnected,
     /// Only while [`Peer::detach_socket`] runs.
     Detaching,
 }
 
 impl PeerSocket {
     /// Sends without waiting: a full send buffer drops the datagram, as a network would.
-    fn send_to(&self, contents: &[u8], destination: SocketAddr) {
+    fn send_to(&mut self, contents: &[u8], destination: SocketAddr) {
         let _ = match self {
             PeerSocket::Own(socket) => socket.try_send_to(contents, destination),
             PeerSocket::Shared(socket) => socket.send_to(contents, destination),
-            PeerSocket::Detaching => return,
+            PeerSocket::Tcp(link) => {
+                link.send(contents);
+                return;
+            }
+            PeerSocket::Unconnected | PeerSocket::Detaching => return,
         };
     }
 }

@@ -21,6 +21,7 @@ pub struct PublishSettings {
     pub urls: crate::signaling::Endpoints,
     pub token: Option<String>,
     pub local_ip: std::net::IpAddr,
+    pub transport: crate::peer::Transport,
     pub duration: Duration,
     pub reconnect: bool,
 }
@@ -55,17 +56,18 @@ pub async fn run(
         outcome.sessions += 1;
         let offering = Offering::new(
             settings.local_ip,
+            settings.transport,
             &certificate,
             Direction::SendOnly,
             &[MediaKind::Video, MediaKind::Audio],
             false,
         )
         .await
-        .map_err(|e| LoadtestError::Config(format!("cannot bind a UDP socket: {e}")))?;
+        .map_err(|e| LoadtestError::Config(format!("cannot create a local peer: {e}")))?;
         let offer = offering.offer.clone();
         let url = settings.urls.for_attempt(attempts);
         let result = match signaling::exchange(&http, url, settings.token.as_deref(), offer).await {
-            Ok(negotiated) => match offering.accept(&negotiated.answer) {
+            Ok(negotiated) => match offering.accept(&negotiated.answer).await {
                 Ok((peer, mids)) => {
                     let ended = stream(
                         peer,

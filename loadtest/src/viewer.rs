@@ -21,6 +21,7 @@ pub struct ViewerSettings {
     pub urls: crate::signaling::Endpoints,
     pub token: Option<String>,
     pub local_ip: std::net::IpAddr,
+    pub transport: crate::peer::Transport,
     pub reconnect: bool,
     /// Connecting (ICE + DTLS) and the first keyframe must each happen within this.
     pub join_timeout: Duration,
@@ -224,6 +225,7 @@ async fn session(
     ctx.totals.borrow_mut().sessions_started += 1;
     let offering = match Offering::new(
         settings.local_ip,
+        settings.transport,
         &ctx.certificate,
         Direction::RecvOnly,
         &[MediaKind::Video, MediaKind::Audio],
@@ -246,7 +248,7 @@ async fn session(
         Ok(n) => n,
         Err(reason) => return SessionEnd::Failed(reason),
     };
-    let (peer, mids) = match offering.accept(&negotiated.answer) {
+    let (peer, mids) = match offering.accept(&negotiated.answer).await {
         Ok(accepted) => accepted,
         Err(reason) => return SessionEnd::Failed(reason),
     };
@@ -263,6 +265,10 @@ async fn session(
         bytes_reported: 0,
     };
     let end = if verify {
+        live.run_on_own_task(ctx, stop).await
+    } else if live.peer.is_tcp() {
+        // The shared poll reads UDP datagrams: a TCP peer counts on its own task.
+        live.peer.count_rtp_instead_of_decrypting();
         live.run_on_own_task(ctx, stop).await
     } else {
         live.peer.count_rtp_instead_of_decrypting();

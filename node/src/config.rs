@@ -68,6 +68,20 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_WEBRTC_INGEST_ADDR", value_name = "ADDR")]
     pub webrtc_ingest_addr: Option<SocketAddr>,
 
+    /// TCP address of the viewers' passive ICE-TCP candidate, for clients whose network
+    /// blocks UDP [default: the WebRTC address, on TCP].
+    #[arg(long, env = "CASCADE_WEBRTC_TCP_ADDR", value_name = "ADDR")]
+    pub webrtc_tcp_addr: Option<SocketAddr>,
+
+    /// TCP address of the publishers' passive ICE-TCP candidate [default: the WebRTC ingest
+    /// address, on TCP].
+    #[arg(long, env = "CASCADE_WEBRTC_INGEST_TCP_ADDR", value_name = "ADDR")]
+    pub webrtc_ingest_tcp_addr: Option<SocketAddr>,
+
+    /// Offer ICE-TCP candidates at all (`false` offers UDP only) [default: true].
+    #[arg(long, env = "CASCADE_ICE_TCP", value_name = "BOOL")]
+    pub ice_tcp: Option<bool>,
+
     /// IP address advertised in ICE candidates, when clients reach this node by another
     /// address than it binds (NAT, containers) [default: the bound address].
     #[arg(long, env = "CASCADE_PUBLIC_IP", value_name = "IP")]
@@ -184,6 +198,10 @@ pub struct NodeConfig {
     pub webrtc_addr: SocketAddr,
     /// See [`RunOptions::webrtc_ingest_addr`].
     pub webrtc_ingest_addr: SocketAddr,
+    /// See [`RunOptions::webrtc_tcp_addr`]; `None` with `ice-tcp = false`.
+    pub webrtc_tcp_addr: Option<SocketAddr>,
+    /// See [`RunOptions::webrtc_ingest_tcp_addr`]; `None` with `ice-tcp = false`.
+    pub webrtc_ingest_tcp_addr: Option<SocketAddr>,
     /// See [`RunOptions::public_ip`].
     pub public_ip: Option<IpAddr>,
     /// See [`RunOptions::data_dir`].
@@ -263,6 +281,17 @@ impl NodeConfig {
             .unwrap_or_else(|| {
                 SocketAddr::new(webrtc_addr.ip(), webrtc_addr.port().wrapping_add(1))
             });
+        let ice_tcp = cli.ice_tcp.or(file.ice_tcp).unwrap_or(true);
+        let webrtc_tcp_addr = ice_tcp.then(|| {
+            cli.webrtc_tcp_addr
+                .or(file.webrtc_tcp_addr)
+                .unwrap_or(webrtc_addr)
+        });
+        let webrtc_ingest_tcp_addr = ice_tcp.then(|| {
+            cli.webrtc_ingest_tcp_addr
+                .or(file.webrtc_ingest_tcp_addr)
+                .unwrap_or(webrtc_ingest_addr)
+        });
         let config = Self {
             quic_addr: cli
                 .quic_addr
@@ -279,6 +308,8 @@ impl NodeConfig {
                 .unwrap_or_else(|| default_addr(DEFAULT_HTTP_ADDR)),
             webrtc_addr,
             webrtc_ingest_addr,
+            webrtc_tcp_addr,
+            webrtc_ingest_tcp_addr,
             public_ip: cli.public_ip.or(file.public_ip),
             data_dir: cli
                 .data_dir
@@ -344,6 +375,23 @@ impl NodeConfig {
             return Err(NodeError::Config {
                 key: "webrtc-ingest-addr",
                 message: "needs a fixed port of its own, other than webrtc-addr's".into(),
+            });
+        }
+        for (key, addr) in [
+            ("webrtc-tcp-addr", self.webrtc_tcp_addr),
+            ("webrtc-ingest-tcp-addr", self.webrtc_ingest_tcp_addr),
+        ] {
+            if addr.is_some_and(|a| a.port() == 0) {
+                return Err(NodeError::Config {
+                    key,
+                    message: "needs a fixed port: it is advertised to every WebRTC client".into(),
+                });
+            }
+        }
+        if self.webrtc_tcp_addr.is_some() && self.webrtc_tcp_addr == self.webrtc_ingest_tcp_addr {
+            return Err(NodeError::Config {
+                key: "webrtc-ingest-tcp-addr",
+                message: "needs a port of its own, other than webrtc-tcp-addr's".into(),
             });
         }
         if self.public_ip.is_some_and(|ip| ip.is_unspecified()) {
@@ -474,6 +522,20 @@ mod tests {
             config.webrtc_ingest_addr.to_string(),
             "127.0.0.2:9444",
             "publishers default to the next port"
+        );
+        assert_eq!(
+            (config.webrtc_tcp_addr, config.webrtc_ingest_tcp_addr),
+            (Some(config.webrtc_addr), Some(config.webrtc_ingest_addr)),
+            "ICE-TCP listens on the WebRTC ports' numbers, on TCP"
+        );
+        let no_tcp = RunOptions {
+            ice_tcp: Some(false),
+            ..Default::default()
+        };
+        let config = NodeConfig::resolve(no_tcp).unwrap();
+        assert_eq!(
+            (config.webrtc_tcp_addr, config.webrtc_ingest_tcp_addr),
+            (None, None)
         );
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(config.reconnect_grace, Duration::from_secs(10));

@@ -23,17 +23,23 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         source,
     })?;
     let metrics = install_metrics();
-    let engine = |bind, serves| {
+    let engine = |bind, tcp_bind, serves| {
         WebRtcEngine::start(WebRtcSettings {
             bind,
+            tcp_bind,
             serves,
             public_ip: config.public_ip,
             handshake_timeout: config.handshake_timeout,
         })
     };
     let engines = Engines {
-        egress: engine(config.webrtc_addr, "viewers").await?,
-        ingest: engine(config.webrtc_ingest_addr, "publishers").await?,
+        egress: engine(config.webrtc_addr, config.webrtc_tcp_addr, "viewers").await?,
+        ingest: engine(
+            config.webrtc_ingest_addr,
+            config.webrtc_ingest_tcp_addr,
+            "publishers",
+        )
+        .await?,
     };
     let registry = StreamRegistry::new(engines, config.reconnect_grace, config.limits);
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -174,6 +180,7 @@ fn announce(config: &NodeConfig, http_addr: std::net::SocketAddr, cluster: &Clus
         http = %http_addr,
         webrtc = %config.webrtc_addr,
         webrtc_ingest = %config.webrtc_ingest_addr,
+        ice_tcp = ?config.webrtc_tcp_addr,
         quic = %config.quic_addr,
         data_dir = %config.data_dir.display(),
         reconnect_grace_secs = config.reconnect_grace.as_secs_f64(),

@@ -16,6 +16,7 @@
 //! - [`cluster`]: the cluster's decisions as values (roles, stream placement, edge choice, voters).
 //! - [`relay`]: the node-to-node relay protocol (wire format and session state machine).
 //! - [`secret`]: comparing tokens and digests in constant time.
+//! - [`ice_tcp`]: RFC 4571 framing of ICE datagrams on TCP (ICE-TCP, RFC 6544).
 //! - [`stun`]: the recipient ufrag of an ICE check, to route a new peer's first datagram in O(1).
 //! - [`route_pass`]: the signed pass a redirected request carries to the node it was sent to.
 //! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
@@ -23,6 +24,7 @@
 pub mod cluster;
 pub mod duration;
 pub mod h264;
+pub mod ice_tcp;
 pub mod keyframe;
 pub mod media;
 pub mod ogg;

@@ -1,4 +1,5 @@
-//! The engine task: one UDP socket, every session's `Rtc`, and the fan-out to viewers.
+//! The engine task: one UDP socket (and a TCP port for ICE-TCP, [`super::tcp`]), every
+//! session's `Rtc`, and the fan-out to viewers.
 //!
 //! Shape (after str0m's `chat` example, scaled): sessions live in a slab; a datagram is routed
 //! by its source address, and a datagram from an unknown address (the first STUN check of a
@@ -31,11 +32,12 @@ use cascade_protocol::stun::binding_request_recipient_ufrag;
 use ractor::ActorRef;
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::RtpWrite;
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 
+use super::tcp::{TcpEvent, TcpPeers};
 use super::udp::{MediaSocket, Sent};
 
 use crate::admission::{EngineFigures, EngineLoad};
@@ -169,6 +171,12 @@ enum Role {
     Viewer { video: OutTrack, audio: OutTrack },
 }
 
+/// A peer's transport address: the same address may be a UDP and a TCP peer.
+type Remote = (Protocol, SocketAddr);
+/// Addresses kept per session; a peer heard from more (a check from every interface, a
+/// mobile client moving) forgets its oldest.
+const MAX_REMOTES: usize = 8;
+
 struct Session {
     id: SessionId,
     generation: u64,
@@ -179,7 +187,9 @@ struct Session {
     liveness: Liveness,
     /// Until ICE and DTLS complete, the session is ended at this instant.
     handshake_deadline: Instant,
-    addr: Option<SocketAddr>,
+    /// Every address the peer's checks came from, oldest first: a browser checks its UDP and
+    /// TCP pairs side by side, and any of them may carry its media.
+    remotes: Vec<Remote>,
     deadline: Instant,
     /// The deadline last pushed on the timer heap: an unchanged deadline is not pushed again
     /// (most drives after a frame end with the same str0m timeout).
@@ -254,6 +264,7 @@ impl Subscription {
 enum Wake {
     Command(Option<Command>),
     Readable(std::io::Result<()>),
+    Tcp(TcpEvent),
     Frame(FrameToEngine),
     Timer,
 }
@@ -270,14 +281,20 @@ struct Engine {
     /// Datagrams of one receive batch, copied out so that sessions can be driven meanwhile.
     inbox: Vec<u8>,
     inbox_marks: Vec<(SocketAddr, usize)>,
-    local: SocketAddr,
+    /// Our candidates' addresses: what a peer's datagrams are addressed to (with
+    /// `--public-ip`, not the address the socket is bound to).
+    udp_candidate: SocketAddr,
+    tcp_candidate: Option<SocketAddr>,
+    tcp: TcpPeers,
+    /// When connections that no session claimed were last closed.
+    tcp_swept: Instant,
     commands: mpsc::UnboundedSender<Command>,
     frames_tx: mpsc::Sender<FrameToEngine>,
     slots: Vec<Option<Session>>,
     free: Vec<usize>,
     generation: u64,
     by_id: HashMap<SessionId, usize>,
-    by_addr: HashMap<SocketAddr, usize>,
+    by_addr: HashMap<Remote, usize>,
     /// Each session's local ICE ufrag: a datagram from an unknown address is routed by the
     /// USERNAME of its STUN check, never by asking every session.
     by_ufrag: HashMap<String, usize>,
@@ -296,22 +313,34 @@ struct Engine {
     previous_busy_pct: u32,
 }
 
+/// The engine's transports: its UDP socket and, for ICE-TCP, the datagrams of its TCP
+/// connections; each with the candidate address it is advertised as.
+pub(crate) struct Transports {
+    pub socket: MediaSocket,
+    pub udp_candidate: SocketAddr,
+    pub tcp: Option<(SocketAddr, mpsc::Receiver<TcpEvent>)>,
+}
+
 pub(crate) fn spawn(
-    socket: MediaSocket,
+    transports: Transports,
     commands: mpsc::UnboundedSender<Command>,
     command_rx: mpsc::UnboundedReceiver<Command>,
     handshake_timeout: Duration,
     load: Arc<EngineLoad>,
 ) {
-    let local = socket
-        .local_addr()
-        .expect("a bound socket has a local address");
     let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
+    let (tcp_candidate, tcp_rx) = match transports.tcp {
+        Some((candidate, rx)) => (Some(candidate), Some(rx)),
+        None => (None, None),
+    };
     let engine = Engine {
-        socket,
+        socket: transports.socket,
         inbox: Vec::new(),
         inbox_marks: Vec::new(),
-        local,
+        udp_candidate: transports.udp_candidate,
+        tcp_candidate,
+        tcp: TcpPeers::default(),
+        tcp_swept: Instant::now(),
         commands,
         frames_tx,
         slots: Vec::new(),
@@ -331,7 +360,7 @@ pub(crate) fn spawn(
         previous_busy_pct: 0,
         window_started: Instant::now(),
     };
-    tokio::spawn(engine.run(command_rx, frames_rx));
+    tokio::spawn(engine.run(command_rx, frames_rx, tcp_rx));
 }
 
 impl Engine {
@@ -339,6 +368,7 @@ impl Engine {
         mut self,
         mut command_rx: mpsc::UnboundedReceiver<Command>,
         mut frames_rx: mpsc::Receiver<FrameToEngine>,
+        mut tcp_rx: Option<mpsc::Receiver<TcpEvent>>,
     ) {
         loop {
             let next_timer = self
@@ -352,6 +382,7 @@ impl Engine {
                 biased;
                 command = command_rx.recv() => Wake::Command(command),
                 readable = self.socket.readable() => Wake::Readable(readable),
+                Some(event) = next_tcp_event(&mut tcp_rx) => Wake::Tcp(event),
                 Some(first) = frames_rx.recv() => Wake::Frame(first),
                 _ = tokio::time::sleep_until(next_timer.into()) => Wake::Timer,
             };
@@ -369,6 +400,14 @@ impl Engine {
                     }
                 }
                 Wake::Readable(Err(e)) => tracing::debug!(error = %e, "UDP receive error"),
+                Wake::Tcp(event) => {
+                    self.handle_tcp(event);
+                    if let Some(rx) = tcp_rx.as_mut() {
+                        while let Ok(more) = rx.try_recv() {
+                            self.handle_tcp(more);
+                        }
+                    }
+                }
                 Wake::Frame(first) => {
                     self.handle_frame(first);
                     // Drain what is already queued before going back to the socket: one
@@ -380,6 +419,11 @@ impl Engine {
                 Wake::Timer => {}
             }
             self.fire_timers();
+            self.tcp.retry_backlogged();
+            if woke.duration_since(self.tcp_swept) >= IDLE_TICK {
+                self.tcp.close_unclaimed(woke);
+                self.tcp_swept = woke;
+            }
             if self.next_pacing.is_some_and(|at| at <= Instant::now()) {
                 self.pace_priming();
             }
@@ -408,7 +452,7 @@ impl Engine {
             read += count;
             let mut at = 0;
             for &(source, len) in &marks {
-                self.handle_datagram(&inbox[at..at + len], source);
+                self.handle_datagram(&inbox[at..at + len], (Protocol::Udp, source));
                 at += len;
             }
         }
@@ -428,7 +472,7 @@ impl Engine {
                         while let Ok(output) = session.rtc.poll_output() {
                             match output {
                                 Output::Transmit(t) => {
-                                    self.socket.queue(t.destination, &t.contents);
+                                    transmit(&mut self.socket, &mut self.tcp, &t);
                                 }
                                 Output::Timeout(_) => break,
                                 Output::Event(_) => {}
@@ -438,6 +482,11 @@ impl Engine {
                             }
                         }
                         self.socket.flush();
+                        for &(proto, peer) in &session.remotes {
+                            if proto == Protocol::Tcp {
+                                self.tcp.flush(peer);
+                            }
+                        }
                     }
                     self.remove(slot, None);
                 }
@@ -483,7 +532,7 @@ impl Engine {
             actor: new.actor,
             liveness: new.liveness,
             handshake_deadline,
-            addr: None,
+            remotes: Vec::new(),
             deadline: Instant::now(),
             queued_deadline: None,
             unreported: Sent::default(),
@@ -512,22 +561,52 @@ impl Engine {
         self.drive(slot);
     }
 
-    fn handle_datagram(&mut self, bytes: &[u8], source: SocketAddr) {
+    /// A connection opened, sent a datagram or closed.
+    fn handle_tcp(&mut self, event: TcpEvent) {
+        match event {
+            TcpEvent::Opened {
+                peer,
+                writer,
+                close,
+            } => self.tcp.open(peer, writer, close),
+            TcpEvent::Datagram { peer, bytes } => {
+                let claimed = self.tcp.is_claimed(peer);
+                if !self.handle_datagram(&bytes, (Protocol::Tcp, peer)) && !claimed {
+                    // Its first words were not ICE for one of our sessions: nothing it says
+                    // later will be either.
+                    self.tcp.close(peer);
+                    return;
+                }
+                if !claimed {
+                    self.tcp.claim(peer);
+                }
+            }
+            TcpEvent::Closed { peer } => self.tcp.close(peer),
+        }
+    }
+
+    /// Hands a datagram to the session it belongs to. Returns whether one took it.
+    fn handle_datagram(&mut self, bytes: &[u8], from: Remote) -> bool {
+        let (proto, source) = from;
         let Ok(contents) = bytes.try_into() else {
             metrics::counter!("cascade_udp_dropped_total", "reason" => "unparseable").increment(1);
-            return;
+            return false;
+        };
+        let destination = match proto {
+            Protocol::Tcp => self.tcp_candidate.unwrap_or(self.udp_candidate),
+            _ => self.udp_candidate,
         };
         let now = Instant::now();
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.local,
+                destination,
                 contents,
             },
         );
-        let slot = match self.by_addr.get(&source) {
+        let slot = match self.by_addr.get(&from) {
             Some(&slot) => Some(slot),
             None => binding_request_recipient_ufrag(bytes)
                 .and_then(|ufrag| self.by_ufrag.get(ufrag).copied())
@@ -539,22 +618,25 @@ impl Engine {
         };
         let Some(slot) = slot else {
             metrics::counter!("cascade_udp_dropped_total", "reason" => "no_session").increment(1);
-            return;
+            return false;
         };
         let Some(session) = self.slots[slot].as_mut() else {
-            return;
+            return false;
         };
-        if session.addr != Some(source) {
-            if let Some(old) = session.addr.replace(source) {
-                self.by_addr.remove(&old);
+        if !session.remotes.contains(&from) {
+            if session.remotes.len() == MAX_REMOTES {
+                let oldest = session.remotes.remove(0);
+                self.by_addr.remove(&oldest);
             }
-            self.by_addr.insert(source, slot);
+            session.remotes.push(from);
+            self.by_addr.insert(from, slot);
         }
         session.liveness.heard(now);
         if let Err(e) = session.rtc.handle_input(input) {
             tracing::debug!(session = %session.id, error = %e, "input rejected");
         }
         self.drive(slot);
+        true
     }
 
     /// Closes the measuring window when it is over: admission reads the last one's figures.
@@ -666,7 +748,7 @@ impl Engine {
                         break;
                     }
                     Ok(Output::Transmit(t)) => {
-                        sent.add(self.socket.queue(t.destination, &t.contents));
+                        sent.add(transmit(&mut self.socket, &mut self.tcp, &t));
                     }
                     Ok(Output::Event(event)) => {
                         if let Some(reason) =
@@ -684,6 +766,11 @@ impl Engine {
                 }
             }
             sent.add(self.socket.flush());
+            for &(proto, peer) in &session.remotes {
+                if proto == Protocol::Tcp {
+                    self.tcp.flush(peer);
+                }
+            }
             session.unreported.add(sent);
             if session.unreported.datagrams >= REPORT_EVERY_DATAGRAMS || closed.is_some() {
                 session.report_egress();
@@ -830,7 +917,7 @@ impl Engine {
         tracing::info!(
             session = %session.id,
             stream = %session.broadcast.id(),
-            heard_from_peer = session.addr.is_some(),
+            heard_from_peer = !session.remotes.is_empty(),
             timeout_secs = limit.as_secs_f64(),
             "ICE and DTLS did not complete in time; ending the session (a client that cannot reach the media address?)"
         );
@@ -847,8 +934,8 @@ impl Engine {
         self.by_id.remove(&session.id);
         let ufrag = session.rtc.direct_api().local_ice_credentials().ufrag;
         self.by_ufrag.remove(&ufrag);
-        if let Some(addr) = session.addr {
-            self.by_addr.remove(&addr);
+        for remote in &session.remotes {
+            self.by_addr.remove(remote);
         }
         match &session.role {
             Role::Viewer { .. } => {
@@ -876,6 +963,22 @@ impl Engine {
             tracing::info!(session = %session.id, %reason, "WebRTC session closed");
             let _ = session.actor.cast(SessionMsg::TransportClosed(reason));
         }
+    }
+}
+
+/// Queues one of str0m's datagrams on the transport it names.
+fn transmit(socket: &mut MediaSocket, tcp: &mut TcpPeers, t: &Transmit) -> Sent {
+    match t.proto {
+        Protocol::Tcp => tcp.queue(t.destination, &t.contents),
+        _ => socket.queue(t.destination, &t.contents),
+    }
+}
+
+/// The next event of the TCP side, or never when the engine has no TCP port.
+async fn next_tcp_event(rx: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

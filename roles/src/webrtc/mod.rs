@@ -1,4 +1,5 @@
-//! WebRTC for both directions of a node: WHIP ingest and WHEP playback, on one UDP socket.
+//! WebRTC for both directions of a node: WHIP ingest and WHEP playback, each on an engine
+//! with one UDP socket and one TCP port (ICE-TCP, [`tcp`]).
 //!
 //! [`WebRtcEngine`] is the cheap, cloneable handle used by HTTP handlers and actors. It builds
 //! an ICE-lite `Rtc` for each accepted offer ([`WebRtcEngine::answer`]) and hands it to the
@@ -6,6 +7,7 @@
 
 mod engine;
 pub mod offer;
+mod tcp;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
+use str0m::net::TcpType;
 use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::mpsc;
@@ -39,6 +42,9 @@ const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
 pub struct WebRtcSettings {
     /// The engine's UDP socket.
     pub bind: SocketAddr,
+    /// The engine's TCP port for clients that cannot use UDP (a passive ICE-TCP candidate);
+    /// `None` offers UDP only.
+    pub tcp_bind: Option<SocketAddr>,
     /// What it serves, for logs: `"viewers"` or `"publishers"`.
     pub serves: &'static str,
     /// The address advertised in ICE candidates (defaults to the bound one).
@@ -52,7 +58,7 @@ pub struct WebRtcSettings {
 #[derive(Clone)]
 pub struct WebRtcEngine {
     commands: mpsc::UnboundedSender<Command>,
-    advertised: SocketAddr,
+    advertised: Candidates,
     /// One DTLS certificate for every session of this node: generating a key pair per
     /// session would add to every join (each session still negotiates its own keys).
     certificate: DtlsCert,
@@ -80,17 +86,43 @@ impl WebRtcEngine {
             addr: settings.bind,
             source,
         })?;
-        let advertised = SocketAddr::new(settings.public_ip.unwrap_or(local.ip()), local.port());
+        let advertise = |bound: SocketAddr| {
+            SocketAddr::new(settings.public_ip.unwrap_or(bound.ip()), bound.port())
+        };
+        let udp = advertise(local);
+        let tcp = match settings.tcp_bind {
+            None => None,
+            Some(bind) => {
+                let listener = tokio::net::TcpListener::bind(bind)
+                    .await
+                    .map_err(|source| RoleError::Bind { addr: bind, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| RoleError::Bind { addr: bind, source })?;
+                let (events, events_rx) = mpsc::channel(tcp::INBOUND_QUEUE);
+                tcp::spawn_listener(listener, events);
+                tracing::info!(local = %bound, advertised = %advertise(bound), serves = settings.serves, "ICE-TCP port listening");
+                Some((advertise(bound), events_rx))
+            }
+        };
+        let advertised = Candidates {
+            udp,
+            tcp: tcp.as_ref().map(|(addr, _)| *addr),
+        };
         let (commands, command_rx) = mpsc::unbounded_channel();
         let load = Arc::new(EngineLoad::default());
         engine::spawn(
-            socket,
+            engine::Transports {
+                socket,
+                udp_candidate: udp,
+                tcp,
+            },
             commands.clone(),
             command_rx,
             settings.handshake_timeout,
             load.clone(),
         );
-        tracing::info!(%local, %advertised, serves = settings.serves, "WebRTC media socket bound");
+        tracing::info!(%local, advertised = %udp, serves = settings.serves, "WebRTC media socket bound");
         Ok(Self {
             commands,
             advertised,
@@ -106,7 +138,12 @@ impl WebRtcEngine {
 
     /// The UDP address put in ICE candidates.
     pub fn advertised_addr(&self) -> SocketAddr {
-        self.advertised
+        self.advertised.udp
+    }
+
+    /// The TCP address put in the passive ICE-TCP candidate, if the engine has one.
+    pub fn advertised_tcp_addr(&self) -> Option<SocketAddr> {
+        self.advertised.tcp
     }
 
     /// Parses and checks an SDP offer and builds the `Rtc` that answers it.
@@ -121,15 +158,24 @@ impl WebRtcEngine {
     }
 }
 
+/// The addresses an engine's sessions are offered as ICE candidates.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates {
+    /// The host candidate on UDP.
+    pub udp: SocketAddr,
+    /// The passive host candidate on TCP (RFC 6544), for networks that block UDP.
+    pub tcp: Option<SocketAddr>,
+}
+
 /// Everything a client's offer goes through before a session exists: our codec check,
-/// str0m's SDP parser and its negotiation into an ICE-lite `Rtc` with our one candidate.
+/// str0m's SDP parser and its negotiation into an ICE-lite `Rtc` with our candidates.
 /// Viewer sessions leave out transport-wide congestion control: we do not estimate bandwidth
 /// towards viewers, and hundreds of viewers' feedback would only load the shared socket.
 pub fn negotiate(
     offer_sdp: &str,
     kind: SessionKind,
     certificate: &DtlsCert,
-    advertised: SocketAddr,
+    advertised: Candidates,
     now: Instant,
 ) -> Result<(Rtc, String), RoleError> {
     offer::check_codecs(offer_sdp)?;
@@ -168,9 +214,20 @@ pub fn negotiate(
         .set_reordering_size_video(MAX_FRAME_PACKETS)
         .set_dtls_cert(certificate.clone())
         .build(now);
-    let candidate = Candidate::host(advertised, "udp")
-        .map_err(|e| RoleError::Unavailable(format!("bad ICE candidate address: {e}")))?;
-    rtc.add_local_candidate(candidate);
+    let bad_address = |e| RoleError::Unavailable(format!("bad ICE candidate address: {e}"));
+    let udp = Candidate::host(advertised.udp, "udp").map_err(bad_address)?;
+    rtc.add_local_candidate(udp);
+    if let Some(addr) = advertised.tcp {
+        // str0m gives TCP host candidates a lower priority than UDP ones: a client that can
+        // use both picks UDP.
+        let tcp = Candidate::builder()
+            .tcp()
+            .host(addr)
+            .tcptype(TcpType::Passive)
+            .build()
+            .map_err(bad_address)?;
+        rtc.add_local_candidate(tcp);
+    }
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
@@ -191,7 +248,10 @@ pub fn fuzz_offer(data: &[u8]) {
         return;
     };
     let offer = String::from_utf8_lossy(data);
-    let advertised = SocketAddr::from(([127, 0, 0, 1], 8443));
+    let advertised = Candidates {
+        udp: SocketAddr::from(([127, 0, 0, 1], 8443)),
+        tcp: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
+    };
     for kind in [SessionKind::Publisher, SessionKind::Viewer] {
         let _ = negotiate(&offer, kind, certificate, advertised, Instant::now());
     }
