@@ -11,6 +11,7 @@ mod config_samples;
 mod handshake_timeout;
 mod host_address;
 mod https;
+mod ice_tcp;
 mod interop_stacks;
 mod late_joiner;
 mod loadtest;

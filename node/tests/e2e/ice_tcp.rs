@@ -1,0 +1,195 @@
+//! Clients on a network that drops every UDP datagram reach a node over ICE-TCP.
+//!
+//! The outer test builds a network namespace whose firewall (nftables) drops UDP both ways,
+//! with a loopback and one ordinary interface (a veth end, as a host's eth0), and runs the
+//! inner test, this same binary, inside it: every process the inner test starts (nodes,
+//! Chromium, the load tester) inherits the namespace and its firewall. There Chromium, in its
+//! default configuration, watches the page, and the load tester publishes and watches with
+//! `--transport tcp`; a UDP viewer shows that the firewall really blocks UDP.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::browser::ChromeDriver;
+use crate::support::loadtest::{self, LoadPublisher};
+use crate::support::node::Node;
+use crate::support::wait_for;
+
+/// Set for the inner test's process: it runs only inside the namespace.
+const INSIDE: &str = "CASCADE_E2E_INSIDE_UDP_BLOCKED_NAMESPACE";
+/// The namespace's ordinary interface address: where its clients' checks come from.
+const CLIENT_IP: &str = "10.99.0.1";
+
+/// A network namespace with `lo`, a veth pair (`CLIENT_IP` on one end, the default route) and
+/// an nftables table that drops UDP in and out. Deleted when dropped.
+struct UdpBlockedNamespace(String);
+
+impl UdpBlockedNamespace {
+    fn create() -> UdpBlockedNamespace {
+        let name = format!("cascade-udp-blocked-{}", std::process::id());
+        let namespace = UdpBlockedNamespace(name.clone());
+        run(&["ip", "netns", "add", &name]);
+        for command in [
+            "ip link set lo up",
+            "ip link add cascade0 type veth peer name cascade1",
+            &format!("ip addr add {CLIENT_IP}/24 dev cascade0"),
+            "ip link set cascade0 up",
+            "ip link set cascade1 up",
+            "ip route add default dev cascade0",
+            "nft add table inet cascade_test",
+            "nft add chain inet cascade_test input { type filter hook input priority 0 ; }",
+            "nft add chain inet cascade_test output { type filter hook output priority 0 ; }",
+            "nft add rule inet cascade_test input meta l4proto udp drop",
+            "nft add rule inet cascade_test output meta l4proto udp drop",
+        ] {
+            let mut args = vec!["ip", "netns", "exec", &name];
+            args.extend(command.split(' '));
+            run(&args);
+        }
+        namespace
+    }
+}
+
+impl Drop for UdpBlockedNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run(args: &[&str]) {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{} runs (the test command installs it): {e}", args[0]));
+    assert!(
+        output.status.success(),
+        "`{}` failed (this test needs root, iproute2 and nftables): {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn clients_behind_a_firewall_that_drops_udp_publish_and_watch_over_ice_tcp() {
+    let namespace = UdpBlockedNamespace::create();
+    let status = Command::new("ip")
+        .args(["netns", "exec", &namespace.0])
+        .arg(std::env::current_exe().expect("the test binary has a path"))
+        .args([
+            "ice_tcp::inside_a_network_that_drops_udp",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INSIDE, "1")
+        .status()
+        .expect("the test binary runs inside the namespace");
+    assert!(status.success(), "the test inside the namespace failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "runs inside its namespace, started by the test above"]
+async fn inside_a_network_that_drops_udp() {
+    assert!(
+        std::env::var_os(INSIDE).is_some(),
+        "run clients_behind_a_firewall_that_drops_udp_publish_and_watch_over_ice_tcp instead"
+    );
+    let node = Node::start(&[]).await;
+    let _publisher =
+        LoadPublisher::start(&node.url("/whip/tcp"), CLIENT_IP, &["--transport", "tcp"]);
+    wait_for(
+        "the publisher over TCP is live",
+        Duration::from_secs(30),
+        || async {
+            let (status, info) = node.json("/api/v1/streams/tcp").await;
+            status == 200 && info["state"] == "live"
+        },
+    )
+    .await;
+
+    // The firewall is real: a viewer over UDP never connects.
+    let (_, report, output) = loadtest::webrtc(
+        &node.url("/whep/tcp"),
+        CLIENT_IP,
+        &["--viewers", "1", "--duration", "3s", "--join-timeout", "4s"],
+    )
+    .await;
+    assert_eq!(
+        report["sessions_joined"],
+        0,
+        "UDP must be blocked here: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // A stock Chromium (no flags about WebRTC) watches from the page.
+    let mut driver = ChromeDriver::start().await;
+    let watcher = driver.open().await;
+    watcher.goto(&node.url("/")).await;
+    watcher
+        .eval(
+            "document.getElementById('watch-stream').value = 'tcp';
+             document.getElementById('watch-start').click(); return true",
+        )
+        .await;
+    let decoding = tokio::time::timeout(Duration::from_secs(30), async {
+        while watcher.frames_decoded().await <= 60 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    if decoding.is_err() {
+        let watch = watcher.eval("return window.cascade.watch").await;
+        panic!("Chromium decodes nothing over ICE-TCP; watch: {watch}");
+    }
+    watcher.close().await;
+
+    // Load-tester viewers over TCP get every frame, in order (full verification).
+    let (code, report, output) = loadtest::webrtc(
+        &node.url("/whep/tcp"),
+        CLIENT_IP,
+        &["--transport", "tcp", "--viewers", "5", "--duration", "6s"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(report["sessions_joined"], 5, "{stdout}");
+    assert_eq!(report["failed_sessions"], 0, "{stdout}");
+    let expected = report["frames_expected"].as_f64().unwrap();
+    let received = report["frames_received"].as_f64().unwrap();
+    assert!(expected > 5.0 * 30.0 * 3.0, "{stdout}");
+    assert!(received >= expected * 0.98, "{stdout}");
+    let metrics = node.metrics().await;
+    assert!(
+        metrics.contains("cascade_ice_tcp_connections"),
+        "the node counts its ICE-TCP connections: {metrics}"
+    );
+
+    // A node bound to every interface that advertises another address (`--public-ip`, as
+    // behind NAT) is reached at the advertised one.
+    let advertised =
+        Node::start(&["--webrtc-addr", "0.0.0.0:28443", "--public-ip", CLIENT_IP]).await;
+    let _second = LoadPublisher::start(
+        &advertised.url("/whip/nat"),
+        CLIENT_IP,
+        &["--transport", "tcp"],
+    );
+    wait_for(
+        "the publisher behind --public-ip is live",
+        Duration::from_secs(30),
+        || async {
+            let (status, info) = advertised.json("/api/v1/streams/nat").await;
+            status == 200 && info["state"] == "live"
+        },
+    )
+    .await;
+    let (code, report, output) = loadtest::webrtc(
+        &advertised.url("/whep/nat"),
+        CLIENT_IP,
+        &["--transport", "tcp", "--viewers", "2", "--duration", "4s"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(report["sessions_joined"], 2, "{stdout}");
+}
