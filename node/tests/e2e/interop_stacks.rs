@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::support::aiortc::{self, AiortcPublisher};
 use crate::support::browser::ChromeDriver;
-use crate::support::media::encode_h264;
+use crate::support::media::{encode_h264, encode_vp8, vp8_fingerprint};
 use crate::support::node::Node;
-use crate::support::peer::{Publisher, Viewer};
+use crate::support::peer::{Publisher, VideoCodec, Viewer};
 
 async fn live_with_codec(node: &Node, stream: &str, codec: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -61,8 +61,18 @@ async fn aiortc_publishes_vp8_and_opus_to_aiortc_and_chromium_viewers() {
     let mut driver = ChromeDriver::start().await;
     let page = driver.open().await;
     page.goto(&node.url("/?watch=py-vp8")).await;
+    let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/py-vp8"), None)
+        .await
+        .expect("webrtc-rs viewer");
     let summary = aiortc::watch(&node.url("/whep/py-vp8"), 8).await;
     assert_in_order(&summary, 150, true);
+    let received = viewer.collect(90, Duration::from_secs(3)).await;
+    assert!(
+        received.len() >= 90,
+        "the webrtc crate received {} whole VP8 frames",
+        received.len()
+    );
+    assert!(received[0].keyframe, "it starts at a keyframe");
     assert!(
         summary["audio_frames"].as_u64().unwrap_or(0) > 100,
         "Opus reached aiortc: {summary}"
@@ -143,4 +153,40 @@ async fn chromium_publishes_vp8_to_an_aiortc_viewer() {
     let summary = aiortc::watch(&node.url("/whep/chromium-vp8"), 6).await;
     assert_in_order(&summary, 60, false);
     page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webrtc_crate_publishes_vp8_to_the_webrtc_crate_and_aiortc() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
+    let node = Node::start(&[]).await;
+    let publisher =
+        Publisher::connect_with(&node.ip, &node.url("/whip/rust-vp8"), None, VideoCodec::Vp8)
+            .await
+            .expect("webrtc-rs VP8 publisher");
+    let video = encode_vp8(8, 30);
+    let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/rust-vp8"), None)
+        .await
+        .expect("webrtc-rs viewer");
+    let url = node.url("/whep/rust-vp8");
+    let (summary, ()) = tokio::join!(aiortc::watch(&url, 9), async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        publisher.stream(&video, &[]).await;
+    });
+    assert_in_order(&summary, 150, false);
+    live_with_codec(&node, "rust-vp8", "VP8").await;
+
+    let sent: Vec<[u8; 32]> = video.iter().map(|f| vp8_fingerprint(f)).collect();
+    let received = viewer.collect(sent.len(), Duration::from_secs(3)).await;
+    let got: Vec<[u8; 32]> = received.iter().map(|u| u.fingerprint).collect();
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "the webrtc crate received {} of {} VP8 frames",
+        got.len(),
+        sent.len()
+    );
+    assert!(
+        got == sent,
+        "VP8 frames differ from what was sent (corrupted or out of order)"
+    );
 }

@@ -162,3 +162,96 @@ impl H264Depacketizer {
         None
     }
 }
+
+/// Encodes `seconds` of 640x360 30 fps test pattern as VP8 (libvpx, real-time settings) with
+/// a keyframe every `gop` frames; returns one frame per element.
+pub fn encode_vp8(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
+    let path = std::env::temp_dir().join(format!(
+        "cascade-e2e-{}-{seconds}s-gop{gop}.ivf",
+        std::process::id()
+    ));
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size=640x360:rate=30:duration={seconds}"))
+        .args(["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8"])
+        .args(["-b:v", "1M", "-auto-alt-ref", "0", "-lag-in-frames", "0"])
+        .args(["-g", &gop.to_string(), "-keyint_min", &gop.to_string()])
+        .args(["-f", "ivf"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg is installed");
+    assert!(status.success(), "ffmpeg failed to encode VP8");
+    let bytes = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    ivf_frames(&bytes)
+}
+
+/// The frames of an IVF file: a 32-byte header, then per frame a 12-byte header (size, pts).
+fn ivf_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let header_len = usize::from(u16::from_le_bytes([bytes[6], bytes[7]]));
+    let mut rest = &bytes[header_len..];
+    let mut frames = Vec::new();
+    while rest.len() >= 12 {
+        let size = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        frames.push(rest[12..12 + size].to_vec());
+        rest = &rest[12 + size..];
+    }
+    frames
+}
+
+/// Identity of a VP8 frame: its bytes.
+pub fn vp8_fingerprint(frame: &[u8]) -> [u8; 32] {
+    Sha256::digest(frame).into()
+}
+
+/// A VP8 keyframe has the inverse keyframe bit (bit 0 of its first byte) clear.
+pub fn vp8_is_keyframe(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 1 == 0)
+}
+
+/// Reassembles VP8 frames from RTP (RFC 7741): strips each packet's payload descriptor; a
+/// frame starts at S=1 with partition 0 and ends at the marker bit.
+#[derive(Default)]
+pub struct Vp8Depacketizer {
+    sequence: Option<u16>,
+    frame: Option<Vec<u8>>,
+}
+
+impl Vp8Depacketizer {
+    /// Feeds one packet; returns a whole frame when the marker bit closes one that had no gap.
+    pub fn push(&mut self, sequence: u16, marker: bool, payload: &[u8]) -> Option<Vec<u8>> {
+        let gap = self
+            .sequence
+            .is_some_and(|last| sequence != last.wrapping_add(1));
+        self.sequence = Some(sequence);
+        if gap {
+            self.frame = None;
+        }
+        let first = *payload.first()?;
+        let mut at = 1;
+        if first & 0x80 != 0 {
+            let extension = *payload.get(1)?;
+            at = 2;
+            if extension & 0x80 != 0 {
+                // PictureID: 15 bits when its M bit is set, else 7.
+                at += if payload.get(2)? & 0x80 != 0 { 2 } else { 1 };
+            }
+            if extension & 0x40 != 0 {
+                at += 1; // TL0PICIDX
+            }
+            if extension & 0x30 != 0 {
+                at += 1; // TID / KEYIDX
+            }
+        }
+        let data = payload.get(at..)?;
+        let start = first & 0x10 != 0 && first & 0x07 == 0;
+        if start {
+            self.frame = Some(Vec::new());
+        }
+        self.frame.as_mut()?.extend_from_slice(data);
+        if marker {
+            return self.frame.take();
+        }
+        None
+    }
+}

@@ -23,7 +23,38 @@ use webrtc::peer_connection::{
     register_default_interceptors,
 };
 
-use super::media::{H264Depacketizer, fingerprint, is_idr};
+use super::media::{
+    H264Depacketizer, Vp8Depacketizer, fingerprint, is_idr, vp8_fingerprint, vp8_is_keyframe,
+};
+
+/// The video codecs the tests' webrtc-rs peers send and receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    H264,
+    Vp8,
+}
+
+impl VideoCodec {
+    fn parameters(self) -> RTCRtpCodecParameters {
+        match self {
+            VideoCodec::H264 => h264(),
+            VideoCodec::Vp8 => vp8(),
+        }
+    }
+}
+
+fn vp8() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: "video/VP8".to_owned(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: 96,
+    }
+}
 
 fn h264() -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
@@ -102,14 +133,17 @@ const PLI_INTERVAL: Duration = Duration::from_millis(300);
 async fn peer(
     ip: &str,
     tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+    video_codecs: &[VideoCodec],
 ) -> (
     Arc<dyn PeerConnection>,
     mpsc::UnboundedReceiver<RTCPeerConnectionState>,
 ) {
     let mut media_engine = MediaEngine::default();
-    media_engine
-        .register_codec(h264(), RtpCodecKind::Video)
-        .unwrap();
+    for codec in video_codecs {
+        media_engine
+            .register_codec(codec.parameters(), RtpCodecKind::Video)
+            .unwrap();
+    }
     media_engine
         .register_codec(opus(), RtpCodecKind::Audio)
         .unwrap();
@@ -186,7 +220,7 @@ async fn wait_connected(states: &mut mpsc::UnboundedReceiver<RTCPeerConnectionSt
 /// POSTs a publisher's offer and disappears without applying the answer: a client that
 /// never completes ICE. Returns the session's `Location`.
 pub async fn offer_and_vanish(ip: &str, url: &str) -> String {
-    let (pc, _states) = peer(ip, None).await;
+    let (pc, _states) = peer(ip, None, &[VideoCodec::H264]).await;
     let video = local_track(RtpCodecKind::Video, h264().rtp_codec, rand_u32());
     pc.add_track(video as Arc<dyn TrackLocal>).await.unwrap();
     let offer = pc.create_offer(None).await.unwrap();
@@ -203,11 +237,12 @@ pub async fn offer_and_vanish(ip: &str, url: &str) -> String {
     location
 }
 
-/// A WHIP publisher sending H.264 and Opus samples.
+/// A WHIP publisher sending H.264 (or VP8) and Opus samples.
 pub struct Publisher {
     pub pc: Arc<dyn PeerConnection>,
     pub session_url: String,
     video: Arc<TrackLocalStaticSample>,
+    video_pt: u8,
     audio: Arc<TrackLocalStaticSample>,
     video_ssrc: u32,
     audio_ssrc: u32,
@@ -243,9 +278,21 @@ impl Publisher {
         url: &str,
         token: Option<&str>,
     ) -> Result<Publisher, (u16, String)> {
-        let (pc, mut states) = peer(ip, None).await;
+        Self::connect_with(ip, url, token, VideoCodec::H264).await
+    }
+
+    /// Like [`Publisher::connect`], sending `codec` video.
+    pub async fn connect_with(
+        ip: &str,
+        url: &str,
+        token: Option<&str>,
+        codec: VideoCodec,
+    ) -> Result<Publisher, (u16, String)> {
+        let (pc, mut states) = peer(ip, None, &[codec]).await;
         let (video_ssrc, audio_ssrc) = (rand_u32(), rand_u32());
-        let video = local_track(RtpCodecKind::Video, h264().rtp_codec, video_ssrc);
+        let parameters = codec.parameters();
+        let video_pt = parameters.payload_type;
+        let video = local_track(RtpCodecKind::Video, parameters.rtp_codec, video_ssrc);
         let audio = local_track(RtpCodecKind::Audio, opus().rtp_codec, audio_ssrc);
         pc.add_track(video.clone() as Arc<dyn TrackLocal>)
             .await
@@ -259,6 +306,7 @@ impl Publisher {
             pc,
             session_url,
             video,
+            video_pt,
             audio,
             video_ssrc,
             audio_ssrc,
@@ -272,7 +320,7 @@ impl Publisher {
             ..Sample::new(Instant::now())
         };
         self.video
-            .sample_writer(self.video_ssrc, 102)
+            .sample_writer(self.video_ssrc, self.video_pt)
             .write_sample(&sample)
             .await
             .unwrap();
@@ -354,7 +402,8 @@ impl Viewer {
     ) -> Result<Viewer, (u16, String)> {
         init_peer_log();
         let (tracks_tx, mut tracks_rx) = mpsc::unbounded_channel::<Arc<dyn TrackRemote>>();
-        let (pc, mut states) = peer(ip, Some(tracks_tx)).await;
+        let (pc, mut states) =
+            peer(ip, Some(tracks_tx), &[VideoCodec::H264, VideoCodec::Vp8]).await;
         let recvonly = || {
             Some(RTCRtpTransceiverInit {
                 direction: RTCRtpTransceiverDirection::Recvonly,
@@ -379,6 +428,8 @@ impl Viewer {
                 let audio_counter = audio_counter.clone();
                 tokio::spawn(async move {
                     let mut depacketizer = H264Depacketizer::default();
+                    let vp8_pt = vp8().payload_type;
+                    let mut vp8_frames = Vp8Depacketizer::default();
                     let (mut decoding, mut last_pli) = (false, None);
                     while let Some(event) = track.poll().await {
                         let TrackRemoteEvent::OnRtpPacket(packet) = event else {
@@ -388,16 +439,27 @@ impl Viewer {
                             audio_counter.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        let Some(nals) = depacketizer.push(
-                            packet.header.sequence_number,
-                            packet.header.timestamp,
-                            packet.header.marker,
-                            &packet.payload,
-                        ) else {
-                            continue;
+                        let (identity, keyframe) = if packet.header.payload_type == vp8_pt {
+                            let Some(frame) = vp8_frames.push(
+                                packet.header.sequence_number,
+                                packet.header.marker,
+                                &packet.payload,
+                            ) else {
+                                continue;
+                            };
+                            (vp8_fingerprint(&frame), vp8_is_keyframe(&frame))
+                        } else {
+                            let Some(nals) = depacketizer.push(
+                                packet.header.sequence_number,
+                                packet.header.timestamp,
+                                packet.header.marker,
+                                &packet.payload,
+                            ) else {
+                                continue;
+                            };
+                            let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
+                            (fingerprint(&refs), is_idr(&refs))
                         };
-                        let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
-                        let keyframe = is_idr(&refs);
                         // Like a decoder: nothing is usable before the first keyframe, and the
                         // player keeps asking for one (PLI) until it gets it.
                         if !decoding && !keyframe {
@@ -413,7 +475,7 @@ impl Viewer {
                         }
                         decoding = true;
                         let unit = ReceivedUnit {
-                            fingerprint: fingerprint(&refs),
+                            fingerprint: identity,
                             keyframe,
                             at: Instant::now(),
                         };
