@@ -192,6 +192,8 @@ pub struct Totals {
     pub frames_received: u64,
     pub freezes: u64,
     pub freeze_total: Duration,
+    /// The freezes of fully verified viewers alone (the first admitted, in an overload run).
+    pub verified_freezes: u64,
     pub video_bytes: u64,
     pub bytes: u64,
     /// Sum over sessions of the time media flowed (for the per-viewer bitrate).
@@ -223,6 +225,7 @@ impl Default for Totals {
             frames_received: 0,
             freezes: 0,
             freeze_total: Duration::ZERO,
+            verified_freezes: 0,
             video_bytes: 0,
             bytes: 0,
             viewer_time: Duration::ZERO,
@@ -251,6 +254,7 @@ impl Totals {
     pub fn add_frames(&mut self, frames: &FrameTracker) {
         self.frames_expected += frames.expected;
         self.frames_received += frames.received;
+        self.verified_freezes += frames.freezes;
         self.add_freezes(frames);
     }
 
@@ -275,6 +279,7 @@ impl Totals {
         self.frames_received += other.frames_received;
         self.freezes += other.freezes;
         self.freeze_total += other.freeze_total;
+        self.verified_freezes += other.verified_freezes;
         self.video_bytes += other.video_bytes;
         self.bytes += other.bytes;
         self.viewer_time += other.viewer_time;

@@ -590,6 +590,22 @@ mod tests {
     }
 
     #[test]
+    fn the_servers_passive_tcp_candidate_is_found_in_its_answer() {
+        let answer = "v=0\r\n\
+            a=candidate:1 1 udp 2130706175 127.0.0.1 8443 typ host\r\n\
+            a=candidate:2 1 tcp 1526725887 127.0.0.1 8443 typ host tcptype passive\r\n";
+        assert_eq!(
+            passive_tcp_candidate(answer),
+            Some("127.0.0.1:8443".parse().unwrap())
+        );
+        assert_eq!(
+            passive_tcp_candidate("a=candidate:1 1 udp 2130706175 127.0.0.1 8443 typ host\r\n"),
+            None,
+            "a server without ICE-TCP"
+        );
+    }
+
+    #[test]
     fn rtcp_stun_and_dtls_are_not_counted_as_rtp() {
         let mut counter = RtpCounter::new(vec![102]);
         let now = Instant::now();

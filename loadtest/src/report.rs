@@ -62,6 +62,8 @@ pub struct Report {
     pub frame_loss_pct: f64,
     pub freezes: u64,
     pub freeze_total_secs: f64,
+    /// Freezes of the fully verified viewers alone (in sampling mode, the first admitted).
+    pub verified_freezes: u64,
     pub bitrate_per_viewer_kbps: f64,
     pub nacks_sent: u64,
     pub plis_sent: u64,
@@ -115,6 +117,7 @@ impl Report {
             frame_loss_pct: loss,
             freezes: t.freezes,
             freeze_total_secs: (t.freeze_total.as_secs_f64() * 100.0).round() / 100.0,
+            verified_freezes: t.verified_freezes,
             bitrate_per_viewer_kbps: if viewer_secs > 0.0 {
                 (t.bytes as f64 * 8.0 / viewer_secs / 100.0).round() / 10.0
             } else {
@@ -166,8 +169,8 @@ impl Report {
         );
         if let Some(loss) = self.counted_packet_loss_pct {
             out += &format!(
-                "sampled: {} viewers verified, {} counted (video packet loss {loss:.2}%)\n",
-                self.verified_viewers, self.counted_viewers
+                "sampled: {} viewers verified ({} freezes among them), {} counted (video packet loss {loss:.2}%)\n",
+                self.verified_viewers, self.verified_freezes, self.counted_viewers
             );
         }
         out += &format!(

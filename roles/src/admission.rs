@@ -9,6 +9,14 @@
 //! core, viewers' latency grew by seconds while frames still waited < 300 ms in the queue
 //! (the backlog builds in the kernel's socket buffers instead). Once both fall back, new
 //! viewers are admitted again by themselves.
+//!
+//! Busy is still late during a ramp: it shows the viewers of the window just closed, and a
+//! viewer admitted now costs only once its handshake is done and its media flows. Measured at
+//! 100 joins a second on one core, a guard on busy alone let the node take 377 viewers, ~98 %
+//! of the core, and everyone froze. So once the engine serves enough sessions for the figure
+//! to mean something, the guard also projects: the last window's busy share divided by its
+//! sessions is the cost of one, and viewers beyond what keeps the engine at
+//! [`TARGET_ENGINE_BUSY_PCT`] are refused before they add their cost.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -20,6 +28,11 @@ pub const MAX_ENGINE_LAG: Duration = Duration::from_millis(100);
 /// New viewers are refused while the engine spends more than this share of its time working,
 /// in each of its last two windows (a second).
 pub const MAX_ENGINE_BUSY_PCT: u32 = 65;
+/// The busy share the projection keeps the engine under (headroom for joins and bursts).
+pub const TARGET_ENGINE_BUSY_PCT: u32 = 55;
+/// Below this many sessions the cost per session is not projected: a handful of joins (each a
+/// DTLS handshake) would make one viewer look like a tenth of the engine.
+pub const MIN_SESSIONS_TO_PROJECT: usize = 100;
 /// What a refused client is told to wait before trying again (`Retry-After`).
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -59,6 +72,12 @@ pub enum Overload {
         /// The engine's busy share.
         busy_pct: u32,
     },
+    /// At the engine's measured cost per session, `capacity` viewers keep it at its target.
+    #[error("this node is at capacity ({capacity} viewers); try again shortly")]
+    Projected {
+        /// The projected number of viewers.
+        capacity: usize,
+    },
 }
 
 impl Overload {
@@ -69,6 +88,7 @@ impl Overload {
             Overload::PublisherCap { .. } => "publisher_cap",
             Overload::Lagging { .. } => "engine_lagging",
             Overload::Saturated { .. } => "engine_saturated",
+            Overload::Projected { .. } => "engine_projected_full",
         }
     }
 }
@@ -78,8 +98,25 @@ impl Overload {
 pub struct EngineFigures {
     /// The worst frame queueing delay.
     pub lag: Duration,
-    /// The share of the window spent working, in percent.
+    /// The share of the window spent working, in percent (the lower of the last two
+    /// windows: one burst of joins is not saturation).
     pub busy_pct: u32,
+    /// The share of the last window alone, for the projection.
+    pub busy_last_pct: u32,
+    /// Sessions on the engine when the window closed.
+    pub sessions: usize,
+}
+
+impl EngineFigures {
+    /// How many sessions keep the engine at [`TARGET_ENGINE_BUSY_PCT`] at the cost per
+    /// session of the last window; `None` with too few sessions to tell.
+    pub fn projected_capacity(&self) -> Option<usize> {
+        if self.sessions < MIN_SESSIONS_TO_PROJECT || self.busy_last_pct == 0 {
+            return None;
+        }
+        let target = TARGET_ENGINE_BUSY_PCT as usize;
+        Some(self.sessions * target / self.busy_last_pct as usize)
+    }
 }
 
 /// Decides one more session of `kind`, with `viewers` and `publishers` present now.
@@ -104,24 +141,45 @@ pub fn decide(
             _ if engine.busy_pct > MAX_ENGINE_BUSY_PCT => Err(Overload::Saturated {
                 busy_pct: engine.busy_pct,
             }),
-            _ => Ok(()),
+            _ => match engine.projected_capacity() {
+                Some(capacity) if viewers >= capacity => Err(Overload::Projected { capacity }),
+                _ => Ok(()),
+            },
         },
     }
 }
 
 /// The engine's figures, written by the engine once per window, read by admission.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineLoad {
+    /// Which engine (`viewers`, `publishers`): the label of its gauges.
+    engine: &'static str,
     lag_micros: AtomicU64,
     busy_pct: AtomicU64,
+    busy_last_pct: AtomicU64,
+    sessions: AtomicU64,
 }
 
 impl EngineLoad {
+    /// Figures for the engine that serves `engine` (`viewers` or `publishers`).
+    pub fn new(engine: &'static str) -> Self {
+        EngineLoad {
+            engine,
+            lag_micros: AtomicU64::new(0),
+            busy_pct: AtomicU64::new(0),
+            busy_last_pct: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+        }
+    }
+
     /// The figures of the last window.
     pub fn get(&self) -> EngineFigures {
+        let pct = |a: &AtomicU64| u32::try_from(a.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
         EngineFigures {
             lag: Duration::from_micros(self.lag_micros.load(Ordering::Relaxed)),
-            busy_pct: u32::try_from(self.busy_pct.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+            busy_pct: pct(&self.busy_pct),
+            busy_last_pct: pct(&self.busy_last_pct),
+            sessions: usize::try_from(self.sessions.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
         }
     }
 
@@ -131,9 +189,15 @@ impl EngineLoad {
         self.lag_micros.store(micros, Ordering::Relaxed);
         self.busy_pct
             .store(u64::from(figures.busy_pct), Ordering::Relaxed);
-        metrics::gauge!("cascade_webrtc_engine_lag_seconds").set(figures.lag.as_secs_f64());
-        metrics::gauge!("cascade_webrtc_engine_busy_ratio")
-            .set(f64::from(figures.busy_pct) / 100.0);
+        self.busy_last_pct
+            .store(u64::from(figures.busy_last_pct), Ordering::Relaxed);
+        self.sessions
+            .store(figures.sessions as u64, Ordering::Relaxed);
+        let engine = self.engine;
+        metrics::gauge!("cascade_webrtc_engine_lag_seconds", "engine" => engine)
+            .set(figures.lag.as_secs_f64());
+        metrics::gauge!("cascade_webrtc_engine_busy_ratio", "engine" => engine)
+            .set(f64::from(figures.busy_last_pct) / 100.0);
     }
 }
 
@@ -151,14 +215,17 @@ mod tests {
         let calm = EngineFigures {
             lag: Duration::from_millis(5),
             busy_pct: 40,
+            ..EngineFigures::default()
         };
         let behind = EngineFigures {
             lag: Duration::from_millis(250),
             busy_pct: 40,
+            ..EngineFigures::default()
         };
         let saturated = EngineFigures {
             lag: Duration::from_millis(5),
             busy_pct: 95,
+            ..EngineFigures::default()
         };
         assert_eq!(decide(SessionKind::Viewer, 5_000, 0, open, calm), Ok(()));
         assert_eq!(
@@ -177,6 +244,7 @@ mod tests {
         let at_limits = EngineFigures {
             lag: MAX_ENGINE_LAG,
             busy_pct: MAX_ENGINE_BUSY_PCT,
+            ..EngineFigures::default()
         };
         assert_eq!(
             decide(SessionKind::Viewer, 1, 0, open, at_limits),
@@ -191,6 +259,51 @@ mod tests {
         assert_eq!(
             decide(SessionKind::Publisher, 0, 2, capped, calm),
             Err(Overload::PublisherCap { max: 2 })
+        );
+    }
+
+    #[test]
+    fn viewers_beyond_the_projected_capacity_are_refused_before_they_add_their_cost() {
+        let open = Limits::default();
+        // 300 sessions took 60 % of the last window: 275 keep the engine at 55 %.
+        let ramping = EngineFigures {
+            lag: Duration::from_millis(5),
+            busy_pct: 40,
+            busy_last_pct: 60,
+            sessions: 300,
+        };
+        assert_eq!(ramping.projected_capacity(), Some(275));
+        assert_eq!(
+            decide(SessionKind::Viewer, 300, 0, open, ramping),
+            Err(Overload::Projected { capacity: 275 })
+        );
+        assert_eq!(
+            decide(SessionKind::Publisher, 0, 0, open, ramping),
+            Ok(()),
+            "a publisher is never refused for load"
+        );
+        // Once the ramp's handshakes are over the same viewers cost less: room again.
+        let settled = EngineFigures {
+            busy_last_pct: 40,
+            ..ramping
+        };
+        assert_eq!(decide(SessionKind::Viewer, 300, 0, open, settled), Ok(()));
+    }
+
+    #[test]
+    fn a_few_joining_viewers_are_never_projected() {
+        // Ten handshakes can keep a small engine busy; that says nothing about its capacity.
+        let joining = EngineFigures {
+            lag: Duration::from_millis(5),
+            busy_pct: 50,
+            busy_last_pct: 60,
+            sessions: 10,
+        };
+
+        assert_eq!(joining.projected_capacity(), None);
+        assert_eq!(
+            decide(SessionKind::Viewer, 10, 0, Limits::default(), joining),
+            Ok(())
         );
     }
 }

@@ -91,7 +91,7 @@ async fn in_sampling_mode_the_report_says_so_and_counted_viewers_see_every_packe
         "{stdout}"
     );
     assert!(
-        stdout.contains("5 viewers verified, 25 counted"),
+        stdout.contains("5 viewers verified (0 freezes among them), 25 counted"),
         "{stdout}"
     );
 }

@@ -651,6 +651,8 @@ impl Engine {
             self.load.set(EngineFigures {
                 lag: self.window_lag,
                 busy_pct: busy_pct.min(self.previous_busy_pct),
+                busy_last_pct: busy_pct,
+                sessions: self.by_id.len(),
             });
             self.previous_busy_pct = busy_pct;
             self.window_lag = Duration::ZERO;

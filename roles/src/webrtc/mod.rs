@@ -110,7 +110,7 @@ impl WebRtcEngine {
             tcp: tcp.as_ref().map(|(addr, _)| *addr),
         };
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let load = Arc::new(EngineLoad::default());
+        let load = Arc::new(EngineLoad::new(settings.serves));
         engine::spawn(
             engine::Transports {
                 socket,
