@@ -61,6 +61,14 @@ impl FailureReason {
 const DEFAULT_FRAME_INTERVAL: Duration = Duration::from_micros(33_333);
 /// A freeze is no new frame for more than this many frame intervals.
 const FREEZE_INTERVALS: u32 = 3;
+/// Freeze start times kept per viewer (for when they happened; the count has no limit).
+const MAX_FREEZE_STARTS: usize = 256;
+
+/// When the run started: freeze times are reported as whole seconds since then.
+pub fn run_started() -> Instant {
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(Instant::now)
+}
 
 /// Follows one viewer's video frames: counts, gaps, freezes, latency samples.
 #[derive(Debug)]
@@ -76,6 +84,8 @@ pub struct FrameTracker {
     pub expected: u64,
     pub freezes: u64,
     pub freeze_total: Duration,
+    /// When the first `MAX_FREEZE_STARTS` freezes began (the last frame before each).
+    pub freeze_starts: Vec<Instant>,
 }
 
 impl Default for FrameTracker {
@@ -91,6 +101,7 @@ impl Default for FrameTracker {
             expected: 0,
             freezes: 0,
             freeze_total: Duration::ZERO,
+            freeze_starts: Vec::new(),
         }
     }
 }
@@ -174,6 +185,9 @@ impl FrameTracker {
             if gap > self.interval * FREEZE_INTERVALS {
                 self.freezes += 1;
                 self.freeze_total += gap;
+                if self.freeze_starts.len() < MAX_FREEZE_STARTS {
+                    self.freeze_starts.push(last);
+                }
             }
         }
     }
@@ -194,6 +208,10 @@ pub struct Totals {
     pub freeze_total: Duration,
     /// The freezes of fully verified viewers alone (the first admitted, in an overload run).
     pub verified_freezes: u64,
+    /// Verified viewers' freezes by the whole second of the run they began in: many viewers
+    /// freezing in the same second point at the server (or the source), scattered ones at
+    /// the client.
+    pub verified_freeze_seconds: BTreeMap<u64, u64>,
     pub video_bytes: u64,
     pub bytes: u64,
     /// Sum over sessions of the time media flowed (for the per-viewer bitrate).
@@ -226,6 +244,7 @@ impl Default for Totals {
             freezes: 0,
             freeze_total: Duration::ZERO,
             verified_freezes: 0,
+            verified_freeze_seconds: BTreeMap::new(),
             video_bytes: 0,
             bytes: 0,
             viewer_time: Duration::ZERO,
@@ -255,6 +274,11 @@ impl Totals {
         self.frames_expected += frames.expected;
         self.frames_received += frames.received;
         self.verified_freezes += frames.freezes;
+        let started = run_started();
+        for at in &frames.freeze_starts {
+            let second = at.saturating_duration_since(started).as_secs();
+            *self.verified_freeze_seconds.entry(second).or_default() += 1;
+        }
         self.add_freezes(frames);
     }
 
@@ -280,6 +304,9 @@ impl Totals {
         self.freezes += other.freezes;
         self.freeze_total += other.freeze_total;
         self.verified_freezes += other.verified_freezes;
+        for (second, count) in &other.verified_freeze_seconds {
+            *self.verified_freeze_seconds.entry(*second).or_default() += count;
+        }
         self.video_bytes += other.video_bytes;
         self.bytes += other.bytes;
         self.viewer_time += other.viewer_time;

@@ -254,6 +254,7 @@ async fn publish(args: PublishArgs) -> Result<ExitCode, LoadtestError> {
 }
 
 async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
+    figures::run_started();
     let phases = match &args.scenario {
         Some(path) => {
             let text = std::fs::read_to_string(path)

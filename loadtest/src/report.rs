@@ -64,6 +64,8 @@ pub struct Report {
     pub freeze_total_secs: f64,
     /// Freezes of the fully verified viewers alone (in sampling mode, the first admitted).
     pub verified_freezes: u64,
+    /// Verified viewers' freezes by the second of the run they began in.
+    pub verified_freeze_seconds: std::collections::BTreeMap<u64, u64>,
     pub bitrate_per_viewer_kbps: f64,
     pub nacks_sent: u64,
     pub plis_sent: u64,
@@ -118,6 +120,7 @@ impl Report {
             freezes: t.freezes,
             freeze_total_secs: (t.freeze_total.as_secs_f64() * 100.0).round() / 100.0,
             verified_freezes: t.verified_freezes,
+            verified_freeze_seconds: t.verified_freeze_seconds.clone(),
             bitrate_per_viewer_kbps: if viewer_secs > 0.0 {
                 (t.bytes as f64 * 8.0 / viewer_secs / 100.0).round() / 10.0
             } else {
