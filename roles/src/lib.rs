@@ -3,7 +3,10 @@
 //! - [`broadcast`]: the live media of a stream (tracks, group cache, fan-out to subscribers).
 //! - [`origin`]: streams on this node, their actors, and WHIP ingest.
 //! - [`edge`]: viewers, today WHEP.
-//! - [`webrtc`]: the shared WebRTC engine (one UDP socket, str0m sessions) both use.
+//! - [`webrtc`]: the WebRTC engines (one for publishers, one for viewers; each a UDP socket,
+//!   an ICE-TCP port and str0m sessions).
+//! - [`admission`]: whether the node takes one more session (caps and the engine's load).
+//! - [`listen`]: accepting TCP connections without spinning on errors.
 //! - [`quic`]: node-to-node QUIC with mutual TLS under the cluster CA.
 //! - [`relay`]: media between nodes over QUIC (`docs/relay.md`): serving and pulling broadcasts.
 //! - [`session`]: the per-session actor that owns a publisher's or viewer's lifecycle.
@@ -13,6 +16,7 @@
 pub mod admission;
 pub mod broadcast;
 pub mod edge;
+pub mod listen;
 pub mod origin;
 pub mod quic;
 pub mod relay;

@@ -49,11 +49,7 @@ async fn publish(urls: &[String], local_ip: &str, stream: &str, on: &Node) -> Lo
         local_ip,
         &["--source", "synthetic", "--duration", "300s", "--reconnect"],
     );
-    wait_for("the stream is live", Duration::from_secs(30), || async {
-        let (status, info) = on.json(&format!("/api/v1/streams/{stream}")).await;
-        status == 200 && info["state"] == "live"
-    })
-    .await;
+    on.wait_live(stream, Duration::from_secs(30)).await;
     publisher
 }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::support::loadtest::{self, LoadPublisher};
 use crate::support::node::Node;
-use crate::support::wait_for;
 
 /// The host's first global IPv4 address (e.g. eth0's), as `ip` lists it.
 fn host_address() -> String {
@@ -27,29 +26,14 @@ async fn peers_on_the_hosts_own_address_publish_and_watch_through_a_loopback_nod
     let host = host_address();
     let node = Node::start(&[]).await;
     let _publisher = LoadPublisher::start(&node.url("/whip/hostaddr"), &host, &[]);
-    wait_for(
-        "the publisher from the host address is live",
-        Duration::from_secs(60),
-        || async {
-            let (status, info) = node.json("/api/v1/streams/hostaddr").await;
-            status == 200 && info["state"] == "live"
-        },
-    )
-    .await;
-    let (code, report, output) = loadtest::webrtc(
+    node.wait_live("hostaddr", Duration::from_secs(60)).await;
+    let run = loadtest::webrtc(
         &node.url("/whep/hostaddr"),
         &host,
         &["--viewers", "10", "--ramp", "10", "--duration", "8s"],
     )
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(code, 0, "{stdout}");
-    assert_eq!(report["sessions_joined"], 10, "{stdout}");
-    assert_eq!(report["failed_sessions"], 0, "{stdout}");
-    let expected = report["frames_expected"].as_f64().unwrap();
-    let received = report["frames_received"].as_f64().unwrap();
-    assert!(expected > 10.0 * 30.0 * 4.0, "{stdout}");
-    assert!(received >= expected * 0.98, "{stdout}");
+    loadtest::assert_all_watched(&run, 10, 4.0);
     let metrics = node.metrics().await;
     assert!(
         !metrics.contains("non_loopback_source"),

@@ -13,7 +13,6 @@ use std::time::Duration;
 use crate::support::browser::ChromeDriver;
 use crate::support::loadtest::{self, LoadPublisher};
 use crate::support::node::Node;
-use crate::support::wait_for;
 
 /// Set for the inner test's process: it runs only inside the namespace.
 const INSIDE: &str = "CASCADE_E2E_INSIDE_UDP_BLOCKED_NAMESPACE";
@@ -98,15 +97,7 @@ async fn inside_a_network_that_drops_udp() {
     let node = Node::start(&[]).await;
     let _publisher =
         LoadPublisher::start(&node.url("/whip/tcp"), CLIENT_IP, &["--transport", "tcp"]);
-    wait_for(
-        "the publisher over TCP is live",
-        Duration::from_secs(30),
-        || async {
-            let (status, info) = node.json("/api/v1/streams/tcp").await;
-            status == 200 && info["state"] == "live"
-        },
-    )
-    .await;
+    node.wait_live("tcp", Duration::from_secs(30)).await;
 
     // The firewall is real: a viewer over UDP never connects.
     let (_, report, output) = loadtest::webrtc(
@@ -145,20 +136,13 @@ async fn inside_a_network_that_drops_udp() {
     watcher.close().await;
 
     // Load-tester viewers over TCP get every frame, in order (full verification).
-    let (code, report, output) = loadtest::webrtc(
+    let run = loadtest::webrtc(
         &node.url("/whep/tcp"),
         CLIENT_IP,
         &["--transport", "tcp", "--viewers", "5", "--duration", "6s"],
     )
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(code, 0, "{stdout}");
-    assert_eq!(report["sessions_joined"], 5, "{stdout}");
-    assert_eq!(report["failed_sessions"], 0, "{stdout}");
-    let expected = report["frames_expected"].as_f64().unwrap();
-    let received = report["frames_received"].as_f64().unwrap();
-    assert!(expected > 5.0 * 30.0 * 3.0, "{stdout}");
-    assert!(received >= expected * 0.98, "{stdout}");
+    loadtest::assert_all_watched(&run, 5, 3.0);
     let metrics = node.metrics().await;
     assert!(
         metrics.contains("cascade_ice_tcp_connections"),
@@ -174,22 +158,12 @@ async fn inside_a_network_that_drops_udp() {
         CLIENT_IP,
         &["--transport", "tcp"],
     );
-    wait_for(
-        "the publisher behind --public-ip is live",
-        Duration::from_secs(30),
-        || async {
-            let (status, info) = advertised.json("/api/v1/streams/nat").await;
-            status == 200 && info["state"] == "live"
-        },
-    )
-    .await;
-    let (code, report, output) = loadtest::webrtc(
+    advertised.wait_live("nat", Duration::from_secs(30)).await;
+    let run = loadtest::webrtc(
         &advertised.url("/whep/nat"),
         CLIENT_IP,
         &["--transport", "tcp", "--viewers", "2", "--duration", "4s"],
     )
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(code, 0, "{stdout}");
-    assert_eq!(report["sessions_joined"], 2, "{stdout}");
+    loadtest::assert_all_watched(&run, 2, 2.0);
 }

@@ -66,13 +66,7 @@ async fn aiortc_publishes_vp8_and_opus_to_aiortc_and_chromium_viewers() {
         .expect("webrtc-rs viewer");
     let summary = aiortc::watch(&node.url("/whep/py-vp8"), 8).await;
     assert_in_order(&summary, 150, true);
-    let received = viewer.collect(90, Duration::from_secs(3)).await;
-    assert!(
-        received.len() >= 90,
-        "the webrtc crate received {} whole VP8 frames",
-        received.len()
-    );
-    assert!(received[0].keyframe, "it starts at a keyframe");
+    viewer.assert_decodable(90, "whole VP8 frames").await;
     assert!(
         summary["audio_frames"].as_u64().unwrap_or(0) > 100,
         "Opus reached aiortc: {summary}"
@@ -97,17 +91,7 @@ async fn aiortc_publishes_h264_to_the_webrtc_crate_and_aiortc() {
         .expect("webrtc-rs viewer");
     let summary = aiortc::watch(&node.url("/whep/py-h264"), 8).await;
     assert_in_order(&summary, 150, true);
-    let received = viewer.collect(90, Duration::from_secs(3)).await;
-    assert!(
-        received.len() >= 90,
-        "the webrtc crate received {} H.264 access units",
-        received.len()
-    );
-    assert!(received[0].keyframe, "it starts at a keyframe");
-    assert!(
-        received.windows(2).all(|w| w[0].at <= w[1].at),
-        "in arrival order"
-    );
+    viewer.assert_decodable(90, "H.264 access units").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,17 +160,7 @@ async fn the_webrtc_crate_publishes_vp8_to_the_webrtc_crate_and_aiortc() {
     live_with_codec(&node, "rust-vp8", "VP8").await;
 
     let sent: Vec<[u8; 32]> = video.iter().map(|f| vp8_fingerprint(f)).collect();
-    let received = viewer.collect(sent.len(), Duration::from_secs(3)).await;
-    let got: Vec<[u8; 32]> = received.iter().map(|u| u.fingerprint).collect();
-    assert_eq!(
-        got.len(),
-        sent.len(),
-        "the webrtc crate received {} of {} VP8 frames",
-        got.len(),
-        sent.len()
-    );
-    assert!(
-        got == sent,
-        "VP8 frames differ from what was sent (corrupted or out of order)"
-    );
+    viewer
+        .assert_received_exactly(&sent, "the VP8 viewer")
+        .await;
 }

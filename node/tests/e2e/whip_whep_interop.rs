@@ -2,7 +2,6 @@
 //! receive over WHEP; every access unit arrives intact and in order, and audio arrives too.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use crate::support::media::{encode_h264, encode_opus, fingerprint, nal_units};
 use crate::support::node::Node;
@@ -28,19 +27,9 @@ async fn every_access_unit_reaches_three_viewers_intact_and_in_order() {
 
     let sent: Vec<[u8; 32]> = video.iter().map(|au| fingerprint(&nal_units(au))).collect();
     for (i, viewer) in viewers.iter_mut().enumerate() {
-        let received = viewer.collect(sent.len(), Duration::from_secs(3)).await;
-        let got: Vec<[u8; 32]> = received.iter().map(|u| u.fingerprint).collect();
-        assert_eq!(
-            got.len(),
-            sent.len(),
-            "viewer {i} received {} of {} access units",
-            got.len(),
-            sent.len()
-        );
-        assert!(
-            got == sent,
-            "viewer {i}: access units differ from what was sent (corrupted or out of order)"
-        );
+        viewer
+            .assert_received_exactly(&sent, &format!("viewer {i}"))
+            .await;
         let audio_packets = viewer.audio_packets.load(Ordering::Relaxed);
         assert!(
             audio_packets as usize > audio.len() / 2,

@@ -57,15 +57,7 @@ pub(crate) enum TcpEvent {
 pub(crate) fn spawn_listener(listener: TcpListener, events: mpsc::Sender<TcpEvent>) {
     tokio::spawn(async move {
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "ICE-TCP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (stream, peer) = crate::listen::accept(&listener, "an ICE-TCP connection").await;
             // Media is latency-bound: never hold a small datagram back to fill a segment.
             let _ = stream.set_nodelay(true);
             tokio::spawn(read_connection(stream, peer, events.clone()));

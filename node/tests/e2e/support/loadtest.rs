@@ -93,6 +93,25 @@ pub async fn webrtc(url: &str, local_ip: &str, extra: &[&str]) -> (i32, serde_js
     (output.status.code().unwrap_or(-1), json, output)
 }
 
+/// Asserts a `webrtc` run where every one of `viewers` joined and none failed, each expected
+/// more than `seconds` of 30 fps video, and at least 98 % of the frames arrived. Returns the
+/// frames received.
+pub fn assert_all_watched(
+    (code, report, output): &(i32, serde_json::Value, Output),
+    viewers: u64,
+    seconds: f64,
+) -> f64 {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(*code, 0, "{stdout}");
+    assert_eq!(report["sessions_joined"], viewers, "{stdout}");
+    assert_eq!(report["failed_sessions"], 0, "{stdout}");
+    let expected = report["frames_expected"].as_f64().unwrap();
+    let received = report["frames_received"].as_f64().unwrap();
+    assert!(expected > viewers as f64 * 30.0 * seconds, "{stdout}");
+    assert!(received >= expected * 0.98, "{stdout}");
+    received
+}
+
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::Instant::now())

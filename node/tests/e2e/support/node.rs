@@ -160,6 +160,16 @@ impl Node {
         (counted, metrics)
     }
 
+    /// Waits until `stream` is `live` here (a publisher's media arrived), up to `limit`.
+    pub async fn wait_live(&self, stream: &str, limit: Duration) {
+        let path = format!("/api/v1/streams/{stream}");
+        wait_for(&format!("{stream} is live"), limit, || async {
+            let (status, info) = self.json(&path).await;
+            status == 200 && info["state"] == "live"
+        })
+        .await;
+    }
+
     /// `GET` a JSON document.
     pub async fn json(&self, path: &str) -> (u16, serde_json::Value) {
         self.json_as(path, None).await

@@ -509,6 +509,34 @@ impl Viewer {
         units
     }
 
+    /// Asserts that exactly the frames fingerprinted in `sent` arrive, whole and in order.
+    pub async fn assert_received_exactly(&mut self, sent: &[[u8; 32]], who: &str) {
+        let received = self.collect(sent.len(), Duration::from_secs(3)).await;
+        let got: Vec<[u8; 32]> = received.iter().map(|u| u.fingerprint).collect();
+        assert_eq!(
+            got.len(),
+            sent.len(),
+            "{who} received {} of {} frames",
+            got.len(),
+            sent.len()
+        );
+        assert!(
+            got == sent,
+            "{who}: frames differ from what was sent (corrupted or out of order)"
+        );
+    }
+
+    /// Asserts that at least `at_least` whole frames (`what`) arrive, the first a keyframe.
+    pub async fn assert_decodable(&mut self, at_least: usize, what: &str) {
+        let received = self.collect(at_least, Duration::from_secs(3)).await;
+        assert!(
+            received.len() >= at_least,
+            "the webrtc crate received {} {what}",
+            received.len()
+        );
+        assert!(received[0].keyframe, "it starts at a keyframe");
+    }
+
     /// Waits until the server ends the session (connection closed or failed), up to `limit`.
     pub async fn wait_ended(&mut self, limit: Duration) -> bool {
         tokio::time::timeout(limit, async {
