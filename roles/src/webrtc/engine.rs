@@ -938,6 +938,10 @@ impl Engine {
         self.by_ufrag.remove(&ufrag);
         for remote in &session.remotes {
             self.by_addr.remove(remote);
+            if let (Protocol::Tcp, peer) = *remote {
+                // A vanished peer may never close it: the session's end does.
+                self.tcp.close(peer);
+            }
         }
         match &session.role {
             Role::Viewer { .. } => {
