@@ -7,7 +7,8 @@
 # no freezes; then a fresh run at normal load (RECOVERY_VIEWERS, default 100) must be healthy.
 # Bounded: two phases.
 #
-#   [VIEWERS=1000] [VERIFY=20] [SECS=40] [RECOVERY_VIEWERS=100] [RAMP=100 per second] scripts/bench-overload.sh
+#   [VIEWERS=1000] [VERIFY=20] [SECS=40] [RECOVERY_VIEWERS=100] [RAMP=100 per second]
+#   [FIRST_CPU=1: the core of the first viewers' load tester] scripts/bench-overload.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VIEWERS=${VIEWERS:-1000}
@@ -44,7 +45,7 @@ run() {  # name viewers seconds [verify]
     python3 -c "import sys; s0,s1,c0,c1,t0,t1,hz=map(float,sys.argv[1:]); w=t1-t0; print(f'{100*(s1-s0)/hz/w:.0f} {100*(c1-c0)/hz/w:.0f}')" \
         "$s0" "$s1" "$c0" "$c1" "$t0" "$t1" "$HZ" >"$OUT/cpu-$1.txt"
 }
-RUST_LOG=warn taskset -c 1 "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/overload" \
+RUST_LOG=warn taskset -c "${FIRST_CPU:-1}" "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/overload" \
     --local-ip "$IP" --viewers "$VERIFY" --ramp 20 --workers 1 --verify all --duration "$(( SECS + 4 ))s" \
     --report "$OUT/report-first.json" >"$OUT/table-first.txt" 2>"$OUT/loadtest-first.log" &
 FIRST=$!

@@ -321,7 +321,9 @@ pub(crate) struct Transports {
     pub tcp: Option<(SocketAddr, mpsc::Receiver<TcpEvent>)>,
 }
 
-pub(crate) fn spawn(
+/// Runs the engine until the node drops its command sender. Called on the engine's own
+/// thread ([`super::WebRtcEngine::start`]).
+pub(crate) async fn run(
     transports: Transports,
     commands: mpsc::UnboundedSender<Command>,
     command_rx: mpsc::UnboundedReceiver<Command>,
@@ -360,7 +362,7 @@ pub(crate) fn spawn(
         previous_busy_pct: 0,
         window_started: Instant::now(),
     };
-    tokio::spawn(engine.run(command_rx, frames_rx, tcp_rx));
+    engine.run(command_rx, frames_rx, tcp_rx).await;
 }
 
 impl Engine {

@@ -99,6 +99,7 @@ impl MediaSocket {
         })
     }
 
+    #[cfg(test)]
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
