@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use cascade_roles::origin::{Engines, StreamRegistry};
-use cascade_roles::webrtc::{WebRtcEngine, WebRtcSettings};
+use cascade_roles::origin::StreamRegistry;
+use cascade_roles::webrtc::{Engines, WebRtcEngine, WebRtcSettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use cascade_roles::quic::{ALPN_CLUSTER, ALPN_RELAY, NodeEndpoint, handshake};
@@ -41,7 +41,11 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         )
         .await?,
     };
-    let registry = StreamRegistry::new(engines, config.reconnect_grace, config.limits);
+    let registry = StreamRegistry::new(
+        engines.egress.load_handle(),
+        config.reconnect_grace,
+        config.limits,
+    );
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| NodeError::HttpBind {
@@ -59,6 +63,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     announce(&config, http_addr, &cluster);
     let state = AppState {
         registry,
+        engines,
         access: Arc::new(config.access.clone()),
         metrics,
         cluster: cluster.clone(),

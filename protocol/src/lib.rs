@@ -42,5 +42,5 @@ pub mod vp8;
 mod error;
 
 pub use error::ProtocolError;
-pub use media::{Codec, Frame, MediaKind, TrackInfo};
+pub use media::{Codec, Frame, MediaKind, TrackInfo, WebRtcPlan};
 pub use stream_id::StreamId;

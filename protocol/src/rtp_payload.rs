@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::h264::{self, NAL_AUD};
-use crate::media::Codec;
+use crate::media::{Codec, MediaKind};
 
 /// The largest RTP payload we produce: 1,200 bytes on the wire leave room for the RTP header
 /// (12), header extensions (up to ~20 while the MID is still sent) and the SRTP tag (16).
@@ -41,9 +41,11 @@ pub fn packetize(codec: Codec, access_unit: &[u8], max: usize) -> Vec<RtpPayload
         Codec::H264 => packetize_h264(access_unit, max),
         Codec::Vp8 => packetize_vp8(access_unit, max),
         Codec::Opus => vec![access_unit.to_vec()],
+        // Not sent over RTP by Cascade: a WebRTC viewer never subscribes to such a track.
+        Codec::H265 | Codec::Av1 | Codec::Aac => Vec::new(),
     };
     payloads.retain(|p| !p.is_empty());
-    let video = codec != Codec::Opus;
+    let video = codec.kind() == MediaKind::Video;
     let last = payloads.len().saturating_sub(1);
     payloads
         .into_iter()

@@ -12,12 +12,12 @@
 //!   nothing is delivered from the new publisher before its first keyframe.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use cascade_protocol::StreamId;
 use cascade_protocol::keyframe::{KeyframeDecision, KeyframeRequestLimiter};
-use cascade_protocol::media::{Codec, Frame, MediaKind, Payload, TrackInfo};
+use cascade_protocol::media::{self, Frame, MediaKind, Payload, TrackInfo, WebRtcPlan, WebRtcUnfit};
 use cascade_protocol::timeline::Timeline;
 
 /// Most frames kept of the current group for late joiners (10 s at 30 fps plus headroom).
@@ -72,28 +72,32 @@ struct TrackState {
     limiter: KeyframeRequestLimiter,
 }
 
-/// One track of a broadcast (the source video, the source audio).
+/// One named track of a broadcast (`video/source`, `audio/source`, a rendition).
 pub struct Track {
     stream: StreamId,
+    name: String,
     kind: MediaKind,
     state: Mutex<TrackState>,
     bytes_in: AtomicU64,
     frames_in: AtomicU64,
 }
 
-/// A live stream: one video and one audio track.
+/// A live stream: a catalog of named tracks. Every broadcast has the two source tracks
+/// (`video/source`, `audio/source`) from the start, so that a viewer can wait on them before
+/// any publisher attached; other tracks (renditions) are added as their producers appear.
+/// The list of tracks is control-plane state, read when a consumer subscribes, never per frame.
 pub struct Broadcast {
     id: StreamId,
-    video: Arc<Track>,
-    audio: Arc<Track>,
+    tracks: RwLock<Vec<Arc<Track>>>,
 }
 
 impl Broadcast {
-    /// An empty broadcast; tracks get their codec when a publisher attaches.
+    /// A broadcast with its two empty source tracks; they get a codec when a publisher attaches.
     pub fn new(id: StreamId) -> Arc<Self> {
+        let tracks = [MediaKind::Video, MediaKind::Audio]
+            .map(|kind| Arc::new(Track::new(id.clone(), media::source_track(kind), kind)));
         Arc::new(Self {
-            video: Arc::new(Track::new(id.clone(), MediaKind::Video)),
-            audio: Arc::new(Track::new(id.clone(), MediaKind::Audio)),
+            tracks: RwLock::new(tracks.into()),
             id,
         })
     }
@@ -103,22 +107,69 @@ impl Broadcast {
         &self.id
     }
 
-    /// The track of the given kind.
-    pub fn track(&self, kind: MediaKind) -> &Arc<Track> {
-        match kind {
-            MediaKind::Video => &self.video,
-            MediaKind::Audio => &self.audio,
-        }
+    fn read_tracks(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Track>>> {
+        // Only pushes happen under the write lock; a panic cannot leave the list torn.
+        self.tracks.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Both tracks, video first.
-    pub fn tracks(&self) -> [&Arc<Track>; 2] {
-        [&self.video, &self.audio]
+    /// The source track of `kind`: what the publisher sends.
+    pub fn source(&self, kind: MediaKind) -> Arc<Track> {
+        self.track(media::source_track(kind))
+            .expect("every broadcast is created with both source tracks") // Broadcast::new
+    }
+
+    /// The track named `name`, if the broadcast has it.
+    pub fn track(&self, name: &str) -> Option<Arc<Track>> {
+        self.read_tracks().iter().find(|t| t.name == name).cloned()
+    }
+
+    /// The track named `name`, added (empty, of `kind`) if the broadcast does not have it yet.
+    pub fn track_or_add(&self, name: &str, kind: MediaKind) -> Arc<Track> {
+        if let Some(track) = self.track(name) {
+            return track;
+        }
+        let mut tracks = self.tracks.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(track) = tracks.iter().find(|t| t.name == name) {
+            return track.clone();
+        }
+        let track = Arc::new(Track::new(self.id.clone(), name, kind));
+        tracks.push(track.clone());
+        track
+    }
+
+    /// Every track, sources first.
+    pub fn tracks(&self) -> Vec<Arc<Track>> {
+        self.read_tracks().clone()
+    }
+
+    /// The catalog: what is known of every track that has had a producer.
+    pub fn catalog(&self) -> Vec<TrackInfo> {
+        self.read_tracks().iter().filter_map(|t| t.info()).collect()
+    }
+
+    /// Which tracks WebRTC viewers get now, or why they cannot watch.
+    pub fn webrtc_plan(&self) -> Result<WebRtcPlan, WebRtcUnfit> {
+        WebRtcPlan::for_catalog(&self.catalog())
+    }
+
+    /// The track of `kind` WebRTC viewers get now, if any.
+    pub fn webrtc_track(&self, kind: MediaKind) -> Option<Arc<Track>> {
+        let plan = self.webrtc_plan().ok()?;
+        let name = match kind {
+            MediaKind::Video => plan.video,
+            MediaKind::Audio => plan.audio,
+        }?;
+        self.track(&name)
+    }
+
+    /// Frames received on all tracks since the broadcast began.
+    pub fn frames_in(&self) -> u64 {
+        self.read_tracks().iter().map(|t| t.frames_in()).sum()
     }
 
     /// Bytes received on all tracks since the broadcast began.
     pub fn bytes_in(&self) -> u64 {
-        self.tracks()
+        self.read_tracks()
             .iter()
             .map(|t| t.bytes_in.load(Ordering::Relaxed))
             .sum()
@@ -126,9 +177,10 @@ impl Broadcast {
 }
 
 impl Track {
-    fn new(stream: StreamId, kind: MediaKind) -> Self {
+    fn new(stream: StreamId, name: &str, kind: MediaKind) -> Self {
         Self {
             stream,
+            name: name.to_owned(),
             kind,
             state: Mutex::new(TrackState {
                 info: None,
@@ -155,6 +207,11 @@ impl Track {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Its name in the broadcast.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Audio or video.
     pub fn kind(&self) -> MediaKind {
         self.kind
@@ -170,18 +227,31 @@ impl Track {
         self.frames_in.load(Ordering::Relaxed)
     }
 
-    /// A new publisher starts feeding this track with `codec`. `upstream` receives keyframe
-    /// requests. Nothing from it is delivered before its first keyframe.
-    pub fn begin_source(&self, codec: Codec, upstream: Option<KeyframeUpstream>) {
+    /// A new publisher starts feeding this track with frames described by `info` (its name
+    /// is the track's). `upstream` receives keyframe requests. Nothing from it is delivered
+    /// before its first keyframe. A resolution already learnt is kept for the same codec.
+    pub fn begin_source(&self, mut info: TrackInfo, upstream: Option<KeyframeUpstream>) {
         let mut state = self.lock();
-        let keep_resolution = state.info.as_ref().filter(|i| i.codec == codec).cloned();
-        state.info = Some(keep_resolution.unwrap_or_else(|| TrackInfo::new(codec)));
-        if state.timeline_rate() != codec.clock_rate() {
-            state.timeline = Timeline::new(codec.clock_rate());
+        info.name.clone_from(&self.name);
+        if let Some(old) = state.info.as_ref().filter(|i| i.codec == info.codec) {
+            info.width = info.width.or(old.width);
+            info.height = info.height.or(old.height);
+        }
+        if state.timeline_rate() != info.timescale {
+            state.timeline = Timeline::new(info.timescale);
         }
         state.timeline.new_source();
-        state.awaiting_first_keyframe = codec.kind() == MediaKind::Video;
+        state.awaiting_first_keyframe = info.kind == MediaKind::Video;
+        state.info = Some(info);
         state.upstream = upstream;
+    }
+
+    /// Updates what the catalog says about this track (the source learnt something, such as
+    /// B-frames, after it began).
+    pub fn update_info(&self, update: impl FnOnce(&mut TrackInfo)) {
+        if let Some(info) = self.lock().info.as_mut() {
+            update(info);
+        }
     }
 
     /// The publisher stopped feeding this track.
@@ -306,7 +376,7 @@ impl TrackState {
     }
 
     fn timeline_rate(&self) -> u32 {
-        self.info.as_ref().map_or(90_000, |i| i.codec.clock_rate())
+        self.info.as_ref().map_or(90_000, |i| i.timescale)
     }
 
     fn remember_in_group(&mut self, frame: &Frame, kind: MediaKind) {
@@ -354,6 +424,7 @@ impl TrackState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cascade_protocol::media::Codec;
     use std::sync::mpsc;
 
     struct BoundedSink {
@@ -370,10 +441,15 @@ mod tests {
         }
     }
 
-    fn video_track() -> Arc<Broadcast> {
+    fn h264() -> TrackInfo {
+        TrackInfo::new(media::VIDEO_SOURCE, Codec::H264)
+    }
+
+    fn video_track() -> Arc<Track> {
         let b = Broadcast::new(StreamId::parse("t").unwrap());
-        b.video.begin_source(Codec::H264, None);
-        b
+        let video = b.source(MediaKind::Video);
+        video.begin_source(h264(), None);
+        video
     }
 
     fn publish(track: &Track, n: u32, keyframe_every: u32, now: Instant) {
@@ -392,12 +468,12 @@ mod tests {
         let b = video_track();
         let (slow_tx, slow_rx) = mpsc::sync_channel(2);
         let (fast_tx, fast_rx) = mpsc::sync_channel(100);
-        b.video.subscribe(Box::new(BoundedSink { tx: slow_tx }));
-        b.video.subscribe(Box::new(BoundedSink { tx: fast_tx }));
-        publish(&b.video, 5, 10, Instant::now()); // seq 0..5, keyframe at 0
+        b.subscribe(Box::new(BoundedSink { tx: slow_tx }));
+        b.subscribe(Box::new(BoundedSink { tx: fast_tx }));
+        publish(&b, 5, 10, Instant::now()); // seq 0..5, keyframe at 0
         let slow: Vec<u64> = slow_rx.try_iter().collect();
         assert_eq!(slow, vec![0, 1]);
-        publish(&b.video, 12, 10, Instant::now()); // seq 5..17, keyframes at 5 and 15
+        publish(&b, 12, 10, Instant::now()); // seq 5..17, keyframes at 5 and 15
         let slow: Vec<u64> = slow_rx.try_iter().collect();
         assert_eq!(
             slow,
@@ -414,24 +490,24 @@ mod tests {
     #[test]
     fn current_group_starts_at_the_newest_keyframe() {
         let b = video_track();
-        publish(&b.video, 25, 10, Instant::now());
-        let group: Vec<u64> = b.video.current_group().iter().map(|f| f.seq).collect();
+        publish(&b, 25, 10, Instant::now());
+        let group: Vec<u64> = b.current_group().iter().map(|f| f.seq).collect();
         assert_eq!(group, (20..25).collect::<Vec<_>>());
-        assert!(b.video.current_group()[0].keyframe);
+        assert!(b.current_group()[0].keyframe);
     }
 
     #[test]
     fn a_new_publisher_is_held_back_until_its_first_keyframe_and_time_continues() {
         let b = video_track();
         let (tx, rx) = mpsc::sync_channel(100);
-        b.video.subscribe(Box::new(BoundedSink { tx }));
+        b.subscribe(Box::new(BoundedSink { tx }));
         let t0 = Instant::now();
-        b.video.publish_rtp(1000, t0, false, Arc::from(vec![0u8])); // no keyframe yet: held
-        b.video.publish_rtp(4000, t0, true, Arc::from(vec![1u8]));
-        b.video.end_source();
-        b.video.begin_source(Codec::H264, None);
-        b.video.publish_rtp(99, t0, false, Arc::from(vec![2u8]));
-        b.video.publish_rtp(99, t0, true, Arc::from(vec![3u8]));
+        b.publish_rtp(1000, t0, false, Arc::from(vec![0u8])); // no keyframe yet: held
+        b.publish_rtp(4000, t0, true, Arc::from(vec![1u8]));
+        b.end_source();
+        b.begin_source(h264(), None);
+        b.publish_rtp(99, t0, false, Arc::from(vec![2u8]));
+        b.publish_rtp(99, t0, true, Arc::from(vec![3u8]));
         assert_eq!(rx.try_iter().count(), 2);
     }
 
@@ -440,15 +516,15 @@ mod tests {
         let b = video_track();
         let calls = Arc::new(AtomicU64::new(0));
         let counter = calls.clone();
-        b.video.begin_source(
-            Codec::H264,
+        b.begin_source(
+            h264(),
             Some(Arc::new(move || {
                 counter.fetch_add(1, Ordering::Relaxed);
             })),
         );
         let now = Instant::now();
         for _ in 0..50 {
-            b.video.request_keyframe(now);
+            b.request_keyframe(now);
         }
         assert_eq!(calls.load(Ordering::Relaxed), 1);
     }

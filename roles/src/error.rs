@@ -17,6 +17,15 @@ pub enum RoleError {
         "stream {0} already has a live publisher; end that session first or use another stream id"
     )]
     PublisherAlreadyLive(cascade_protocol::StreamId),
+    /// The stream cannot be watched over WebRTC as it is (B-frames, a codec browsers'
+    /// WebRTC does not take); a transcoder would make a rendition that can.
+    #[error("stream {stream} cannot be played over WebRTC: {unfit}")]
+    NotForWebRtc {
+        /// The stream asked for.
+        stream: cascade_protocol::StreamId,
+        /// Why.
+        unfit: cascade_protocol::media::WebRtcUnfit,
+    },
     /// No session with this id exists on this stream.
     #[error("no session {session} on stream {stream}")]
     SessionNotFound {

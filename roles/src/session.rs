@@ -1,7 +1,7 @@
 //! One actor per publisher session and per viewer session: the lifecycle owner.
 //!
-//! The media of a session lives in the WebRTC engine (sans-IO `Rtc` driven by the shared UDP
-//! socket); the actor owns everything else: its id, its end (DELETE, transport loss, the stream
+//! The media of a session lives in its [`Transport`] (the WebRTC engine, an RTMP or SRT
+//! connection task, a relay pull); the actor owns everything else: its id, its end (DELETE, transport loss, the stream
 //! ending) and the metric of how it ended. Session actors are linked to their stream actor, so
 //! a session that crashes is reported to the stream, which cleans up and carries on.
 
@@ -137,6 +137,40 @@ impl Liveness {
     }
 }
 
+/// Where a session's media lives, so that whoever ends the session can end its media too.
+#[derive(Clone)]
+pub enum Transport {
+    /// A WebRTC engine holds it (WHIP, WHEP).
+    WebRtc(WebRtcEngine),
+    /// A connection task of its own (RTMP, SRT, an RTSP pull): closing wakes the task, which
+    /// ends its connection.
+    Connection(Arc<tokio::sync::Notify>),
+    /// A relay pull, which ends its own session.
+    Relay,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::WebRtc(_) => "WebRtc",
+            Transport::Connection(_) => "Connection",
+            Transport::Relay => "Relay",
+        })
+    }
+}
+
+impl Transport {
+    /// Ends the session's media (idempotent).
+    pub fn close(&self, id: SessionId) {
+        match self {
+            Transport::WebRtc(engine) => engine.close(id),
+            // A stored permit: the task sees it even if it was not waiting at this moment.
+            Transport::Connection(closer) => closer.notify_one(),
+            Transport::Relay => {}
+        }
+    }
+}
+
 /// A session asking to join a stream.
 #[derive(Debug, Clone)]
 pub struct Admission {
@@ -148,9 +182,11 @@ pub struct Admission {
     pub protocol: &'static str,
     /// Who opened it.
     pub client: Client,
-    /// Its transport as the WebRTC engine sees it; `None` for sessions without one (a relay
-    /// pull), which are never taken for gone by silence.
+    /// Its transport's signs of life; `None` for sessions without one (a relay pull), which
+    /// are never taken for gone by silence.
     pub liveness: Option<Liveness>,
+    /// Where its media lives.
+    pub transport: Transport,
 }
 
 /// Who asks to end a session.
@@ -211,7 +247,7 @@ pub struct SessionArgs {
     /// The stream it belongs to.
     pub stream: StreamId,
     /// Where its media lives.
-    pub engine: WebRtcEngine,
+    pub transport: Transport,
     /// Where DELETE finds it.
     pub registry: StreamRegistry,
     /// Who opened it.
@@ -278,7 +314,7 @@ impl Actor for SessionActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.engine.close(state.args.id);
+        state.args.transport.close(state.args.id);
         state.args.registry.forget_session(state.args.id);
         tracing::info!(
             stream = %state.args.stream,

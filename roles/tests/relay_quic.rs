@@ -7,7 +7,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use cascade_protocol::StreamId;
-use cascade_protocol::media::{Codec, Frame, MediaKind};
+use cascade_protocol::media::{Codec, Frame, MediaKind, TrackInfo, VIDEO_SOURCE};
 use cascade_protocol::relay::Role;
 use cascade_roles::broadcast::{Broadcast, Delivery, FrameSink};
 use cascade_roles::quic::trust::ClusterCa;
@@ -53,8 +53,8 @@ async fn frames_published_at_the_origin_arrive_intact_and_in_order_at_the_edge()
     let stream = StreamId::parse("relayed").unwrap();
     let source = Broadcast::new(stream.clone());
     source
-        .track(MediaKind::Video)
-        .begin_source(Codec::H264, None);
+        .source(MediaKind::Video)
+        .begin_source(TrackInfo::new(VIDEO_SOURCE, Codec::H264), None);
     let served: Arc<dyn RelaySource> = Arc::new(OneBroadcast(source.clone()));
     let accept = origin.clone();
     tokio::spawn(async move {
@@ -87,14 +87,14 @@ async fn frames_published_at_the_origin_arrive_intact_and_in_order_at_the_edge()
     assert_eq!(catalog[0].codec, Codec::H264);
 
     let local = Broadcast::new(stream.clone());
-    let local_video = local.track(MediaKind::Video).clone();
-    local_video.begin_source(Codec::H264, None);
+    let local_video = local.source(MediaKind::Video);
+    local_video.begin_source(TrackInfo::new(VIDEO_SOURCE, Codec::H264), None);
     let (frames_tx, frames_rx) = std_mpsc::channel();
     local_video.subscribe(Box::new(Collect(frames_tx)));
     relay
         .subscribe(
             "relayed",
-            "video",
+            VIDEO_SOURCE,
             PullTarget::Track(local_video),
             events_tx,
         )
@@ -111,7 +111,7 @@ async fn frames_published_at_the_origin_arrive_intact_and_in_order_at_the_edge()
     const FRAMES: u32 = 300;
     let t0 = Instant::now();
     for n in 0..FRAMES {
-        source.track(MediaKind::Video).publish_rtp(
+        source.source(MediaKind::Video).publish_rtp(
             n * 3000,
             t0,
             n % 30 == 0,
@@ -205,11 +205,11 @@ fn relay_throughput_per_core() {
     let (origin_ca, edge_ca) = (ca.clone(), ca);
     let source = Broadcast::new(StreamId::parse("bench").unwrap());
     source
-        .track(MediaKind::Video)
-        .begin_source(Codec::H264, None);
+        .source(MediaKind::Video)
+        .begin_source(TrackInfo::new(VIDEO_SOURCE, Codec::H264), None);
     let local = Broadcast::new(StreamId::parse("bench").unwrap());
-    let local_video = local.track(MediaKind::Video).clone();
-    local_video.begin_source(Codec::H264, None);
+    let local_video = local.source(MediaKind::Video);
+    local_video.begin_source(TrackInfo::new(VIDEO_SOURCE, Codec::H264), None);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -225,7 +225,7 @@ fn relay_throughput_per_core() {
             let relay = RelayConnection::start(connection, Role::Client, None);
             let (events_tx, mut events) = mpsc::unbounded_channel();
             relay
-                .subscribe("bench", "video", PullTarget::Track(edge_video), events_tx)
+                .subscribe("bench", VIDEO_SOURCE, PullTarget::Track(edge_video), events_tx)
                 .await
                 .unwrap();
             assert!(matches!(events.recv().await, Some(PullEvent::Subscribed)));
@@ -268,7 +268,7 @@ fn relay_throughput_per_core() {
                 continue;
             }
             // A keyframe every 60 frames, like a 2 s GOP at a high bitrate.
-            source.track(MediaKind::Video).publish_rtp(
+            source.source(MediaKind::Video).publish_rtp(
                 n.wrapping_mul(3000),
                 Instant::now(),
                 n.is_multiple_of(60),

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cascade_protocol::media::WebRtcUnfit;
 use cascade_roles::RoleError;
 use cascade_roles::origin::StreamRegistry;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -41,6 +42,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     /// Streams and sessions.
     pub registry: StreamRegistry,
+    /// The WebRTC engines (WHIP and WHEP sessions).
+    pub engines: cascade_roles::webrtc::Engines,
     /// Who may publish and play.
     pub access: Arc<AccessPolicy>,
     /// Renders `/metrics`.
@@ -159,6 +162,12 @@ impl ApiError {
             RoleError::NoSupportedCodec(_) => (StatusCode::NOT_ACCEPTABLE, "no_supported_codec"),
             RoleError::StreamNotFound(_) => (StatusCode::NOT_FOUND, "unknown_stream"),
             RoleError::PublisherAlreadyLive(_) => (StatusCode::CONFLICT, "publisher_already_live"),
+            RoleError::NotForWebRtc { unfit, .. } => match unfit {
+                WebRtcUnfit::BFrames => (StatusCode::CONFLICT, "source_has_b_frames"),
+                WebRtcUnfit::Codec(_) => {
+                    (StatusCode::UNSUPPORTED_MEDIA_TYPE, "codec_needs_transcoder")
+                }
+            },
             RoleError::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "unknown_session"),
             RoleError::NotSessionOwner { .. } => (StatusCode::FORBIDDEN, "not_session_owner"),
             RoleError::Overloaded(overload) => (StatusCode::SERVICE_UNAVAILABLE, overload.label()),

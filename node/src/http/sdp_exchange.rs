@@ -336,10 +336,12 @@ pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
         let client = Client::new(Some(remote), super::bearer(&headers));
         let negotiated = match exchange.action {
             Action::Publish => {
-                cascade_roles::origin::whip::publish(&state.registry, &stream, &offer, client).await
+                cascade_roles::origin::whip::publish(&state.registry, &state.engines, &stream, &offer, client)
+                    .await
             }
             Action::Play => {
-                cascade_roles::edge::whep::play(&state.registry, &stream, &offer, client).await
+                cascade_roles::edge::whep::play(&state.registry, &state.engines, &stream, &offer, client)
+                    .await
             }
         };
         match negotiated {

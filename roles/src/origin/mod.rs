@@ -1,6 +1,8 @@
-//! The origin role: live streams on this node, each owned by a stream actor, and WHIP ingest.
+//! The origin role: live streams on this node, each owned by a stream actor, and their
+//! ingest (WHIP; RTMP in [`rtmp`]).
 //!
-//! [`StreamRegistry`] is the node's table of streams and sessions. It is control-plane only
+//! [`StreamRegistry`] is the node's table of streams and sessions, whatever their protocol: it
+//! knows no transport (each session brings its own, [`crate::session::Transport`]). It is control-plane only
 //! (touched when sessions start and end, never per packet), so a mutex-guarded map is enough.
 
 pub mod stream;
@@ -14,10 +16,9 @@ use cascade_protocol::StreamId;
 use ractor::{Actor, ActorRef};
 
 use crate::RoleError;
-use crate::admission::{self, Limits};
+use crate::admission::{self, EngineLoad, Limits};
 use crate::broadcast::Broadcast;
 use crate::session::{Admission, Client, Ender, SessionId, SessionKind, SessionMsg};
-use crate::webrtc::WebRtcEngine;
 
 pub use stream::{EndedSession, PublisherInfo, SessionInfo, StreamActor, StreamInfo, StreamMsg};
 
@@ -65,20 +66,10 @@ const ENDED_SESSIONS_KEPT: usize = 256;
 #[derive(Clone)]
 pub struct StreamRegistry {
     tables: Arc<Mutex<Tables>>,
-    engines: Engines,
+    /// The viewers' WebRTC engine's load: past a point the node takes no more sessions.
+    viewer_engine_load: Arc<EngineLoad>,
     reconnect_grace: Duration,
     limits: Limits,
-}
-
-/// The node's two WebRTC engines. Publishers have their own (own socket, own task), so that
-/// no viewer load can delay their media, RTCP or ICE consent: under overload the viewers'
-/// engine falls behind, the publisher's does not.
-#[derive(Clone)]
-pub struct Engines {
-    /// WHIP publishers.
-    pub ingest: WebRtcEngine,
-    /// WHEP viewers.
-    pub egress: WebRtcEngine,
 }
 
 /// A session that was admitted by its stream and now needs its media attached.
@@ -91,11 +82,16 @@ pub struct AdmittedSession {
 
 impl StreamRegistry {
     /// An empty registry. A publisher that drops may come back within `reconnect_grace`.
-    /// Beyond `limits` (or while the engine lags) new sessions are refused.
-    pub fn new(engines: Engines, reconnect_grace: Duration, limits: Limits) -> Self {
+    /// Beyond `limits` (or while the viewers' engine lags, `viewer_engine_load`) new sessions
+    /// are refused.
+    pub fn new(
+        viewer_engine_load: Arc<EngineLoad>,
+        reconnect_grace: Duration,
+        limits: Limits,
+    ) -> Self {
         Self {
             tables: Arc::default(),
-            engines,
+            viewer_engine_load,
             reconnect_grace,
             limits,
         }
@@ -107,7 +103,7 @@ impl StreamRegistry {
             let tables = self.lock();
             (tables.viewers, tables.publishers)
         };
-        admission::decide(kind, viewers, publishers, self.limits, self.engines.egress.load()).map_err(
+        admission::decide(kind, viewers, publishers, self.limits, self.viewer_engine_load.get()).map_err(
             |overload| {
                 metrics::counter!("cascade_admission_refusals_total", "kind" => kind.label(), "reason" => overload.label())
                     .increment(1);
@@ -121,14 +117,6 @@ impl StreamRegistry {
         self.tables
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The WebRTC engine of sessions of `kind`.
-    pub fn engine(&self, kind: SessionKind) -> &WebRtcEngine {
-        match kind {
-            SessionKind::Publisher => &self.engines.ingest,
-            SessionKind::Viewer => &self.engines.egress,
-        }
     }
 
     /// Admits a session on a stream: a publisher creates the stream if needed (and is refused

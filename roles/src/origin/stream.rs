@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cascade_protocol::StreamId;
-use cascade_protocol::media::TrackInfo;
+use cascade_protocol::media::{TrackInfo, WebRtcPlan};
 use ractor::{
     Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
@@ -30,7 +30,7 @@ use crate::RoleError;
 use crate::broadcast::Broadcast;
 use crate::session::{
     Admission, Liveness, SessionActor, SessionArgs, SessionId, SessionKind, SessionMsg,
-    outcome_label,
+    Transport, outcome_label,
 };
 
 /// Messages to a stream actor.
@@ -116,14 +116,46 @@ pub struct StreamInfo {
     pub publisher: Option<PublisherInfo>,
     /// Connected viewer sessions.
     pub viewers: usize,
-    /// Tracks with codec and, once known, resolution.
+    /// The catalog: every track with its codec and what is known of it.
     pub tracks: Vec<TrackInfo>,
+    /// What WebRTC (WHEP) viewers get of it, or why they cannot watch it.
+    pub webrtc: WebRtcView,
     /// Ingest bitrate over the last second, bits per second.
     pub bitrate_bps: u64,
     /// Seconds since the stream started.
     pub uptime_secs: f64,
     /// Start time, seconds since the Unix epoch.
     pub started_at_unix: u64,
+}
+
+/// What WebRTC viewers get of a stream, as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebRtcView {
+    /// Whether WHEP viewers are served at all.
+    pub playable: bool,
+    /// Which tracks they get and which they do not, with the reason.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<WebRtcPlan>,
+    /// Why they cannot watch, when they cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl WebRtcView {
+    fn of(plan: Result<WebRtcPlan, cascade_protocol::media::WebRtcUnfit>) -> Self {
+        match plan {
+            Ok(plan) => Self {
+                playable: true,
+                plan: Some(plan),
+                reason: None,
+            },
+            Err(unfit) => Self {
+                playable: false,
+                plan: None,
+                reason: Some(unfit.to_string()),
+            },
+        }
+    }
 }
 
 /// The publisher side of a stream, as a pure state machine over time.
@@ -227,6 +259,7 @@ struct Member {
     protocol: &'static str,
     remote: Option<SocketAddr>,
     liveness: Option<Liveness>,
+    transport: Transport,
     joined: Instant,
 }
 
@@ -256,12 +289,7 @@ impl StreamState {
     }
 
     fn frames_in(&self) -> u64 {
-        self.args
-            .broadcast
-            .tracks()
-            .iter()
-            .map(|t| t.frames_in())
-            .sum()
+        self.args.broadcast.frames_in()
     }
 
     /// Whether any publisher ever delivered a frame (the counts only grow).
@@ -393,7 +421,7 @@ impl Actor for StreamActor {
             ended_at_unix: unix_now(),
         });
         // The engine may still hold the media of a crashed session: make sure it is gone.
-        state.args.registry.engine(member.kind).close(member.id);
+        member.transport.close(member.id);
         state.args.registry.forget_session(member.id);
         metrics::counter!("cascade_sessions_ended_total", "kind" => member.kind.label(), "outcome" => outcome)
             .increment(1);
@@ -452,6 +480,7 @@ async fn admit(
         protocol,
         client,
         liveness,
+        transport,
     } = admission;
     let remote = client.remote;
     let stream = state.args.broadcast.id().clone();
@@ -466,7 +495,7 @@ async fn admit(
         id: session,
         kind,
         stream: stream.clone(),
-        engine: state.args.registry.engine(kind).clone(),
+        transport: transport.clone(),
         registry: state.args.registry.clone(),
         client,
     };
@@ -480,11 +509,7 @@ async fn admit(
             tracing::info!(%stream, replaced = %gone, silent_secs = silence.as_secs_f64(), "a new publisher takes over from a silent one");
             // Closed in the engine before the new session is added (the engine takes
             // commands in order), so the old one cannot end the new one's tracks.
-            state
-                .args
-                .registry
-                .engine(SessionKind::Publisher)
-                .close(gone);
+            old.transport.close(gone);
             let _ = old.actor.cast(SessionMsg::Replaced { silent: silence });
         }
         state.frames_at_publish = state.frames_in();
@@ -500,6 +525,7 @@ async fn admit(
             protocol,
             remote,
             liveness,
+            transport,
             joined: Instant::now(),
         },
     );
@@ -564,13 +590,8 @@ fn info(state: &StreamState) -> StreamInfo {
         state: stream_state(publisher.is_some(), receiving, state.ever_live()),
         publisher,
         viewers: state.viewers(),
-        tracks: state
-            .args
-            .broadcast
-            .tracks()
-            .iter()
-            .filter_map(|t| t.info())
-            .collect(),
+        tracks: state.args.broadcast.catalog(),
+        webrtc: WebRtcView::of(state.args.broadcast.webrtc_plan()),
         bitrate_bps: state.bitrate_bps,
         uptime_secs: state.started.elapsed().as_secs_f64(),
         started_at_unix: state.started_unix,

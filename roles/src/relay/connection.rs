@@ -24,7 +24,7 @@ use cascade_protocol::relay::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::group::{CATALOG_TRACK, GroupCounter, track_kind};
+use super::group::{CATALOG_TRACK, GroupCounter};
 use crate::broadcast::{Broadcast, Delivery, FrameSink, Track};
 
 /// Frames queued towards one subscriber before it counts as behind.
@@ -478,8 +478,7 @@ impl Driver {
         };
         if track_name == CATALOG_TRACK {
             self.session.accept(id);
-            let catalog: Vec<TrackInfo> =
-                broadcast.tracks().iter().filter_map(|t| t.info()).collect();
+            let catalog: Vec<TrackInfo> = broadcast.catalog();
             let payload = serde_json::to_vec(&catalog).unwrap_or_default();
             let frame = RelayFrame {
                 timestamp: 0,
@@ -492,15 +491,15 @@ impl Driver {
             // the catalog's group stream.
             return;
         }
-        let Some(kind) = track_kind(track_name) else {
+        let Some(track) = broadcast.track(track_name) else {
             self.session.reject(
                 id,
                 SubscribeCode::NotFound,
-                "no such track (video, audio or catalog)",
+                "no such track in the broadcast's catalog",
             );
             return;
         };
-        let track = broadcast.track(kind).clone();
+        let kind = track.kind();
         self.session.accept(id);
         let sink = ServedSink {
             id,

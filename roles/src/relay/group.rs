@@ -1,7 +1,8 @@
 //! How a node's tracks map onto relay tracks and groups.
 //!
-//! Track names: `video`, `audio`, and `catalog` (a JSON list of the broadcast's
-//! [`TrackInfo`](cascade_protocol::media::TrackInfo), sent once per subscription).
+//! Track names: the broadcast's own (`video/source`, `audio/source`, renditions), and
+//! `catalog` (a JSON list of the broadcast's [`TrackInfo`](cascade_protocol::media::TrackInfo),
+//! sent once per subscription; a track name never equals it, names of media tracks have a `/`).
 //! Groups: a video group starts at each keyframe, so dropping a late group skips exactly
 //! to the next decodable point; audio has no dependencies between frames, so its frames are
 //! grouped by count only to keep the number of QUIC streams down.
@@ -12,23 +13,6 @@ use cascade_protocol::media::{Frame, MediaKind};
 pub const CATALOG_TRACK: &str = "catalog";
 /// Audio frames per group: 25 Opus frames of 20 ms is half a second.
 pub const AUDIO_FRAMES_PER_GROUP: u64 = 25;
-
-/// The relay name of a track kind.
-pub fn track_name(kind: MediaKind) -> &'static str {
-    match kind {
-        MediaKind::Video => "video",
-        MediaKind::Audio => "audio",
-    }
-}
-
-/// The track kind of a relay track name (not the catalog).
-pub fn track_kind(name: &str) -> Option<MediaKind> {
-    match name {
-        "video" => Some(MediaKind::Video),
-        "audio" => Some(MediaKind::Audio),
-        _ => None,
-    }
-}
 
 /// Numbers the groups of one served track.
 #[derive(Debug)]

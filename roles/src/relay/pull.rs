@@ -21,12 +21,12 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::connection::{PullEvent, PullTarget, RelayConnection, RelaySource};
-use super::group::{CATALOG_TRACK, track_name};
+use super::group::CATALOG_TRACK;
 use crate::RoleError;
 use crate::broadcast::Broadcast;
 use crate::origin::StreamRegistry;
 use crate::quic::{ALPN_RELAY, NodeEndpoint};
-use crate::session::{Admission, Client, SessionId, SessionKind, SessionMsg};
+use crate::session::{Admission, Client, SessionId, SessionKind, SessionMsg, Transport};
 
 /// How long a pull outlives its last viewer (a viewer reconnecting meanwhile reuses it).
 pub const PULL_LINGER: Duration = Duration::from_secs(5);
@@ -124,9 +124,7 @@ impl Relay {
     pub async fn ensure_pulled(&self, stream: &StreamId) -> Result<(), RoleError> {
         let broadcast = self.pull(stream).await?;
         let deadline = Instant::now() + FIRST_KEYFRAME_WAIT;
-        let video = broadcast
-            .track(cascade_protocol::media::MediaKind::Video)
-            .clone();
+        let video = broadcast.source(cascade_protocol::media::MediaKind::Video);
         while !video.has_current_group() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -158,6 +156,7 @@ impl Relay {
                             protocol: "relay",
                             client: Client::default(),
                             liveness: None,
+                            transport: Transport::Relay,
                         },
                     )
                     .await?;
@@ -288,7 +287,7 @@ impl Relay {
         };
         let mut subscriptions = Vec::new();
         for info in &catalog {
-            let track = broadcast.track(info.kind).clone();
+            let track = broadcast.track_or_add(&info.name, info.kind);
             let id_cell = Arc::new(AtomicU64::new(u64::MAX));
             let upstream = {
                 let connection = connection.clone();
@@ -300,12 +299,12 @@ impl Relay {
                     }
                 })
             };
-            track.begin_source(info.codec, Some(upstream));
+            track.begin_source(info.clone(), Some(upstream));
             let target = PullTarget::Track(track);
             let Some(id) = connection
                 .subscribe(
                     stream.as_str(),
-                    track_name(info.kind),
+                    &info.name,
                     target,
                     events_tx.clone(),
                 )

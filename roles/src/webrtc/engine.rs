@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cascade_protocol::StreamId;
-use cascade_protocol::media::{Codec, Frame, MediaKind};
+use cascade_protocol::media::{Codec, Frame, MediaKind, TrackInfo, source_track};
 use cascade_protocol::priming::{plan_priming, shifted};
 use cascade_protocol::rtp_payload::{MAX_RTP_PAYLOAD, RtpPayload, packetize};
 use cascade_protocol::stun::binding_request_recipient_ufrag;
@@ -797,7 +797,11 @@ impl Engine {
             return;
         };
         let key = (session.broadcast.id().clone(), kind);
-        let track = session.broadcast.track(kind).clone();
+        // What WebRTC can carry of the broadcast (`Broadcast::webrtc_plan`): AAC audio, for
+        // one, is left out and the viewer's audio track stays silent.
+        let Some(track) = session.broadcast.webrtc_track(kind) else {
+            return;
+        };
         let subscription = self.subscriptions.entry(key.clone()).or_insert_with(|| {
             let sink = EngineSink {
                 key: key.clone(),
@@ -826,8 +830,11 @@ impl Engine {
             return;
         };
         let now = Instant::now();
-        let track = session.broadcast.track(MediaKind::Video).clone();
-        track.request_keyframe(now);
+        let key = (session.broadcast.id().clone(), MediaKind::Video);
+        let Some(subscription) = self.subscriptions.get(&key) else {
+            return;
+        };
+        subscription.track.request_keyframe(now);
         let Role::Viewer { video, .. } = &mut session.role else {
             return;
         };
@@ -838,7 +845,6 @@ impl Engine {
         {
             return;
         }
-        let key = (session.broadcast.id().clone(), MediaKind::Video);
         let group = self
             .subscriptions
             .get(&key)
@@ -952,18 +958,15 @@ impl Engine {
                     if let Some(subscription) = self.subscriptions.get_mut(&key) {
                         subscription.viewers.retain(|&v| v != slot);
                         if subscription.viewers.is_empty() {
-                            session
-                                .broadcast
-                                .track(kind)
-                                .unsubscribe(subscription.subscriber_id);
+                            subscription.track.unsubscribe(subscription.subscriber_id);
                             self.subscriptions.remove(&key);
                         }
                     }
                 }
             }
             Role::Publisher { .. } => {
-                for track in session.broadcast.tracks() {
-                    track.end_source();
+                for kind in [MediaKind::Video, MediaKind::Audio] {
+                    session.broadcast.source(kind).end_source();
                 }
             }
         }
@@ -1044,7 +1047,7 @@ fn handle_event(
                 RtcCodec::Opus => Codec::Opus,
                 _ => return None,
             };
-            let track = session.broadcast.track(kind);
+            let track = session.broadcast.source(kind);
             if in_track.codec != Some(codec) {
                 in_track.codec = Some(codec);
                 let upstream: Option<crate::broadcast::KeyframeUpstream> =
@@ -1055,7 +1058,7 @@ fn handle_event(
                             let _ = commands.send(Command::RequestKeyframe(id));
                         }) as crate::broadcast::KeyframeUpstream
                     });
-                track.begin_source(codec, upstream);
+                track.begin_source(TrackInfo::new(source_track(kind), codec), upstream);
                 if kind == MediaKind::Video {
                     // Start every new publisher with a keyframe so that waiting viewers resume.
                     let _ = commands.send(Command::RequestKeyframe(session.id));
@@ -1113,7 +1116,12 @@ fn write_to_viewer(
     let pt = match out.pt {
         Some(pt) => pt,
         None => {
-            let Some(codec) = session.broadcast.track(kind).info().map(|i| i.codec) else {
+            let Some(codec) = session
+                .broadcast
+                .webrtc_track(kind)
+                .and_then(|t| t.info())
+                .map(|i| i.codec)
+            else {
                 return;
             };
             let remote = session
@@ -1165,6 +1173,7 @@ fn choose_pt<'a>(
         Codec::H264 => RtcCodec::H264,
         Codec::Vp8 => RtcCodec::Vp8,
         Codec::Opus => RtcCodec::Opus,
+        Codec::H265 | Codec::Av1 | Codec::Aac => return None,
     };
     let candidates: Vec<&str0m::format::PayloadParams> =
         params.filter(|p| p.spec().codec == wanted).collect();

@@ -156,6 +156,11 @@ impl WebRtcEngine {
         self.load.get()
     }
 
+    /// The engine's load figures, shared: what admission reads.
+    pub fn load_handle(&self) -> Arc<EngineLoad> {
+        self.load.clone()
+    }
+
     /// The UDP address put in ICE candidates.
     pub fn advertised_addr(&self) -> SocketAddr {
         self.advertised.udp
@@ -338,6 +343,27 @@ fn bind_media_socket(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
+/// The node's two WebRTC engines. Publishers have their own (own socket, own thread), so that
+/// no viewer load can delay their media, RTCP or ICE consent: under overload the viewers'
+/// engine falls behind, the publisher's does not.
+#[derive(Clone)]
+pub struct Engines {
+    /// WHIP publishers.
+    pub ingest: WebRtcEngine,
+    /// WHEP viewers.
+    pub egress: WebRtcEngine,
+}
+
+impl Engines {
+    /// The engine of sessions of `kind`.
+    pub fn of(&self, kind: SessionKind) -> &WebRtcEngine {
+        match kind {
+            SessionKind::Publisher => &self.ingest,
+            SessionKind::Viewer => &self.egress,
+        }
+    }
+}
+
 /// A session whose offer was answered and whose media is attached to the engine.
 #[derive(Debug)]
 pub struct NegotiatedSession {
@@ -351,13 +377,14 @@ pub struct NegotiatedSession {
 /// checked before the stream is touched, so a bad offer never disturbs a live stream.
 pub async fn open_session(
     registry: &crate::origin::StreamRegistry,
+    engines: &Engines,
     stream: &cascade_protocol::StreamId,
     kind: SessionKind,
     protocol: &'static str,
     offer_sdp: &str,
     client: Client,
 ) -> Result<NegotiatedSession, RoleError> {
-    let engine = registry.engine(kind);
+    let engine = engines.of(kind);
     // Refused before any negotiation: an overloaded node spends nothing on a refusal.
     registry.check_capacity(kind)?;
     let (rtc, answer_sdp) = engine.answer(offer_sdp, kind)?;
@@ -369,6 +396,7 @@ pub async fn open_session(
         protocol,
         client,
         liveness: Some(liveness.clone()),
+        transport: crate::session::Transport::WebRtc(engine.clone()),
     };
     let admitted = registry.admit(stream, admission).await?;
     if let Err(e) = engine.add_session(engine::NewSession {
