@@ -18,6 +18,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_WEBRTC_ADDR: &str = "127.0.0.1:8443";
 /// Default UDP address for publishers' WebRTC media: the WebRTC address's next port.
 pub const DEFAULT_WEBRTC_INGEST_ADDR: &str = "127.0.0.1:8444";
+/// Default TCP address of RTMP ingest (publish to `rtmp://<this>/live/<stream>`).
+pub const DEFAULT_RTMP_ADDR: &str = "127.0.0.1:1935";
 /// Default UDP address for node-to-node QUIC (Raft and the media relay).
 pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:4433";
 /// Default number of Raft voters.
@@ -77,6 +79,11 @@ pub struct RunOptions {
     /// address, on TCP].
     #[arg(long, env = "CASCADE_WEBRTC_INGEST_TCP_ADDR", value_name = "ADDR")]
     pub webrtc_ingest_tcp_addr: Option<SocketAddr>,
+
+    /// TCP address of RTMP ingest: encoders and OBS publish to `rtmp://ADDR/live/<stream>`
+    /// [default: 127.0.0.1:1935].
+    #[arg(long, env = "CASCADE_RTMP_ADDR", value_name = "ADDR")]
+    pub rtmp_addr: Option<SocketAddr>,
 
     /// Offer ICE-TCP candidates at all (`false` offers UDP only) [default: true].
     #[arg(long, env = "CASCADE_ICE_TCP", value_name = "BOOL")]
@@ -202,6 +209,8 @@ pub struct NodeConfig {
     pub webrtc_tcp_addr: Option<SocketAddr>,
     /// See [`RunOptions::webrtc_ingest_tcp_addr`]; `None` with `ice-tcp = false`.
     pub webrtc_ingest_tcp_addr: Option<SocketAddr>,
+    /// See [`RunOptions::rtmp_addr`].
+    pub rtmp_addr: SocketAddr,
     /// See [`RunOptions::public_ip`].
     pub public_ip: Option<IpAddr>,
     /// See [`RunOptions::data_dir`].
@@ -310,6 +319,10 @@ impl NodeConfig {
             webrtc_ingest_addr,
             webrtc_tcp_addr,
             webrtc_ingest_tcp_addr,
+            rtmp_addr: cli
+                .rtmp_addr
+                .or(file.rtmp_addr)
+                .unwrap_or_else(|| default_addr(DEFAULT_RTMP_ADDR)),
             public_ip: cli.public_ip.or(file.public_ip),
             data_dir: cli
                 .data_dir

@@ -60,11 +60,18 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         })?;
 
     let (cluster, relay, endpoint) = start_cluster(&config, http_addr, registry.clone()).await?;
+    let access = Arc::new(config.access.clone());
+    let gate = crate::ingest::NodePublishGate {
+        access: access.clone(),
+        cluster: cluster.clone(),
+        relay: relay.clone(),
+    };
+    cascade_roles::origin::rtmp::listen(config.rtmp_addr, registry.clone(), Arc::new(gate)).await?;
     announce(&config, http_addr, &cluster);
     let state = AppState {
         registry,
         engines,
-        access: Arc::new(config.access.clone()),
+        access,
         metrics,
         cluster: cluster.clone(),
         relay,

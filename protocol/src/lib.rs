@@ -6,11 +6,15 @@
 //! - [`stream_id`]: the validated name of a live stream (`[A-Za-z0-9_-]{1,64}`).
 //! - [`media`]: the Broadcast ▸ Track ▸ Group ▸ Frame vocabulary shared by every role.
 //! - [`h264`]: Annex B splitting and SPS parsing (resolution for the catalog).
+//! - [`flv`]: FLV audio/video tag bodies as RTMP carries them (legacy and enhanced RTMP),
+//!   decoder configuration records, AVCC to Annex B.
 //! - [`sei`]: H.264 user-data SEI messages (the load tester's capture-time stamps).
 //! - [`ogg`]: Ogg pages to Opus packets (the load tester's audio source).
 //! - [`vp8`]: VP8 keyframe header parsing (resolution for the catalog).
 //! - [`keyframe`]: coalescing and rate-limiting keyframe requests on their way upstream.
-//! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes.
+//! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes, and
+//!   unwrapping 32-bit millisecond clocks without drift.
+//! - [`rtmp`]: one RTMP publishing connection, sans-IO (handshake, chunk stream, commands).
 //! - [`rtp_payload`]: a frame's RTP payloads, made once and shared by every viewer.
 //! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
 //! - [`cluster`]: the cluster's decisions as values (roles, stream placement, edge choice, voters).
@@ -23,6 +27,7 @@
 
 pub mod cluster;
 pub mod duration;
+pub mod flv;
 pub mod h264;
 pub mod ice_tcp;
 pub mod keyframe;
@@ -31,6 +36,7 @@ pub mod ogg;
 pub mod priming;
 pub mod relay;
 pub mod route_pass;
+pub mod rtmp;
 pub mod rtp_payload;
 pub mod secret;
 pub mod sei;

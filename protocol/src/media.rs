@@ -327,8 +327,7 @@ mod tests {
     fn a_webrtc_safe_rendition_is_chosen_over_an_unfit_source() {
         let mut source = track(VIDEO_SOURCE, Codec::H264);
         source.bframes = true;
-        let plan =
-            WebRtcPlan::for_catalog(&[source, track("video/360p", Codec::H264)]).unwrap();
+        let plan = WebRtcPlan::for_catalog(&[source, track("video/360p", Codec::H264)]).unwrap();
         assert_eq!(plan.video.as_deref(), Some("video/360p"));
         assert!(plan.left_out.is_empty(), "nothing of its kind is missing");
     }
@@ -336,6 +335,9 @@ mod tests {
     #[test]
     fn an_audio_only_broadcast_is_offered_as_audio() {
         let plan = WebRtcPlan::for_catalog(&[track(AUDIO_SOURCE, Codec::Opus)]).unwrap();
-        assert_eq!((plan.video, plan.audio.as_deref()), (None, Some(AUDIO_SOURCE)));
+        assert_eq!(
+            (plan.video, plan.audio.as_deref()),
+            (None, Some(AUDIO_SOURCE))
+        );
     }
 }

@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use cascade_protocol::StreamId;
 use cascade_protocol::keyframe::{KeyframeDecision, KeyframeRequestLimiter};
-use cascade_protocol::media::{self, Frame, MediaKind, Payload, TrackInfo, WebRtcPlan, WebRtcUnfit};
+use cascade_protocol::media::{
+    self, Frame, MediaKind, Payload, TrackInfo, WebRtcPlan, WebRtcUnfit,
+};
 use cascade_protocol::timeline::Timeline;
 
 /// Most frames kept of the current group for late joiners (10 s at 30 fps plus headroom).
@@ -70,6 +72,8 @@ struct TrackState {
     next_subscriber_id: u64,
     upstream: Option<KeyframeUpstream>,
     limiter: KeyframeRequestLimiter,
+    /// Counts `begin_source` calls: which publisher feeds the track now.
+    source_generation: u64,
 }
 
 /// One named track of a broadcast (`video/source`, `audio/source`, a rendition).
@@ -193,6 +197,7 @@ impl Track {
                 next_subscriber_id: 0,
                 upstream: None,
                 limiter: KeyframeRequestLimiter::default(),
+                source_generation: 0,
             }),
             bytes_in: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
@@ -230,8 +235,10 @@ impl Track {
     /// A new publisher starts feeding this track with frames described by `info` (its name
     /// is the track's). `upstream` receives keyframe requests. Nothing from it is delivered
     /// before its first keyframe. A resolution already learnt is kept for the same codec.
-    pub fn begin_source(&self, mut info: TrackInfo, upstream: Option<KeyframeUpstream>) {
+    /// Returns the source's generation, for [`Track::end_source_of`].
+    pub fn begin_source(&self, mut info: TrackInfo, upstream: Option<KeyframeUpstream>) -> u64 {
         let mut state = self.lock();
+        state.source_generation += 1;
         info.name.clone_from(&self.name);
         if let Some(old) = state.info.as_ref().filter(|i| i.codec == info.codec) {
             info.width = info.width.or(old.width);
@@ -244,6 +251,7 @@ impl Track {
         state.awaiting_first_keyframe = info.kind == MediaKind::Video;
         state.info = Some(info);
         state.upstream = upstream;
+        state.source_generation
     }
 
     /// Updates what the catalog says about this track (the source learnt something, such as
@@ -251,6 +259,14 @@ impl Track {
     pub fn update_info(&self, update: impl FnOnce(&mut TrackInfo)) {
         if let Some(info) = self.lock().info.as_mut() {
             update(info);
+        }
+    }
+
+    /// The source of `generation` stopped feeding this track; nothing happens if another
+    /// source has begun since (a publisher that took the stream over).
+    pub fn end_source_of(&self, generation: u64) {
+        if self.lock().source_generation == generation {
+            self.end_source();
         }
     }
 
@@ -267,9 +283,9 @@ impl Track {
         self.publish(SourceTime::Rtp(rtp_time), now, keyframe, payload);
     }
 
-    /// Publishes one access unit relayed from another node, whose timestamp is already in
-    /// the track's timescale (its upstream's timeline).
-    pub fn publish_relayed(&self, timestamp: u64, now: Instant, keyframe: bool, payload: Payload) {
+    /// Publishes one access unit whose timestamp is already unwrapped and in the track's
+    /// timescale (an upstream node's timeline, an RTMP publisher's rebased clock).
+    pub fn publish_at(&self, timestamp: u64, now: Instant, keyframe: bool, payload: Payload) {
         self.publish(SourceTime::Track(timestamp), now, keyframe, payload);
     }
 

@@ -26,6 +26,27 @@ pub enum RoleError {
         /// Why.
         unfit: cascade_protocol::media::WebRtcUnfit,
     },
+    /// An ingest connection named its stream badly (an RTMP stream key that is no stream id).
+    #[error("{0}")]
+    BadIngest(String),
+    /// The publisher did not present a token that may publish this stream.
+    #[error("not allowed to publish stream {stream}: {why}")]
+    NotAuthorized {
+        /// The stream asked for.
+        stream: cascade_protocol::StreamId,
+        /// What was missing or wrong, for the client.
+        why: &'static str,
+    },
+    /// The stream is live with a publisher on another node of the cluster.
+    #[error(
+        "stream {stream} already has a live publisher on node {node}; end that session first or use another stream id"
+    )]
+    LiveElsewhere {
+        /// The stream asked for.
+        stream: cascade_protocol::StreamId,
+        /// The node it is live on.
+        node: String,
+    },
     /// No session with this id exists on this stream.
     #[error("no session {session} on stream {stream}")]
     SessionNotFound {

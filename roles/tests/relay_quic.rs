@@ -225,7 +225,12 @@ fn relay_throughput_per_core() {
             let relay = RelayConnection::start(connection, Role::Client, None);
             let (events_tx, mut events) = mpsc::unbounded_channel();
             relay
-                .subscribe("bench", VIDEO_SOURCE, PullTarget::Track(edge_video), events_tx)
+                .subscribe(
+                    "bench",
+                    VIDEO_SOURCE,
+                    PullTarget::Track(edge_video),
+                    events_tx,
+                )
                 .await
                 .unwrap();
             assert!(matches!(events.recv().await, Some(PullEvent::Subscribed)));

@@ -386,20 +386,7 @@ impl Cluster {
     /// Where a WHIP publish of `stream` arriving here should go; records the placement
     /// when it is this node.
     pub async fn route_publish(&self, stream: &StreamId) -> Result<Route, RouteError> {
-        let state = self.state();
-        let healthy = self.healthy();
-        let dead: BTreeSet<NodeId> = state
-            .nodes
-            .keys()
-            .copied()
-            .filter(|n| !healthy.contains(n))
-            .collect();
-        if let Some(&origin) = state.placements.get(stream.as_str())
-            && origin != self.inner.id
-            && !dead.contains(&origin)
-        {
-            return Err(RouteError::LiveElsewhere(origin));
-        }
+        let (state, healthy, dead) = self.publishable(stream)?;
         let nodes = Self::nodes(&state);
         let loads = self.loads().loads();
         let origin = place_stream(self.inner.id, &nodes, &loads, &healthy)
@@ -414,16 +401,55 @@ impl Cluster {
                 addr: record.http_addr,
             });
         }
+        self.place_here(stream, dead).await.map(|()| Route::Local)
+    }
+
+    /// Makes this node the origin of `stream` for a publisher connected here by a protocol
+    /// that cannot be redirected (RTMP, SRT): refused only when the stream is live on another
+    /// healthy node.
+    pub async fn claim_origin(&self, stream: &StreamId) -> Result<(), RouteError> {
+        let (_, _, dead) = self.publishable(stream)?;
+        self.place_here(stream, dead).await
+    }
+
+    /// The state, healthy nodes and dead nodes, unless `stream` is live on another healthy
+    /// node (a placement on a dead one may be replaced).
+    fn publishable(
+        &self,
+        stream: &StreamId,
+    ) -> Result<(Arc<ClusterState>, BTreeSet<NodeId>, BTreeSet<NodeId>), RouteError> {
+        let state = self.state();
+        let healthy = self.healthy();
+        let dead: BTreeSet<NodeId> = state
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| !healthy.contains(n))
+            .collect();
+        if let Some(&origin) = state.placements.get(stream.as_str())
+            && origin != self.inner.id
+            && !dead.contains(&origin)
+        {
+            return Err(RouteError::LiveElsewhere(origin));
+        }
+        Ok((state, healthy, dead))
+    }
+
+    async fn place_here(
+        &self,
+        stream: &StreamId,
+        replaceable: BTreeSet<NodeId>,
+    ) -> Result<(), RouteError> {
         let outcome = self
             .write(Command::Place {
                 stream: stream.as_str().to_owned(),
-                origin,
-                replaceable: dead,
+                origin: self.inner.id,
+                replaceable,
             })
             .await
             .map_err(RouteError::Unavailable)?;
         match outcome {
-            Outcome::Placed { .. } => Ok(Route::Local),
+            Outcome::Placed { .. } => Ok(()),
             Outcome::PlacedElsewhere { origin } => Err(RouteError::LiveElsewhere(origin)),
             other => Err(RouteError::Unavailable(format!(
                 "placement refused: {other:?}"

@@ -161,7 +161,11 @@ impl ApiError {
             RoleError::BadOffer(_) => (StatusCode::BAD_REQUEST, "malformed_sdp"),
             RoleError::NoSupportedCodec(_) => (StatusCode::NOT_ACCEPTABLE, "no_supported_codec"),
             RoleError::StreamNotFound(_) => (StatusCode::NOT_FOUND, "unknown_stream"),
-            RoleError::PublisherAlreadyLive(_) => (StatusCode::CONFLICT, "publisher_already_live"),
+            RoleError::PublisherAlreadyLive(_) | RoleError::LiveElsewhere { .. } => {
+                (StatusCode::CONFLICT, "publisher_already_live")
+            }
+            RoleError::BadIngest(_) => (StatusCode::BAD_REQUEST, "bad_ingest"),
+            RoleError::NotAuthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
             RoleError::NotForWebRtc { unfit, .. } => match unfit {
                 WebRtcUnfit::BFrames => (StatusCode::CONFLICT, "source_has_b_frames"),
                 WebRtcUnfit::Codec(_) => {

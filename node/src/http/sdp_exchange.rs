@@ -321,34 +321,45 @@ pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
     use axum::extract::Query;
     use axum::extract::{ConnectInfo, Path, State};
     use axum::routing::{delete, post};
-    let post_offer = move |State(state): State<AppState>,
-                           Path(stream): Path<String>,
-                           Query(route): Query<RouteQuery>,
-                           ConnectInfo(super::tls::ClientAddr(remote)): ConnectInfo<
-        super::tls::ClientAddr,
-    >,
-                           headers: HeaderMap,
-                           body: Result<Bytes, BytesRejection>| async move {
-        let (stream, offer) = exchange.admit_offer(&state, &stream, &headers, body)?;
-        if let Some(redirect) = exchange.route(&state, &stream, &route).await? {
-            return Ok(redirect);
-        }
-        let client = Client::new(Some(remote), super::bearer(&headers));
-        let negotiated = match exchange.action {
-            Action::Publish => {
-                cascade_roles::origin::whip::publish(&state.registry, &state.engines, &stream, &offer, client)
-                    .await
+    let post_offer =
+        move |State(state): State<AppState>,
+              Path(stream): Path<String>,
+              Query(route): Query<RouteQuery>,
+              ConnectInfo(super::tls::ClientAddr(remote)): ConnectInfo<super::tls::ClientAddr>,
+              headers: HeaderMap,
+              body: Result<Bytes, BytesRejection>| async move {
+            let (stream, offer) = exchange.admit_offer(&state, &stream, &headers, body)?;
+            if let Some(redirect) = exchange.route(&state, &stream, &route).await? {
+                return Ok(redirect);
             }
-            Action::Play => {
-                cascade_roles::edge::whep::play(&state.registry, &state.engines, &stream, &offer, client)
+            let client = Client::new(Some(remote), super::bearer(&headers));
+            let negotiated = match exchange.action {
+                Action::Publish => {
+                    cascade_roles::origin::whip::publish(
+                        &state.registry,
+                        &state.engines,
+                        &stream,
+                        &offer,
+                        client,
+                    )
                     .await
+                }
+                Action::Play => {
+                    cascade_roles::edge::whep::play(
+                        &state.registry,
+                        &state.engines,
+                        &stream,
+                        &offer,
+                        client,
+                    )
+                    .await
+                }
+            };
+            match negotiated {
+                Ok(negotiated) => Ok(exchange.created(&stream, negotiated)),
+                Err(refusal) => exchange.elsewhere_when_full(&state, &stream, &route, refusal),
             }
         };
-        match negotiated {
-            Ok(negotiated) => Ok(exchange.created(&stream, negotiated)),
-            Err(refusal) => exchange.elsewhere_when_full(&state, &stream, &route, refusal),
-        }
-    };
     let delete_session = move |State(state): State<AppState>,
                                Path((stream, session)): Path<(String, String)>,
                                headers: HeaderMap| async move {

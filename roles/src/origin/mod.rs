@@ -5,6 +5,7 @@
 //! knows no transport (each session brings its own, [`crate::session::Transport`]). It is control-plane only
 //! (touched when sessions start and end, never per packet), so a mutex-guarded map is enough.
 
+pub mod rtmp;
 pub mod stream;
 pub mod whip;
 

@@ -29,8 +29,8 @@ use super::StreamRegistry;
 use crate::RoleError;
 use crate::broadcast::Broadcast;
 use crate::session::{
-    Admission, Liveness, SessionActor, SessionArgs, SessionId, SessionKind, SessionMsg,
-    Transport, outcome_label,
+    Admission, Liveness, SessionActor, SessionArgs, SessionId, SessionKind, SessionMsg, Transport,
+    outcome_label,
 };
 
 /// Messages to a stream actor.

@@ -446,7 +446,7 @@ impl Driver {
             return;
         };
         match &pull.target {
-            PullTarget::Track(track) => track.publish_relayed(
+            PullTarget::Track(track) => track.publish_at(
                 frame.timestamp,
                 Instant::now(),
                 frame.keyframe,

@@ -302,12 +302,7 @@ impl Relay {
             track.begin_source(info.clone(), Some(upstream));
             let target = PullTarget::Track(track);
             let Some(id) = connection
-                .subscribe(
-                    stream.as_str(),
-                    &info.name,
-                    target,
-                    events_tx.clone(),
-                )
+                .subscribe(stream.as_str(), &info.name, target, events_tx.clone())
                 .await
             else {
                 return Attempt::Lost("relay connection closed".into());

@@ -1,0 +1,63 @@
+//! What the node decides for publishers that arrive by RTMP (and later SRT): the access
+//! rules (the same tokens and stream keys as WHIP, carried in the stream key) and the
+//! cluster's placement (this node becomes the stream's origin, unless it is live elsewhere).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cascade_protocol::StreamId;
+use cascade_roles::RoleError;
+use cascade_roles::origin::rtmp::PublishGate;
+use cascade_roles::relay::Relay;
+
+use crate::access::{AccessPolicy, Action, Denied};
+use crate::cluster::{Cluster, RouteError, format_id};
+
+/// The node's [`PublishGate`].
+pub struct NodePublishGate {
+    /// Who may publish.
+    pub access: Arc<AccessPolicy>,
+    /// Where streams are placed.
+    pub cluster: Cluster,
+    /// This node's relay pulls (one of the stream is released: it is published here now).
+    pub relay: Relay,
+}
+
+impl PublishGate for NodePublishGate {
+    fn authorize<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        token: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), RoleError>> + Send + 'a>> {
+        Box::pin(async move {
+            self.access
+                .check(stream, Action::Publish, token)
+                .map_err(|denied| RoleError::NotAuthorized {
+                    stream: stream.clone(),
+                    why: match denied {
+                        Denied::MissingToken => {
+                            "this stream needs a token: publish to <stream>?key=<token>"
+                        }
+                        Denied::WrongToken => "the token is not valid for this stream",
+                    },
+                })?;
+            self.cluster
+                .claim_origin(stream)
+                .await
+                .map_err(|e| match e {
+                    RouteError::LiveElsewhere(node) => RoleError::LiveElsewhere {
+                        stream: stream.clone(),
+                        node: format_id(node),
+                    },
+                    RouteError::NotLive => {
+                        RoleError::Unavailable("the stream cannot be placed".into())
+                    }
+                    RouteError::Unavailable(why) => RoleError::Unavailable(why),
+                })?;
+            // Viewers of a pull of this stream stay and watch the publisher here.
+            self.relay.release(stream).await;
+            Ok(())
+        })
+    }
+}
