@@ -236,7 +236,8 @@ pub struct LeftOut {
 impl WebRtcPlan {
     /// What WebRTC viewers get of `catalog`: per kind, the first track they can take. A
     /// broadcast whose video cannot be sent gets no plan: viewers would get sound and no
-    /// picture (or garbage pictures), so they are told why instead.
+    /// picture (or garbage pictures), so they are told why instead; so does one with nothing
+    /// they can take at all.
     pub fn for_catalog(catalog: &[TrackInfo]) -> Result<WebRtcPlan, WebRtcUnfit> {
         let mut plan = WebRtcPlan {
             video: None,
@@ -263,6 +264,10 @@ impl WebRtcPlan {
             MediaKind::Audio => plan.audio.is_none(),
         });
         if let Some((_, why)) = unfit.iter().find(|(t, _)| t.kind == MediaKind::Video) {
+            return Err(*why);
+        }
+        // Nothing at all to send (AAC-only audio): say why instead of a silent session.
+        if let (None, None, Some((_, why))) = (&plan.video, &plan.audio, unfit.first()) {
             return Err(*why);
         }
         plan.left_out = unfit
@@ -330,6 +335,14 @@ mod tests {
         let plan = WebRtcPlan::for_catalog(&[source, track("video/360p", Codec::H264)]).unwrap();
         assert_eq!(plan.video.as_deref(), Some("video/360p"));
         assert!(plan.left_out.is_empty(), "nothing of its kind is missing");
+    }
+
+    #[test]
+    fn a_broadcast_with_nothing_webrtc_can_carry_is_refused() {
+        assert_eq!(
+            WebRtcPlan::for_catalog(&[track(AUDIO_SOURCE, Codec::Aac)]),
+            Err(WebRtcUnfit::Codec(Codec::Aac))
+        );
     }
 
     #[test]

@@ -12,34 +12,8 @@ const TOKEN: &str = "e2e-join-token";
 /// Routing (409, 307) is decided before the offer is negotiated, so any SDP body will do.
 const ROUTED_OFFER: &str = "v=0\r\n";
 
-/// `n` nodes: the first bootstraps, the others join it; returns once every node is listed
-/// healthy and the voters are in place.
 async fn cluster(n: usize, extra: &[&str]) -> Vec<Node> {
-    let mut first_args = vec!["--token", TOKEN];
-    first_args.extend_from_slice(extra);
-    let first = Node::start(&first_args).await;
-    let join = first.join_addr();
-    let mut nodes = vec![first];
-    for _ in 1..n {
-        let mut args = vec!["--join", join.as_str(), "--token", TOKEN];
-        args.extend_from_slice(extra);
-        nodes.push(Node::start(&args).await);
-    }
-    let voters = n.min(3);
-    wait_for(
-        "every node is healthy and the voters are promoted",
-        Duration::from_secs(30),
-        || async {
-            let (_, overview) = nodes[0].json("/api/v1/cluster").await;
-            let listed = overview["nodes"].as_array().map_or(0, Vec::len);
-            let healthy = overview["nodes"]
-                .as_array()
-                .is_some_and(|ns| ns.iter().all(|node| node["healthy"] == true));
-            listed == n && healthy && overview["voters"].as_array().map_or(0, Vec::len) == voters
-        },
-    )
-    .await;
-    nodes
+    Node::cluster(n, TOKEN, extra).await
 }
 
 /// Publishes `stream` through `urls` (with reconnect) and waits until the cluster places it.

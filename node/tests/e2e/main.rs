@@ -17,5 +17,6 @@ mod late_joiner;
 mod loadtest;
 mod publisher_reconnect;
 mod publisher_takeover;
+mod rtmp_ingest;
 mod session_ownership;
 mod whip_whep_interop;

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use super::wait_for;
 
+/// The RTMP port of test nodes (on each node's own address).
+pub const RTMP_PORT: u16 = 11935;
+
 /// A running node.
 pub struct Node {
     child: Child,
@@ -87,6 +90,43 @@ impl Node {
             },
         )
         .await;
+    }
+
+    /// `n` nodes on loopback: the first bootstraps, the others join it; returns once every
+    /// node is listed healthy and the voters are in place.
+    pub async fn cluster(n: usize, token: &str, extra: &[&str]) -> Vec<Node> {
+        let mut first_args = vec!["--token", token];
+        first_args.extend_from_slice(extra);
+        let first = Node::start(&first_args).await;
+        let join = first.join_addr();
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            let mut args = vec!["--join", join.as_str(), "--token", token];
+            args.extend_from_slice(extra);
+            nodes.push(Node::start(&args).await);
+        }
+        let voters = n.min(3);
+        wait_for(
+            "every node is healthy and the voters are promoted",
+            Duration::from_secs(30),
+            || async {
+                let (_, overview) = nodes[0].json("/api/v1/cluster").await;
+                let listed = overview["nodes"].as_array().map_or(0, Vec::len);
+                let healthy = overview["nodes"]
+                    .as_array()
+                    .is_some_and(|ns| ns.iter().all(|node| node["healthy"] == true));
+                listed == n
+                    && healthy
+                    && overview["voters"].as_array().map_or(0, Vec::len) == voters
+            },
+        )
+        .await;
+        nodes
+    }
+
+    /// Where an encoder publishes `stream` to this node over RTMP.
+    pub fn rtmp_url(&self, stream: &str) -> String {
+        format!("rtmp://{}:{RTMP_PORT}/live/{stream}", self.ip)
     }
 
     /// The address other nodes join through.
@@ -212,6 +252,7 @@ fn launch(ip: &str, data_dir: &std::path::Path, extra: &[String]) -> Child {
     if !extra.iter().any(|a| a == "--webrtc-addr") {
         command.arg("--webrtc-addr").arg(format!("{ip}:18443"));
     }
+    command.arg("--rtmp-addr").arg(format!("{ip}:{RTMP_PORT}"));
     command.spawn().expect("spawning the cascade binary")
 }
 
