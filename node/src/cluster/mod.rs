@@ -87,6 +87,9 @@ pub enum RouteError {
     Unavailable(String),
 }
 
+/// The cluster as a publish request sees it: the state, the healthy nodes, the dead ones.
+type Publishable = (Arc<ClusterState>, BTreeSet<NodeId>, BTreeSet<NodeId>);
+
 /// This node's membership in the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
@@ -414,10 +417,7 @@ impl Cluster {
 
     /// The state, healthy nodes and dead nodes, unless `stream` is live on another healthy
     /// node (a placement on a dead one may be replaced).
-    fn publishable(
-        &self,
-        stream: &StreamId,
-    ) -> Result<(Arc<ClusterState>, BTreeSet<NodeId>, BTreeSet<NodeId>), RouteError> {
+    fn publishable(&self, stream: &StreamId) -> Result<Publishable, RouteError> {
         let state = self.state();
         let healthy = self.healthy();
         let dead: BTreeSet<NodeId> = state

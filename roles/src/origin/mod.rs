@@ -155,7 +155,7 @@ impl StreamRegistry {
                 None => return Err(RoleError::StreamNotFound(stream.clone())),
             };
             let reply = ractor::call!(actor, |reply| StreamMsg::Admit {
-                admission: admission.clone(),
+                admission: Box::new(admission.clone()),
                 reply
             });
             match reply {

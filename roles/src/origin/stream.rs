@@ -38,7 +38,7 @@ pub enum StreamMsg {
     /// Admit a new session; replies with its actor, or why not.
     Admit {
         /// Who asks.
-        admission: Admission,
+        admission: Box<Admission>,
         /// Where the answer goes.
         reply: RpcReplyPort<Result<ActorRef<SessionMsg>, RoleError>>,
     },
@@ -472,7 +472,7 @@ impl Actor for StreamActor {
 async fn admit(
     myself: &ActorRef<StreamMsg>,
     state: &mut StreamState,
-    admission: Admission,
+    admission: Box<Admission>,
 ) -> Result<ActorRef<SessionMsg>, RoleError> {
     let Admission {
         kind,
@@ -481,7 +481,7 @@ async fn admit(
         client,
         liveness,
         transport,
-    } = admission;
+    } = *admission;
     let remote = client.remote;
     let stream = state.args.broadcast.id().clone();
     let silence = state.live_publisher_silence(Instant::now());
