@@ -96,6 +96,7 @@ mod tests {
             StreamKeys {
                 publish_key: Some("studio-key".into()),
                 play_key: None,
+                srt_passphrase: None,
             },
         );
         let studio = StreamId::parse("studio").unwrap();

@@ -20,6 +20,10 @@ pub const DEFAULT_WEBRTC_ADDR: &str = "127.0.0.1:8443";
 pub const DEFAULT_WEBRTC_INGEST_ADDR: &str = "127.0.0.1:8444";
 /// Default TCP address of RTMP ingest (publish to `rtmp://<this>/live/<stream>`).
 pub const DEFAULT_RTMP_ADDR: &str = "127.0.0.1:1935";
+/// Default UDP address of SRT ingest.
+pub const DEFAULT_SRT_ADDR: &str = "127.0.0.1:9710";
+/// Default SRT receiver latency.
+pub const DEFAULT_SRT_LATENCY: &str = "120ms";
 /// Default UDP address for node-to-node QUIC (Raft and the media relay).
 pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:4433";
 /// Default number of Raft voters.
@@ -84,6 +88,16 @@ pub struct RunOptions {
     /// [default: 127.0.0.1:1935].
     #[arg(long, env = "CASCADE_RTMP_ADDR", value_name = "ADDR")]
     pub rtmp_addr: Option<SocketAddr>,
+
+    /// UDP address of SRT ingest: encoders publish MPEG-TS to
+    /// `srt://ADDR?streamid=publish:<stream>` [default: 127.0.0.1:9710].
+    #[arg(long, env = "CASCADE_SRT_ADDR", value_name = "ADDR")]
+    pub srt_addr: Option<SocketAddr>,
+
+    /// SRT receiver latency: how long packets may take to be retransmitted before they are
+    /// given up, e.g. 120ms; raise it on lossy, long links [default: 120ms].
+    #[arg(long, env = "CASCADE_SRT_LATENCY", value_name = "DURATION")]
+    pub srt_latency: Option<String>,
 
     /// Offer ICE-TCP candidates at all (`false` offers UDP only) [default: true].
     #[arg(long, env = "CASCADE_ICE_TCP", value_name = "BOOL")]
@@ -192,6 +206,8 @@ pub struct StreamKeys {
     pub publish_key: Option<String>,
     /// Bearer token that may watch this stream.
     pub play_key: Option<String>,
+    /// Passphrase SRT callers of this stream must encrypt with (10 to 79 characters).
+    pub srt_passphrase: Option<String>,
 }
 
 /// The resolved configuration of a node.
@@ -211,6 +227,10 @@ pub struct NodeConfig {
     pub webrtc_ingest_tcp_addr: Option<SocketAddr>,
     /// See [`RunOptions::rtmp_addr`].
     pub rtmp_addr: SocketAddr,
+    /// See [`RunOptions::srt_addr`].
+    pub srt_addr: SocketAddr,
+    /// See [`RunOptions::srt_latency`].
+    pub srt_latency: Duration,
     /// See [`RunOptions::public_ip`].
     pub public_ip: Option<IpAddr>,
     /// See [`RunOptions::data_dir`].
@@ -246,6 +266,11 @@ impl NodeConfig {
             text.parse::<SocketAddr>()
                 .expect("default addresses are valid")
         };
+        let srt_latency = duration(
+            "srt-latency",
+            cli.srt_latency.clone().or(file.srt_latency.clone()),
+            DEFAULT_SRT_LATENCY,
+        )?;
         let reconnect_grace = duration(
             "reconnect-grace",
             cli.reconnect_grace.or(file.reconnect_grace),
@@ -323,6 +348,11 @@ impl NodeConfig {
                 .rtmp_addr
                 .or(file.rtmp_addr)
                 .unwrap_or_else(|| default_addr(DEFAULT_RTMP_ADDR)),
+            srt_addr: cli
+                .srt_addr
+                .or(file.srt_addr)
+                .unwrap_or_else(|| default_addr(DEFAULT_SRT_ADDR)),
+            srt_latency,
             public_ip: cli.public_ip.or(file.public_ip),
             data_dir: cli
                 .data_dir
@@ -406,6 +436,18 @@ impl NodeConfig {
                 key: "webrtc-ingest-tcp-addr",
                 message: "needs a port of its own, other than webrtc-tcp-addr's".into(),
             });
+        }
+        for (stream, keys) in &self.access.streams {
+            if let Some(passphrase) = &keys.srt_passphrase
+                && !(10..=79).contains(&passphrase.chars().count())
+            {
+                return Err(NodeError::Config {
+                    key: "streams.srt-passphrase",
+                    message: format!(
+                        "the SRT passphrase of stream {stream} must have 10 to 79 characters (SRT's rule)"
+                    ),
+                });
+            }
         }
         if self.public_ip.is_some_and(|ip| ip.is_unspecified()) {
             return Err(NodeError::Config {

@@ -1,6 +1,7 @@
-//! What the node decides for publishers that arrive by RTMP (and later SRT): the access
-//! rules (the same tokens and stream keys as WHIP, carried in the stream key) and the
-//! cluster's placement (this node becomes the stream's origin, unless it is live elsewhere).
+//! What the node decides for publishers that arrive by RTMP or SRT: the access rules (the
+//! same tokens and stream keys as WHIP, carried in the stream key or streamid), SRT
+//! passphrases, and the cluster's placement (this node becomes the stream's origin, unless it
+//! is live elsewhere).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 
 use cascade_protocol::StreamId;
 use cascade_roles::RoleError;
-use cascade_roles::origin::rtmp::PublishGate;
+use cascade_roles::origin::ingest::PublishGate;
+use cascade_roles::origin::srt::SrtPassphrases;
 use cascade_roles::relay::Relay;
 
 use crate::access::{AccessPolicy, Action, Denied};
@@ -59,5 +61,13 @@ impl PublishGate for NodePublishGate {
             self.relay.release(stream).await;
             Ok(())
         })
+    }
+}
+
+impl SrtPassphrases for AccessPolicy {
+    fn passphrase(&self, stream: &StreamId) -> Option<String> {
+        self.streams
+            .get(stream.as_str())
+            .and_then(|keys| keys.srt_passphrase.clone())
     }
 }

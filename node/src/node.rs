@@ -66,7 +66,13 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         cluster: cluster.clone(),
         relay: relay.clone(),
     };
-    cascade_roles::origin::rtmp::listen(config.rtmp_addr, registry.clone(), Arc::new(gate)).await?;
+    let gate: Arc<dyn cascade_roles::origin::ingest::PublishGate> = Arc::new(gate);
+    cascade_roles::origin::rtmp::listen(config.rtmp_addr, registry.clone(), gate.clone()).await?;
+    let srt = cascade_roles::origin::srt::SrtSettings {
+        bind: config.srt_addr,
+        latency: config.srt_latency,
+    };
+    cascade_roles::origin::srt::listen(srt, registry.clone(), gate, access.clone()).await?;
     announce(&config, http_addr, &cluster);
     let state = AppState {
         registry,

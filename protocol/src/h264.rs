@@ -91,6 +91,15 @@ pub fn resolution_of_access_unit(annex_b: &[u8]) -> Option<(u32, u32)> {
         .and_then(|sps| sps_resolution(sps).ok())
 }
 
+/// The RFC 6381 codec string (`avc1.42c01e`) of the first SPS of an access unit.
+pub fn codec_string_of_access_unit(annex_b: &[u8]) -> Option<String> {
+    let sps = nal_units(annex_b).find(|nal| nal_type(nal) == Some(NAL_SPS))?;
+    let [profile, constraints, level] = sps.get(1..4)? else {
+        return None;
+    };
+    Some(format!("avc1.{profile:02x}{constraints:02x}{level:02x}"))
+}
+
 /// Width and height in pixels from an SPS NAL unit (header byte included), after cropping.
 pub fn sps_resolution(sps: &[u8]) -> Result<(u32, u32), ProtocolError> {
     let rbsp = unescape(sps.get(1..).ok_or(ProtocolError::MalformedSps("empty"))?);

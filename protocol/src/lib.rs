@@ -5,6 +5,7 @@
 //!
 //! - [`stream_id`]: the validated name of a live stream (`[A-Za-z0-9_-]{1,64}`).
 //! - [`media`]: the Broadcast ▸ Track ▸ Group ▸ Frame vocabulary shared by every role.
+//! - [`mpegts`]: an MPEG-TS demuxer (H.264, H.265, AAC/ADTS, Opus) for SRT ingest.
 //! - [`h264`]: Annex B splitting and SPS parsing (resolution for the catalog).
 //! - [`flv`]: FLV audio/video tag bodies as RTMP carries them (legacy and enhanced RTMP),
 //!   decoder configuration records, AVCC to Annex B.
@@ -13,12 +14,13 @@
 //! - [`vp8`]: VP8 keyframe header parsing (resolution for the catalog).
 //! - [`keyframe`]: coalescing and rate-limiting keyframe requests on their way upstream.
 //! - [`timeline`]: keeping a track's timestamps continuous when its publisher changes, and
-//!   unwrapping 32-bit millisecond clocks without drift.
+//!   unwrapping 32-bit millisecond and 33-bit 90 kHz clocks without drift.
 //! - [`rtmp`]: one RTMP publishing connection, sans-IO (handshake, chunk stream, commands).
 //! - [`rtp_payload`]: a frame's RTP payloads, made once and shared by every viewer.
 //! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
 //! - [`cluster`]: the cluster's decisions as values (roles, stream placement, edge choice, voters).
 //! - [`relay`]: the node-to-node relay protocol (wire format and session state machine).
+//! - [`srt_stream_id`]: what an SRT caller's `streamid` asks for (both forms).
 //! - [`secret`]: comparing tokens and digests in constant time.
 //! - [`ice_tcp`]: RFC 4571 framing of ICE datagrams on TCP (ICE-TCP, RFC 6544).
 //! - [`stun`]: the recipient ufrag of an ICE check, to route a new peer's first datagram in O(1).
@@ -32,6 +34,7 @@ pub mod h264;
 pub mod ice_tcp;
 pub mod keyframe;
 pub mod media;
+pub mod mpegts;
 pub mod ogg;
 pub mod priming;
 pub mod relay;
@@ -40,6 +43,7 @@ pub mod rtmp;
 pub mod rtp_payload;
 pub mod secret;
 pub mod sei;
+pub mod srt_stream_id;
 pub mod stream_id;
 pub mod stun;
 pub mod timeline;

@@ -66,29 +66,49 @@ impl Timeline {
     }
 }
 
-/// Unwraps a publisher's 32-bit millisecond clock (RTMP/FLV timestamps, which wrap after
-/// 49.7 days and may start anywhere) into a 64-bit one. Audio and video of one connection share
-/// one `MillisClock`, so they stay on one timeline.
-#[derive(Debug, Clone, Default)]
-pub struct MillisClock {
+/// Unwraps a publisher's wrapping clock into a 64-bit one: RTMP/FLV's 32-bit milliseconds
+/// (which wrap after 49.7 days), MPEG-TS's 33-bit 90 kHz PTS (26.5 hours). Clocks may start
+/// anywhere. Audio and video of one connection share one `WrappingClock`, so they stay on
+/// one timeline.
+#[derive(Debug, Clone)]
+pub struct WrappingClock {
+    bits: u32,
     last: Option<u64>,
 }
 
-impl MillisClock {
-    /// A clock that has seen nothing yet.
-    pub fn new() -> Self {
-        Self::default()
+impl WrappingClock {
+    /// RTMP's clock: 32-bit milliseconds.
+    pub fn millis() -> Self {
+        Self {
+            bits: 32,
+            last: None,
+        }
     }
 
-    /// The unwrapped time of a 32-bit timestamp: the nearest value to the last one seen, so
-    /// that wraparound goes forwards and a timestamp slightly behind (audio and video
-    /// interleaved, jitter) goes backwards by as little.
-    pub fn unwrap(&mut self, timestamp: u32) -> u64 {
+    /// MPEG-TS's clock: 33-bit 90 kHz ticks.
+    pub fn mpeg() -> Self {
+        Self {
+            bits: 33,
+            last: None,
+        }
+    }
+
+    /// The unwrapped time of a timestamp (its low `bits` are used): the nearest value to the
+    /// last one seen, so that wraparound goes forwards and a timestamp slightly behind (audio
+    /// and video interleaved, B-frames, jitter) goes backwards by as little.
+    pub fn unwrap(&mut self, timestamp: u64) -> u64 {
+        let modulus = 1u64 << self.bits;
+        let raw = timestamp & (modulus - 1);
         let unwrapped = match self.last {
-            None => u64::from(timestamp) + (1 << 32), // room to go backwards from the start
+            // Start one turn in, so that the first timestamps can be followed by older ones.
+            None => raw + modulus,
             Some(last) => {
-                let delta = timestamp.wrapping_sub(last as u32) as i32;
-                last.saturating_add_signed(i64::from(delta))
+                let forward = raw.wrapping_sub(last) & (modulus - 1);
+                if forward < modulus / 2 {
+                    last + forward
+                } else {
+                    last.saturating_sub(modulus - forward)
+                }
             }
         };
         self.last = Some(unwrapped);
@@ -96,10 +116,18 @@ impl MillisClock {
     }
 }
 
-/// `millis` expressed in a timescale of `rate` ticks per second, computed from the absolute
-/// time every time (never accumulated), so that no rounding error can build up over hours.
+/// `ticks` of a `from`-Hz clock in a `to`-Hz timescale, computed from the absolute time every
+/// time (never accumulated), so that no rounding error can build up over hours.
+pub fn rescale(ticks: u64, from: u32, to: u32) -> u64 {
+    if from == to || from == 0 {
+        return ticks;
+    }
+    (u128::from(ticks) * u128::from(to) / u128::from(from)) as u64
+}
+
+/// `millis` expressed in a timescale of `rate` ticks per second ([`rescale`]).
 pub fn millis_to_ticks(millis: u64, rate: u32) -> u64 {
-    (u128::from(millis) * u128::from(rate) / 1000) as u64
+    rescale(millis, 1000, rate)
 }
 
 #[cfg(test)]
@@ -113,7 +141,7 @@ mod tests {
         // that starts just before its 32-bit wraparound, with each timestamp jittered by up
         // to ±3 ms the way encoders round them.
         let start: u64 = u64::from(u32::MAX) - 10_000;
-        let mut clock = MillisClock::new();
+        let mut clock = WrappingClock::millis();
         let (mut video, mut audio) = (Timeline::new(90_000), Timeline::new(44_100));
         let t0 = Instant::now();
         let hours = 6.0;
@@ -130,7 +158,7 @@ mod tests {
             let video_turn = next_video <= next_audio;
             let exact = if video_turn { next_video } else { next_audio };
             let sent = (start as i64 + exact.round() as i64 + jitter()) as u64 as u32;
-            let ms = clock.unwrap(sent);
+            let ms = clock.unwrap(u64::from(sent));
             if video_turn {
                 last_v = video.map(millis_to_ticks(ms, 90_000), t0);
                 next_video += 1000.0 / 30.0;
@@ -165,12 +193,22 @@ mod tests {
 
     #[test]
     fn a_millisecond_clock_unwraps_forwards_over_the_32_bit_edge_and_takes_small_steps_back() {
-        let mut clock = MillisClock::new();
-        let a = clock.unwrap(u32::MAX - 5);
+        let mut clock = WrappingClock::millis();
+        let a = clock.unwrap(u64::from(u32::MAX - 5));
         let b = clock.unwrap(10);
         assert_eq!(b - a, 16);
         let c = clock.unwrap(3);
         assert_eq!(b - c, 7, "a slightly older timestamp stays slightly older");
+    }
+
+    #[test]
+    fn an_mpeg_clock_unwraps_over_33_bits() {
+        let mut clock = WrappingClock::mpeg();
+        let a = clock.unwrap((1 << 33) - 3000);
+        let b = clock.unwrap(3000);
+        assert_eq!(b - a, 6000);
+        assert_eq!(rescale(90_000, 90_000, 48_000), 48_000);
+        assert_eq!(rescale(90_000, 90_000, 44_100), 44_100);
     }
 
     #[test]

@@ -19,4 +19,5 @@ mod publisher_reconnect;
 mod publisher_takeover;
 mod rtmp_ingest;
 mod session_ownership;
+mod srt_ingest;
 mod whip_whep_interop;

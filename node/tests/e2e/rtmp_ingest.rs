@@ -3,66 +3,18 @@
 //! sources WebRTC cannot carry as they are get the documented answer; bad publishers are
 //! closed and counted without touching a live stream.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::media::{encode_h264, fingerprint, nal_units};
+use crate::support::encoder::{Encoder, assert_contiguous_run, h264_file};
 use crate::support::node::Node;
 use crate::support::peer::Viewer;
 use crate::support::wait_for;
-
-/// FFmpeg publishing over RTMP until dropped.
-struct Encoder(Child);
-
-impl Encoder {
-    /// `ffmpeg -re <inputs and codecs> -f flv <url>`.
-    fn publish(args: &[&str], url: &str) -> Encoder {
-        let child = Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-re"])
-            .args(args)
-            .args(["-f", "flv", url])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ffmpeg is installed (the README's test command installs it)");
-        Encoder(child)
-    }
-
-    /// Waits for FFmpeg to give up; its exit status and what it printed.
-    fn refusal(mut self) -> (bool, String) {
-        let output = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Encoder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A test pattern with a live-stream's x264 settings (no B-frames) at 30 fps, as a raw
-/// H.264 file for FFmpeg to send as it is (`-c:v copy`); its access units.
-fn h264_file(seconds: u32, name: &str) -> (PathBuf, Vec<Vec<u8>>) {
-    let units = encode_h264(seconds, 30);
-    let path = std::env::temp_dir().join(format!("cascade-e2e-{}-{name}.h264", std::process::id()));
-    std::fs::write(&path, units.concat()).unwrap();
-    (path, units)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_order() {
     let nodes = Node::cluster(3, "e2e-rtmp-token", &[]).await;
     let (file, units) = h264_file(25, "rtmp-show");
-    let _encoder = Encoder::publish(
+    let _encoder = Encoder::flv(
         &[
             "-f",
             "h264",
@@ -133,18 +85,7 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
         received.len()
     );
     assert!(received[0].keyframe, "it starts at a keyframe");
-    let sent: Vec<[u8; 32]> = units.iter().map(|au| fingerprint(&nal_units(au))).collect();
-    let start = sent
-        .iter()
-        .position(|f| *f == received[0].fingerprint)
-        .expect("the first frame the viewer got is one FFmpeg sent, byte for byte");
-    for (i, unit) in received.iter().enumerate() {
-        assert!(
-            sent.get(start + i) == Some(&unit.fingerprint),
-            "frame {i} the viewer got is not frame {} FFmpeg sent: corrupted, missing or out of order",
-            start + i
-        );
-    }
+    assert_contiguous_run(&received, &units, "the WHEP viewer on another node");
     assert_eq!(
         viewer
             .audio_packets
@@ -165,7 +106,7 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_webrtc_cannot_carry_as_they_are_get_the_reason_instead_of_bad_pictures() {
     let node = Node::start(&[]).await;
-    let _bframes = Encoder::publish(
+    let _bframes = Encoder::flv(
         &[
             "-f",
             "lavfi",
@@ -182,7 +123,7 @@ async fn sources_webrtc_cannot_carry_as_they_are_get_the_reason_instead_of_bad_p
         ],
         &node.rtmp_url("with-bframes"),
     );
-    let _aac_only = Encoder::publish(
+    let _aac_only = Encoder::flv(
         &[
             "-f",
             "lavfi",
@@ -242,7 +183,7 @@ async fn garbage_and_unauthorised_rtmp_publishers_are_closed_and_counted_while_a
  {
     let node = Node::start(&["--publish-token", "pub-secret"]).await;
     let (file, units) = h264_file(20, "rtmp-guarded");
-    let _encoder = Encoder::publish(
+    let _encoder = Encoder::flv(
         &[
             "-f",
             "h264",
@@ -260,7 +201,7 @@ async fn garbage_and_unauthorised_rtmp_publishers_are_closed_and_counted_while_a
         .await
         .expect("viewer");
 
-    let (ok, said) = Encoder::publish(
+    let (ok, said) = Encoder::flv(
         &["-f", "lavfi", "-i", "testsrc", "-c:v", "libx264", "-t", "3"],
         &node.rtmp_url("intruder"),
     )
@@ -269,7 +210,7 @@ async fn garbage_and_unauthorised_rtmp_publishers_are_closed_and_counted_while_a
         !ok && said.contains("needs a token"),
         "FFmpeg shows why: {said}"
     );
-    let (ok, said) = Encoder::publish(
+    let (ok, said) = Encoder::flv(
         &["-f", "lavfi", "-i", "testsrc", "-c:v", "libx264", "-t", "3"],
         &node.rtmp_url("guarded?key=pub-secret"),
     )
@@ -328,17 +269,6 @@ async fn garbage_and_unauthorised_rtmp_publishers_are_closed_and_counted_while_a
         "the viewer still gets frames ({})",
         received.len()
     );
-    let sent: Vec<[u8; 32]> = units.iter().map(|au| fingerprint(&nal_units(au))).collect();
-    let start = sent
-        .iter()
-        .position(|f| *f == received[0].fingerprint)
-        .expect("a sent frame");
-    assert!(
-        received
-            .iter()
-            .enumerate()
-            .all(|(i, u)| sent.get(start + i) == Some(&u.fingerprint)),
-        "frames stay intact and in order"
-    );
+    assert_contiguous_run(&received, &units, "the viewer of the live stream");
     let _ = std::fs::remove_file(file);
 }

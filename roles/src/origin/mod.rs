@@ -5,7 +5,9 @@
 //! knows no transport (each session brings its own, [`crate::session::Transport`]). It is control-plane only
 //! (touched when sessions start and end, never per packet), so a mutex-guarded map is enough.
 
+pub mod ingest;
 pub mod rtmp;
+pub mod srt;
 pub mod stream;
 pub mod whip;
 

@@ -11,9 +11,7 @@
 //! Bad input closes only its own connection, with the reason in the log and in
 //! `cascade_ingest_errors_total{protocol="rtmp",reason}`.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,16 +19,14 @@ use cascade_protocol::StreamId;
 use cascade_protocol::flv::{self, AudioSpecificConfig, AudioTag, AvcConfig, VideoTag};
 use cascade_protocol::media::{Codec, MediaKind, TrackInfo, source_track};
 use cascade_protocol::rtmp::{RtmpError, RtmpEvent, RtmpServer};
-use cascade_protocol::timeline::{MillisClock, millis_to_ticks};
-use ractor::ActorRef;
+use cascade_protocol::timeline::{WrappingClock, millis_to_ticks};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::StreamRegistry;
+use super::ingest::{AdmittedPublisher, PublishGate, SourceTracks, admit_publisher, refusal_label};
 use crate::RoleError;
-use crate::broadcast::{Broadcast, Track};
-use crate::session::{Admission, Client, Liveness, SessionId, SessionKind, SessionMsg, Transport};
 
 /// The RTMP application publishers use.
 pub const RTMP_APP: &str = "live";
@@ -39,17 +35,6 @@ pub const RTMP_APP: &str = "live";
 const SILENCE_LIMIT: Duration = Duration::from_secs(10);
 /// Largest read at once.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// Decides whether a publisher may publish a stream on this node, and makes this node the
-/// stream's origin if so. Implemented by the node (access rules and the cluster).
-pub trait PublishGate: Send + Sync + 'static {
-    /// `Ok` when `stream` may be published here by a client that presented `token`.
-    fn authorize<'a>(
-        &'a self,
-        stream: &'a StreamId,
-        token: Option<&'a str>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), RoleError>> + Send + 'a>>;
-}
 
 /// Starts accepting RTMP publishers on `bind`; returns the bound address.
 pub async fn listen(
@@ -99,12 +84,9 @@ struct Connection {
     peer: SocketAddr,
 }
 
-/// A publisher admitted on a stream.
+/// A publisher admitted on a stream and the reading of its tags.
 struct Publishing {
-    stream: StreamId,
-    session: SessionId,
-    actor: ActorRef<SessionMsg>,
-    liveness: Liveness,
+    publisher: AdmittedPublisher,
     ingest: FlvIngest,
 }
 
@@ -118,9 +100,9 @@ impl Connection {
         let _ = socket.shutdown().await;
         match publishing {
             Some(p) => {
-                p.ingest.end();
-                tracing::info!(stream = %p.stream, session = %p.session, peer = %self.peer, %reason, "RTMP publisher gone");
-                let _ = p.actor.cast(SessionMsg::TransportClosed(reason));
+                let publisher = p.publisher;
+                tracing::info!(stream = %publisher.stream, session = %publisher.session, peer = %self.peer, %reason, "RTMP publisher gone");
+                publisher.end(reason);
             }
             None => tracing::info!(peer = %self.peer, %reason, "RTMP connection closed"),
         }
@@ -155,7 +137,7 @@ impl Connection {
             metrics::counter!("cascade_ingest_bytes_total", "protocol" => "rtmp")
                 .increment(n as u64);
             if let Some(p) = publishing.as_ref() {
-                p.liveness.heard(now);
+                p.publisher.liveness.heard(now);
             }
             if let Err(e) = server.handle_input(&buffer[..n]) {
                 let _ = socket.write_all(&server.take_outbound()).await;
@@ -165,12 +147,16 @@ impl Connection {
                 match event {
                     RtmpEvent::PublishRequested { stream_key, .. } => {
                         match self.admit(&stream_key, closer).await {
-                            Ok(admitted) => {
+                            Ok(publisher) => {
                                 if let Err(e) = server.accept_publish() {
+                                    publisher.end(e.to_string());
                                     return count_error("protocol", e.to_string());
                                 }
-                                admitted.liveness.set_connected();
-                                *publishing = Some(admitted);
+                                publisher.liveness.set_connected();
+                                *publishing = Some(Publishing {
+                                    publisher,
+                                    ingest: FlvIngest::new(),
+                                });
                             }
                             Err(refusal) => {
                                 let label = refusal_label(&refusal);
@@ -184,14 +170,18 @@ impl Connection {
                     }
                     RtmpEvent::Video { timestamp_ms, tag } => {
                         if let Some(p) = publishing.as_mut()
-                            && let Err(e) = p.ingest.video(timestamp_ms, &tag, now)
+                            && let Err(e) =
+                                p.ingest
+                                    .video(&mut p.publisher.tracks, timestamp_ms, &tag, now)
                         {
                             return count_error("bad_video", e.to_string());
                         }
                     }
                     RtmpEvent::Audio { timestamp_ms, tag } => {
                         if let Some(p) = publishing.as_mut()
-                            && let Err(e) = p.ingest.audio(timestamp_ms, &tag, now)
+                            && let Err(e) =
+                                p.ingest
+                                    .audio(&mut p.publisher.tracks, timestamp_ms, &tag, now)
                         {
                             return count_error("bad_audio", e.to_string());
                         }
@@ -208,34 +198,22 @@ impl Connection {
         }
     }
 
-    async fn admit(&self, stream_key: &str, closer: &Arc<Notify>) -> Result<Publishing, RoleError> {
+    async fn admit(
+        &self,
+        stream_key: &str,
+        closer: &Arc<Notify>,
+    ) -> Result<AdmittedPublisher, RoleError> {
         let (stream, token) = parse_stream_key(stream_key)?;
-        self.gate.authorize(&stream, token.as_deref()).await?;
-        self.registry.check_capacity(SessionKind::Publisher)?;
-        let session = SessionId::random();
-        let liveness = Liveness::new(Instant::now());
-        let admitted = self
-            .registry
-            .admit(
-                &stream,
-                Admission {
-                    kind: SessionKind::Publisher,
-                    session,
-                    protocol: "rtmp",
-                    client: Client::new(Some(self.peer), token.as_deref()),
-                    liveness: Some(liveness.clone()),
-                    transport: Transport::Connection(closer.clone()),
-                },
-            )
-            .await?;
-        tracing::info!(%stream, %session, peer = %self.peer, "RTMP publisher admitted");
-        Ok(Publishing {
+        admit_publisher(
+            &self.registry,
+            self.gate.as_ref(),
             stream,
-            session,
-            actor: admitted.actor,
-            liveness,
-            ingest: FlvIngest::new(admitted.broadcast),
-        })
+            token.as_deref(),
+            "rtmp",
+            self.peer,
+            closer.clone(),
+        )
+        .await
     }
 }
 
@@ -255,84 +233,64 @@ fn rtmp_error_label(error: &RtmpError) -> &'static str {
     }
 }
 
-fn refusal_label(error: &RoleError) -> &'static str {
-    match error {
-        RoleError::BadIngest(_) => "bad_stream_key",
-        RoleError::NotAuthorized { .. } => "unauthorized",
-        RoleError::PublisherAlreadyLive(_) | RoleError::LiveElsewhere { .. } => "already_live",
-        RoleError::Overloaded(_) => "overloaded",
-        _ => "unavailable",
-    }
-}
-
-/// FLV tags of one publisher into the broadcast's source tracks: sequence headers become the
-/// catalog, frames become Annex B access units on the publisher's clock rebased to each
-/// track's timescale (one [`MillisClock`] for both, so audio and video stay together).
+/// FLV tags of one publisher into its [`SourceTracks`]: sequence headers describe the tracks,
+/// frames become Annex B access units on the publisher's clock rebased to each track's
+/// timescale (one [`WrappingClock`] for both, so audio and video stay together).
 pub struct FlvIngest {
-    broadcast: Arc<Broadcast>,
-    clock: MillisClock,
-    video: Option<VideoSource>,
-    audio: Option<AudioSource>,
-}
-
-struct VideoSource {
-    track: Arc<Track>,
-    generation: u64,
-    codec: Codec,
-    timescale: u32,
+    clock: WrappingClock,
     avc: Option<AvcConfig>,
     /// NAL unit length size of H.265 frames (from the HEVC record).
     hevc_length_size: usize,
-    bframes: bool,
 }
 
-struct AudioSource {
-    track: Arc<Track>,
-    generation: u64,
-    codec: Codec,
-    timescale: u32,
+impl Default for FlvIngest {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl FlvIngest {
-    /// Ingest into `broadcast`'s source tracks.
-    pub fn new(broadcast: Arc<Broadcast>) -> Self {
+    /// Nothing read yet.
+    pub fn new() -> Self {
         Self {
-            broadcast,
-            clock: MillisClock::new(),
-            video: None,
-            audio: None,
+            clock: WrappingClock::millis(),
+            avc: None,
+            hevc_length_size: 4,
         }
     }
 
     /// One video tag.
     pub fn video(
         &mut self,
+        tracks: &mut SourceTracks,
         timestamp_ms: u32,
         tag: &[u8],
         now: Instant,
     ) -> Result<(), flv::FlvError> {
         match flv::parse_video(tag)? {
-            VideoTag::SequenceStart { codec, config } => self.begin_video(codec, config),
+            VideoTag::SequenceStart { codec, config } => self.begin_video(tracks, codec, config),
             VideoTag::Frame {
                 codec,
                 keyframe,
                 composition_offset_ms,
                 data,
             } => {
-                let decode_ms = self.clock.unwrap(timestamp_ms);
-                let Some(video) = self.video.as_mut().filter(|v| v.codec == codec) else {
+                let decode_ms = self.clock.unwrap(u64::from(timestamp_ms));
+                let Some(info) = tracks
+                    .described(MediaKind::Video)
+                    .filter(|i| i.codec == codec)
+                else {
                     // Frames before their sequence header cannot be decoded: skip them.
                     return Ok(());
                 };
-                if composition_offset_ms != 0 && !video.bframes {
-                    video.bframes = true;
-                    video.track.update_info(|info| info.bframes = true);
-                    tracing::info!(stream = %self.broadcast.id(), "the RTMP source has B-frames (frames are reordered); WebRTC viewers are refused until a transcoder serves it");
+                let timescale = info.timescale;
+                if composition_offset_ms != 0 {
+                    tracks.mark_b_frames();
                 }
-                let payload = match (codec, &video.avc) {
+                let payload = match (codec, &self.avc) {
                     (Codec::H264, Some(avc)) => avc.to_annex_b(data, keyframe)?,
                     (Codec::H265, _) => {
-                        let nals = flv::split_length_prefixed(data, video.hevc_length_size)?;
+                        let nals = flv::split_length_prefixed(data, self.hevc_length_size)?;
                         let mut out = Vec::with_capacity(data.len() + 16);
                         for nal in nals {
                             out.extend_from_slice(&[0, 0, 0, 1]);
@@ -344,11 +302,12 @@ impl FlvIngest {
                 };
                 let presentation_ms =
                     decode_ms.saturating_add_signed(i64::from(composition_offset_ms));
-                video.track.publish_at(
-                    millis_to_ticks(presentation_ms, video.timescale),
-                    now,
+                tracks.publish(
+                    MediaKind::Video,
+                    millis_to_ticks(presentation_ms, timescale),
                     keyframe,
                     Arc::from(payload),
+                    now,
                 );
                 Ok(())
             }
@@ -356,52 +315,41 @@ impl FlvIngest {
         }
     }
 
-    fn begin_video(&mut self, codec: Codec, config: &[u8]) -> Result<(), flv::FlvError> {
+    fn begin_video(
+        &mut self,
+        tracks: &mut SourceTracks,
+        codec: Codec,
+        config: &[u8],
+    ) -> Result<(), flv::FlvError> {
         let mut info = TrackInfo::new(source_track(MediaKind::Video), codec);
         info.config = Some(flv::hex(config));
-        let mut avc = None;
-        let mut hevc_length_size = 4;
         match codec {
             Codec::H264 => {
                 let parsed = AvcConfig::parse(config)?;
                 info.codec_string = Some(parsed.codec_string());
-                avc = Some(parsed);
+                self.avc = Some(parsed);
             }
             Codec::H265 => {
                 // HEVCDecoderConfigurationRecord: lengthSizeMinusOne in the low bits of byte 21.
                 let byte = config
                     .get(21)
                     .ok_or(flv::FlvError::BadConfig("HEVC record truncated"))?;
-                hevc_length_size = usize::from(byte & 0x03) + 1;
+                self.hevc_length_size = usize::from(byte & 0x03) + 1;
             }
             _ => {}
         }
-        // A repeated identical header (some encoders send one per keyframe) changes nothing.
-        if let Some(video) = &self.video
-            && video.codec == codec
-            && video.track.info().and_then(|i| i.config) == info.config
-        {
-            return Ok(());
-        }
-        let track = self.broadcast.source(MediaKind::Video);
-        let timescale = info.timescale;
-        tracing::info!(stream = %self.broadcast.id(), codec = codec.name(), codec_string = ?info.codec_string, "RTMP video track");
-        let generation = track.begin_source(info, None);
-        self.video = Some(VideoSource {
-            track,
-            generation,
-            codec,
-            timescale,
-            avc,
-            hevc_length_size,
-            bframes: false,
-        });
+        // The B-frame flag is learnt from frames: a repeated header keeps it.
+        info.bframes = tracks
+            .described(MediaKind::Video)
+            .is_some_and(|i| i.codec == codec && i.bframes);
+        tracks.describe(info);
         Ok(())
     }
 
     /// One audio tag.
     pub fn audio(
         &mut self,
+        tracks: &mut SourceTracks,
         timestamp_ms: u32,
         tag: &[u8],
         now: Instant,
@@ -417,45 +365,20 @@ impl FlvIngest {
                     info.channels = Some(asc.channels);
                     info.codec_string = Some(asc.codec_string());
                 }
-                if let Some(audio) = &self.audio
-                    && audio.codec == codec
-                    && audio.track.info().and_then(|i| i.config) == info.config
-                {
-                    return Ok(());
-                }
-                let track = self.broadcast.source(MediaKind::Audio);
-                let timescale = info.timescale;
-                let generation = track.begin_source(info, None);
-                self.audio = Some(AudioSource {
-                    track,
-                    generation,
-                    codec,
-                    timescale,
-                });
+                tracks.describe(info);
                 Ok(())
             }
             AudioTag::Frame { codec, data } => {
-                let ms = self.clock.unwrap(timestamp_ms);
-                if let Some(audio) = self.audio.as_ref().filter(|a| a.codec == codec) {
-                    audio.track.publish_at(
-                        millis_to_ticks(ms, audio.timescale),
-                        now,
-                        true,
-                        Arc::from(data),
-                    );
+                let ms = self.clock.unwrap(u64::from(timestamp_ms));
+                if let Some(info) = tracks
+                    .described(MediaKind::Audio)
+                    .filter(|i| i.codec == codec)
+                {
+                    let ticks = millis_to_ticks(ms, info.timescale);
+                    tracks.publish(MediaKind::Audio, ticks, true, Arc::from(data), now);
                 }
                 Ok(())
             }
-        }
-    }
-
-    /// The publisher is gone: its tracks stop (unless another publisher took them over).
-    pub fn end(&self) {
-        if let Some(video) = &self.video {
-            video.track.end_source_of(video.generation);
-        }
-        if let Some(audio) = &self.audio {
-            audio.track.end_source_of(audio.generation);
         }
     }
 }

@@ -9,6 +9,9 @@ use super::wait_for;
 /// The RTMP port of test nodes (on each node's own address).
 pub const RTMP_PORT: u16 = 11935;
 
+/// The SRT port of test nodes.
+pub const SRT_PORT: u16 = 19710;
+
 /// A running node.
 pub struct Node {
     child: Child,
@@ -127,6 +130,11 @@ impl Node {
     /// Where an encoder publishes `stream` to this node over RTMP.
     pub fn rtmp_url(&self, stream: &str) -> String {
         format!("rtmp://{}:{RTMP_PORT}/live/{stream}", self.ip)
+    }
+
+    /// Where an encoder publishes to this node over SRT, with `query` (`streamid=...`).
+    pub fn srt_url(&self, query: &str) -> String {
+        format!("srt://{}:{SRT_PORT}?{query}", self.ip)
     }
 
     /// The address other nodes join through.
@@ -253,6 +261,7 @@ fn launch(ip: &str, data_dir: &std::path::Path, extra: &[String]) -> Child {
         command.arg("--webrtc-addr").arg(format!("{ip}:18443"));
     }
     command.arg("--rtmp-addr").arg(format!("{ip}:{RTMP_PORT}"));
+    command.arg("--srt-addr").arg(format!("{ip}:{SRT_PORT}"));
     command.spawn().expect("spawning the cascade binary")
 }
 

@@ -1,0 +1,83 @@
+//! FFmpeg as the encoder users run, publishing over RTMP or SRT, and what a viewer must
+//! have received of what it sent.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use super::media::{encode_h264, fingerprint, nal_units};
+use super::peer::ReceivedUnit;
+
+/// FFmpeg publishing until dropped.
+pub struct Encoder(Child);
+
+impl Encoder {
+    /// `ffmpeg -re <inputs and codecs> -f <format> <url>`.
+    pub fn start(args: &[&str], format: &str, url: &str) -> Encoder {
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-re"])
+            .args(args)
+            .args(["-f", format, url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ffmpeg is installed (the README's test command installs it)");
+        Encoder(child)
+    }
+
+    /// Publishes FLV over RTMP to `url`.
+    pub fn flv(args: &[&str], url: &str) -> Encoder {
+        Self::start(args, "flv", url)
+    }
+
+    /// Publishes MPEG-TS over SRT to `url`.
+    pub fn mpegts(args: &[&str], url: &str) -> Encoder {
+        Self::start(args, "mpegts", url)
+    }
+
+    /// Waits for FFmpeg to give up; its exit status and what it printed.
+    pub fn refusal(mut self) -> (bool, String) {
+        let output = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A test pattern with a live stream's x264 settings (no B-frames) at 30 fps, as a raw
+/// H.264 file for FFmpeg to send as it is (`-c:v copy`); its access units.
+pub fn h264_file(seconds: u32, name: &str) -> (PathBuf, Vec<Vec<u8>>) {
+    let units = encode_h264(seconds, 30);
+    let path = std::env::temp_dir().join(format!("cascade-e2e-{}-{name}.h264", std::process::id()));
+    std::fs::write(&path, units.concat()).unwrap();
+    (path, units)
+}
+
+/// Asserts that `received` is a run of `sent` access units: the first is one that was sent,
+/// byte for byte, and each next one is the next that was sent (none corrupted, missing or
+/// out of order).
+pub fn assert_contiguous_run(received: &[ReceivedUnit], sent: &[Vec<u8>], who: &str) {
+    let sent: Vec<[u8; 32]> = sent.iter().map(|au| fingerprint(&nal_units(au))).collect();
+    let first = received.first().expect("something was received");
+    let start = sent
+        .iter()
+        .position(|f| *f == first.fingerprint)
+        .unwrap_or_else(|| panic!("{who}: the first frame received is not one that was sent"));
+    for (i, unit) in received.iter().enumerate() {
+        assert!(
+            sent.get(start + i) == Some(&unit.fingerprint),
+            "{who}: frame {i} received is not frame {} sent: corrupted, missing or out of order",
+            start + i
+        );
+    }
+}
