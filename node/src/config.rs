@@ -18,10 +18,11 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_WEBRTC_ADDR: &str = "127.0.0.1:8443";
 /// Default UDP address for publishers' WebRTC media: the WebRTC address's next port.
 pub const DEFAULT_WEBRTC_INGEST_ADDR: &str = "127.0.0.1:8444";
-/// Default TCP address of RTMP ingest (publish to `rtmp://<this>/live/<stream>`).
-pub const DEFAULT_RTMP_ADDR: &str = "127.0.0.1:1935";
-/// Default UDP address of SRT ingest.
-pub const DEFAULT_SRT_ADDR: &str = "127.0.0.1:9710";
+/// Default TCP port of RTMP ingest (publish to `rtmp://<this>/live/<stream>`), on the HTTP
+/// address's IP.
+pub const DEFAULT_RTMP_PORT: u16 = 1935;
+/// Default UDP port of SRT ingest, on the HTTP address's IP.
+pub const DEFAULT_SRT_PORT: u16 = 9710;
 /// Default SRT receiver latency.
 pub const DEFAULT_SRT_LATENCY: &str = "120ms";
 /// Default UDP address for node-to-node QUIC (Raft and the media relay).
@@ -85,12 +86,13 @@ pub struct RunOptions {
     pub webrtc_ingest_tcp_addr: Option<SocketAddr>,
 
     /// TCP address of RTMP ingest: encoders and OBS publish to `rtmp://ADDR/live/<stream>`
-    /// [default: 127.0.0.1:1935].
+    /// [default: the HTTP address's IP, port 1935: 127.0.0.1:1935].
     #[arg(long, env = "CASCADE_RTMP_ADDR", value_name = "ADDR")]
     pub rtmp_addr: Option<SocketAddr>,
 
     /// UDP address of SRT ingest: encoders publish MPEG-TS to
-    /// `srt://ADDR?streamid=publish:<stream>` [default: 127.0.0.1:9710].
+    /// `srt://ADDR?streamid=publish:<stream>` [default: the HTTP address's IP, port 9710:
+    /// 127.0.0.1:9710].
     #[arg(long, env = "CASCADE_SRT_ADDR", value_name = "ADDR")]
     pub srt_addr: Option<SocketAddr>,
 
@@ -266,6 +268,13 @@ impl NodeConfig {
             text.parse::<SocketAddr>()
                 .expect("default addresses are valid")
         };
+        let http_addr = cli
+            .http_addr
+            .or(file.http_addr)
+            .unwrap_or_else(|| default_addr(DEFAULT_HTTP_ADDR));
+        // Ingest listens where the HTTP port does unless told otherwise: several nodes on one
+        // machine (one loopback address each) do not collide.
+        let on_http_ip = |port: u16| SocketAddr::new(http_addr.ip(), port);
         let srt_latency = duration(
             "srt-latency",
             cli.srt_latency.clone().or(file.srt_latency.clone()),
@@ -336,10 +345,7 @@ impl NodeConfig {
             admin_token: non_empty("admin-token", cli.admin_token.or(file.admin_token))?,
             cluster,
             tls,
-            http_addr: cli
-                .http_addr
-                .or(file.http_addr)
-                .unwrap_or_else(|| default_addr(DEFAULT_HTTP_ADDR)),
+            http_addr,
             webrtc_addr,
             webrtc_ingest_addr,
             webrtc_tcp_addr,
@@ -347,11 +353,11 @@ impl NodeConfig {
             rtmp_addr: cli
                 .rtmp_addr
                 .or(file.rtmp_addr)
-                .unwrap_or_else(|| default_addr(DEFAULT_RTMP_ADDR)),
+                .unwrap_or_else(|| on_http_ip(DEFAULT_RTMP_PORT)),
             srt_addr: cli
                 .srt_addr
                 .or(file.srt_addr)
-                .unwrap_or_else(|| default_addr(DEFAULT_SRT_ADDR)),
+                .unwrap_or_else(|| on_http_ip(DEFAULT_SRT_PORT)),
             srt_latency,
             public_ip: cli.public_ip.or(file.public_ip),
             data_dir: cli

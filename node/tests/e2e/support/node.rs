@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use super::wait_for;
 
-/// The RTMP port of test nodes (on each node's own address).
-pub const RTMP_PORT: u16 = 11935;
+/// The RTMP port of test nodes: the default, on each node's own address.
+pub const RTMP_PORT: u16 = 1935;
 
-/// The SRT port of test nodes.
-pub const SRT_PORT: u16 = 19710;
+/// The SRT port of test nodes: the default, on each node's own address.
+pub const SRT_PORT: u16 = 9710;
 
 /// A running node.
 pub struct Node {
@@ -260,8 +260,6 @@ fn launch(ip: &str, data_dir: &std::path::Path, extra: &[String]) -> Child {
     if !extra.iter().any(|a| a == "--webrtc-addr") {
         command.arg("--webrtc-addr").arg(format!("{ip}:18443"));
     }
-    command.arg("--rtmp-addr").arg(format!("{ip}:{RTMP_PORT}"));
-    command.arg("--srt-addr").arg(format!("{ip}:{SRT_PORT}"));
     command.spawn().expect("spawning the cascade binary")
 }
 
