@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../protocol"
 FUZZ_SECS=${FUZZ_SECS:-60}
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(relay_wire stun_username ice_tcp_frames h264_access_unit stream_id_and_query sdp_offer rtmp_connection flv_tags)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(relay_wire stun_username ice_tcp_frames h264_access_unit stream_id_and_query sdp_offer rtmp_connection flv_tags mpegts_demux)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     FUZZ=(cargo +nightly fuzz)

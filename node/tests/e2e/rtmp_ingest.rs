@@ -272,3 +272,64 @@ async fn garbage_and_unauthorised_rtmp_publishers_are_closed_and_counted_while_a
     assert_contiguous_run(&received, &units, "the viewer of the live stream");
     let _ = std::fs::remove_file(file);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_rtmp_publisher_takes_over_from_its_silent_connection_and_viewers_stay() {
+    let node = Node::start(&[]).await;
+    let (file, units) = h264_file(30, "rtmp-takeover");
+    let args = [
+        "-f",
+        "h264",
+        "-framerate",
+        "30",
+        "-i",
+        file.to_str().unwrap(),
+        "-c:v",
+        "copy",
+    ];
+    let first = Encoder::flv(&args, &node.rtmp_url("takeover"));
+    node.wait_live("takeover", Duration::from_secs(20)).await;
+    let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/takeover"), None)
+        .await
+        .expect("viewer");
+    assert!(viewer.collect(30, Duration::from_secs(3)).await.len() >= 30);
+
+    // The encoder hangs (its TCP connection stays open, nothing arrives) and a new one starts.
+    first.pause();
+    let started = std::time::Instant::now();
+    let _second = Encoder::flv(&args, &node.rtmp_url("takeover"));
+    wait_for(
+        "the new publisher is live",
+        Duration::from_secs(10),
+        || async {
+            let (_, sessions) = node.json("/api/v1/sessions/ended").await;
+            sessions["sessions"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|e| e["outcome"] == "replaced" && e["protocol"] == "rtmp")
+            })
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the silent publisher was replaced after {:?}",
+        started.elapsed()
+    );
+    // The viewer that stayed sees the new publisher's frames, whole and in order (from its
+    // first keyframe; what arrived before the takeover was the old publisher's).
+    let replaced_at = std::time::Instant::now();
+    let received = viewer.collect(150, Duration::from_secs(5)).await;
+    let from_keyframe: Vec<_> = received
+        .into_iter()
+        .filter(|u| u.at >= replaced_at)
+        .skip_while(|u| !u.keyframe)
+        .collect();
+    assert!(
+        from_keyframe.len() >= 60,
+        "the viewer gets the new publisher's frames ({})",
+        from_keyframe.len()
+    );
+    assert_contiguous_run(&from_keyframe, &units, "the viewer after the takeover");
+    drop(first);
+    let _ = std::fs::remove_file(file);
+}

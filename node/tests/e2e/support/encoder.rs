@@ -35,6 +35,16 @@ impl Encoder {
         Self::start(args, "mpegts", url)
     }
 
+    /// Freezes the encoder (SIGSTOP): its connection stays open and goes silent, as when an
+    /// encoder hangs or its network stalls.
+    pub fn pause(&self) {
+        let status = Command::new("kill")
+            .args(["-STOP", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Waits for FFmpeg to give up; its exit status and what it printed.
     pub fn refusal(mut self) -> (bool, String) {
         let output = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap())
