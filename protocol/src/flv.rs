@@ -319,6 +319,107 @@ impl AvcConfig {
     }
 }
 
+impl AvcConfig {
+    /// The configuration of an Annex B keyframe that carries its SPS and PPS in band (what
+    /// every source Cascade takes sends before a keyframe).
+    pub fn from_annex_b(access_unit: &[u8]) -> Option<Self> {
+        let mut sps = Vec::new();
+        let mut pps = Vec::new();
+        for nal in crate::h264::nal_units(access_unit) {
+            match nal.first().map(|b| b & 0x1f) {
+                Some(7) => sps.push(nal.to_vec()),
+                Some(8) => pps.push(nal.to_vec()),
+                _ => {}
+            }
+        }
+        let first = sps.first()?;
+        let [profile, compatibility, level] = *first.get(1..4)? else {
+            return None;
+        };
+        if pps.is_empty() {
+            return None;
+        }
+        Some(Self {
+            profile,
+            compatibility,
+            level,
+            length_size: 4,
+            sps,
+            pps,
+        })
+    }
+
+    /// The AVCDecoderConfigurationRecord.
+    pub fn to_record(&self) -> Vec<u8> {
+        let mut record = vec![
+            1,
+            self.profile,
+            self.compatibility,
+            self.level,
+            0xfc | (self.length_size as u8 - 1),
+            0xe0 | (self.sps.len().min(31) as u8),
+        ];
+        for sps in self.sps.iter().take(31) {
+            record.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+            record.extend_from_slice(sps);
+        }
+        record.push(self.pps.len().min(255) as u8);
+        for pps in self.pps.iter().take(255) {
+            record.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+            record.extend_from_slice(pps);
+        }
+        record
+    }
+}
+
+/// The FLV video tag that announces an H.264 configuration (AVC sequence header).
+pub fn avc_sequence_header_tag(config: &AvcConfig) -> Vec<u8> {
+    let mut tag = vec![0x17, 0, 0, 0, 0];
+    tag.extend(config.to_record());
+    tag
+}
+
+/// The FLV video tag of one Annex B H.264 access unit (4-byte AVCC lengths; access unit
+/// delimiters left out), composition offset 0.
+pub fn avc_frame_tag(access_unit: &[u8], keyframe: bool) -> Vec<u8> {
+    let mut tag = Vec::with_capacity(access_unit.len() + 16);
+    tag.extend_from_slice(&[if keyframe { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
+    for nal in crate::h264::nal_units(access_unit) {
+        if nal.first().map(|b| b & 0x1f) == Some(9) {
+            continue;
+        }
+        tag.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+        tag.extend_from_slice(nal);
+    }
+    tag
+}
+
+/// The FLV audio tag announcing an AAC AudioSpecificConfig.
+pub fn aac_sequence_header_tag(audio_specific_config: &[u8]) -> Vec<u8> {
+    let mut tag = vec![0xaf, 0];
+    tag.extend_from_slice(audio_specific_config);
+    tag
+}
+
+/// The FLV audio tag of one raw AAC frame.
+pub fn aac_frame_tag(frame: &[u8]) -> Vec<u8> {
+    let mut tag = Vec::with_capacity(frame.len() + 2);
+    tag.extend_from_slice(&[0xaf, 1]);
+    tag.extend_from_slice(frame);
+    tag
+}
+
+/// Bytes from lower-case or upper-case hex (the catalog's configuration records).
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Splits length-prefixed NAL units (AVCC/HVCC form); empty units are skipped.
 pub fn split_length_prefixed(frame: &[u8], length_size: usize) -> Result<Vec<&[u8]>, FlvError> {
     let mut nals = Vec::new();
@@ -504,6 +605,40 @@ mod tests {
         assert_eq!(nals[2], &idr);
         let delta = avc.to_annex_b(data, false).unwrap();
         assert_eq!(crate::h264::nal_units(&delta).count(), 1);
+    }
+
+    #[test]
+    fn frames_muxed_back_into_flv_read_as_they_were() {
+        let avc = AvcConfig::parse(&avcc_record()).unwrap();
+        let annex_b = avc
+            .to_annex_b(&[0, 0, 0, 3, 0x65, 0x88, 0x84], true)
+            .unwrap();
+        let rebuilt = AvcConfig::from_annex_b(&annex_b).unwrap();
+        assert_eq!(rebuilt.to_record(), avcc_record(), "the same record");
+        let header = avc_sequence_header_tag(&rebuilt);
+        assert!(matches!(
+            parse_video(&header),
+            Ok(VideoTag::SequenceStart {
+                codec: Codec::H264,
+                ..
+            })
+        ));
+        let tag = avc_frame_tag(&annex_b, true);
+        let VideoTag::Frame { keyframe, data, .. } = parse_video(&tag).unwrap() else {
+            panic!("not a frame");
+        };
+        assert!(keyframe);
+        assert_eq!(rebuilt.to_annex_b(data, true).unwrap(), annex_b);
+        assert_eq!(from_hex(&hex(&[0, 0xab, 0x10])), Some(vec![0, 0xab, 0x10]));
+        assert_eq!(from_hex("abc"), None);
+        let asc = aac_sequence_header_tag(&[0x12, 0x10]);
+        assert!(matches!(
+            parse_audio(&asc),
+            Ok(AudioTag::SequenceStart {
+                codec: Codec::Aac,
+                ..
+            })
+        ));
     }
 
     #[test]

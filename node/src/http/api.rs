@@ -1,13 +1,16 @@
 //! The REST API as JSON: `GET /api/v1/streams`, `GET /api/v1/streams/{stream}` (public: no
 //! session ids, no client addresses) and `GET /api/v1/streams/{stream}/sessions` (admin: every
 //! session with its id and address) and `GET /api/v1/sessions/ended` (admin: the last 256
-//! session ends on this node with their reasons).
+//! session ends on this node with their reasons), and the restreams of a stream (admin:
+//! `GET`/`POST /api/v1/streams/{stream}/restreams`, `DELETE .../restreams/{id}`).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cascade_protocol::StreamId;
+use cascade_roles::origin::restream::RestreamInfo;
 use cascade_roles::origin::{EndedSession, SessionInfo, StreamInfo};
 
 use super::{ApiError, AppState};
@@ -18,6 +21,127 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/streams/{stream}", get(one))
         .route("/api/v1/streams/{stream}/sessions", get(sessions))
         .route("/api/v1/sessions/ended", get(ended_sessions))
+        .route(
+            "/api/v1/streams/{stream}/restreams",
+            get(restreams).post(add_restream),
+        )
+        .route(
+            "/api/v1/streams/{stream}/restreams/{id}",
+            axum::routing::delete(remove_restream),
+        )
+}
+
+#[derive(serde::Deserialize)]
+struct NewRestream {
+    url: String,
+}
+
+#[derive(serde::Serialize)]
+struct RestreamList {
+    restreams: Vec<RestreamInfo>,
+}
+
+/// Restreams run on the stream's origin: a request that reached another node is sent there.
+fn to_origin(state: &AppState, stream: &StreamId, path: &str) -> Option<Response> {
+    let origin = state.cluster.remote_origin(stream)?;
+    let addr = state.cluster.state().nodes.get(&origin)?.http_addr;
+    let location = format!("{}://{addr}{path}", state.scheme);
+    let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Some(response)
+}
+
+/// `POST /api/v1/streams/{stream}/restreams {"url": "rtmp://..."}` (admin): push the stream
+/// out; `201` with the restream's status.
+async fn add_restream(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<NewRestream>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    super::require_admin(&state, &headers, "api")?;
+    let stream = stream_id(&stream)?;
+    if let Some(redirect) = to_origin(
+        &state,
+        &stream,
+        &format!("/api/v1/streams/{stream}/restreams"),
+    ) {
+        return Ok(redirect);
+    }
+    let Json(request) = body.map_err(|e| {
+        ApiError::new(
+            "api",
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("send {{\"url\": \"rtmp://host/app/key\"}}: {e}"),
+        )
+    })?;
+    let info = state
+        .registry
+        .add_restream(&stream, &request.url)
+        .await
+        .map_err(|e| ApiError::from_role("api", e))?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+/// `GET /api/v1/streams/{stream}/restreams` (admin): each target's state, bytes and last error.
+async fn restreams(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::require_admin(&state, &headers, "api")?;
+    let stream = stream_id(&stream)?;
+    if let Some(redirect) = to_origin(
+        &state,
+        &stream,
+        &format!("/api/v1/streams/{stream}/restreams"),
+    ) {
+        return Ok(redirect);
+    }
+    let restreams = state
+        .registry
+        .restreams(&stream)
+        .await
+        .map_err(|e| ApiError::from_role("api", e))?;
+    Ok(Json(RestreamList { restreams }).into_response())
+}
+
+/// `DELETE /api/v1/streams/{stream}/restreams/{id}` (admin): stop pushing to that target.
+async fn remove_restream(
+    State(state): State<AppState>,
+    Path((stream, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::require_admin(&state, &headers, "api")?;
+    let stream = stream_id(&stream)?;
+    if let Some(redirect) = to_origin(
+        &state,
+        &stream,
+        &format!("/api/v1/streams/{stream}/restreams/{id}"),
+    ) {
+        return Ok(redirect);
+    }
+    let not_found = || {
+        ApiError::new(
+            "api",
+            StatusCode::NOT_FOUND,
+            "unknown_restream",
+            format!("stream {stream} has no restream {id}"),
+        )
+    };
+    let id: u64 = id.parse().map_err(|_| not_found())?;
+    let removed = state
+        .registry
+        .remove_restream(&stream, id)
+        .await
+        .map_err(|e| ApiError::from_role("api", e))?;
+    if !removed {
+        return Err(not_found());
+    }
+    Ok(StatusCode::OK.into_response())
 }
 
 #[derive(serde::Serialize)]

@@ -17,6 +17,7 @@ mod late_joiner;
 mod loadtest;
 mod publisher_reconnect;
 mod publisher_takeover;
+mod restream;
 mod rtmp_ingest;
 mod session_ownership;
 mod srt_ingest;

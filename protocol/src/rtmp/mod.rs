@@ -15,6 +15,7 @@
 
 pub mod amf0;
 pub mod chunk;
+pub mod client;
 
 use std::collections::VecDeque;
 
@@ -67,7 +68,7 @@ pub enum RtmpEvent {
     PublishFinished,
 }
 
-const HANDSHAKE_SIZE: usize = 1536;
+pub(crate) const HANDSHAKE_SIZE: usize = 1536;
 /// The chunk size we send with.
 const OUT_CHUNK_SIZE: usize = 4096;
 /// The acknowledgement window we ask the client for, and our bandwidth hint.

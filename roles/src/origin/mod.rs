@@ -6,6 +6,7 @@
 //! (touched when sessions start and end, never per packet), so a mutex-guarded map is enough.
 
 pub mod ingest;
+pub mod restream;
 pub mod rtmp;
 pub mod srt;
 pub mod stream;
@@ -328,6 +329,42 @@ impl StreamRegistry {
             .lookup(stream)
             .ok_or_else(|| RoleError::StreamNotFound(stream.clone()))?;
         ractor::call!(actor, StreamMsg::Info).map_err(|_| RoleError::StreamNotFound(stream.clone()))
+    }
+
+    /// Starts pushing a live stream to the RTMP target at `url`.
+    pub async fn add_restream(
+        &self,
+        stream: &StreamId,
+        url: &str,
+    ) -> Result<restream::RestreamInfo, RoleError> {
+        let target = cascade_protocol::rtmp::client::RtmpTarget::parse(url)
+            .map_err(|e| RoleError::BadIngest(e.to_string()))?;
+        let (actor, _) = self
+            .lookup(stream)
+            .ok_or_else(|| RoleError::StreamNotFound(stream.clone()))?;
+        ractor::call!(actor, |reply| StreamMsg::AddRestream { target, reply })
+            .map_err(|_| RoleError::StreamNotFound(stream.clone()))?
+    }
+
+    /// Stops restream `id` of a stream; `Ok(false)` when it has no such restream.
+    pub async fn remove_restream(&self, stream: &StreamId, id: u64) -> Result<bool, RoleError> {
+        let (actor, _) = self
+            .lookup(stream)
+            .ok_or_else(|| RoleError::StreamNotFound(stream.clone()))?;
+        ractor::call!(actor, |reply| StreamMsg::RemoveRestream { id, reply })
+            .map_err(|_| RoleError::StreamNotFound(stream.clone()))
+    }
+
+    /// The restreams of a stream and how each is doing.
+    pub async fn restreams(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Vec<restream::RestreamInfo>, RoleError> {
+        let (actor, _) = self
+            .lookup(stream)
+            .ok_or_else(|| RoleError::StreamNotFound(stream.clone()))?;
+        ractor::call!(actor, StreamMsg::Restreams)
+            .map_err(|_| RoleError::StreamNotFound(stream.clone()))
     }
 
     /// Every publisher and viewer session of a live stream, longest-connected first.

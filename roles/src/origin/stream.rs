@@ -26,12 +26,14 @@ use ractor::{
 };
 
 use super::StreamRegistry;
+use super::restream::{RestreamActor, RestreamArgs, RestreamInfo, RestreamMsg, RestreamStatus};
 use crate::RoleError;
 use crate::broadcast::Broadcast;
 use crate::session::{
     Admission, Liveness, SessionActor, SessionArgs, SessionId, SessionKind, SessionMsg, Transport,
     outcome_label,
 };
+use cascade_protocol::rtmp::client::RtmpTarget;
 
 /// Messages to a stream actor.
 pub enum StreamMsg {
@@ -50,6 +52,31 @@ pub enum StreamMsg {
     GraceExpired(u64),
     /// Once a second: update bitrate figures.
     Tick,
+    /// Push the stream to an RTMP target; replies with its status.
+    AddRestream {
+        /// Where to.
+        target: RtmpTarget,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<RestreamInfo, RoleError>>,
+    },
+    /// Stop a restream; replies whether it existed.
+    RemoveRestream {
+        /// Its id.
+        id: u64,
+        /// Where the answer goes.
+        reply: RpcReplyPort<bool>,
+    },
+    /// Every restream of the stream, for the API.
+    Restreams(RpcReplyPort<Vec<RestreamInfo>>),
+}
+
+/// Most restream targets per stream.
+pub const MAX_RESTREAMS: usize = 16;
+
+struct Restream {
+    id: u64,
+    actor: ActorRef<RestreamMsg>,
+    status: RestreamStatus,
 }
 
 /// One publisher or viewer session of a stream, as the API shows it.
@@ -278,6 +305,8 @@ pub struct StreamState {
     /// Frames the broadcast had received when the current publisher was admitted: it is
     /// `connecting` until there are more.
     frames_at_publish: u64,
+    restreams: Vec<Restream>,
+    next_restream: u64,
 }
 
 impl StreamState {
@@ -345,6 +374,8 @@ impl Actor for StreamActor {
             bitrate_bps: 0,
             ending: false,
             frames_at_publish: 0,
+            restreams: Vec::new(),
+            next_restream: 1,
         })
     }
 
@@ -375,6 +406,26 @@ impl Actor for StreamActor {
                 {
                     end_stream(&myself, state);
                 }
+            }
+            StreamMsg::AddRestream { target, reply } => {
+                let _ = reply.send(add_restream(&myself, state, target).await);
+            }
+            StreamMsg::RemoveRestream { id, reply } => {
+                let found = state.restreams.iter().position(|r| r.id == id);
+                if let Some(at) = found {
+                    let restream = state.restreams.remove(at);
+                    restream.actor.stop(Some("removed".into()));
+                }
+                let _ = reply.send(found.is_some());
+            }
+            StreamMsg::Restreams(reply) => {
+                let _ = reply.send(
+                    state
+                        .restreams
+                        .iter()
+                        .map(|r| r.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                        .collect(),
+                );
             }
             StreamMsg::Tick => {
                 let bytes = state.args.broadcast.bytes_in();
@@ -458,6 +509,9 @@ impl Actor for StreamActor {
         myself: ActorRef<Self::Msg>,
         state: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
+        for restream in state.restreams.drain(..) {
+            restream.actor.stop(Some("stream ended".into()));
+        }
         state
             .args
             .registry
@@ -531,6 +585,42 @@ async fn admit(
     );
     state.publish_viewer_gauge();
     Ok(actor)
+}
+
+async fn add_restream(
+    myself: &ActorRef<StreamMsg>,
+    state: &mut StreamState,
+    target: RtmpTarget,
+) -> Result<RestreamInfo, RoleError> {
+    if state.restreams.len() >= MAX_RESTREAMS {
+        return Err(RoleError::BadIngest(format!(
+            "stream {} already has {MAX_RESTREAMS} restreams",
+            state.args.broadcast.id()
+        )));
+    }
+    let id = state.next_restream;
+    state.next_restream += 1;
+    let status = Arc::new(std::sync::Mutex::new(RestreamInfo {
+        id,
+        target: target.redacted(),
+        state: "connecting",
+        bytes_sent: 0,
+        attempts: 0,
+        last_error: None,
+        left_out: Vec::new(),
+    }));
+    let args = RestreamArgs {
+        target,
+        broadcast: state.args.broadcast.clone(),
+        status: status.clone(),
+    };
+    let (actor, _) = Actor::spawn_linked(None, RestreamActor, args, myself.get_cell())
+        .await
+        .map_err(|e| RoleError::Unavailable(format!("cannot start the restream: {e}")))?;
+    let info = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    tracing::info!(stream = %state.args.broadcast.id(), target = %info.target, id, "restream added");
+    state.restreams.push(Restream { id, actor, status });
+    Ok(info)
 }
 
 fn end_stream(myself: &ActorRef<StreamMsg>, state: &mut StreamState) {
