@@ -238,7 +238,7 @@ impl RtmpClient {
             }
             "_result" if transaction == TXN_CREATE_STREAM => {
                 let id = info.and_then(Amf0::as_number).unwrap_or(1.0);
-                let stream_id = if id.is_finite() && id >= 0.0 && id < 1e9 {
+                let stream_id = if (0.0..1e9).contains(&id) {
                     id as u32
                 } else {
                     1
