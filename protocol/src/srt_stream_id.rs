@@ -56,13 +56,7 @@ pub fn parse(stream_id: Option<&str>) -> Result<SrtRequest, SrtStreamIdError> {
     let (mode, rest) = raw
         .split_once(':')
         .ok_or_else(|| SrtStreamIdError::Unreadable(raw.chars().take(80).collect()))?;
-    let (resource, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let token = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "key" || *k == "token")
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty());
+    let (resource, token) = crate::stream_id::split_key(rest);
     Ok(SrtRequest {
         resource: resource.to_owned(),
         publish: mode == "publish",

@@ -48,6 +48,19 @@ impl serde::Serialize for StreamId {
     }
 }
 
+/// A stream key as encoders send it: the stream's name and, after `?`, a token as `key=` or
+/// `token=` (`show?key=s3cret`), the way RTMP stream keys and SRT streamids carry one.
+pub fn split_key(key: &str) -> (&str, Option<String>) {
+    let (name, query) = key.split_once('?').unwrap_or((key, ""));
+    let token = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "key" || *k == "token")
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty());
+    (name, token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,27 @@ struct RestreamList {
     restreams: Vec<RestreamInfo>,
 }
 
+/// What every restream request checks first: the admin token and the stream id. The `Err`
+/// is the answer: a refusal, or the `307` to the stream's origin, where restreams run.
+fn restream_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw_stream: &str,
+    suffix: &str,
+) -> Result<StreamId, Box<Response>> {
+    let refused = |e: ApiError| Box::new(e.into_response());
+    super::require_admin(state, headers, "api").map_err(refused)?;
+    let stream = stream_id(raw_stream).map_err(refused)?;
+    match to_origin(
+        state,
+        &stream,
+        &format!("/api/v1/streams/{stream}/restreams{suffix}"),
+    ) {
+        Some(redirect) => Err(Box::new(redirect)),
+        None => Ok(stream),
+    }
+}
+
 /// Restreams run on the stream's origin: a request that reached another node is sent there.
 fn to_origin(state: &AppState, stream: &StreamId, path: &str) -> Option<Response> {
     let origin = state.cluster.remote_origin(stream)?;
@@ -61,15 +82,10 @@ async fn add_restream(
     headers: HeaderMap,
     body: Result<Json<NewRestream>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    super::require_admin(&state, &headers, "api")?;
-    let stream = stream_id(&stream)?;
-    if let Some(redirect) = to_origin(
-        &state,
-        &stream,
-        &format!("/api/v1/streams/{stream}/restreams"),
-    ) {
-        return Ok(redirect);
-    }
+    let stream = match restream_request(&state, &headers, &stream, "") {
+        Ok(stream) => stream,
+        Err(answer) => return Ok(*answer),
+    };
     let Json(request) = body.map_err(|e| {
         ApiError::new(
             "api",
@@ -92,15 +108,10 @@ async fn restreams(
     Path(stream): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    super::require_admin(&state, &headers, "api")?;
-    let stream = stream_id(&stream)?;
-    if let Some(redirect) = to_origin(
-        &state,
-        &stream,
-        &format!("/api/v1/streams/{stream}/restreams"),
-    ) {
-        return Ok(redirect);
-    }
+    let stream = match restream_request(&state, &headers, &stream, "") {
+        Ok(stream) => stream,
+        Err(answer) => return Ok(*answer),
+    };
     let restreams = state
         .registry
         .restreams(&stream)
@@ -115,15 +126,10 @@ async fn remove_restream(
     Path((stream, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    super::require_admin(&state, &headers, "api")?;
-    let stream = stream_id(&stream)?;
-    if let Some(redirect) = to_origin(
-        &state,
-        &stream,
-        &format!("/api/v1/streams/{stream}/restreams/{id}"),
-    ) {
-        return Ok(redirect);
-    }
+    let stream = match restream_request(&state, &headers, &stream, &format!("/{id}")) {
+        Ok(stream) => stream,
+        Err(answer) => return Ok(*answer),
+    };
     let not_found = || {
         ApiError::new(
             "api",

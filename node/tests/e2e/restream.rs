@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::encoder::{Encoder, h264_file};
+use crate::support::encoder::{Encoder, H264File};
 use crate::support::node::Node;
 use crate::support::wait_for;
 
@@ -31,31 +31,8 @@ async fn restreams(node: &Node, stream: &str) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_restreamed_to_an_rtmp_receiver_and_a_refusing_target_only_fails_itself() {
     let node = Node::start(&[]).await;
-    let (file, _units) = h264_file(30, "restream-source");
-    let _encoder = Encoder::flv(
-        &[
-            "-f",
-            "h264",
-            "-framerate",
-            "30",
-            "-i",
-            file.to_str().unwrap(),
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ],
-        &node.rtmp_url("show"),
-    );
+    let source = H264File::encode(30, "restream-source");
+    let _encoder = Encoder::flv(&source.args(Some(44100)), &node.rtmp_url("show"));
     node.wait_live("show", Duration::from_secs(20)).await;
 
     // A target nobody listens on: refused at once, retried with backoff.
@@ -209,5 +186,4 @@ async fn a_stream_is_restreamed_to_an_rtmp_receiver_and_a_refusing_target_only_f
     .await;
     assert_eq!(status, 400, "a URL that is no RTMP is refused");
     let _ = std::fs::remove_file(recording);
-    let _ = std::fs::remove_file(file);
 }

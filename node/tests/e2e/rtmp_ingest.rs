@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::encoder::{Encoder, assert_contiguous_run, h264_file};
+use crate::support::encoder::{Encoder, H264File, assert_contiguous_run};
 use crate::support::node::Node;
 use crate::support::peer::Viewer;
 use crate::support::wait_for;
@@ -13,31 +13,8 @@ use crate::support::wait_for;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_order() {
     let nodes = Node::cluster(3, "e2e-rtmp-token", &[]).await;
-    let (file, units) = h264_file(25, "rtmp-show");
-    let _encoder = Encoder::flv(
-        &[
-            "-f",
-            "h264",
-            "-framerate",
-            "30",
-            "-i",
-            file.to_str().unwrap(),
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ],
-        &nodes[0].rtmp_url("rtmp-show"),
-    );
+    let source = H264File::encode(25, "rtmp-show");
+    let _encoder = Encoder::flv(&source.args(Some(44100)), &nodes[0].rtmp_url("rtmp-show"));
     nodes[0]
         .wait_live("rtmp-show", Duration::from_secs(20))
         .await;
@@ -85,7 +62,7 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
         received.len()
     );
     assert!(received[0].keyframe, "it starts at a keyframe");
-    assert_contiguous_run(&received, &units, "the WHEP viewer on another node");
+    assert_contiguous_run(&received, &source.units, "the WHEP viewer on another node");
     assert_eq!(
         viewer
             .audio_packets
@@ -100,7 +77,6 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
         stream["tracks"].clone(),
         "the relay carries the catalog as the origin has it"
     );
-    let _ = std::fs::remove_file(file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,20 +158,8 @@ async fn sources_webrtc_cannot_carry_as_they_are_get_the_reason_instead_of_bad_p
 async fn garbage_and_unauthorised_rtmp_publishers_are_closed_and_counted_while_a_live_stream_plays_on()
  {
     let node = Node::start(&["--publish-token", "pub-secret"]).await;
-    let (file, units) = h264_file(20, "rtmp-guarded");
-    let _encoder = Encoder::flv(
-        &[
-            "-f",
-            "h264",
-            "-framerate",
-            "30",
-            "-i",
-            file.to_str().unwrap(),
-            "-c:v",
-            "copy",
-        ],
-        &node.rtmp_url("guarded?key=pub-secret"),
-    );
+    let source = H264File::encode(20, "rtmp-guarded");
+    let _encoder = Encoder::flv(&source.args(None), &node.rtmp_url("guarded?key=pub-secret"));
     node.wait_live("guarded", Duration::from_secs(20)).await;
     let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/guarded"), None)
         .await
@@ -269,24 +233,14 @@ async fn garbage_and_unauthorised_rtmp_publishers_are_closed_and_counted_while_a
         "the viewer still gets frames ({})",
         received.len()
     );
-    assert_contiguous_run(&received, &units, "the viewer of the live stream");
-    let _ = std::fs::remove_file(file);
+    assert_contiguous_run(&received, &source.units, "the viewer of the live stream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_rtmp_publisher_takes_over_from_its_silent_connection_and_viewers_stay() {
     let node = Node::start(&[]).await;
-    let (file, units) = h264_file(30, "rtmp-takeover");
-    let args = [
-        "-f",
-        "h264",
-        "-framerate",
-        "30",
-        "-i",
-        file.to_str().unwrap(),
-        "-c:v",
-        "copy",
-    ];
+    let source = H264File::encode(30, "rtmp-takeover");
+    let args = source.args(None);
     let first = Encoder::flv(&args, &node.rtmp_url("takeover"));
     node.wait_live("takeover", Duration::from_secs(20)).await;
     let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/takeover"), None)
@@ -329,7 +283,10 @@ async fn a_returning_rtmp_publisher_takes_over_from_its_silent_connection_and_vi
         "the viewer gets the new publisher's frames ({})",
         from_keyframe.len()
     );
-    assert_contiguous_run(&from_keyframe, &units, "the viewer after the takeover");
+    assert_contiguous_run(
+        &from_keyframe,
+        &source.units,
+        "the viewer after the takeover",
+    );
     drop(first);
-    let _ = std::fs::remove_file(file);
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::encoder::{Encoder, assert_contiguous_run, h264_file};
+use crate::support::encoder::{Encoder, H264File, assert_contiguous_run};
 use crate::support::node::Node;
 use crate::support::peer::Viewer;
 use crate::support::wait_for;
@@ -22,29 +22,9 @@ async fn an_srt_publisher_with_the_stream_passphrase_reaches_whep_viewers_and_wr
     )
     .unwrap();
     let node = Node::start(&["--config", config.to_str().unwrap()]).await;
-    let (file, units) = h264_file(25, "srt-contribution");
+    let source = H264File::encode(25, "srt-contribution");
     let _encoder = Encoder::mpegts(
-        &[
-            "-f",
-            "h264",
-            "-framerate",
-            "30",
-            "-i",
-            file.to_str().unwrap(),
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-map",
-            "0:v",
-            "-map",
-            "1:a",
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ],
+        &source.args(Some(48000)),
         &node.srt_url(&format!(
             "streamid=#!::r=contribution,m=publish&passphrase={PASSPHRASE}"
         )),
@@ -80,7 +60,11 @@ async fn an_srt_publisher_with_the_stream_passphrase_reaches_whep_viewers_and_wr
         received.len()
     );
     assert!(received[0].keyframe, "it starts at a keyframe");
-    assert_contiguous_run(&received, &units, "the WHEP viewer of the SRT stream");
+    assert_contiguous_run(
+        &received,
+        &source.units,
+        "the WHEP viewer of the SRT stream",
+    );
 
     // Refused while the stream plays: a second publisher (with a wrong passphrase, which is
     // never tried: the stream is live), a stream id that is no stream, an unreadable streamid.
@@ -116,8 +100,7 @@ async fn an_srt_publisher_with_the_stream_passphrase_reaches_whep_viewers_and_wr
         "the viewer still gets frames ({})",
         received.len()
     );
-    assert_contiguous_run(&received, &units, "the viewer after the refusals");
-    let _ = std::fs::remove_file(file);
+    assert_contiguous_run(&received, &source.units, "the viewer after the refusals");
     let _ = std::fs::remove_file(config);
 }
 

@@ -203,6 +203,17 @@ pub fn encode(value: &Amf0, out: &mut Vec<u8>) {
     }
 }
 
+/// The body of an AMF0 command message: its name, transaction id and values.
+pub fn command(name: &str, transaction: f64, values: &[Amf0]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    encode(&Amf0::String(name.to_owned()), &mut payload);
+    encode(&Amf0::Number(transaction), &mut payload);
+    for value in values {
+        encode(value, &mut payload);
+    }
+    payload
+}
+
 /// Shorthand for an object from string keys.
 pub fn object(pairs: &[(&str, Amf0)]) -> Amf0 {
     Amf0::Object(

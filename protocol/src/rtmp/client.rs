@@ -292,13 +292,7 @@ impl RtmpClient {
     }
 
     fn command(&mut self, name: &str, transaction: f64, stream_id: u32, values: Vec<Amf0>) {
-        let mut payload = Vec::new();
-        amf0::encode(&Amf0::String(name.to_owned()), &mut payload);
-        amf0::encode(&Amf0::Number(transaction), &mut payload);
-        for value in &values {
-            amf0::encode(value, &mut payload);
-        }
-        self.send(3, 20, stream_id, payload);
+        self.send(3, 20, stream_id, amf0::command(name, transaction, &values));
     }
 
     fn send(&mut self, chunk_stream: u8, type_id: u8, stream_id: u32, payload: Vec<u8>) {

@@ -66,15 +66,9 @@ pub async fn listen(
 
 /// The stream a key names and the token it carries: `show`, `show?key=T`, `show?token=T`.
 pub fn parse_stream_key(key: &str) -> Result<(StreamId, Option<String>), RoleError> {
-    let (name, query) = key.split_once('?').unwrap_or((key, ""));
+    let (name, token) = cascade_protocol::stream_id::split_key(key);
     let stream =
         StreamId::parse(name).map_err(|e| RoleError::BadIngest(format!("stream key: {e}")))?;
-    let token = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "key" || *k == "token")
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty());
     Ok((stream, token))
 }
 

@@ -12,7 +12,7 @@ pub struct Encoder(Child);
 
 impl Encoder {
     /// `ffmpeg -re <inputs and codecs> -f <format> <url>`.
-    pub fn start(args: &[&str], format: &str, url: &str) -> Encoder {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], format: &str, url: &str) -> Encoder {
         let child = Command::new("ffmpeg")
             .args(["-hide_banner", "-loglevel", "error", "-re"])
             .args(args)
@@ -26,12 +26,12 @@ impl Encoder {
     }
 
     /// Publishes FLV over RTMP to `url`.
-    pub fn flv(args: &[&str], url: &str) -> Encoder {
+    pub fn flv<S: AsRef<std::ffi::OsStr>>(args: &[S], url: &str) -> Encoder {
         Self::start(args, "flv", url)
     }
 
     /// Publishes MPEG-TS over SRT to `url`.
-    pub fn mpegts(args: &[&str], url: &str) -> Encoder {
+    pub fn mpegts<S: AsRef<std::ffi::OsStr>>(args: &[S], url: &str) -> Encoder {
         Self::start(args, "mpegts", url)
     }
 
@@ -64,13 +64,61 @@ impl Drop for Encoder {
     }
 }
 
-/// A test pattern with a live stream's x264 settings (no B-frames) at 30 fps, as a raw
-/// H.264 file for FFmpeg to send as it is (`-c:v copy`); its access units.
-pub fn h264_file(seconds: u32, name: &str) -> (PathBuf, Vec<Vec<u8>>) {
-    let units = encode_h264(seconds, 30);
-    let path = std::env::temp_dir().join(format!("cascade-e2e-{}-{name}.h264", std::process::id()));
-    std::fs::write(&path, units.concat()).unwrap();
-    (path, units)
+/// A test pattern with a live stream's x264 settings (no B-frames) at 30 fps, as a raw H.264
+/// file for FFmpeg to send as it is (`-c:v copy`); removed when dropped.
+pub struct H264File {
+    path: PathBuf,
+    /// Its access units, as a viewer must receive them.
+    pub units: Vec<Vec<u8>>,
+}
+
+impl H264File {
+    /// `seconds` of it, named for the test.
+    pub fn encode(seconds: u32, name: &str) -> Self {
+        let units = encode_h264(seconds, 30);
+        let path =
+            std::env::temp_dir().join(format!("cascade-e2e-{}-{name}.h264", std::process::id()));
+        std::fs::write(&path, units.concat()).unwrap();
+        Self { path, units }
+    }
+
+    /// FFmpeg's input and codec arguments: this video as it is, and with `aac_rate` an AAC
+    /// tone at that sample rate.
+    pub fn args(&self, aac_rate: Option<u32>) -> Vec<String> {
+        let mut args: Vec<String> = ["-f", "h264", "-framerate", "30", "-i"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(self.path.to_string_lossy().into_owned());
+        match aac_rate {
+            None => args.extend(["-c:v", "copy"].map(String::from)),
+            Some(rate) => {
+                args.extend(["-f", "lavfi", "-i"].map(String::from));
+                args.push(format!("sine=frequency=440:sample_rate={rate}"));
+                args.extend(
+                    [
+                        "-map",
+                        "0:v",
+                        "-map",
+                        "1:a",
+                        "-c:v",
+                        "copy",
+                        "-c:a",
+                        "aac",
+                        "-shortest",
+                    ]
+                    .map(String::from),
+                );
+            }
+        }
+        args
+    }
+}
+
+impl Drop for H264File {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Asserts that `received` is a run of `sent` access units: the first is one that was sent,
