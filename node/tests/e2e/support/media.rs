@@ -6,13 +6,18 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+/// A temporary file of its own for one encoding: tests run in parallel and may ask for the
+/// same media.
+fn scratch_file(name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("cascade-e2e-{}-{n}-{name}", std::process::id()))
+}
+
 /// Encodes `seconds` of 640x360 30 fps test pattern with a keyframe every `gop` frames, no
 /// B-frames, constrained baseline; returns one Annex B access unit per frame.
 pub fn encode_h264(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
-    let path = std::env::temp_dir().join(format!(
-        "cascade-e2e-{}-{seconds}s-gop{gop}.h264",
-        std::process::id()
-    ));
+    let path = scratch_file(&format!("{seconds}s-gop{gop}.h264"));
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc=size=640x360:rate=30:duration={seconds}"))
@@ -46,8 +51,7 @@ pub fn encode_h264(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
 
 /// Encodes `seconds` of a sine tone as 20 ms Opus packets.
 pub fn encode_opus(seconds: u32) -> Vec<Vec<u8>> {
-    let path =
-        std::env::temp_dir().join(format!("cascade-e2e-{}-{seconds}s.ogg", std::process::id()));
+    let path = scratch_file(&format!("{seconds}s.ogg"));
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("sine=frequency=440:duration={seconds}"))
@@ -166,10 +170,7 @@ impl H264Depacketizer {
 /// Encodes `seconds` of 640x360 30 fps test pattern as VP8 (libvpx, real-time settings) with
 /// a keyframe every `gop` frames; returns one frame per element.
 pub fn encode_vp8(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
-    let path = std::env::temp_dir().join(format!(
-        "cascade-e2e-{}-{seconds}s-gop{gop}.ivf",
-        std::process::id()
-    ));
+    let path = scratch_file(&format!("{seconds}s-gop{gop}.ivf"));
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc=size=640x360:rate=30:duration={seconds}"))
