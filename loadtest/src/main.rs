@@ -16,6 +16,7 @@ mod marker;
 mod peer;
 mod poller;
 mod publish;
+mod publish_rtmp;
 mod report;
 mod scenario;
 mod signaling;
@@ -85,8 +86,9 @@ struct Common {
 
 #[derive(Debug, Args)]
 struct PublishArgs {
-    /// WHIP endpoint, e.g. http://127.0.0.1:8080/whip/show. Several (comma-separated or
-    /// repeated): any node of a cluster; a reconnect tries the next one.
+    /// WHIP endpoint, e.g. http://127.0.0.1:8080/whip/show, or an RTMP URL,
+    /// rtmp://127.0.0.1:1935/live/show (video only). Several (comma-separated or repeated):
+    /// any node of a cluster; a reconnect tries the next one.
     #[arg(
         long,
         env = "CASCADE_LOADTEST_URL",
@@ -234,7 +236,12 @@ async fn publish(args: PublishArgs) -> Result<ExitCode, LoadtestError> {
         duration: args.duration,
         reconnect: args.common.reconnect,
     };
-    let outcome = publish::run(&settings, &media).await?;
+    let over_rtmp = settings.urls.all().iter().all(|u| u.starts_with("rtmp://"));
+    let outcome = if over_rtmp {
+        publish_rtmp::run(&settings, &media).await?
+    } else {
+        publish::run(&settings, &media).await?
+    };
     let failures: Vec<String> = outcome.failures.iter().map(|f| f.label()).collect();
     eprintln!(
         "published {} frames in {} session(s); failures: {}",

@@ -21,6 +21,11 @@ impl Endpoints {
         Self(urls)
     }
 
+    /// Every URL.
+    pub fn all(&self) -> &[String] {
+        &self.0
+    }
+
     /// The URL for the `attempt`-th session (1-based): the first, then each next in turn.
     pub fn for_attempt(&self, attempt: u32) -> &str {
         &self.0[attempt.saturating_sub(1) as usize % self.0.len()]

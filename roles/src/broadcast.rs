@@ -156,14 +156,23 @@ impl Broadcast {
         WebRtcPlan::for_catalog(&self.catalog())
     }
 
-    /// The track of `kind` WebRTC viewers get now, if any.
+    /// The track of `kind` WebRTC viewers get now, if any. Before the publisher has described
+    /// its source of that kind (a viewer that joined a stream still `connecting`), that source:
+    /// what arrives in it is checked again when it is sent (a codec the viewer did not
+    /// negotiate is not sent).
     pub fn webrtc_track(&self, kind: MediaKind) -> Option<Arc<Track>> {
         let plan = self.webrtc_plan().ok()?;
-        let name = match kind {
+        let chosen = match kind {
             MediaKind::Video => plan.video,
             MediaKind::Audio => plan.audio,
-        }?;
-        self.track(&name)
+        };
+        match chosen {
+            Some(name) => self.track(&name),
+            None => {
+                let source = self.source(kind);
+                source.info().is_none().then_some(source)
+            }
+        }
     }
 
     /// Frames received on all tracks since the broadcast began.
@@ -525,6 +534,27 @@ mod tests {
         b.publish_rtp(99, t0, false, Arc::from(vec![2u8]));
         b.publish_rtp(99, t0, true, Arc::from(vec![3u8]));
         assert_eq!(rx.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn a_viewer_that_joins_before_the_publisher_described_its_tracks_waits_on_the_sources() {
+        let b = Broadcast::new(StreamId::parse("t").unwrap());
+        assert!(
+            b.webrtc_track(MediaKind::Video).is_some(),
+            "nothing described yet"
+        );
+        b.source(MediaKind::Video).begin_source(h264(), None);
+        b.source(MediaKind::Audio)
+            .begin_source(TrackInfo::new(media::AUDIO_SOURCE, Codec::Aac), None);
+        assert_eq!(
+            b.webrtc_track(MediaKind::Video)
+                .map(|t| t.name().to_owned()),
+            Some(media::VIDEO_SOURCE.to_owned())
+        );
+        assert!(
+            b.webrtc_track(MediaKind::Audio).is_none(),
+            "AAC is left out"
+        );
     }
 
     #[test]
