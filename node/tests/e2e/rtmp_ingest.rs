@@ -77,6 +77,17 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
         stream["tracks"].clone(),
         "the relay carries the catalog as the origin has it"
     );
+
+    // An RTMP publisher of the same stream on a third node is refused: it is live elsewhere.
+    let (ok, said) = Encoder::flv(
+        &["-f", "lavfi", "-i", "testsrc", "-c:v", "libx264", "-t", "3"],
+        &nodes[2].rtmp_url("rtmp-show"),
+    )
+    .refusal();
+    assert!(
+        !ok && said.contains("already has a live publisher on node"),
+        "FFmpeg shows why: {said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
