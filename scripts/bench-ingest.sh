@@ -37,6 +37,7 @@ wait_live() { for _ in $(seq 150); do curl -sf "$HTTP/api/v1/streams/$1" | grep 
 latency() { # name url stream
     taskset -c 1 "$BIN/cascade-loadtest" publish --url "$2" --local-ip "$IP" --duration "$((SECS + 15))s" \
         2>"$OUT/publish-$1.log" &
+    local publisher=$!
     wait_live "$3"
     sleep 2
     taskset -c 1 "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/$3" --local-ip "$IP" --viewers "$VIEWERS" \
@@ -47,7 +48,8 @@ r = json.load(open(sys.argv[1]))
 l = r["latency"]
 print(f"| {sys.argv[2]} | {r['sessions_joined']} | {l['p50_ms']} | {l['p95_ms']} | {l['p99_ms']} | {r['frames_received']}/{r['frames_expected']} |")
 PY
-    wait
+    kill "$publisher" 2>/dev/null || true
+    wait "$publisher" 2>/dev/null || true
 }
 echo "| publisher | viewers | glass-to-glass p50 ms | p95 ms | p99 ms | frames received/expected |"
 echo "|---|---:|---:|---:|---:|---|"

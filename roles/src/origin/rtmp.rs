@@ -227,6 +227,15 @@ fn rtmp_error_label(error: &RtmpError) -> &'static str {
     }
 }
 
+/// A sequence header that does not parse is skipped, not fatal: FFmpeg, for one, sends an
+/// empty AAC header first when it remuxes ADTS audio and the real one with the first frame.
+/// The track's frames are dropped until a header that parses arrives.
+fn ignored_sequence_header(tracks: &SourceTracks, kind: &'static str, error: &flv::FlvError) {
+    metrics::counter!("cascade_ingest_errors_total", "protocol" => "rtmp", "reason" => "bad_config")
+        .increment(1);
+    tracing::info!(stream = %tracks.stream(), kind, %error, "ignoring an RTMP sequence header that does not parse");
+}
+
 /// FLV tags of one publisher into its [`SourceTracks`]: sequence headers describe the tracks,
 /// frames become Annex B access units on the publisher's clock rebased to each track's
 /// timescale (one [`WrappingClock`] for both, so audio and video stay together).
@@ -262,7 +271,12 @@ impl FlvIngest {
         now: Instant,
     ) -> Result<(), flv::FlvError> {
         match flv::parse_video(tag)? {
-            VideoTag::SequenceStart { codec, config } => self.begin_video(tracks, codec, config),
+            VideoTag::SequenceStart { codec, config } => {
+                if let Err(e) = self.begin_video(tracks, codec, config) {
+                    ignored_sequence_header(tracks, "video", &e);
+                }
+                Ok(())
+            }
             VideoTag::Frame {
                 codec,
                 keyframe,
@@ -353,7 +367,13 @@ impl FlvIngest {
                 let mut info = TrackInfo::new(source_track(MediaKind::Audio), codec);
                 info.config = Some(flv::hex(config));
                 if codec == Codec::Aac {
-                    let asc = AudioSpecificConfig::parse(config)?;
+                    let asc = match AudioSpecificConfig::parse(config) {
+                        Ok(asc) => asc,
+                        Err(e) => {
+                            ignored_sequence_header(tracks, "audio", &e);
+                            return Ok(());
+                        }
+                    };
                     info.timescale = asc.sample_rate;
                     info.sample_rate = Some(asc.sample_rate);
                     info.channels = Some(asc.channels);
@@ -380,6 +400,25 @@ impl FlvIngest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_aac_header_is_skipped_and_the_real_one_that_follows_is_taken() {
+        let broadcast = crate::broadcast::Broadcast::new(StreamId::parse("s").unwrap());
+        let mut tracks = SourceTracks::new(broadcast.clone());
+        let mut ingest = FlvIngest::new();
+        let now = Instant::now();
+        ingest
+            .audio(&mut tracks, 0, &[0xaf, 0], now)
+            .expect("an empty header is not fatal");
+        assert!(tracks.described(MediaKind::Audio).is_none());
+        ingest
+            .audio(&mut tracks, 0, &[0xaf, 0, 0x12, 0x10], now)
+            .unwrap();
+        assert_eq!(
+            tracks.described(MediaKind::Audio).and_then(|i| i.sample_rate),
+            Some(44_100)
+        );
+    }
 
     #[test]
     fn stream_keys_name_the_stream_and_may_carry_a_token() {
