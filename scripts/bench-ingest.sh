@@ -73,7 +73,7 @@ cpu_of() { # protocol url-prefix format
     n0=$(ticks "$NODE"); t0=$(date +%s.%N)
     sleep "$SECS"
     n1=$(ticks "$NODE"); t1=$(date +%s.%N)
-    live=$(curl -sf "$HTTP/api/v1/streams" | grep -o '"state":"live"' | wc -l)
+    live=$(curl -sf "$HTTP/api/v1/streams" | grep -o "\"state\":\"live\"" | wc -l || true)
     bps=$(curl -sf "$HTTP/api/v1/streams" | python3 -c "import json,sys; print(sum(s['bitrate_bps'] for s in json.load(sys.stdin)['streams']))")
     kill "${senders[@]}" 2>/dev/null || true
     wait "${senders[@]}" 2>/dev/null || true
