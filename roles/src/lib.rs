@@ -1,7 +1,8 @@
 //! The roles a Cascade node plays.
 //!
-//! - [`broadcast`]: the live media of a stream (tracks, group cache, fan-out to subscribers).
-//! - [`origin`]: streams on this node, their actors, and WHIP ingest.
+//! - [`broadcast`]: the live media of a stream (a catalog of named tracks, group cache,
+//!   fan-out to subscribers).
+//! - [`origin`]: streams on this node, their actors, ingest (WHIP, RTMP, SRT) and restreams.
 //! - [`edge`]: viewers, today WHEP.
 //! - [`webrtc`]: the WebRTC engines (one for publishers, one for viewers; each a UDP socket,
 //!   an ICE-TCP port and str0m sessions).

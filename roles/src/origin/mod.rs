@@ -1,5 +1,6 @@
-//! The origin role: live streams on this node, each owned by a stream actor, and their
-//! ingest (WHIP; RTMP in [`rtmp`]).
+//! The origin role: live streams on this node, each owned by a stream actor, their ingest
+//! (WHIP in [`whip`], RTMP in [`rtmp`], SRT in [`srt`], what they share in [`ingest`]) and
+//! their restreams ([`restream`]).
 //!
 //! [`StreamRegistry`] is the node's table of streams and sessions, whatever their protocol: it
 //! knows no transport (each session brings its own, [`crate::session::Transport`]). It is control-plane only
