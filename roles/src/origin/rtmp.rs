@@ -415,7 +415,9 @@ mod tests {
             .audio(&mut tracks, 0, &[0xaf, 0, 0x12, 0x10], now)
             .unwrap();
         assert_eq!(
-            tracks.described(MediaKind::Audio).and_then(|i| i.sample_rate),
+            tracks
+                .described(MediaKind::Audio)
+                .and_then(|i| i.sample_rate),
             Some(44_100)
         );
     }
