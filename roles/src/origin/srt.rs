@@ -110,6 +110,70 @@ fn count_refusal(label: &'static str) {
         .increment(1);
 }
 
+/// Why a caller is refused before anything is admitted.
+struct Refusal {
+    label: &'static str,
+    why: String,
+    code: ServerRejectReason,
+}
+
+/// What a caller's handshake asks for, decided before the stream is touched: the stream, the
+/// token it carries and the key settings to accept it with.
+fn decide_caller(
+    stream_id: Option<&str>,
+    key_size: KeySize,
+    passphrases: &dyn SrtPassphrases,
+) -> Result<(StreamId, Option<String>, Option<KeySettings>), Refusal> {
+    let refusal = |label, why: String, code| Refusal { label, why, code };
+    let asked = srt_stream_id::parse(stream_id).map_err(|e| {
+        refusal(
+            "bad_stream_id",
+            e.to_string(),
+            ServerRejectReason::BadRequest,
+        )
+    })?;
+    if !asked.publish {
+        return Err(refusal(
+            "bad_mode",
+            "only publishing is taken over SRT; watch over WHEP".into(),
+            ServerRejectReason::BadMode,
+        ));
+    }
+    let stream = StreamId::parse(&asked.resource).map_err(|e| {
+        refusal(
+            "bad_stream_id",
+            e.to_string(),
+            ServerRejectReason::BadRequest,
+        )
+    })?;
+    let key_settings = match passphrases.passphrase(&stream) {
+        Some(passphrase) => {
+            let passphrase = Passphrase::try_from(passphrase).map_err(|e| {
+                refusal(
+                    "unavailable",
+                    format!("the configured passphrase of {stream} is unusable: {e}"),
+                    ServerRejectReason::InternalServerError,
+                )
+            })?;
+            // The caller's own key length: srt-protocol panics on a mismatch, and an
+            // unspecified one means the default AES-128 on both sides.
+            Some(KeySettings {
+                key_size,
+                passphrase,
+            })
+        }
+        None if key_size != KeySize::Unspecified => {
+            return Err(refusal(
+                "bad_passphrase",
+                format!("the caller encrypts but stream {stream} has no passphrase"),
+                ServerRejectReason::Unauthorized,
+            ));
+        }
+        None => None,
+    };
+    Ok((stream, asked.token, key_settings))
+}
+
 async fn serve_caller(
     request: srt_tokio::ConnectionRequest,
     registry: StreamRegistry,
@@ -117,81 +181,28 @@ async fn serve_caller(
     passphrases: &dyn SrtPassphrases,
 ) {
     let peer = request.remote();
-    let asked = srt_stream_id::parse(request.stream_id().map(|s| s.as_str()));
-    let refuse = |label: &'static str, why: String, reason: ServerRejectReason| {
-        count_refusal(label);
-        tracing::info!(%peer, reason = %why, "SRT caller refused");
-        RejectReason::Server(reason)
+    let refuse = |refusal: Refusal| {
+        count_refusal(refusal.label);
+        tracing::info!(%peer, reason = %refusal.why, "SRT caller refused");
+        RejectReason::Server(refusal.code)
     };
-    let asked = match asked {
-        Ok(asked) if asked.publish => asked,
-        Ok(_) => {
-            let reason = refuse(
-                "bad_mode",
-                "only publishing is taken over SRT; watch over WHEP".into(),
-                ServerRejectReason::BadMode,
-            );
-            let _ = request.reject(reason).await;
+    let (stream, token, key_settings) = match decide_caller(
+        request.stream_id().map(|s| s.as_str()),
+        request.key_size(),
+        passphrases,
+    ) {
+        Ok(decided) => decided,
+        Err(refusal) => {
+            let _ = request.reject(refuse(refusal)).await;
             return;
         }
-        Err(e) => {
-            let reason = refuse(
-                "bad_stream_id",
-                e.to_string(),
-                ServerRejectReason::BadRequest,
-            );
-            let _ = request.reject(reason).await;
-            return;
-        }
-    };
-    let stream = match StreamId::parse(&asked.resource) {
-        Ok(stream) => stream,
-        Err(e) => {
-            let reason = refuse(
-                "bad_stream_id",
-                e.to_string(),
-                ServerRejectReason::BadRequest,
-            );
-            let _ = request.reject(reason).await;
-            return;
-        }
-    };
-    let passphrase = passphrases.passphrase(&stream);
-    let key_settings = match passphrase {
-        Some(passphrase) => match Passphrase::try_from(passphrase) {
-            Ok(passphrase) => Some(KeySettings {
-                // The caller's own key length: srt-protocol panics on a mismatch, and an
-                // unspecified one means the default AES-128 on both sides.
-                key_size: request.key_size(),
-                passphrase,
-            }),
-            Err(e) => {
-                let reason = refuse(
-                    "unavailable",
-                    format!("the configured passphrase of {stream} is unusable: {e}"),
-                    ServerRejectReason::InternalServerError,
-                );
-                let _ = request.reject(reason).await;
-                return;
-            }
-        },
-        None if request.key_size() != KeySize::Unspecified => {
-            let reason = refuse(
-                "bad_passphrase",
-                format!("the caller encrypts but stream {stream} has no passphrase"),
-                ServerRejectReason::Unauthorized,
-            );
-            let _ = request.reject(reason).await;
-            return;
-        }
-        None => None,
     };
     let closer = Arc::new(Notify::new());
     let publisher = match admit_publisher(
         &registry,
         gate,
         stream.clone(),
-        asked.token.as_deref(),
+        token.as_deref(),
         "srt",
         peer,
         closer.clone(),
@@ -208,7 +219,11 @@ async fn serve_caller(
                 RoleError::Overloaded(_) => ServerRejectReason::Overload,
                 _ => ServerRejectReason::Down,
             };
-            let reason = refuse(refusal_label(&refusal), refusal.to_string(), code);
+            let reason = refuse(Refusal {
+                label: refusal_label(&refusal),
+                why: refusal.to_string(),
+                code,
+            });
             let _ = request.reject(reason).await;
             return;
         }
@@ -348,5 +363,46 @@ impl TsIngest {
         }
         let timestamp = rescale(pts, 90_000, info.timescale);
         tracks.publish(kind, timestamp, keyframe, Arc::from(unit.data), now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OnePassphrase;
+
+    impl SrtPassphrases for OnePassphrase {
+        fn passphrase(&self, stream: &StreamId) -> Option<String> {
+            (stream.as_str() == "locked").then(|| "a-good-passphrase".to_owned())
+        }
+    }
+
+    #[test]
+    fn callers_are_decided_from_their_streamid_and_key_length_before_anything_is_admitted() {
+        let decide = |id: &str, key: KeySize| decide_caller(Some(id), key, &OnePassphrase);
+        let (stream, token, keys) = decide("publish:open?key=t", KeySize::Unspecified)
+            .ok()
+            .unwrap();
+        assert_eq!(
+            (stream.as_str(), token.as_deref(), keys.is_none()),
+            ("open", Some("t"), true)
+        );
+        let (_, _, keys) = decide("#!::r=locked,m=publish", KeySize::AES256)
+            .ok()
+            .unwrap();
+        assert_eq!(
+            keys.map(|k| k.key_size),
+            Some(KeySize::AES256),
+            "the caller's key length"
+        );
+        for (id, key, label) in [
+            ("read:open", KeySize::Unspecified, "bad_mode"),
+            ("publish:../x", KeySize::Unspecified, "bad_stream_id"),
+            ("nonsense", KeySize::Unspecified, "bad_stream_id"),
+            ("publish:open", KeySize::AES128, "bad_passphrase"),
+        ] {
+            assert_eq!(decide(id, key).err().map(|r| r.label), Some(label), "{id}");
+        }
     }
 }
