@@ -660,6 +660,40 @@ mod tests {
     }
 
     #[test]
+    fn the_input_that_made_rml_rtmp_panic_is_a_value_or_an_error() {
+        // docs/fuzzing.md: an AMF0 command with fewer than three values.
+        let crashed_rml_rtmp = [
+            0x0a, 0x01, 0, 0, 0, 0, 0, 0x11, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0x3b, 0x0a, 0x0a,
+        ];
+        fuzz_connection(&crashed_rml_rtmp);
+        let mut server = RtmpServer::new("live");
+        let mut hello = vec![3u8];
+        hello.extend(std::iter::repeat_n(0u8, HANDSHAKE_SIZE * 2));
+        server.handle_input(&hello).unwrap();
+        // A complete AMF0 command message holding only its name.
+        let mut payload = Vec::new();
+        amf0::encode(&Amf0::String("connect".into()), &mut payload);
+        let mut wire = Vec::new();
+        chunk::write_message(
+            &mut wire,
+            3,
+            128,
+            &Message {
+                type_id: AMF0_COMMAND,
+                stream_id: 0,
+                timestamp: 0,
+                payload,
+            },
+        );
+        assert_eq!(
+            server.handle_input(&wire),
+            Err(RtmpError::UnknownApp(String::new())),
+            "a connect without its command object names no application"
+        );
+    }
+
+    #[test]
     fn garbage_instead_of_a_handshake_is_an_error() {
         let mut server = RtmpServer::new("live");
         assert!(matches!(
