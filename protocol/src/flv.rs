@@ -304,18 +304,13 @@ impl AvcConfig {
     pub fn to_annex_b(&self, frame: &[u8], keyframe: bool) -> Result<Vec<u8>, FlvError> {
         let nals = split_length_prefixed(frame, self.length_size)?;
         let has_sps = nals.iter().any(|n| n.first().map(|b| b & 0x1f) == Some(7));
-        let mut out = Vec::with_capacity(frame.len() + 64);
-        if keyframe && !has_sps {
-            for ps in self.sps.iter().chain(&self.pps) {
-                out.extend_from_slice(&[0, 0, 0, 1]);
-                out.extend_from_slice(ps);
-            }
-        }
-        for nal in nals {
-            out.extend_from_slice(&[0, 0, 0, 1]);
-            out.extend_from_slice(nal);
-        }
-        Ok(out)
+        let parameter_sets = self.sps.iter().chain(&self.pps).map(Vec::as_slice);
+        let prefix: Vec<&[u8]> = if keyframe && !has_sps {
+            parameter_sets.collect()
+        } else {
+            Vec::new()
+        };
+        Ok(annex_b(prefix.into_iter().chain(nals)))
     }
 }
 
@@ -418,6 +413,16 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// NAL units with start codes in front of each: an Annex B access unit.
+pub fn annex_b<'a>(nals: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for nal in nals {
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(nal);
+    }
+    out
 }
 
 /// Splits length-prefixed NAL units (AVCC/HVCC form); empty units are skipped.

@@ -274,17 +274,16 @@ impl Track {
     /// The source of `generation` stopped feeding this track; nothing happens if another
     /// source has begun since (a publisher that took the stream over).
     pub fn end_source_of(&self, generation: u64) {
-        if self.lock().source_generation == generation {
-            self.end_source();
+        // One lock: a takeover between the check and the end must not be ended.
+        let mut state = self.lock();
+        if state.source_generation == generation {
+            state.end_source();
         }
     }
 
     /// The publisher stopped feeding this track.
     pub fn end_source(&self) {
-        let mut state = self.lock();
-        state.upstream = None;
-        state.group.clear();
-        state.group_bytes = 0;
+        self.lock().end_source();
     }
 
     /// Publishes one access unit whose RTP timestamp is `rtp_time`, received at `now`.
@@ -389,6 +388,12 @@ impl Track {
 }
 
 impl TrackState {
+    fn end_source(&mut self) {
+        self.upstream = None;
+        self.group.clear();
+        self.group_bytes = 0;
+    }
+
     fn add_subscriber(&mut self, sink: Box<dyn FrameSink>) -> u64 {
         let id = self.next_subscriber_id;
         self.next_subscriber_id += 1;

@@ -298,13 +298,7 @@ impl FlvIngest {
                 let payload = match (codec, &self.avc) {
                     (Codec::H264, Some(avc)) => avc.to_annex_b(data, keyframe)?,
                     (Codec::H265, _) => {
-                        let nals = flv::split_length_prefixed(data, self.hevc_length_size)?;
-                        let mut out = Vec::with_capacity(data.len() + 16);
-                        for nal in nals {
-                            out.extend_from_slice(&[0, 0, 0, 1]);
-                            out.extend_from_slice(nal);
-                        }
-                        out
+                        flv::annex_b(flv::split_length_prefixed(data, self.hevc_length_size)?)
                     }
                     _ => data.to_vec(),
                 };
