@@ -56,6 +56,8 @@ impl PublishGate for NodePublishGate {
                         RoleError::Unavailable("the stream cannot be placed".into())
                     }
                     RouteError::Unavailable(why) => RoleError::Unavailable(why),
+                    // The camera is its publisher.
+                    RouteError::Pulled => RoleError::PublisherAlreadyLive(stream.clone()),
                 })?;
             // Viewers of a pull of this stream stay and watch the publisher here.
             self.relay.release(stream).await;
@@ -69,5 +71,33 @@ impl SrtPassphrases for AccessPolicy {
         self.streams
             .get(stream.as_str())
             .and_then(|keys| keys.srt_passphrase.clone())
+    }
+}
+
+/// The gate of pulls this node runs: the cluster placed the pull here, so the only checks
+/// are that it still does, and that a relay pull of the stream (this node was an edge of it)
+/// gives way to the camera.
+pub struct PullGate {
+    /// Where streams are placed.
+    pub cluster: Cluster,
+    /// This node's relay pulls.
+    pub relay: Relay,
+}
+
+impl PublishGate for PullGate {
+    fn authorize<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        _token: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), RoleError>> + Send + 'a>> {
+        Box::pin(async move {
+            if !self.cluster.placed_here(stream) {
+                return Err(RoleError::Unavailable(
+                    "the cluster moved this pull to another node".into(),
+                ));
+            }
+            self.relay.release(stream).await;
+            Ok(())
+        })
     }
 }

@@ -162,6 +162,10 @@ async fn start_cluster(
     )
     .await?;
     let relay = crate::cluster::relay(endpoint.clone(), registry, &cluster);
+    cluster.run_pulls(Arc::new(crate::ingest::PullGate {
+        cluster: cluster.clone(),
+        relay: relay.clone(),
+    }));
     tokio::spawn(accept_nodes(
         endpoint.clone(),
         cluster.clone(),

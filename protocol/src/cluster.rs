@@ -140,6 +140,23 @@ pub fn place_stream(
         .ok_or(ProtocolError::NoCandidate(NodeRole::Origin))
 }
 
+/// Which node pulls a source (an RTSP camera) nobody pulls yet, or whose puller died: the
+/// origin with the fewest pulls (`pulls`: how many each node has now), then the least loaded.
+pub fn place_pull(
+    nodes: &[NodeInfo],
+    loads: &BTreeMap<NodeId, Load>,
+    healthy: &BTreeSet<NodeId>,
+    pulls: &BTreeMap<NodeId, usize>,
+) -> Result<NodeId, ProtocolError> {
+    let mut options: Vec<_> = candidates(nodes, loads, healthy, NodeRole::Origin).collect();
+    let count = |id: NodeId| pulls.get(&id).copied().unwrap_or(0);
+    options.sort_by(|a, b| count(a.0.id).cmp(&count(b.0.id)).then(less_loaded(a, b)));
+    options
+        .first()
+        .map(|(n, _)| n.id)
+        .ok_or(ProtocolError::NoCandidate(NodeRole::Origin))
+}
+
 /// Which edge a viewer who asked `local` is given: `local` itself unless another edge is
 /// clearly less loaded; within `region` when the request names one and an edge is there.
 pub fn choose_edge(
@@ -274,6 +291,13 @@ mod tests {
         &'a BTreeSet<NodeId>,
         Result<NodeId, ProtocolError>,
     );
+    /// CPU per node, healthy nodes, pulls per node, expected puller.
+    type PullCase<'a> = (
+        &'a [(NodeId, f32)],
+        &'a BTreeSet<NodeId>,
+        BTreeMap<NodeId, usize>,
+        Result<NodeId, ProtocolError>,
+    );
     /// Local node, requested region, CPU per node, expected edge.
     type EdgeCase<'a> = (
         NodeId,
@@ -303,6 +327,37 @@ mod tests {
         assert_eq!(roles[&2], [Edge].into_iter().collect());
         assert!(roles[&3].is_empty(), "draining");
         assert!(roles[&4].is_empty(), "unhealthy");
+    }
+
+    #[test]
+    fn a_pull_goes_to_the_healthy_origin_with_fewest_pulls_then_least_load() {
+        let nodes = [
+            node(1, "", &[Origin, Edge], false),
+            node(2, "", &[Origin, Edge], false),
+            node(3, "", &[Edge], false),
+            node(4, "", &[Origin], true),
+        ];
+        let all = set(&[1, 2, 3, 4]);
+        let pulls = |counts: &[(NodeId, usize)]| counts.iter().copied().collect();
+        let cases: [PullCase; 5] = [
+            (&[], &all, pulls(&[]), Ok(1)),
+            (&[(1, 50.0)], &all, pulls(&[]), Ok(2)),
+            (&[(2, 50.0)], &all, pulls(&[(1, 3), (2, 1)]), Ok(2)),
+            (&[], &set(&[1, 3, 4]), pulls(&[(1, 9)]), Ok(1)),
+            (
+                &[],
+                &set(&[3, 4]),
+                pulls(&[]),
+                Err(ProtocolError::NoCandidate(Origin)),
+            ),
+        ];
+        for (i, (cpu, healthy, counts, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                place_pull(&nodes, &loads(cpu), healthy, &counts),
+                expected,
+                "case {i}"
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum ProtocolError {
     UnknownFlags(u8),
     #[error("stream ended in the middle of a {0}")]
     EndedMidItem(&'static str),
+    /// A pulled source's address is not one Cascade can pull.
+    #[error("invalid pull source: {0}")]
+    InvalidPullSource(String),
     // --- cluster planning (`cluster`) ---
     #[error("no healthy node can take the {0:?} role")]
     NoCandidate(crate::cluster::NodeRole),

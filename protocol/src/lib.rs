@@ -18,6 +18,7 @@
 //! - [`rtmp`]: one RTMP publishing connection, sans-IO (handshake, chunk stream, commands).
 //! - [`rtp_payload`]: a frame's RTP payloads, made once and shared by every viewer.
 //! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
+//! - [`pull`]: pulled sources (RTSP cameras): what a pull asks for, its states, its backoff.
 //! - [`cluster`]: the cluster's decisions as values (roles, stream placement, edge choice, voters).
 //! - [`relay`]: the node-to-node relay protocol (wire format and session state machine).
 //! - [`srt_stream_id`]: what an SRT caller's `streamid` asks for (both forms).
@@ -37,6 +38,7 @@ pub mod media;
 pub mod mpegts;
 pub mod ogg;
 pub mod priming;
+pub mod pull;
 pub mod relay;
 pub mod route_pass;
 pub mod rtmp;

@@ -19,6 +19,9 @@ pub struct LoadReport {
     pub load: Load,
     /// Streams published on this node (it is their origin and has them live).
     pub live_streams: Vec<String>,
+    /// The pulls this node runs and how each is doing.
+    #[serde(default)]
+    pub pulls: Vec<cascade_protocol::pull::PullStatus>,
 }
 
 /// Every node's latest report with its age in milliseconds when sent.
@@ -64,11 +67,23 @@ impl LoadView {
 
     /// Nodes heard from within [`HEALTHY_WITHIN`].
     pub fn healthy(&self, now: Instant) -> BTreeSet<NodeId> {
+        self.heard_within(HEALTHY_WITHIN, now)
+    }
+
+    /// Nodes heard from within `within`.
+    pub fn heard_within(&self, within: Duration, now: Instant) -> BTreeSet<NodeId> {
         self.reports
             .iter()
-            .filter(|(_, (_, at))| now.saturating_duration_since(*at) < HEALTHY_WITHIN)
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) < within)
             .map(|(node, _)| *node)
             .collect()
+    }
+
+    /// Every pull each node reported running.
+    pub fn pulls(&self) -> impl Iterator<Item = (NodeId, &cascade_protocol::pull::PullStatus)> {
+        self.reports
+            .iter()
+            .flat_map(|(node, (report, _))| report.pulls.iter().map(move |p| (*node, p)))
     }
 
     /// How long each node has not been heard from, for those silent longer than
@@ -165,6 +180,7 @@ mod tests {
                 ..Load::default()
             },
             live_streams: vec![],
+            pulls: vec![],
         }
     }
 

@@ -7,6 +7,7 @@
 //! | [`store`] | Raft's log, vote and state machine in `raft.redb` |
 //! | [`network`] | Raft RPCs and load reports over QUIC |
 //! | [`load`] | soft state: load reports, health |
+//! | [`pulls`] | the pulled sources (RTSP cameras) this node runs |
 //! | [`identity`] | the node's id and certificate in its data dir; bootstrap and join |
 //!
 //! A single node is a cluster of one on the same path. Media never waits on Raft: a
@@ -16,6 +17,7 @@
 pub mod identity;
 pub mod load;
 pub mod network;
+pub mod pulls;
 pub mod state;
 pub mod store;
 
@@ -38,7 +40,11 @@ use tokio::sync::watch;
 use crate::NodeError;
 use load::{CpuMeter, LoadReport, LoadView};
 use network::{NetworkFactory, Peers, Rpc, RpcReply};
-use state::{ClusterState, Command, NodeRecord, Outcome};
+use pulls::{LocalPulls, PULL_TAKEOVER_AFTER};
+use state::{ClusterState, Command, NodeRecord, Outcome, plan_pulls};
+
+/// How often each node reports its load to the leader (and learns everyone's).
+pub const REPORT_EVERY: Duration = Duration::from_millis(500);
 
 openraft::declare_raft_types!(
     /// Raft's types for Cascade.
@@ -85,6 +91,8 @@ pub enum RouteError {
     NotLive,
     /// No node can take it now (no leader, no healthy node with the role).
     Unavailable(String),
+    /// The stream is pulled from a source (a camera): nobody publishes it.
+    Pulled,
 }
 
 /// The cluster as a publish request sees it: the state, the healthy nodes, the dead ones.
@@ -106,6 +114,7 @@ struct Inner {
     loads: Mutex<LoadView>,
     started: Instant,
     registry: StreamRegistry,
+    pulls: Arc<LocalPulls>,
 }
 
 impl Cluster {
@@ -154,6 +163,7 @@ impl Cluster {
                 loads: Mutex::default(),
                 started: Instant::now(),
                 registry,
+                pulls: Arc::default(),
             }),
         };
         if let Some(bootstrap) = &identity.bootstrap {
@@ -161,6 +171,7 @@ impl Cluster {
         }
         tokio::spawn(cluster.clone().report_load());
         tokio::spawn(cluster.clone().lead());
+        tokio::spawn(cluster.clone().place_pulls_while_leading());
         Ok(cluster)
     }
 
@@ -426,6 +437,9 @@ impl Cluster {
             .copied()
             .filter(|n| !healthy.contains(n))
             .collect();
+        if state.pulls.contains_key(stream.as_str()) {
+            return Err(RouteError::Pulled);
+        }
         if let Some(&origin) = state.placements.get(stream.as_str())
             && origin != self.inner.id
             && !dead.contains(&origin)
@@ -558,11 +572,12 @@ impl Cluster {
         })
     }
 
-    /// Every second: measure this node, report to the leader, learn everyone's load, and
-    /// release placements of streams this node no longer has.
+    /// Every [`REPORT_EVERY`]: measure this node, report to the leader, learn everyone's
+    /// load, and release placements of streams this node no longer has.
     async fn report_load(self) {
         let mut cpu = CpuMeter::default();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut missing: BTreeMap<String, u32> = BTreeMap::new();
         loop {
             tick.tick().await;
@@ -581,6 +596,7 @@ impl Cluster {
                     streams: live.len() as u32,
                 },
                 live_streams: live.clone(),
+                pulls: self.inner.pulls.statuses(),
             };
             metrics::gauge!("cascade_node_cpu_percent").set(f64::from(report.load.cpu_pct));
             self.keep_own_record().await;
@@ -636,14 +652,15 @@ impl Cluster {
         }
     }
 
-    /// A placement on this node whose stream has not been live here for three reports
-    /// (its publisher left for good) is released, so the stream can start elsewhere.
+    /// A placement on this node whose stream has not been live here for six reports (its
+    /// publisher left for good) is released, so the stream can start elsewhere. Pulled
+    /// streams keep theirs: the node is their puller whether or not the camera answers.
     async fn release_ended_streams(&self, live: &[String], missing: &mut BTreeMap<String, u32>) {
         let state = self.state();
         let mine: Vec<&String> = state
             .placements
             .iter()
-            .filter(|(_, o)| **o == self.inner.id)
+            .filter(|(s, o)| **o == self.inner.id && !state.pulls.contains_key(*s))
             .map(|(s, _)| s)
             .collect();
         missing.retain(|s, _| mine.contains(&s));
@@ -654,7 +671,7 @@ impl Cluster {
             }
             let count = missing.entry(stream.clone()).or_insert(0);
             *count += 1;
-            if *count >= 3 {
+            if *count >= 6 {
                 missing.remove(stream);
                 let _ = self
                     .write(Command::Unplace {
@@ -761,6 +778,108 @@ impl Cluster {
                 metrics::counter!("cascade_raft_voter_changes_total").increment(1);
             }
         }
+    }
+
+    /// On the leader, four times a second: places pulls nobody runs, or whose node went
+    /// silent (a takeover within a few seconds needs a quicker look than voter changes).
+    async fn place_pulls_while_leading(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.raft_metrics().state == ServerState::Leader {
+                self.place_pulls().await;
+            }
+        }
+    }
+
+    /// Writes the placements [`plan_pulls`] decides.
+    async fn place_pulls(&self) {
+        let state = self.state();
+        if state.pulls.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut alive = self.loads().heard_within(PULL_TAKEOVER_AFTER, now);
+        alive.insert(self.inner.id);
+        if now.duration_since(self.inner.started) < PULL_TAKEOVER_AFTER + 2 * REPORT_EVERY {
+            // Too soon to have heard from everyone (this node just started): place pulls
+            // nobody runs, but take none away.
+            alive.extend(state.placements.values().copied());
+        }
+        let loads = self.loads().loads();
+        for command in plan_pulls(&state, &alive, &loads) {
+            if let Command::Place {
+                stream,
+                origin,
+                replaceable,
+            } = &command
+            {
+                tracing::info!(%stream, node = %format_id(*origin), replaces = ?replaceable.iter().map(|n| format_id(*n)).collect::<Vec<_>>(), "placing a pull");
+            }
+            if let Err(e) = self.write(command).await {
+                tracing::warn!(error = %e, "could not place a pull; will retry");
+                return;
+            }
+            metrics::counter!("cascade_pull_placements_total").increment(1);
+        }
+    }
+
+    /// Starts running the pulls the cluster places on this node; `gate` admits each as its
+    /// stream's publisher.
+    pub fn run_pulls(&self, gate: Arc<dyn cascade_roles::origin::ingest::PublishGate>) {
+        tokio::spawn(self.inner.pulls.clone().supervise(
+            self.inner.id,
+            self.inner.registry.clone(),
+            gate,
+            self.inner.state.clone(),
+        ));
+    }
+
+    /// Whether `stream` is placed on this node.
+    pub fn placed_here(&self, stream: &StreamId) -> bool {
+        self.state().placements.get(stream.as_str()) == Some(&self.inner.id)
+    }
+
+    /// Adds a pulled stream (the API's `POST /api/v1/streams`).
+    pub async fn add_pull(
+        &self,
+        stream: &StreamId,
+        spec: cascade_protocol::pull::PullSpec,
+    ) -> Result<Outcome, String> {
+        self.write(Command::AddPull {
+            stream: stream.as_str().to_owned(),
+            spec,
+        })
+        .await
+    }
+
+    /// Removes a pulled stream.
+    pub async fn remove_pull(&self, stream: &StreamId) -> Result<Outcome, String> {
+        self.write(Command::RemovePull {
+            stream: stream.as_str().to_owned(),
+        })
+        .await
+    }
+
+    /// Each pull as the node placed to run it last reported it (a node that lost a pull may
+    /// still list it in an old report).
+    pub fn pull_statuses(&self) -> BTreeMap<String, cascade_protocol::pull::PullStatus> {
+        let state = self.state();
+        let placed_on = |stream: &str, node: NodeId| state.placements.get(stream) == Some(&node);
+        let mut statuses: BTreeMap<String, cascade_protocol::pull::PullStatus> = self
+            .loads()
+            .pulls()
+            .filter(|(node, status)| placed_on(&status.stream, *node))
+            .map(|(_, status)| (status.stream.clone(), status.clone()))
+            .collect();
+        // This node's own are the freshest.
+        for status in self.inner.pulls.statuses() {
+            if placed_on(&status.stream, self.inner.id) {
+                statuses.insert(status.stream.clone(), status);
+            }
+        }
+        statuses
     }
 
     /// Stops Raft (on shutdown).

@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use cascade_protocol::cluster::{NodeId, NodeInfo, NodeRole};
+use cascade_protocol::cluster::{Load, NodeId, NodeInfo, NodeRole, place_pull};
+use cascade_protocol::pull::PullSpec;
 use cascade_roles::quic::trust::ClusterCa;
 
 /// One node as the cluster knows it.
@@ -53,6 +54,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Stream id → the node that is its origin.
     pub placements: BTreeMap<String, NodeId>,
+    /// Stream id → the source its origin pulls (RTSP cameras). A pulled stream's origin is
+    /// its placement, chosen by the leader ([`plan_pulls`]).
+    #[serde(default)]
+    pub pulls: BTreeMap<String, PullSpec>,
 }
 
 /// A change to the state; Raft's log entries carry these.
@@ -80,6 +85,11 @@ pub enum Command {
     },
     /// `origin` no longer has `stream` (its publisher left for good).
     Unplace { stream: String, origin: NodeId },
+    /// `stream` is pulled from `spec.source` from now on, unless it is pushed live or
+    /// already pulled from elsewhere.
+    AddPull { stream: String, spec: PullSpec },
+    /// `stream` is no longer pulled; its placement goes with it.
+    RemovePull { stream: String },
 }
 
 /// What applying a command decided.
@@ -93,6 +103,8 @@ pub enum Outcome {
     Placed { origin: NodeId },
     /// The stream already has another live origin.
     PlacedElsewhere { origin: NodeId },
+    /// The stream is already pulled, from this source.
+    PulledAs(PullSpec),
 }
 
 /// Applies one command.
@@ -149,6 +161,27 @@ pub fn apply(state: &mut ClusterState, command: Command) -> Outcome {
                 }
             }
         }
+        Command::AddPull { stream, spec } => {
+            if let Some(existing) = state.pulls.get(&stream) {
+                return if *existing == spec {
+                    Outcome::Done
+                } else {
+                    Outcome::PulledAs(existing.clone())
+                };
+            }
+            if let Some(&origin) = state.placements.get(&stream) {
+                return Outcome::PlacedElsewhere { origin };
+            }
+            state.pulls.insert(stream, spec);
+            Outcome::Done
+        }
+        Command::RemovePull { stream } => {
+            if state.pulls.remove(&stream).is_none() {
+                return Outcome::Ignored;
+            }
+            state.placements.remove(&stream);
+            Outcome::Done
+        }
         Command::Unplace { stream, origin } => {
             if state.placements.get(&stream) == Some(&origin) {
                 state.placements.remove(&stream);
@@ -158,6 +191,40 @@ pub fn apply(state: &mut ClusterState, command: Command) -> Outcome {
             }
         }
     }
+}
+
+/// The leader's decision for pulled sources: each pull nobody runs, or whose node is not in
+/// `alive`, is placed on the origin [`place_pull`] picks. The commands carry the node they
+/// replace, so a pull moved meanwhile is not moved twice.
+pub fn plan_pulls(
+    state: &ClusterState,
+    alive: &BTreeSet<NodeId>,
+    loads: &BTreeMap<NodeId, Load>,
+) -> Vec<Command> {
+    let nodes: Vec<NodeInfo> = state.nodes.values().map(NodeRecord::info).collect();
+    let mut counts: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for stream in state.pulls.keys() {
+        if let Some(node) = state.placements.get(stream).filter(|n| alive.contains(n)) {
+            *counts.entry(*node).or_default() += 1;
+        }
+    }
+    let mut commands = Vec::new();
+    for stream in state.pulls.keys() {
+        let current = state.placements.get(stream).copied();
+        if current.is_some_and(|n| alive.contains(&n)) {
+            continue;
+        }
+        let Ok(origin) = place_pull(&nodes, loads, alive, &counts) else {
+            break;
+        };
+        *counts.entry(origin).or_default() += 1;
+        commands.push(Command::Place {
+            stream: stream.clone(),
+            origin,
+            replaceable: current.into_iter().collect(),
+        });
+    }
+    commands
 }
 
 /// SHA-256 of a join token, hex: only hashes are replicated and stored.
@@ -229,6 +296,81 @@ mod tests {
         for (i, (command, expected)) in cases.into_iter().enumerate() {
             assert_eq!(apply(&mut state, command), expected, "step {i}");
         }
+    }
+
+    fn pull(source: &str) -> PullSpec {
+        PullSpec {
+            source: source.into(),
+            transport: Default::default(),
+            on_demand: false,
+        }
+    }
+
+    #[test]
+    fn a_stream_is_pulled_from_one_source_and_never_while_it_is_pushed() {
+        let mut state = ClusterState::default();
+        apply(&mut state, Command::UpsertNode(node(1)));
+        let add = |stream: &str, source: &str| Command::AddPull {
+            stream: stream.into(),
+            spec: pull(source),
+        };
+        let cases: Vec<(Command, Outcome)> = vec![
+            (add("cam", "rtsp://a/1"), Outcome::Done),
+            (add("cam", "rtsp://a/1"), Outcome::Done),
+            (
+                add("cam", "rtsp://b/2"),
+                Outcome::PulledAs(pull("rtsp://a/1")),
+            ),
+            (place("show", 1, &[]), Outcome::Placed { origin: 1 }),
+            (
+                add("show", "rtsp://a/1"),
+                Outcome::PlacedElsewhere { origin: 1 },
+            ),
+            (place("cam", 1, &[]), Outcome::Placed { origin: 1 }),
+            (
+                Command::RemovePull {
+                    stream: "cam".into(),
+                },
+                Outcome::Done,
+            ),
+            (
+                Command::RemovePull {
+                    stream: "cam".into(),
+                },
+                Outcome::Ignored,
+            ),
+        ];
+        for (i, (command, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(apply(&mut state, command), expected, "step {i}");
+        }
+        assert!(
+            !state.placements.contains_key("cam"),
+            "the placement went with the pull"
+        );
+    }
+
+    #[test]
+    fn pulls_without_a_live_node_are_placed_and_spread_over_the_origins() {
+        let mut state = ClusterState::default();
+        for id in [1, 2, 3] {
+            apply(&mut state, Command::UpsertNode(node(id)));
+        }
+        for cam in ["a", "b", "c", "d"] {
+            state.pulls.insert(cam.into(), pull("rtsp://cam/x"));
+        }
+        state.placements.insert("a".into(), 1);
+        state.placements.insert("b".into(), 3);
+        let alive: BTreeSet<NodeId> = [1, 2].into_iter().collect();
+        let commands = plan_pulls(&state, &alive, &BTreeMap::new());
+        assert_eq!(
+            commands,
+            vec![place("b", 2, &[3]), place("c", 1, &[]), place("d", 2, &[])]
+        );
+        for command in commands {
+            apply(&mut state, command);
+        }
+        assert!(plan_pulls(&state, &alive, &BTreeMap::new()).is_empty());
+        assert!(plan_pulls(&state, &BTreeSet::new(), &BTreeMap::new()).is_empty());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! session ids, no client addresses) and `GET /api/v1/streams/{stream}/sessions` (admin: every
 //! session with its id and address) and `GET /api/v1/sessions/ended` (admin: the last 256
 //! session ends on this node with their reasons), and the restreams of a stream (admin:
-//! `GET`/`POST /api/v1/streams/{stream}/restreams`, `DELETE .../restreams/{id}`).
+//! `GET`/`POST /api/v1/streams/{stream}/restreams`, `DELETE .../restreams/{id}`), and pulled
+//! streams (admin: `POST /api/v1/streams {"id", "source": "rtsp://..."}`, `DELETE
+//! /api/v1/streams/{stream}`; every node lists every pull with its state).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,15 +12,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cascade_protocol::StreamId;
+use cascade_protocol::pull::{PullSpec, PullState, PullTransport, RtspSource, redact};
 use cascade_roles::origin::restream::RestreamInfo;
 use cascade_roles::origin::{EndedSession, SessionInfo, StreamInfo};
 
 use super::{ApiError, AppState};
+use crate::cluster::format_id;
+use crate::cluster::state::Outcome;
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/streams", get(list))
-        .route("/api/v1/streams/{stream}", get(one))
+        .route("/api/v1/streams", get(list).post(add_pull))
+        .route("/api/v1/streams/{stream}", get(one).delete(remove_pull))
         .route("/api/v1/streams/{stream}/sessions", get(sessions))
         .route("/api/v1/sessions/ended", get(ended_sessions))
         .route(
@@ -152,13 +157,169 @@ async fn remove_restream(
 
 #[derive(serde::Serialize)]
 struct StreamList {
+    /// Streams on this node.
     streams: Vec<StreamInfo>,
+    /// Every pulled stream of the cluster, wherever it is pulled.
+    pulls: Vec<PullView>,
+}
+
+/// A pulled stream as the API shows it: the source without its password.
+#[derive(serde::Serialize)]
+struct PullView {
+    id: String,
+    protocol: &'static str,
+    source: String,
+    transport: PullTransport,
+    on_demand: bool,
+    /// The node that pulls it, when one is placed.
+    node: Option<String>,
+    /// `connecting`, `live`, `reconnecting`; `null` until its node first reports.
+    state: Option<PullState>,
+    last_error: Option<String>,
+    failures: u32,
+}
+
+fn pull_views(state: &AppState, only: Option<&str>) -> Vec<PullView> {
+    let cluster = state.cluster.state();
+    let statuses = state.cluster.pull_statuses();
+    cluster
+        .pulls
+        .iter()
+        .filter(|(id, _)| only.is_none_or(|o| o == id.as_str()))
+        .map(|(id, spec)| {
+            let status = statuses.get(id);
+            PullView {
+                id: id.clone(),
+                protocol: "rtsp",
+                source: redact(&spec.source),
+                transport: spec.transport,
+                on_demand: spec.on_demand,
+                node: cluster.placements.get(id).map(|n| format_id(*n)),
+                state: status.map(|s| s.state),
+                last_error: status.and_then(|s| s.last_error.clone()),
+                failures: status.map_or(0, |s| s.failures),
+            }
+        })
+        .collect()
 }
 
 async fn list(State(state): State<AppState>) -> Json<StreamList> {
     Json(StreamList {
         streams: state.registry.list().await,
+        pulls: pull_views(&state, None),
     })
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPull {
+    id: String,
+    source: String,
+    #[serde(default)]
+    transport: PullTransport,
+    #[serde(default)]
+    on_demand: bool,
+}
+
+/// `POST /api/v1/streams {"id": "cam1", "source": "rtsp://user:pass@camera/stream",
+/// "transport": "tcp"|"udp"}` (admin): the cluster pulls the camera as stream `cam1`; `201`
+/// with the pull as listed.
+async fn add_pull(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NewPull>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    super::require_admin(&state, &headers, "api")?;
+    let bad = |reason: &'static str, message: String| {
+        ApiError::new("api", StatusCode::BAD_REQUEST, reason, message)
+    };
+    let Json(request) = body.map_err(|e| {
+        bad(
+            "bad_json",
+            format!(
+                "send {{\"id\": \"cam1\", \"source\": \"rtsp://user:pass@camera/stream\", \"transport\": \"tcp\"}}: {e}"
+            ),
+        )
+    })?;
+    let stream = stream_id(&request.id)?;
+    RtspSource::parse(&request.source).map_err(|e| bad("invalid_source", e.to_string()))?;
+    if request.on_demand {
+        return Err(bad(
+            "on_demand_unsupported",
+            "on-demand pulls are not supported yet: leave on_demand out (the cluster pulls the camera all the time)".into(),
+        ));
+    }
+    let spec = PullSpec {
+        source: request.source,
+        transport: request.transport,
+        on_demand: request.on_demand,
+    };
+    let conflict =
+        |message: String| ApiError::new("api", StatusCode::CONFLICT, "stream_exists", message);
+    match state.cluster.add_pull(&stream, spec).await {
+        Ok(Outcome::Done) => {}
+        Ok(Outcome::PulledAs(existing)) => {
+            return Err(conflict(format!(
+                "stream {stream} is already pulled from {}; delete it first to change its source",
+                redact(&existing.source)
+            )));
+        }
+        Ok(Outcome::PlacedElsewhere { origin }) => {
+            return Err(conflict(format!(
+                "stream {stream} is published live on node {}; use another stream id",
+                format_id(origin)
+            )));
+        }
+        Ok(other) => {
+            return Err(ApiError::new(
+                "api",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("the cluster did not take the pull: {other:?}"),
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                "api",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                format!("the cluster cannot take the pull now: {e}"),
+            ));
+        }
+    }
+    tracing::info!(%stream, "pulled stream added");
+    let view = pull_views(&state, Some(stream.as_str())).pop();
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `DELETE /api/v1/streams/{stream}` (admin): the cluster stops pulling it.
+async fn remove_pull(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::require_admin(&state, &headers, "api")?;
+    let stream = stream_id(&stream)?;
+    match state.cluster.remove_pull(&stream).await {
+        Ok(Outcome::Done) => {
+            tracing::info!(%stream, "pulled stream removed");
+            Ok(StatusCode::OK.into_response())
+        }
+        Ok(_) => Err(ApiError::new(
+            "api",
+            StatusCode::NOT_FOUND,
+            "not_pulled",
+            format!(
+                "stream {stream} is not a pulled stream (published streams end when their publisher leaves)"
+            ),
+        )),
+        Err(e) => Err(ApiError::new(
+            "api",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            format!("the cluster cannot remove the pull now: {e}"),
+        )),
+    }
 }
 
 fn stream_id(raw: &str) -> Result<StreamId, ApiError> {
@@ -172,16 +333,27 @@ fn stream_id(raw: &str) -> Result<StreamId, ApiError> {
     })
 }
 
+/// One stream: what this node has of it, and its pull when it is pulled.
 async fn one(
     State(state): State<AppState>,
     Path(stream): Path<String>,
-) -> Result<Json<StreamInfo>, ApiError> {
-    let info = state
-        .registry
-        .info(&stream_id(&stream)?)
-        .await
-        .map_err(|e| ApiError::from_role("api", e))?;
-    Ok(Json(info))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let stream = stream_id(&stream)?;
+    let pull = pull_views(&state, Some(stream.as_str())).pop();
+    let local = state.registry.info(&stream).await;
+    let mut json = match (local, &pull) {
+        (Ok(info), _) => serde_json::to_value(info).unwrap_or_default(),
+        // Pulled elsewhere, or not yet: the pull says where it is.
+        (Err(_), Some(_)) => serde_json::json!({ "id": stream.as_str() }),
+        (Err(e), None) => return Err(ApiError::from_role("api", e)),
+    };
+    if let (Some(pull), Some(object)) = (pull, json.as_object_mut()) {
+        object.insert(
+            "pull".into(),
+            serde_json::to_value(pull).unwrap_or_default(),
+        );
+    }
+    Ok(Json(json))
 }
 
 #[derive(serde::Serialize)]

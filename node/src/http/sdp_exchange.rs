@@ -177,6 +177,14 @@ impl Exchange {
             RouteError::NotLive => {
                 ApiError::from_role(self.endpoint, RoleError::StreamNotFound(stream.clone()))
             }
+            RouteError::Pulled => ApiError::new(
+                self.endpoint,
+                StatusCode::CONFLICT,
+                "stream_is_pulled",
+                format!(
+                    "stream {stream} is pulled from a camera; remove the pull first (DELETE /api/v1/streams/{stream}) or use another stream id"
+                ),
+            ),
             RouteError::Unavailable(why) => ApiError::new(
                 self.endpoint,
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -19,6 +19,7 @@ mod publisher_reconnect;
 mod publisher_takeover;
 mod restream;
 mod rtmp_ingest;
+mod rtsp_pull;
 mod session_ownership;
 mod srt_ingest;
 mod whip_whep_interop;

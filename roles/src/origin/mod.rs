@@ -9,6 +9,7 @@
 pub mod ingest;
 pub mod restream;
 pub mod rtmp;
+pub mod rtsp;
 pub mod srt;
 pub mod stream;
 pub mod whip;

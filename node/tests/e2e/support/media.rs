@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 /// A temporary file of its own for one encoding: tests run in parallel and may ask for the
 /// same media.
-fn scratch_file(name: &str) -> std::path::PathBuf {
+pub fn scratch_file(name: &str) -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::env::temp_dir().join(format!("cascade-e2e-{}-{n}-{name}", std::process::id()))

@@ -2,6 +2,7 @@
 
 pub mod aiortc;
 pub mod browser;
+pub mod camera;
 pub mod encoder;
 pub mod loadtest;
 pub mod media;
