@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cascade_protocol::StreamId;
 use cascade_protocol::keyframe::{KeyframeDecision, KeyframeRequestLimiter};
@@ -93,6 +93,9 @@ pub struct Track {
 pub struct Broadcast {
     id: StreamId,
     tracks: RwLock<Vec<Arc<Track>>>,
+    /// When a consumer last asked for the broadcast before it could subscribe to a track
+    /// (an edge asking for the catalog of a stream with no tracks yet).
+    asked_at: Mutex<Option<Instant>>,
 }
 
 impl Broadcast {
@@ -103,6 +106,7 @@ impl Broadcast {
         Arc::new(Self {
             tracks: RwLock::new(tracks.into()),
             id,
+            asked_at: Mutex::new(None),
         })
     }
 
@@ -173,6 +177,28 @@ impl Broadcast {
                 source.info().is_none().then_some(source)
             }
         }
+    }
+
+    /// Subscriptions to its tracks now: viewers' engines, relays to other nodes, restreams.
+    /// What an on-demand source asks before it starts.
+    pub fn consumers(&self) -> usize {
+        self.read_tracks()
+            .iter()
+            .map(|t| t.lock().subscribers.len())
+            .sum()
+    }
+
+    /// A consumer asked for the broadcast at `now` and will subscribe once it has tracks.
+    pub fn note_asked(&self, now: Instant) {
+        *self.asked_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+
+    /// How long ago a consumer last asked for the broadcast without subscribing, if ever.
+    pub fn asked_ago(&self, now: Instant) -> Option<Duration> {
+        self.asked_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|at| now.saturating_duration_since(at))
     }
 
     /// Frames received on all tracks since the broadcast began.

@@ -222,7 +222,7 @@ struct NewPull {
 }
 
 /// `POST /api/v1/streams {"id": "cam1", "source": "rtsp://user:pass@camera/stream",
-/// "transport": "tcp"|"udp"}` (admin): the cluster pulls the camera as stream `cam1`; `201`
+/// "transport": "tcp"|"udp", "on_demand": false}` (admin): the cluster pulls the camera as stream `cam1`; `201`
 /// with the pull as listed.
 async fn add_pull(
     State(state): State<AppState>,
@@ -243,12 +243,6 @@ async fn add_pull(
     })?;
     let stream = stream_id(&request.id)?;
     RtspSource::parse(&request.source).map_err(|e| bad("invalid_source", e.to_string()))?;
-    if request.on_demand {
-        return Err(bad(
-            "on_demand_unsupported",
-            "on-demand pulls are not supported yet: leave on_demand out (the cluster pulls the camera all the time)".into(),
-        ));
-    }
     let spec = PullSpec {
         source: request.source,
         transport: request.transport,

@@ -276,3 +276,63 @@ async fn when_the_pulling_node_is_killed_another_takes_the_pull_over_and_viewers
         "the viewer got {fresh} frames after the takeover"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_pull_connects_for_a_viewer_on_any_node_and_idles_after_the_last_leaves() {
+    let camera = Camera::start(90, 15).await;
+    let nodes = Node::cluster(2, "e2e-rtsp-demand", &[]).await;
+    let (status, created) = create(
+        &nodes[0],
+        serde_json::json!({"id": "porch", "source": camera.url(), "on_demand": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    wait_pull_state(&nodes[0], "porch", "idle", Duration::from_secs(10)).await;
+    let puller = pull_of(&nodes[0], "porch").await["node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The viewer asks the node that does not pull: the edge's relay is the consumer.
+    let edge = if nodes[0].id().await == puller {
+        &nodes[1]
+    } else {
+        &nodes[0]
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        pull_of(edge, "porch").await["state"],
+        "idle",
+        "nothing consumes the stream: the camera is not pulled"
+    );
+
+    let mut viewer = Viewer::connect(&edge.ip, &edge.url("/whep/porch"), None)
+        .await
+        .expect("a viewer of the idle on-demand stream is admitted and waits");
+    wait_pull_state(edge, "porch", "live", Duration::from_secs(15)).await;
+    let received = viewer.collect(60, Duration::from_secs(10)).await;
+    assert!(
+        received.len() >= 60,
+        "the viewer got {} frames once the camera was pulled",
+        received.len()
+    );
+    assert!(received[0].keyframe, "it starts at a keyframe");
+    assert_contiguous_run(&received, &camera.units, "the on-demand viewer");
+
+    // The last viewer leaves: the pull lingers, then idles.
+    let status = reqwest::Client::new()
+        .delete(&viewer.session_url)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "the viewer ends its session");
+    let _ = viewer.pc.close().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        pull_of(edge, "porch").await["state"],
+        "live",
+        "it lingers a while after the last viewer"
+    );
+    // The edge drops its relay 5 s after its last viewer, the puller 10 s after that.
+    wait_pull_state(edge, "porch", "idle", Duration::from_secs(25)).await;
+}

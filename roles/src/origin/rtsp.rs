@@ -5,7 +5,13 @@
 //!  spawn ─▶ connecting ──DESCRIBE/SETUP/PLAY, first frame──▶ live
 //!              ▲                                              │ camera drops, stalls 5 s,
 //!              └──── reconnecting (backoff 0.5 s … 10 s) ◀────┘ refuses us
+//!  on demand: idle ⇄ connecting … live, while something consumes the stream (+ 10 s)
 //! ```
+//!
+//! The stream's publisher session lasts as long as the pull on this node: viewers wait on
+//! the stream through camera outages and on-demand idling. "Something consumes" is any
+//! subscription to its tracks (a viewer's engine, a relay to another node, a restream) or an
+//! edge asking for the catalog of a stream that has no tracks yet.
 //!
 //! Which node pulls is the cluster's decision (a placement replicated through Raft); this
 //! module only runs one pull until told to stop. A stop ends the publisher session, so
@@ -19,7 +25,8 @@ use cascade_protocol::StreamId;
 use cascade_protocol::flv::{self, AudioSpecificConfig};
 use cascade_protocol::media::{Codec, MediaKind, TrackInfo, source_track};
 use cascade_protocol::pull::{
-    PullSpec, PullState, PullStatus, PullTransport, RtspSource, reconnect_delay, redact,
+    ON_DEMAND_LINGER, PullSpec, PullState, PullStatus, PullTransport, RtspSource, reconnect_delay,
+    redact, should_pull,
 };
 use futures::StreamExt;
 use retina::client::{
@@ -68,8 +75,16 @@ impl Pull {
             spec: spec.clone(),
             status: status_tx,
             stopped,
+            last_wanted: Instant::now(),
         };
-        let task = tokio::spawn(puller.run());
+        let task = match RtspSource::parse(&spec.source) {
+            Ok(source) => tokio::spawn(puller.run(source)),
+            Err(e) => {
+                // The API validates sources; one that fails here never will.
+                puller.set(PullState::Reconnecting, Some(e.to_string()), 1);
+                tokio::spawn(async {})
+            }
+        };
         Self {
             status,
             stop,
@@ -113,8 +128,36 @@ impl Failure {
     }
 }
 
-/// A session ended because the pull was told to stop.
-struct Stopped;
+/// How a session with the camera ended when it did not fail.
+enum Ended {
+    /// The pull was told to stop.
+    Stopped,
+    /// On demand, and nothing has consumed the stream for [`ON_DEMAND_LINGER`].
+    Unwanted,
+}
+
+/// The stream's publisher session, kept while the pull runs: viewers wait on the stream
+/// through camera reconnects and on-demand idling, however long.
+struct Publisher {
+    tracks: SourceTracks,
+    actor: ractor::ActorRef<crate::session::SessionMsg>,
+    liveness: crate::session::Liveness,
+    /// Notified when the stream ends the session (an operator, a shutdown).
+    closer: Arc<Notify>,
+}
+
+impl Publisher {
+    fn end(self, reason: String) {
+        self.tracks.end();
+        let _ = self
+            .actor
+            .cast(crate::session::SessionMsg::TransportClosed(reason));
+    }
+}
+
+/// A consumer that asked for the stream this recently (an edge waiting for its tracks)
+/// counts as one.
+const ASKED_WITHIN: Duration = Duration::from_secs(1);
 
 struct Puller {
     registry: StreamRegistry,
@@ -123,23 +166,38 @@ struct Puller {
     spec: PullSpec,
     status: watch::Sender<PullStatus>,
     stopped: watch::Receiver<bool>,
+    /// When something last consumed the stream (on demand).
+    last_wanted: Instant,
 }
 
 impl Puller {
-    async fn run(mut self) {
-        let source = match RtspSource::parse(&self.spec.source) {
-            Ok(source) => source,
-            Err(e) => {
-                // The API validates sources; one that fails here never will.
-                self.set(PullState::Reconnecting, Some(e.to_string()), 1);
-                return;
-            }
-        };
+    async fn run(mut self, source: RtspSource) {
         let shown = redact(&self.spec.source);
         let mut failures = 0u32;
+        let mut publisher: Option<Publisher> = None;
+        // On demand, a pull starts idle: nothing consumes a stream nobody has seen yet.
+        self.last_wanted = Instant::now() - ON_DEMAND_LINGER;
         loop {
             if *self.stopped.borrow() {
-                return;
+                break;
+            }
+            // The stream exists (and viewers can wait on it) before the camera is pulled.
+            if let Err(failure) = self.publisher(&source, &mut publisher).await {
+                failures += 1;
+                let delay = reconnect_delay(failures, rand::random::<f64>());
+                tracing::warn!(stream = %self.stream, step = failure.step, error = %failure.message, "pull cannot start; trying again");
+                self.set(PullState::Reconnecting, Some(failure.message), failures);
+                if self.wait(delay).await {
+                    break;
+                }
+                continue;
+            }
+            if !self.wanted() {
+                self.set(PullState::Idle, None, 0);
+                if self.wait(Duration::from_millis(200)).await {
+                    break;
+                }
+                continue;
             }
             let state = if failures == 0 {
                 PullState::Connecting
@@ -148,26 +206,39 @@ impl Puller {
             };
             let last_error = self.status.borrow().last_error.clone();
             self.set(state, last_error, failures);
-            tracing::info!(stream = %self.stream, source = %shown, transport = ?self.spec.transport, "pulling");
-            let Err(failure) = self.session(&source, &mut failures).await else {
-                return;
-            };
-            failures += 1;
-            metrics::counter!("cascade_pull_failures_total", "step" => failure.step).increment(1);
-            let delay = reconnect_delay(failures, rand::random::<f64>());
-            tracing::warn!(stream = %self.stream, source = %shown, step = failure.step, error = %failure.message, failures, retry_in_ms = delay.as_millis() as u64, "pull failed; trying again");
-            self.set(PullState::Reconnecting, Some(failure.message), failures);
-            if self.wait(delay).await {
-                return;
+            tracing::info!(stream = %self.stream, source = %shown, transport = ?self.spec.transport, on_demand = self.spec.on_demand, "pulling");
+            let outcome = self.session(&source, &mut publisher, &mut failures).await;
+            match outcome {
+                Ok(Ended::Stopped) => break,
+                Ok(Ended::Unwanted) => {
+                    tracing::info!(stream = %self.stream, "on-demand pull idle: nothing has consumed the stream for a while");
+                    failures = 0;
+                }
+                Err(failure) => {
+                    failures += 1;
+                    metrics::counter!("cascade_pull_failures_total", "step" => failure.step)
+                        .increment(1);
+                    let delay = reconnect_delay(failures, rand::random::<f64>());
+                    tracing::warn!(stream = %self.stream, source = %shown, step = failure.step, error = %failure.message, failures, retry_in_ms = delay.as_millis() as u64, "pull failed; trying again");
+                    self.set(PullState::Reconnecting, Some(failure.message), failures);
+                    if self.wait(delay).await {
+                        break;
+                    }
+                }
             }
+        }
+        if let Some(publisher) = publisher {
+            publisher.end("pull stopped".into());
         }
     }
 
     fn set(&self, state: PullState, last_error: Option<String>, failures: u32) {
-        self.status.send_modify(|s| {
+        self.status.send_if_modified(|s| {
+            let changed = s.state != state || s.last_error != last_error || s.failures != failures;
             s.state = state;
             s.last_error = last_error;
             s.failures = failures;
+            changed
         });
     }
 
@@ -178,15 +249,79 @@ impl Puller {
             .is_ok()
     }
 
+    /// Whether the pull should run now: always, or, on demand, while something consumes
+    /// the stream and for [`ON_DEMAND_LINGER`] after.
+    fn wanted(&mut self) -> bool {
+        if !self.spec.on_demand {
+            return true;
+        }
+        let now = Instant::now();
+        let consumers = self.registry.broadcast(&self.stream).map_or(0, |b| {
+            b.consumers() + usize::from(b.asked_ago(now).is_some_and(|a| a < ASKED_WITHIN))
+        });
+        if consumers > 0 {
+            self.last_wanted = now;
+        }
+        should_pull(
+            true,
+            consumers,
+            now.saturating_duration_since(self.last_wanted),
+        )
+    }
+
+    /// The stream's publisher session: the one kept from before, or a new one.
+    async fn publisher(
+        &self,
+        source: &RtspSource,
+        kept: &mut Option<Publisher>,
+    ) -> Result<(), Failure> {
+        if kept
+            .as_ref()
+            .is_some_and(|p| p.actor.get_status() == ractor::ActorStatus::Running)
+        {
+            return Ok(());
+        }
+        if let Some(gone) = kept.take() {
+            gone.end("the stream ended the session".into());
+        }
+        let peer = camera_address(&source.url)
+            .await
+            .map_err(Failure::at("resolve"))?;
+        let closer = Arc::new(Notify::new());
+        let admitted = admit_publisher(
+            &self.registry,
+            self.gate.as_ref(),
+            self.stream.clone(),
+            None,
+            "rtsp",
+            peer,
+            closer.clone(),
+        )
+        .await
+        .map_err(|e| Failure::at("admit")(e.to_string()))?;
+        admitted.liveness.set_connected();
+        let AdmittedPublisher {
+            actor,
+            liveness,
+            tracks,
+            ..
+        } = admitted;
+        *kept = Some(Publisher {
+            tracks,
+            actor,
+            liveness,
+            closer,
+        });
+        Ok(())
+    }
+
     /// One session with the camera, from DESCRIBE to its end.
     async fn session(
         &mut self,
         source: &RtspSource,
+        kept: &mut Option<Publisher>,
         failures: &mut u32,
-    ) -> Result<Stopped, Failure> {
-        let peer = camera_address(&source.url)
-            .await
-            .map_err(Failure::at("resolve"))?;
+    ) -> Result<Ended, Failure> {
         let options = SessionOptions::default()
             .creds(
                 source
@@ -220,67 +355,53 @@ impl Puller {
         let mut demuxed = playing
             .demuxed()
             .map_err(|e| Failure::at("play")(e.to_string()))?;
-
-        let closer = Arc::new(Notify::new());
-        let admitted = admit_publisher(
-            &self.registry,
-            self.gate.as_ref(),
-            self.stream.clone(),
-            None,
-            "rtsp",
-            peer,
-            closer.clone(),
-        )
-        .await
-        .map_err(|e| Failure::at("admit")(e.to_string()))?;
+        self.publisher(source, kept).await?;
+        let Some(publisher) = kept.as_mut() else {
+            return Err(Failure::at("admit")("no publisher session".into()));
+        };
+        let closer = publisher.closer.clone();
         let mut feed = Feed {
-            tracks: admitted.tracks,
             chosen,
             live: false,
         };
-        let AdmittedPublisher {
-            actor,
-            liveness,
-            stream,
-            session: session_id,
-            ..
-        } = admitted;
-        liveness.set_connected();
-        let ended = loop {
+        let mut checked_at = Instant::now();
+        loop {
             let item = tokio::select! {
                 item = tokio::time::timeout(MEDIA_TIMEOUT, demuxed.next()) => item,
-                _ = self.stopped.wait_for(|s| *s) => break Ok(Stopped),
-                _ = closer.notified() => break Err(Failure::at("media")("the stream ended the session".into())),
+                _ = self.stopped.wait_for(|s| *s) => return Ok(Ended::Stopped),
+                _ = closer.notified() => return Err(Failure::at("media")("the stream ended the session".into())),
             };
             let item = match item {
                 Err(_) => {
-                    break Err(Failure::at("media")(format!(
+                    return Err(Failure::at("media")(format!(
                         "no media from the camera for {} s",
                         MEDIA_TIMEOUT.as_secs()
                     )));
                 }
                 Ok(None) => {
-                    break Err(Failure::at("media")("the camera closed the session".into()));
+                    return Err(Failure::at("media")("the camera closed the session".into()));
                 }
-                Ok(Some(Err(e))) => break Err(Failure::at("media")(e.to_string())),
+                Ok(Some(Err(e))) => return Err(Failure::at("media")(e.to_string())),
                 Ok(Some(Ok(item))) => item,
             };
             let now = Instant::now();
-            liveness.heard(now);
-            if feed.take(demuxed.streams(), item, now) && !feed.live {
+            let Some(publisher) = kept.as_mut() else {
+                return Err(Failure::at("admit")("no publisher session".into()));
+            };
+            publisher.liveness.heard(now);
+            if feed.take(&mut publisher.tracks, demuxed.streams(), item, now) && !feed.live {
                 feed.live = true;
                 *failures = 0;
                 self.set(PullState::Live, None, 0);
-                tracing::info!(stream = %stream, session = %session_id, "pull is live");
+                tracing::info!(stream = %self.stream, "pull is live");
             }
-        };
-        let reason = match &ended {
-            Ok(Stopped) => "pull stopped".to_owned(),
-            Err(failure) => failure.message.clone(),
-        };
-        feed.tracks.end();
-        let _ = actor.cast(crate::session::SessionMsg::TransportClosed(reason));
-        ended
+            if now.duration_since(checked_at) >= Duration::from_secs(1) {
+                checked_at = now;
+                if !self.wanted() {
+                    return Ok(Ended::Unwanted);
+                }
+            }
+        }
     }
 }
 
@@ -340,20 +461,25 @@ fn choose_streams(streams: &[retina::client::Stream]) -> Result<Vec<(usize, Code
 
 /// The camera's frames into the broadcast's source tracks.
 struct Feed {
-    tracks: SourceTracks,
     chosen: Vec<(usize, Codec)>,
     live: bool,
 }
 
 impl Feed {
     /// One item off the camera; true when it was a frame published.
-    fn take(&mut self, streams: &[retina::client::Stream], item: CodecItem, now: Instant) -> bool {
+    fn take(
+        &mut self,
+        tracks: &mut SourceTracks,
+        streams: &[retina::client::Stream],
+        item: CodecItem,
+        now: Instant,
+    ) -> bool {
         match item {
             CodecItem::VideoFrame(frame) => {
                 let Some(codec) = self.codec_of(frame.stream_id()) else {
                     return false;
                 };
-                if frame.has_new_parameters() || self.tracks.described(MediaKind::Video).is_none() {
+                if frame.has_new_parameters() || tracks.described(MediaKind::Video).is_none() {
                     let parameters = streams.get(frame.stream_id()).and_then(|s| s.parameters());
                     if let Some(ParametersRef::Video(video)) = parameters {
                         let mut info = TrackInfo::new(source_track(MediaKind::Video), codec);
@@ -372,12 +498,12 @@ impl Feed {
                                 ),
                             _ => flv::hex(video.extra_data()),
                         });
-                        self.tracks.describe(info);
+                        tracks.describe(info);
                     }
                 }
                 let keyframe = frame.is_random_access_point();
                 let timestamp = frame.timestamp().elapsed().max(0) as u64;
-                self.tracks.publish(
+                tracks.publish(
                     MediaKind::Video,
                     timestamp,
                     keyframe,
@@ -390,7 +516,7 @@ impl Feed {
                 let Some(codec) = self.codec_of(frame.stream_id()) else {
                     return false;
                 };
-                if self.tracks.described(MediaKind::Audio).is_none() {
+                if tracks.described(MediaKind::Audio).is_none() {
                     let parameters = streams.get(frame.stream_id()).and_then(|s| s.parameters());
                     if let Some(ParametersRef::Audio(audio)) = parameters {
                         let mut info = TrackInfo::new(source_track(MediaKind::Audio), codec);
@@ -405,11 +531,11 @@ impl Feed {
                                 info.channels = Some(asc.channels);
                             }
                         }
-                        self.tracks.describe(info);
+                        tracks.describe(info);
                     }
                 }
                 let timestamp = frame.timestamp().elapsed().max(0) as u64;
-                self.tracks.publish(
+                tracks.publish(
                     MediaKind::Audio,
                     timestamp,
                     true,

@@ -479,6 +479,10 @@ impl Driver {
         if track_name == CATALOG_TRACK {
             self.session.accept(id);
             let catalog: Vec<TrackInfo> = broadcast.catalog();
+            if catalog.is_empty() {
+                // An edge waits for tracks: an on-demand source learns it is wanted.
+                broadcast.note_asked(Instant::now());
+            }
             let payload = serde_json::to_vec(&catalog).unwrap_or_default();
             let frame = RelayFrame {
                 timestamp: 0,
