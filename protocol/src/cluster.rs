@@ -329,14 +329,18 @@ mod tests {
         assert!(roles[&4].is_empty(), "unhealthy");
     }
 
-    #[test]
-    fn a_pull_goes_to_the_healthy_origin_with_fewest_pulls_then_least_load() {
-        let nodes = [
+    fn two_origins_an_edge_and_a_draining_origin() -> [NodeInfo; 4] {
+        [
             node(1, "", &[Origin, Edge], false),
             node(2, "", &[Origin, Edge], false),
             node(3, "", &[Edge], false),
             node(4, "", &[Origin], true),
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_pull_goes_to_the_healthy_origin_with_fewest_pulls_then_least_load() {
+        let nodes = two_origins_an_edge_and_a_draining_origin();
         let all = set(&[1, 2, 3, 4]);
         let pulls = |counts: &[(NodeId, usize)]| counts.iter().copied().collect();
         let cases: [PullCase; 5] = [
@@ -362,12 +366,7 @@ mod tests {
 
     #[test]
     fn a_stream_stays_where_it_was_published_unless_that_node_cannot_take_it() {
-        let nodes = [
-            node(1, "", &[Origin, Edge], false),
-            node(2, "", &[Origin, Edge], false),
-            node(3, "", &[Edge], false),
-            node(4, "", &[Origin], true),
-        ];
+        let nodes = two_origins_an_edge_and_a_draining_origin();
         let all = set(&[1, 2, 3, 4]);
         let cases: &[PlaceCase] = &[
             (1, &[(1, 50.0), (2, 10.0)], &all, Ok(1)), // ingest node is fine: keep it

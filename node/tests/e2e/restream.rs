@@ -50,25 +50,8 @@ async fn a_stream_is_restreamed_to_an_rtmp_receiver_and_a_refusing_target_only_f
     );
 
     // FFmpeg as the receiving RTMP server, recording what it gets for six seconds.
-    let recording =
-        std::env::temp_dir().join(format!("cascade-e2e-{}-restream.flv", std::process::id()));
     let receiver_url = format!("rtmp://{}:19351/live/secret-key", node.ip);
-    let mut receiver = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-listen",
-            "1",
-            "-i",
-            &receiver_url,
-        ])
-        .args(["-c", "copy", "-t", "6", "-f", "flv"])
-        .arg(&recording)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("ffmpeg");
+    let receiver = Receiver::start(&receiver_url, "restream");
     tokio::time::sleep(Duration::from_millis(500)).await; // until it listens
     let (status, good) = post_json(
         &node.url("/api/v1/streams/show/restreams"),
@@ -105,54 +88,11 @@ async fn a_stream_is_restreamed_to_an_rtmp_receiver_and_a_refusing_target_only_f
     )
     .await;
 
-    // The receiver got a decodable stream.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while receiver.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let _ = receiver.kill();
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-show_entries",
-            "stream=codec_name,nb_read_frames",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&recording)
-        .output()
-        .unwrap();
-    let streams = String::from_utf8_lossy(&probe.stdout);
-    assert!(
-        probe.status.success(),
-        "ffprobe: {}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
-    let video_frames: u64 = streams
-        .lines()
-        .find_map(|l| l.strip_prefix("h264,"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("an H.264 stream in the recording: {streams}"));
-    assert!(
-        video_frames >= 120,
-        "six seconds of 30 fps video decoded: {video_frames} frames ({streams})"
-    );
+    // The receiver got a decodable stream, with AAC audio too.
+    let streams = receiver.decoded().await;
     assert!(
         streams.lines().any(|l| l.starts_with("aac,")),
         "AAC audio too: {streams}"
-    );
-    let decode = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&recording)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        decode.status.success() && decode.stderr.is_empty(),
-        "the recording decodes without errors: {}",
-        String::from_utf8_lossy(&decode.stderr)
     );
 
     // The stream never noticed; the failing target is removed.
@@ -185,5 +125,243 @@ async fn a_stream_is_restreamed_to_an_rtmp_receiver_and_a_refusing_target_only_f
     )
     .await;
     assert_eq!(status, 400, "a URL that is no RTMP is refused");
-    let _ = std::fs::remove_file(recording);
+}
+
+/// FFmpeg listening as an RTMP server (a recorder, a platform's ingest), recording six
+/// seconds of what it receives.
+struct Receiver {
+    child: std::process::Child,
+    recording: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(url: &str, name: &str) -> Receiver {
+        let recording =
+            std::env::temp_dir().join(format!("cascade-e2e-{}-{name}.flv", std::process::id()));
+        let child = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-listen",
+                "1",
+                "-i",
+                url,
+            ])
+            .args(["-c", "copy", "-t", "6", "-f", "flv"])
+            .arg(&recording)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ffmpeg");
+        Receiver { child, recording }
+    }
+
+    /// Waits for the six seconds, then checks the recording: at least 120 H.264 frames that
+    /// decode without an error. Returns ffprobe's `codec,frames` lines.
+    async fn decoded(mut self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = self.child.kill();
+        let probe = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-count_frames",
+                "-show_entries",
+                "stream=codec_name,nb_read_frames",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&self.recording)
+            .output()
+            .unwrap();
+        let streams = String::from_utf8_lossy(&probe.stdout).into_owned();
+        assert!(
+            probe.status.success(),
+            "ffprobe: {}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        let video_frames: u64 = streams
+            .lines()
+            .find_map(|l| l.strip_prefix("h264,"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("an H.264 stream in the recording: {streams}"));
+        assert!(
+            video_frames >= 120,
+            "six seconds of 30 fps video decoded: {video_frames} frames ({streams})"
+        );
+        let decode = Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(&self.recording)
+            .args(["-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            decode.status.success() && decode.stderr.is_empty(),
+            "the recording decodes without errors: {}",
+            String::from_utf8_lossy(&decode.stderr)
+        );
+        streams
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.recording);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_restreamed_over_rtmps_through_a_tls_terminator_with_its_certificate_checked() {
+    // A private CA the node trusts through SSL_CERT_FILE, and stunnel (OpenSSL) terminating
+    // TLS in front of FFmpeg's RTMP server, as RTMPS ingests are built.
+    let dir = std::env::temp_dir().join(format!("cascade-e2e-{}-rtmps", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Cascade test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-new"],
+            &ec[..],
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (tls_port, rtmp_port) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("stunnel.conf"),
+        format!(
+            "foreground = yes\npid =\n[rtmps]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{rtmp_port}\ncert = {}\nkey = {}\n",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let mut stunnel = Command::new("stunnel4")
+        .arg(dir.join("stunnel.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stunnel4 (the README's test command installs it)");
+
+    let ca = dir.join("ca.pem").to_string_lossy().into_owned();
+    let node = Node::start_with_env(&[], &[("SSL_CERT_FILE", &ca)]).await;
+    let source = H264File::encode(30, "rtmps-source");
+    let _encoder = Encoder::flv(&source.args(Some(44100)), &node.rtmp_url("secure"));
+    node.wait_live("secure", Duration::from_secs(20)).await;
+    let receiver = Receiver::start(&format!("rtmp://127.0.0.1:{rtmp_port}/live/k3y"), "rtmps");
+    tokio::time::sleep(Duration::from_millis(500)).await; // until it listens
+    let (status, created) = post_json(
+        &node.url("/api/v1/streams/secure/restreams"),
+        serde_json::json!({ "url": format!("rtmps://localhost:{tls_port}/live/k3y") }),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    wait_for(
+        "the RTMPS restream is live",
+        Duration::from_secs(10),
+        || async {
+            restreams(&node, "secure")
+                .await
+                .iter()
+                .any(|r| r["state"] == "live" && r["bytes_sent"].as_u64() > Some(10_000))
+        },
+    )
+    .await;
+    receiver.decoded().await;
+
+    // The same target by an address its certificate does not name is refused by TLS.
+    let (status, _) = post_json(
+        &node.url("/api/v1/streams/secure/restreams"),
+        serde_json::json!({ "url": format!("rtmps://127.0.0.1:{tls_port}/live/k3y") }),
+    )
+    .await;
+    assert_eq!(status, 201);
+    wait_for(
+        "the mismatched name shows as a TLS failure",
+        Duration::from_secs(10),
+        || async {
+            restreams(&node, "secure").await.iter().any(|r| {
+                r["target"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("127.0.0.1"))
+                    && r["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("TLS with the target failed"))
+            })
+        },
+    )
+    .await;
+    let _ = stunnel.kill();
+    let _ = stunnel.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

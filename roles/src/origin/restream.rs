@@ -214,9 +214,6 @@ struct Attempt {
 impl Attempt {
     /// One connection, until it fails; returns why.
     async fn run(self) -> String {
-        if self.target.tls {
-            return "rtmps:// targets are not supported yet; use rtmp://".into();
-        }
         let address = format!("{}:{}", self.target.host, self.target.port);
         let socket = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address)).await
         {
@@ -230,13 +227,40 @@ impl Attempt {
             Ok(Ok(socket)) => socket,
         };
         let _ = socket.set_nodelay(true);
-        match self.publish(socket).await {
+        let published = if self.target.tls {
+            match self.tls(socket).await {
+                Ok(tls) => self.publish(tls).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            self.publish(socket).await
+        };
+        match published {
             Ok(()) => "the target closed the connection".into(),
             Err(e) => e,
         }
     }
 
-    async fn publish(&self, mut socket: TcpStream) -> Result<(), String> {
+    /// The TLS session of an `rtmps://` target, its certificate checked against the
+    /// system's trusted roots for the target's host name.
+    async fn tls(
+        &self,
+        socket: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let config = tls_client_config()?;
+        let name = rustls::pki_types::ServerName::try_from(self.target.host.clone())
+            .map_err(|e| format!("{:?} is not a name TLS can check: {e}", self.target.host))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, socket))
+            .await
+            .map_err(|_| "no TLS session with the target in time".to_owned())?
+            .map_err(|e| format!("TLS with the target failed: {e}"))
+    }
+
+    async fn publish<S>(&self, mut socket: S) -> Result<(), String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let mut client = RtmpClient::new(self.target.clone());
         let mut buffer = vec![0u8; 16 * 1024];
         // Handshake, connect, publish.
@@ -321,7 +345,10 @@ impl Attempt {
         }
     }
 
-    async fn flush(&self, socket: &mut TcpStream, client: &mut RtmpClient) -> Result<(), String> {
+    async fn flush<S>(&self, socket: &mut S, client: &mut RtmpClient) -> Result<(), String>
+    where
+        S: tokio::io::AsyncWrite + Unpin,
+    {
         let out = client.take_outbound();
         if out.is_empty() {
             return Ok(());
@@ -431,4 +458,40 @@ impl FlvMuxer {
 
 fn stamp(ms: u64, origin: u64) -> u32 {
     (ms.saturating_sub(origin) & 0xffff_ffff) as u32
+}
+
+/// The TLS client of RTMPS restreams: the system's trusted roots (Debian's ca-certificates;
+/// `SSL_CERT_FILE` or `SSL_CERT_DIR` name others, e.g. a private CA), loaded once.
+fn tls_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "no trusted root certificates on this machine for rtmps:// (install ca-certificates, or name a bundle in SSL_CERT_FILE){}",
+                    found
+                        .errors
+                        .first()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+            tracing::info!(roots = added, "trusted roots loaded for RTMPS restreams");
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|builder| {
+                    Arc::new(
+                        builder
+                            .with_root_certificates(roots)
+                            .with_no_client_auth(),
+                    )
+                })
+                .map_err(|e| format!("TLS client configuration: {e}"))
+        })
+        .clone()
 }

@@ -19,6 +19,7 @@ pub struct Node {
     pub http: String,
     pub data_dir: std::path::PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -30,15 +31,30 @@ impl Node {
         node
     }
 
+    /// Like [`Node::start`], with environment variables (e.g. `SSL_CERT_FILE`).
+    pub async fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let node = Self::spawn_with_env(extra, env);
+        node.wait_ready().await;
+        node
+    }
+
     /// Starts `cascade run` without waiting for it (e.g. one expected to fail).
     pub fn spawn(extra: &[&str]) -> Node {
+        Self::spawn_with_env(extra, &[])
+    }
+
+    fn spawn_with_env(extra: &[&str], env: &[(&str, &str)]) -> Node {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let ip = format!("127.{}.{}.{}", 10 + (pid % 200), (pid / 200) % 250, n);
         let data_dir = std::env::temp_dir().join(format!("cascade-e2e-{pid}-{n}"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = launch(&ip, &data_dir, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = launch(&ip, &data_dir, &extra, &env);
         let scheme = if extra.iter().any(|a| a == "--tls" || a == "--tls-cert") {
             "https"
         } else {
@@ -50,6 +66,7 @@ impl Node {
             ip,
             data_dir,
             extra,
+            env,
         }
     }
 
@@ -160,7 +177,7 @@ impl Node {
     /// Starts the process again with the same address, data dir and arguments.
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = launch(&self.ip, &self.data_dir, &self.extra);
+        self.child = launch(&self.ip, &self.data_dir, &self.extra, &self.env);
         self.wait_ready().await;
     }
 
@@ -238,7 +255,12 @@ impl Node {
     }
 }
 
-fn launch(ip: &str, data_dir: &std::path::Path, extra: &[String]) -> Child {
+fn launch(
+    ip: &str,
+    data_dir: &std::path::Path,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Child {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cascade"));
     command
         .arg("run")
@@ -253,6 +275,7 @@ fn launch(ip: &str, data_dir: &std::path::Path, extra: &[String]) -> Child {
             "RUST_LOG",
             std::env::var("CASCADE_TEST_LOG").unwrap_or_else(|_| "warn,openraft=error".into()),
         )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     // A test that binds its WebRTC address itself (e.g. all interfaces in its own network
