@@ -16,6 +16,7 @@ mod interop_stacks;
 mod late_joiner;
 mod loadtest;
 mod publisher_reconnect;
+mod publisher_return;
 mod publisher_takeover;
 mod restream;
 mod rtmp_ingest;
