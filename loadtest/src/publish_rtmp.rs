@@ -119,7 +119,7 @@ async fn publish_once(
                 client.send_video(ms, flv::avc_sequence_header_tag(&found));
                 config = Some(found);
             }
-            client.send_video(ms, flv::avc_frame_tag(&stamped, frame.keyframe));
+            client.send_video(ms, flv::avc_frame_tag(&stamped, frame.keyframe, 0));
             *frame_number += 1;
         }
         write(&mut socket, &mut client).await?;

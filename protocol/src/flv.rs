@@ -376,9 +376,17 @@ pub fn avc_sequence_header_tag(config: &AvcConfig) -> Vec<u8> {
 
 /// The FLV video tag of one Annex B H.264 access unit (4-byte AVCC lengths; access unit
 /// delimiters left out), composition offset 0.
-pub fn avc_frame_tag(access_unit: &[u8], keyframe: bool) -> Vec<u8> {
+pub fn avc_frame_tag(access_unit: &[u8], keyframe: bool, composition_offset_ms: u32) -> Vec<u8> {
     let mut tag = Vec::with_capacity(access_unit.len() + 16);
-    tag.extend_from_slice(&[if keyframe { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
+    // The composition time is a signed 24-bit field.
+    let cts = composition_offset_ms.min(0x7f_ffff).to_be_bytes();
+    tag.extend_from_slice(&[
+        if keyframe { 0x17 } else { 0x27 },
+        1,
+        cts[1],
+        cts[2],
+        cts[3],
+    ]);
     for nal in crate::h264::nal_units(access_unit) {
         if nal.first().map(|b| b & 0x1f) == Some(9) {
             continue;
@@ -628,11 +636,18 @@ mod tests {
                 ..
             })
         ));
-        let tag = avc_frame_tag(&annex_b, true);
-        let VideoTag::Frame { keyframe, data, .. } = parse_video(&tag).unwrap() else {
+        let tag = avc_frame_tag(&annex_b, true, 67);
+        let VideoTag::Frame {
+            keyframe,
+            data,
+            composition_offset_ms,
+            ..
+        } = parse_video(&tag).unwrap()
+        else {
             panic!("not a frame");
         };
         assert!(keyframe);
+        assert_eq!(composition_offset_ms, 67, "the composition time survives");
         assert_eq!(rebuilt.to_annex_b(data, true).unwrap(), annex_b);
         assert_eq!(from_hex(&hex(&[0, 0xab, 0x10])), Some(vec![0, 0xab, 0x10]));
         assert_eq!(from_hex("abc"), None);

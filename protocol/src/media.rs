@@ -96,6 +96,10 @@ pub struct Frame {
     pub seq: u64,
     /// Presentation time in the track's timescale ([`Codec::clock_rate`]).
     pub timestamp: u64,
+    /// Presentation minus decode time, in the same timescale: non-zero only in a source
+    /// that reorders frames (B-frames), whose frames come in decode order. Decode time is
+    /// `timestamp - composition_offset`; containers that carry it (FLV, MP4) need it.
+    pub composition_offset: u32,
     /// True when a decoder can start here (a video group starts with one; every audio
     /// frame is one).
     pub keyframe: bool,

@@ -340,6 +340,7 @@ impl Sim {
                 let group = frame_no / FRAMES_PER_GROUP;
                 let frame = RelayFrame {
                     timestamp: frame_no * 3_000,
+                    composition_offset: 0,
                     keyframe: frame_no.is_multiple_of(FRAMES_PER_GROUP),
                     payload: payload_of(frame_no),
                 };

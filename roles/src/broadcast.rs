@@ -314,16 +314,42 @@ impl Track {
 
     /// Publishes one access unit whose RTP timestamp is `rtp_time`, received at `now`.
     pub fn publish_rtp(&self, rtp_time: u32, now: Instant, keyframe: bool, payload: Payload) {
-        self.publish(SourceTime::Rtp(rtp_time), now, keyframe, payload);
+        self.publish(SourceTime::Rtp(rtp_time), 0, now, keyframe, payload);
     }
 
     /// Publishes one access unit whose timestamp is already unwrapped and in the track's
     /// timescale (an upstream node's timeline, an RTMP publisher's rebased clock).
     pub fn publish_at(&self, timestamp: u64, now: Instant, keyframe: bool, payload: Payload) {
-        self.publish(SourceTime::Track(timestamp), now, keyframe, payload);
+        self.publish(SourceTime::Track(timestamp), 0, now, keyframe, payload);
     }
 
-    fn publish(&self, time: SourceTime, now: Instant, keyframe: bool, payload: Payload) {
+    /// Like [`Track::publish_at`], for a source that reorders frames: `timestamp` is the
+    /// presentation time, `composition_offset` how much later than the decode time it is.
+    pub fn publish_reordered(
+        &self,
+        timestamp: u64,
+        composition_offset: u32,
+        now: Instant,
+        keyframe: bool,
+        payload: Payload,
+    ) {
+        self.publish(
+            SourceTime::Track(timestamp),
+            composition_offset,
+            now,
+            keyframe,
+            payload,
+        );
+    }
+
+    fn publish(
+        &self,
+        time: SourceTime,
+        composition_offset: u32,
+        now: Instant,
+        keyframe: bool,
+        payload: Payload,
+    ) {
         let mut state = self.lock();
         if state.awaiting_first_keyframe {
             if !keyframe {
@@ -347,6 +373,7 @@ impl Track {
         let frame = Frame {
             seq,
             timestamp,
+            composition_offset,
             keyframe,
             payload,
         };

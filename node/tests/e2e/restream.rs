@@ -51,7 +51,7 @@ async fn a_stream_is_restreamed_to_an_rtmp_receiver_and_a_refusing_target_only_f
 
     // FFmpeg as the receiving RTMP server, recording what it gets for six seconds.
     let receiver_url = format!("rtmp://{}:19351/live/secret-key", node.ip);
-    let receiver = Receiver::start(&receiver_url, "restream");
+    let mut receiver = Receiver::start(&receiver_url, "restream");
     tokio::time::sleep(Duration::from_millis(500)).await; // until it listens
     let (status, good) = post_json(
         &node.url("/api/v1/streams/show/restreams"),
@@ -158,8 +158,9 @@ impl Receiver {
     }
 
     /// Waits for the six seconds, then checks the recording: at least 120 H.264 frames that
-    /// decode without an error. Returns ffprobe's `codec,frames` lines.
-    async fn decoded(mut self) -> String {
+    /// decode without an error. Returns ffprobe's `codec,frames` lines. The recording stays
+    /// until the receiver is dropped.
+    async fn decoded(&mut self) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while self.child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -318,7 +319,7 @@ async fn a_stream_is_restreamed_over_rtmps_through_a_tls_terminator_with_its_cer
     let source = H264File::encode(30, "rtmps-source");
     let _encoder = Encoder::flv(&source.args(Some(44100)), &node.rtmp_url("secure"));
     node.wait_live("secure", Duration::from_secs(20)).await;
-    let receiver = Receiver::start(&format!("rtmp://127.0.0.1:{rtmp_port}/live/k3y"), "rtmps");
+    let mut receiver = Receiver::start(&format!("rtmp://127.0.0.1:{rtmp_port}/live/k3y"), "rtmps");
     tokio::time::sleep(Duration::from_millis(500)).await; // until it listens
     let (status, created) = post_json(
         &node.url("/api/v1/streams/secure/restreams"),
@@ -364,4 +365,73 @@ async fn a_stream_is_restreamed_over_rtmps_through_a_tls_terminator_with_its_cer
     let _ = stunnel.kill();
     let _ = stunnel.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_b_frames_is_restreamed_with_its_decode_and_presentation_times() {
+    let node = Node::start(&[]).await;
+    // x264 with two B-frames, as OBS and many encoders send by default.
+    let _encoder = Encoder::flv(
+        &[
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=640x360:rate=30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-bf",
+            "2",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+        &node.rtmp_url("reordered"),
+    );
+    node.wait_live("reordered", Duration::from_secs(20)).await;
+    let mut receiver = Receiver::start(&format!("rtmp://{}:19353/live/k", node.ip), "bframes");
+    tokio::time::sleep(Duration::from_millis(500)).await; // until it listens
+    let (status, created) = post_json(
+        &node.url("/api/v1/streams/reordered/restreams"),
+        serde_json::json!({ "url": format!("rtmp://{}:19353/live/k", node.ip) }),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    receiver.decoded().await;
+    // Decode times strictly increase; some frames are presented later than decoded.
+    let packets = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "packet=pts,dts",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&receiver.recording)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&packets.stdout);
+    let times: Vec<(i64, i64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (pts, dts) = l.split_once(',')?;
+            Some((pts.trim().parse().ok()?, dts.trim().parse().ok()?))
+        })
+        .collect();
+    assert!(times.len() >= 120, "{text}");
+    assert!(
+        times.windows(2).all(|w| w[1].1 > w[0].1),
+        "decode times strictly increase: {text}"
+    );
+    assert!(
+        times.iter().filter(|(pts, dts)| pts > dts).count() > times.len() / 3,
+        "the B-frame structure arrives (presentation after decode): {text}"
+    );
+    assert!(times.iter().all(|(pts, dts)| pts >= dts), "{text}");
 }

@@ -365,14 +365,19 @@ impl GroupHeader {
 pub struct RelayFrame {
     /// Presentation time in the track's timescale.
     pub timestamp: u64,
+    /// Presentation minus decode time (B-frames), 0 for sources in presentation order.
+    pub composition_offset: u32,
     pub keyframe: bool,
     pub payload: Bytes,
 }
 
 const FLAG_KEYFRAME: u8 = 0x01;
+/// A composition offset (varint) follows the timestamp.
+const FLAG_REORDERED: u8 = 0x02;
 
 impl RelayFrame {
-    /// `flags (1 byte) | timestamp (varint) | length (varint) | payload`.
+    /// `flags (1 byte) | timestamp (varint) | [composition offset (varint)] | length
+    /// (varint) | payload`; the offset is there only when the flags say so.
     pub fn encode(&self, out: &mut BytesMut) {
         self.encode_header(out);
         out.extend_from_slice(&self.payload);
@@ -381,8 +386,15 @@ impl RelayFrame {
     /// Everything before the payload, so that a sender can pass the payload on without
     /// copying it.
     pub fn encode_header(&self, out: &mut BytesMut) {
-        out.put_u8(if self.keyframe { FLAG_KEYFRAME } else { 0 });
+        let mut flags = if self.keyframe { FLAG_KEYFRAME } else { 0 };
+        if self.composition_offset != 0 {
+            flags |= FLAG_REORDERED;
+        }
+        out.put_u8(flags);
         put_varint(out, self.timestamp);
+        if self.composition_offset != 0 {
+            put_varint(out, u64::from(self.composition_offset));
+        }
         put_varint(out, self.payload.len() as u64);
     }
 }
@@ -433,12 +445,20 @@ impl GroupDecoder {
         let Some(&flags) = peek.first() else {
             return Ok(None);
         };
-        if flags & !FLAG_KEYFRAME != 0 {
+        if flags & !(FLAG_KEYFRAME | FLAG_REORDERED) != 0 {
             return Err(ProtocolError::UnknownFlags(flags));
         }
         peek = &peek[1..];
         let Some(timestamp) = try_varint(&mut peek)? else {
             return Ok(None);
+        };
+        let composition_offset = if flags & FLAG_REORDERED != 0 {
+            let Some(offset) = try_varint(&mut peek)? else {
+                return Ok(None);
+            };
+            u32::try_from(offset).map_err(|_| ProtocolError::VarintTooLarge)?
+        } else {
+            0
         };
         let Some(len) = try_varint(&mut peek)? else {
             return Ok(None);
@@ -455,6 +475,7 @@ impl GroupDecoder {
         let payload = self.buffer.split_to(len).freeze();
         Ok(Some(GroupItem::Frame(RelayFrame {
             timestamp,
+            composition_offset,
             keyframe: flags & FLAG_KEYFRAME != 0,
             payload,
         })))
@@ -670,6 +691,8 @@ mod tests {
         let frames: Vec<RelayFrame> = (0..5u8)
             .map(|i| RelayFrame {
                 timestamp: 90_000 * u64::from(i),
+                // B-frame sources carry an offset; others do not.
+                composition_offset: if i % 2 == 0 { 0 } else { 3_000 * u32::from(i) },
                 keyframe: i == 0,
                 payload: Bytes::from(vec![i; 100 * usize::from(i)]),
             })

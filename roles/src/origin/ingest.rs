@@ -182,12 +182,14 @@ impl SourceTracks {
         }
     }
 
-    /// One access unit of the `kind` track at `timestamp` (in its timescale); dropped when
-    /// the track was never described.
+    /// One access unit of the `kind` track presented at `timestamp` (in its timescale),
+    /// `composition_offset` after its decode time (B-frames; 0 otherwise); dropped when the
+    /// track was never described.
     pub fn publish(
         &self,
         kind: MediaKind,
         timestamp: u64,
+        composition_offset: u32,
         keyframe: bool,
         payload: Payload,
         now: Instant,
@@ -197,7 +199,9 @@ impl SourceTracks {
             MediaKind::Audio => self.audio.as_ref(),
         };
         if let Some(source) = source {
-            source.track.publish_at(timestamp, now, keyframe, payload);
+            source
+                .track
+                .publish_reordered(timestamp, composition_offset, now, keyframe, payload);
         }
     }
 

@@ -400,6 +400,14 @@ impl FlvMuxer {
             return tags;
         };
         let ms = rescale(frame.timestamp, timescale, 1000);
+        // FLV stamps tags with decode time and carries presentation as an offset from it.
+        let decode_ms = rescale(
+            frame
+                .timestamp
+                .saturating_sub(u64::from(frame.composition_offset)),
+            timescale,
+            1000,
+        );
         match kind {
             MediaKind::Video => {
                 if self.video.as_ref().is_none_or(|i| i.codec != Codec::H264) {
@@ -409,10 +417,10 @@ impl FlvMuxer {
                     && let Some(config) = AvcConfig::from_annex_b(&frame.payload)
                     && self.avc.as_ref() != Some(&config)
                 {
-                    let origin = *self.origin_ms.get_or_insert(ms);
+                    let origin = *self.origin_ms.get_or_insert(decode_ms);
                     tags.push((
                         true,
-                        stamp(ms, origin),
+                        stamp(decode_ms, origin),
                         flv::avc_sequence_header_tag(&config),
                     ));
                     self.avc = Some(config);
@@ -420,11 +428,15 @@ impl FlvMuxer {
                 if self.avc.is_none() {
                     return tags;
                 }
-                let origin = *self.origin_ms.get_or_insert(ms);
+                let origin = *self.origin_ms.get_or_insert(decode_ms);
                 tags.push((
                     true,
-                    stamp(ms, origin),
-                    flv::avc_frame_tag(&frame.payload, frame.keyframe),
+                    stamp(decode_ms, origin),
+                    flv::avc_frame_tag(
+                        &frame.payload,
+                        frame.keyframe,
+                        u32::try_from(ms - decode_ms).unwrap_or(u32::MAX),
+                    ),
                 ));
             }
             MediaKind::Audio => {
@@ -494,4 +506,63 @@ fn tls_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
                 .map_err(|e| format!("TLS client configuration: {e}"))
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cascade_protocol::flv::VideoTag;
+
+    /// SPS, PPS and an IDR slice of a 16x16 baseline stream (Annex B).
+    fn keyframe() -> Vec<u8> {
+        let mut au = Vec::new();
+        for nal in [
+            &[0x67, 0x42, 0xc0, 0x0a, 0xd9, 0x1e, 0x84, 0x00][..],
+            &[0x68, 0xcb, 0x83, 0xcb, 0x20][..],
+            &[0x65, 0x88, 0x84, 0x00][..],
+        ] {
+            au.extend_from_slice(&[0, 0, 0, 1]);
+            au.extend_from_slice(nal);
+        }
+        au
+    }
+
+    fn frame(seq: u64, timestamp: u64, composition_offset: u32, payload: Vec<u8>) -> Frame {
+        Frame {
+            seq,
+            timestamp,
+            composition_offset,
+            keyframe: seq == 0,
+            payload: Arc::from(payload),
+        }
+    }
+
+    #[test]
+    fn reordered_frames_are_stamped_with_decode_time_and_carry_their_composition_offset() {
+        let mut info = TrackInfo::new("video/source", Codec::H264);
+        info.timescale = 90_000;
+        let mut muxer = FlvMuxer::new(Some(info), None);
+        // Decode order I P B, decoded at 0, 33 and 100 ms, presented at 67, 200 and 133 ms.
+        let p_slice = vec![0, 0, 0, 1, 0x41, 0x9a, 0x00];
+        let frames = [
+            frame(0, 6_000, 6_000, keyframe()),
+            frame(1, 18_000, 15_000, p_slice.clone()),
+            frame(2, 12_000, 3_000, p_slice),
+        ];
+        let mut stamps = Vec::new();
+        for f in &frames {
+            for (is_video, ms, tag) in muxer.frame(MediaKind::Video, f) {
+                assert!(is_video);
+                if let Ok(VideoTag::Frame {
+                    composition_offset_ms,
+                    ..
+                }) = flv::parse_video(&tag)
+                {
+                    stamps.push((ms, composition_offset_ms));
+                }
+            }
+        }
+        // Tags at decode time; presentation = decode + offset (to the millisecond).
+        assert_eq!(stamps, vec![(0, 66), (33, 167), (100, 33)]);
+    }
 }

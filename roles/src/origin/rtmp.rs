@@ -302,11 +302,15 @@ impl FlvIngest {
                     }
                     _ => data.to_vec(),
                 };
-                let presentation_ms =
-                    decode_ms.saturating_add_signed(i64::from(composition_offset_ms));
+                // FLV's composition time may be negative in theory; a frame is never shown
+                // before it is decoded, so such an offset counts as none.
+                let offset_ms = u64::try_from(composition_offset_ms).unwrap_or(0);
+                let decode = millis_to_ticks(decode_ms, timescale);
+                let presentation = millis_to_ticks(decode_ms + offset_ms, timescale);
                 tracks.publish(
                     MediaKind::Video,
-                    millis_to_ticks(presentation_ms, timescale),
+                    presentation,
+                    u32::try_from(presentation - decode).unwrap_or(u32::MAX),
                     keyframe,
                     Arc::from(payload),
                     now,
@@ -383,7 +387,7 @@ impl FlvIngest {
                     .filter(|i| i.codec == codec)
                 {
                     let ticks = millis_to_ticks(ms, info.timescale);
-                    tracks.publish(MediaKind::Audio, ticks, true, Arc::from(data), now);
+                    tracks.publish(MediaKind::Audio, ticks, 0, true, Arc::from(data), now);
                 }
                 Ok(())
             }

@@ -506,6 +506,7 @@ impl Feed {
                 tracks.publish(
                     MediaKind::Video,
                     timestamp,
+                    0,
                     keyframe,
                     Arc::from(frame.into_data()),
                     now,
@@ -538,6 +539,7 @@ impl Feed {
                 tracks.publish(
                     MediaKind::Audio,
                     timestamp,
+                    0,
                     true,
                     Arc::from(frame.data()),
                     now,

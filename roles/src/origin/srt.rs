@@ -362,7 +362,15 @@ impl TsIngest {
             tracks.mark_b_frames();
         }
         let timestamp = rescale(pts, 90_000, info.timescale);
-        tracks.publish(kind, timestamp, keyframe, Arc::from(unit.data), now);
+        let offset = rescale(unit.pts.saturating_sub(unit.dts), 90_000, info.timescale);
+        tracks.publish(
+            kind,
+            timestamp,
+            u32::try_from(offset).unwrap_or(u32::MAX),
+            keyframe,
+            Arc::from(unit.data),
+            now,
+        );
     }
 }
 

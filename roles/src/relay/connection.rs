@@ -326,6 +326,7 @@ impl Driver {
         let group = served.groups.group_of(frame);
         let relay = RelayFrame {
             timestamp: frame.timestamp,
+            composition_offset: frame.composition_offset,
             keyframe: frame.keyframe,
             payload: Bytes::from_owner(frame.payload.clone()),
         };
@@ -446,8 +447,9 @@ impl Driver {
             return;
         };
         match &pull.target {
-            PullTarget::Track(track) => track.publish_at(
+            PullTarget::Track(track) => track.publish_reordered(
                 frame.timestamp,
+                frame.composition_offset,
                 Instant::now(),
                 frame.keyframe,
                 Arc::from(&frame.payload[..]),
@@ -486,6 +488,7 @@ impl Driver {
             let payload = serde_json::to_vec(&catalog).unwrap_or_default();
             let frame = RelayFrame {
                 timestamp: 0,
+                composition_offset: 0,
                 keyframe: true,
                 payload: Bytes::from(payload),
             };

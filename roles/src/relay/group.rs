@@ -59,6 +59,7 @@ mod tests {
         Frame {
             seq: 0,
             timestamp: 0,
+            composition_offset: 0,
             keyframe,
             payload: Arc::from(vec![0u8]),
         }
