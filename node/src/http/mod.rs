@@ -5,6 +5,7 @@
 //! | `POST/OPTIONS /whip/{stream}`, `DELETE/PATCH /whip/{stream}/{session}` | [`whip`] |
 //! | `POST/OPTIONS /whep/{stream}`, `DELETE/PATCH /whep/{stream}/{session}` | [`whep`] |
 //! | `GET /api/v1/streams[/{stream}]` | [`api`] |
+//! | `GET /api/v1/streams/{stream}/snapshot.jpg` | [`snapshot`] |
 //! | `GET /metrics` | [`metrics`] |
 //! | `/api/v1/cluster...` | [`cluster`] |
 //! | `GET /`, `GET /healthz` | [`page`] |
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod metrics;
 pub mod page;
 mod sdp_exchange;
+pub mod snapshot;
 pub mod tls;
 pub mod whep;
 pub mod whip;
@@ -82,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .merge(whip::routes())
         .merge(whep::routes())
         .merge(api::routes())
+        .merge(snapshot::routes())
         .merge(cluster::routes())
         .merge(metrics::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

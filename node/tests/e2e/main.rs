@@ -22,5 +22,6 @@ mod restream;
 mod rtmp_ingest;
 mod rtsp_pull;
 mod session_ownership;
+mod snapshot;
 mod srt_ingest;
 mod whip_whep_interop;
