@@ -2,8 +2,8 @@
 //!
 //! The current group (its keyframe and every frame since) is decoded by GStreamer in a child
 //! process (`gst-launch-1.0`), never in the node: a decoder that crashes on a bad frame ends
-//! that process, not the node. One decode runs at a time per node, and each stream's picture
-//! is kept for a second, so a dashboard polling a wall of streams costs a bounded amount of CPU.
+//! that process, not the node. One decode runs at a time per node (a cached picture never
+//! waits for it), and each stream's picture is kept for a second, so a dashboard polling a wall of streams costs a bounded amount of CPU.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -35,12 +35,27 @@ pub(crate) struct TokenQuery {
     token: Option<String>,
 }
 
-/// The newest picture of each stream, and the lock that lets one decode run at a time.
-type Pictures = tokio::sync::Mutex<HashMap<StreamId, (Instant, Bytes)>>;
+/// The newest picture of each stream (held only to look up or store, never across a decode).
+type Pictures = std::sync::Mutex<HashMap<StreamId, (Instant, Bytes)>>;
 
 fn pictures() -> &'static Pictures {
     static PICTURES: std::sync::OnceLock<Pictures> = std::sync::OnceLock::new();
     PICTURES.get_or_init(Pictures::default)
+}
+
+/// One decode at a time on this node.
+fn decoding() -> &'static tokio::sync::Mutex<()> {
+    static DECODING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    &DECODING
+}
+
+/// `stream`'s picture if it is younger than [`FRESH_FOR`].
+fn fresh_picture(stream: &StreamId) -> Option<Bytes> {
+    let pictures = pictures().lock().unwrap_or_else(|p| p.into_inner());
+    pictures
+        .get(stream)
+        .filter(|(at, _)| at.elapsed() < FRESH_FOR)
+        .map(|(_, jpeg)| jpeg.clone())
 }
 
 async fn snapshot(
@@ -107,11 +122,13 @@ async fn snapshot(
         }
     };
 
-    let mut pictures = pictures().lock().await;
-    if let Some((at, jpeg)) = pictures.get(&stream)
-        && at.elapsed() < FRESH_FOR
-    {
-        return Ok(jpeg_response(jpeg.clone()));
+    if let Some(jpeg) = fresh_picture(&stream) {
+        return Ok(jpeg_response(jpeg));
+    }
+    let _decoding = decoding().lock().await;
+    // Requests that waited for another decode of this stream take its picture.
+    if let Some(jpeg) = fresh_picture(&stream) {
+        return Ok(jpeg_response(jpeg));
     }
     let group = video.current_group();
     if group.is_empty() {
@@ -134,6 +151,7 @@ async fn snapshot(
         )
     })?;
     metrics::counter!("cascade_snapshots_total").increment(1);
+    let mut pictures = pictures().lock().unwrap_or_else(|p| p.into_inner());
     pictures.retain(|_, (at, _)| at.elapsed() < FRESH_FOR);
     pictures.insert(stream, (Instant::now(), jpeg.clone()));
     Ok(jpeg_response(jpeg))

@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::encoder::{Encoder, H264File};
+use crate::support::encoder::{Encoder, H264File, b_frame_pattern};
 use crate::support::node::Node;
 use crate::support::wait_for;
 
@@ -370,27 +370,7 @@ async fn a_stream_is_restreamed_over_rtmps_through_a_tls_terminator_with_its_cer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_with_b_frames_is_restreamed_with_its_decode_and_presentation_times() {
     let node = Node::start(&[]).await;
-    // x264 with two B-frames, as OBS and many encoders send by default.
-    let _encoder = Encoder::flv(
-        &[
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=640x360:rate=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-bf",
-            "2",
-            "-g",
-            "30",
-            "-pix_fmt",
-            "yuv420p",
-        ],
-        &node.rtmp_url("reordered"),
-    );
+    let _encoder = Encoder::flv(&b_frame_pattern(30), &node.rtmp_url("reordered"));
     node.wait_live("reordered", Duration::from_secs(20)).await;
     let mut receiver = Receiver::start(&format!("rtmp://{}:19353/live/k", node.ip), "bframes");
     tokio::time::sleep(Duration::from_millis(500)).await; // until it listens

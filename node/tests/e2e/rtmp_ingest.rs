@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::support::encoder::{Encoder, H264File, assert_contiguous_run};
+use crate::support::encoder::{Encoder, H264File, assert_contiguous_run, b_frame_pattern};
 use crate::support::node::Node;
 use crate::support::peer::Viewer;
 use crate::support::wait_for;
@@ -93,23 +93,7 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_webrtc_cannot_carry_as_they_are_get_the_reason_instead_of_bad_pictures() {
     let node = Node::start(&[]).await;
-    let _bframes = Encoder::flv(
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=640x360:rate=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-bf",
-            "2",
-            "-g",
-            "60",
-        ],
-        &node.rtmp_url("with-bframes"),
-    );
+    let _bframes = Encoder::flv(&b_frame_pattern(60), &node.rtmp_url("with-bframes"));
     let _aac_only = Encoder::flv(
         &[
             "-f",

@@ -474,80 +474,78 @@ impl Feed {
         item: CodecItem,
         now: Instant,
     ) -> bool {
-        match item {
-            CodecItem::VideoFrame(frame) => {
-                let Some(codec) = self.codec_of(frame.stream_id()) else {
-                    return false;
-                };
-                if frame.has_new_parameters() || tracks.described(MediaKind::Video).is_none() {
-                    let parameters = streams.get(frame.stream_id()).and_then(|s| s.parameters());
-                    if let Some(ParametersRef::Video(video)) = parameters {
-                        let mut info = TrackInfo::new(source_track(MediaKind::Video), codec);
-                        info.timescale = frame.timestamp().clock_rate().get();
-                        let (width, height) = video.pixel_dimensions();
-                        info.width = Some(width);
-                        info.height = Some(height);
-                        info.codec_string = Some(video.rfc6381_codec().to_owned());
-                        // Asked for Annex B, retina gives the parameter sets as Annex B; the
-                        // catalog carries H.264's as the record every container takes.
-                        info.config = Some(match codec {
-                            Codec::H264 => flv::AvcConfig::from_annex_b(video.extra_data())
-                                .map_or_else(
-                                    || flv::hex(video.extra_data()),
-                                    |c| flv::hex(&c.to_record()),
-                                ),
-                            _ => flv::hex(video.extra_data()),
-                        });
-                        tracks.describe(info);
-                    }
-                }
-                let keyframe = frame.is_random_access_point();
-                let timestamp = frame.timestamp().elapsed().max(0) as u64;
-                tracks.publish(
-                    MediaKind::Video,
-                    timestamp,
-                    0,
-                    keyframe,
-                    Arc::from(frame.into_data()),
-                    now,
-                );
-                true
-            }
-            CodecItem::AudioFrame(frame) => {
-                let Some(codec) = self.codec_of(frame.stream_id()) else {
-                    return false;
-                };
-                if tracks.described(MediaKind::Audio).is_none() {
-                    let parameters = streams.get(frame.stream_id()).and_then(|s| s.parameters());
-                    if let Some(ParametersRef::Audio(audio)) = parameters {
-                        let mut info = TrackInfo::new(source_track(MediaKind::Audio), codec);
-                        info.timescale = audio.clock_rate();
-                        info.sample_rate = Some(audio.clock_rate());
-                        info.channels = u8::try_from(audio.channels().get()).ok();
-                        info.codec_string = audio.rfc6381_codec().map(str::to_owned);
-                        if codec == Codec::Aac {
-                            info.config = Some(flv::hex(audio.extra_data()));
-                            if let Ok(asc) = AudioSpecificConfig::parse(audio.extra_data()) {
-                                info.sample_rate = Some(asc.sample_rate);
-                                info.channels = Some(asc.channels);
-                            }
+        let (kind, timestamp, keyframe, payload): (_, _, _, cascade_protocol::media::Payload) =
+            match item {
+                CodecItem::VideoFrame(frame) => {
+                    let Some(codec) = self.codec_of(frame.stream_id()) else {
+                        return false;
+                    };
+                    if frame.has_new_parameters() || tracks.described(MediaKind::Video).is_none() {
+                        let parameters =
+                            streams.get(frame.stream_id()).and_then(|s| s.parameters());
+                        if let Some(ParametersRef::Video(video)) = parameters {
+                            let mut info = TrackInfo::new(source_track(MediaKind::Video), codec);
+                            info.timescale = frame.timestamp().clock_rate().get();
+                            let (width, height) = video.pixel_dimensions();
+                            info.width = Some(width);
+                            info.height = Some(height);
+                            info.codec_string = Some(video.rfc6381_codec().to_owned());
+                            // Asked for Annex B, retina gives the parameter sets as Annex B; the
+                            // catalog carries H.264's as the record every container takes.
+                            info.config = Some(match codec {
+                                Codec::H264 => flv::AvcConfig::from_annex_b(video.extra_data())
+                                    .map_or_else(
+                                        || flv::hex(video.extra_data()),
+                                        |c| flv::hex(&c.to_record()),
+                                    ),
+                                _ => flv::hex(video.extra_data()),
+                            });
+                            tracks.describe(info);
                         }
-                        tracks.describe(info);
                     }
+                    (
+                        MediaKind::Video,
+                        frame.timestamp(),
+                        frame.is_random_access_point(),
+                        Arc::from(frame.into_data()),
+                    )
                 }
-                let timestamp = frame.timestamp().elapsed().max(0) as u64;
-                tracks.publish(
-                    MediaKind::Audio,
-                    timestamp,
-                    0,
-                    true,
-                    Arc::from(frame.data()),
-                    now,
-                );
-                true
-            }
-            _ => false,
-        }
+                CodecItem::AudioFrame(frame) => {
+                    let Some(codec) = self.codec_of(frame.stream_id()) else {
+                        return false;
+                    };
+                    if tracks.described(MediaKind::Audio).is_none() {
+                        let parameters =
+                            streams.get(frame.stream_id()).and_then(|s| s.parameters());
+                        if let Some(ParametersRef::Audio(audio)) = parameters {
+                            let mut info = TrackInfo::new(source_track(MediaKind::Audio), codec);
+                            info.timescale = audio.clock_rate();
+                            info.sample_rate = Some(audio.clock_rate());
+                            info.channels = u8::try_from(audio.channels().get()).ok();
+                            info.codec_string = audio.rfc6381_codec().map(str::to_owned);
+                            if codec == Codec::Aac {
+                                info.config = Some(flv::hex(audio.extra_data()));
+                                if let Ok(asc) = AudioSpecificConfig::parse(audio.extra_data()) {
+                                    info.sample_rate = Some(asc.sample_rate);
+                                    info.channels = Some(asc.channels);
+                                }
+                            }
+                            tracks.describe(info);
+                        }
+                    }
+                    (
+                        MediaKind::Audio,
+                        frame.timestamp(),
+                        true,
+                        Arc::from(frame.data()),
+                    )
+                }
+                _ => return false,
+            };
+        // Cameras send frames in presentation order: no composition offset.
+        let ticks = timestamp.elapsed().max(0) as u64;
+        tracks.publish(kind, ticks, 0, keyframe, payload, now);
+        true
     }
 
     fn codec_of(&self, stream: usize) -> Option<Codec> {

@@ -64,6 +64,31 @@ impl Drop for Encoder {
     }
 }
 
+/// FFmpeg's input and codec arguments for a live 640x360 test pattern encoded by x264 with
+/// two B-frames (as OBS and many encoders send by default) and a keyframe every `gop` frames.
+pub fn b_frame_pattern(gop: u32) -> Vec<String> {
+    let gop = gop.to_string();
+    [
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=640x360:rate=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-bf",
+        "2",
+        "-g",
+        &gop,
+        "-pix_fmt",
+        "yuv420p",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A test pattern with a live stream's x264 settings (no B-frames) at 30 fps, as a raw H.264
 /// file for FFmpeg to send as it is (`-c:v copy`); removed when dropped.
 pub struct H264File {
