@@ -125,7 +125,13 @@ impl Node {
             args.extend_from_slice(extra);
             nodes.push(Node::start(&args).await);
         }
-        let voters = n.min(3);
+        // The voters the cluster settles on: `--voters` when given, else the default three.
+        let wanted = extra
+            .windows(2)
+            .find(|pair| pair[0] == "--voters")
+            .and_then(|pair| pair[1].parse().ok())
+            .unwrap_or(3);
+        let voters = n.min(wanted);
         wait_for(
             "every node is healthy and the voters are promoted",
             Duration::from_secs(30),
