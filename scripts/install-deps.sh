@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages Cascade needs, only when something is missing.
-#   scripts/install-deps.sh run    -> what `cascade run` needs: the trusted roots RTMPS restreams check
-#                                     against, and GStreamer's decoders for stream snapshots
+#   scripts/install-deps.sh run    -> what building and running `cascade` needs: GStreamer's headers
+#                                     (the transcoder links it) and plugins (decoders, x264, Opus,
+#                                     AAC), and the trusted roots RTMPS restreams check against
 #   scripts/install-deps.sh test   -> FFmpeg, GStreamer (and its RTSP server, the tests' camera), stunnel (RTMPS), Chromium, OpenSSL, curl, iproute2, nftables and
 #                                     aiortc (PyPI, in .venv-interop) for the test suite
 set -euo pipefail
 mode=${1:-test}
-packages=(pkg-config ca-certificates gstreamer1.0-tools gstreamer1.0-plugins-base
-          gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav)
+packages=(pkg-config ca-certificates libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
+          gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+          gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 if [ "$mode" = test ]; then
-  packages+=(ffmpeg chromium chromium-driver gstreamer1.0-plugins-ugly
-             gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi stunnel4
+  packages+=(ffmpeg chromium chromium-driver gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi stunnel4
              openssl curl iproute2 nftables python3 python3-venv)
 fi
 missing=()

@@ -101,6 +101,14 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_SRT_LATENCY", value_name = "DURATION")]
     pub srt_latency: Option<String>,
 
+    /// The transcoder's video ladder: `none`, or rungs `HEIGHTp:KBPS[:FPS]` separated by
+    /// commas, e.g. 720p:2500,360p:800,180p:250. Rungs at or above a WebRTC-safe source's
+    /// height are skipped. Without a ladder the transcoder still makes what WebRTC viewers
+    /// need: Opus from AAC, and a B-frame-free H.264 rung at the source's size from sources
+    /// WebRTC cannot carry [default: none].
+    #[arg(long, env = "CASCADE_LADDER", value_name = "RUNGS")]
+    pub ladder: Option<String>,
+
     /// Offer ICE-TCP candidates at all (`false` offers UDP only) [default: true].
     #[arg(long, env = "CASCADE_ICE_TCP", value_name = "BOOL")]
     pub ice_tcp: Option<bool>,
@@ -233,6 +241,8 @@ pub struct NodeConfig {
     pub srt_addr: SocketAddr,
     /// See [`RunOptions::srt_latency`].
     pub srt_latency: Duration,
+    /// See [`RunOptions::ladder`].
+    pub ladder: Vec<cascade_protocol::transcode::Rung>,
     /// See [`RunOptions::public_ip`].
     pub public_ip: Option<IpAddr>,
     /// See [`RunOptions::data_dir`].
@@ -359,6 +369,7 @@ impl NodeConfig {
                 .or(file.srt_addr)
                 .unwrap_or_else(|| on_http_ip(DEFAULT_SRT_PORT)),
             srt_latency,
+            ladder: parse_ladder(cli.ladder.or(file.ladder).as_deref())?,
             public_ip: cli.public_ip.or(file.public_ip),
             data_dir: cli
                 .data_dir
@@ -512,6 +523,24 @@ fn tls_source(
             key: "tls-cert",
             message: "is required with tls-key (or use --tls self-signed)".into(),
         }),
+    }
+}
+
+/// `none` (the default: every rung is encoded for as long as its stream lives, so a ladder
+/// is the operator's choice), or comma-separated rungs.
+fn parse_ladder(text: Option<&str>) -> Result<Vec<cascade_protocol::transcode::Rung>, NodeError> {
+    use cascade_protocol::transcode::Rung;
+    match text.map(str::trim) {
+        None | Some("none") => Ok(Vec::new()),
+        Some(list) => list
+            .split(',')
+            .map(|rung| {
+                Rung::parse(rung.trim()).map_err(|message| NodeError::Config {
+                    key: "ladder",
+                    message,
+                })
+            })
+            .collect(),
     }
 }
 

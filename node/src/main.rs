@@ -20,6 +20,13 @@ enum Command {
     Run(Box<RunOptions>),
     /// Operate a cluster through any node's admin API: list, drain or remove nodes.
     Node(cascade_node::node_cli::NodeOptions),
+    /// Internal: a node starts one of these per transcoded stream. Reads source frames on
+    /// stdin, writes renditions on stdout (docs/transcoder.md); `job` is its JSON.
+    #[command(hide = true)]
+    Transcode {
+        /// The job, as JSON.
+        job: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +42,7 @@ fn main() -> std::process::ExitCode {
     let options = match cli.command {
         Command::Run(options) => options,
         Command::Node(options) => return run_node_command(options),
+        Command::Transcode { job } => return run_transcoder(&job),
     };
     let config = match NodeConfig::resolve(*options) {
         Ok(config) => config,
@@ -74,6 +82,23 @@ fn run_node_command(options: cascade_node::node_cli::NodeOptions) -> std::proces
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cascade node: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_transcoder(job: &str) -> std::process::ExitCode {
+    let job = match serde_json::from_str(job) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("cascade transcode: the job is not valid JSON: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match cascade_roles::transcoder::pipeline::run(&job) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cascade transcode: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -6,8 +6,10 @@ use cascade_roles::origin::StreamRegistry;
 use cascade_roles::webrtc::{Engines, WebRtcEngine, WebRtcSettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use cascade_protocol::cluster::NodeRole;
 use cascade_roles::quic::{ALPN_CLUSTER, ALPN_RELAY, NodeEndpoint, handshake};
 use cascade_roles::relay::Relay;
+use cascade_roles::transcoder::{TranscoderCommand, Transcoders};
 
 use crate::NodeError;
 use crate::cluster::state::NodeRecord;
@@ -74,7 +76,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     };
     cascade_roles::origin::srt::listen(srt, registry.clone(), gate, access.clone()).await?;
     announce(&config, http_addr, &cluster);
+    let transcoders = start_transcoders(&config, &registry)?;
     let state = AppState {
+        transcoders,
         registry,
         engines,
         access,
@@ -126,6 +130,30 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     endpoint.close();
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// The transcoders of streams published on this node, when it may hold the role.
+fn start_transcoders(
+    config: &NodeConfig,
+    registry: &StreamRegistry,
+) -> Result<Option<Transcoders>, NodeError> {
+    if !config.cluster.allowed.contains(&NodeRole::Transcoder) {
+        return Ok(None);
+    }
+    let program = std::env::current_exe().map_err(|e| NodeError::Config {
+        key: "roles",
+        message: format!("the transcoder role needs this program's path: {e}"),
+    })?;
+    let transcoders = Transcoders::new(
+        registry.clone(),
+        config.ladder.clone(),
+        TranscoderCommand {
+            program,
+            args: vec!["transcode".into()],
+        },
+    );
+    transcoders.run();
+    Ok(Some(transcoders))
 }
 
 /// Takes this node's identity (stored, bootstrapped or joined), binds the QUIC port, starts

@@ -21,6 +21,7 @@
 //! - [`pull`]: pulled sources (RTSP cameras): what a pull asks for, its states, its backoff.
 //! - [`cluster`]: the cluster's decisions as values (roles, stream placement, edge choice, voters).
 //! - [`relay`]: the node-to-node relay protocol (wire format and session state machine).
+//! - [`transcode`]: which renditions a source gets (the ladder), and the node ↔ transcoder pipe.
 //! - [`srt_stream_id`]: what an SRT caller's `streamid` asks for (both forms).
 //! - [`secret`]: comparing tokens and digests in constant time.
 //! - [`ice_tcp`]: RFC 4571 framing of ICE datagrams on TCP (ICE-TCP, RFC 6544).
@@ -49,6 +50,7 @@ pub mod srt_stream_id;
 pub mod stream_id;
 pub mod stun;
 pub mod timeline;
+pub mod transcode;
 pub mod vp8;
 
 mod error;

@@ -24,6 +24,8 @@ use cascade_protocol::timeline::Timeline;
 
 /// Most frames kept of the current group for late joiners (10 s at 30 fps plus headroom).
 const GROUP_CACHE_MAX_FRAMES: usize = 600;
+/// Group starts remembered per video track for the API.
+const RECENT_KEYFRAMES: usize = 10;
 /// Most bytes kept of the current group for late joiners.
 const GROUP_CACHE_MAX_BYTES: usize = 8 * 1024 * 1024;
 
@@ -42,6 +44,67 @@ pub enum Delivery {
 pub trait FrameSink: Send {
     /// Hands one frame over without blocking.
     fn deliver(&mut self, frame: &Frame) -> Delivery;
+}
+
+/// A sink into a bounded queue, each frame tagged with `tag` (which track it came from).
+/// A full queue makes the subscription skip to the next group.
+pub struct QueueSink<T> {
+    tag: T,
+    tx: tokio::sync::mpsc::Sender<(T, Frame)>,
+}
+
+impl<T> QueueSink<T> {
+    /// Frames go to `tx`, tagged `tag`.
+    pub fn new(tag: T, tx: tokio::sync::mpsc::Sender<(T, Frame)>) -> Self {
+        Self { tag, tx }
+    }
+}
+
+impl<T: Clone + Send> FrameSink for QueueSink<T> {
+    fn deliver(&mut self, frame: &Frame) -> Delivery {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send((self.tag.clone(), frame.clone())) {
+            Ok(()) => Delivery::Accepted,
+            Err(TrySendError::Full(_)) => Delivery::Full,
+            Err(TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
+}
+
+/// A consumer's subscriptions, ended when it is dropped, however the consumer ends.
+#[derive(Default)]
+pub struct Subscriptions(Vec<(Arc<Track>, u64)>);
+
+impl Subscriptions {
+    /// Subscribes `sink` to `track` from its next frame.
+    pub fn add(&mut self, track: &Arc<Track>, sink: impl FrameSink + 'static) {
+        let id = track.subscribe(Box::new(sink));
+        self.0.push((track.clone(), id));
+    }
+
+    /// Subscribes `sink` to `track` starting with its current group; false if the sink
+    /// refused the group.
+    pub fn from_current_group(
+        &mut self,
+        track: &Arc<Track>,
+        sink: impl FrameSink + 'static,
+    ) -> bool {
+        match track.subscribe_from_current_group(Box::new(sink)) {
+            Some(id) => {
+                self.0.push((track.clone(), id));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        for (track, id) in &self.0 {
+            track.unsubscribe(*id);
+        }
+    }
 }
 
 /// Called when a keyframe request passes the limiter; installed by the current publisher.
@@ -72,6 +135,8 @@ struct TrackState {
     next_subscriber_id: u64,
     upstream: Option<KeyframeUpstream>,
     limiter: KeyframeRequestLimiter,
+    /// Timestamps of the last group starts (video): whether renditions are aligned.
+    recent_keyframes: std::collections::VecDeque<u64>,
     /// Counts `begin_source` calls: which publisher feeds the track now.
     source_generation: u64,
 }
@@ -155,6 +220,16 @@ impl Broadcast {
         self.read_tracks().iter().filter_map(|t| t.info()).collect()
     }
 
+    /// Each video track's last group starts: renditions aligned with their source list the
+    /// same times.
+    pub fn recent_keyframes(&self) -> std::collections::BTreeMap<String, Vec<u64>> {
+        self.read_tracks()
+            .iter()
+            .filter(|t| t.kind == MediaKind::Video && t.info().is_some())
+            .map(|t| (t.name.clone(), t.recent_keyframes()))
+            .collect()
+    }
+
     /// Which tracks WebRTC viewers get now, or why they cannot watch.
     pub fn webrtc_plan(&self) -> Result<WebRtcPlan, WebRtcUnfit> {
         WebRtcPlan::for_catalog(&self.catalog())
@@ -232,6 +307,7 @@ impl Track {
                 next_subscriber_id: 0,
                 upstream: None,
                 limiter: KeyframeRequestLimiter::default(),
+                recent_keyframes: Default::default(),
                 source_generation: 0,
             }),
             bytes_in: AtomicU64::new(0),
@@ -262,6 +338,11 @@ impl Track {
         self.lock().info.clone()
     }
 
+    /// The timestamps of its last few group starts, oldest first (video tracks).
+    pub fn recent_keyframes(&self) -> Vec<u64> {
+        self.lock().recent_keyframes.iter().copied().collect()
+    }
+
     /// Frames received since the broadcast began.
     pub fn frames_in(&self) -> u64 {
         self.frames_in.load(Ordering::Relaxed)
@@ -287,6 +368,15 @@ impl Track {
         state.info = Some(info);
         state.upstream = upstream;
         state.source_generation
+    }
+
+    /// Begins a track made from another of the broadcast (a transcoder's rendition): its
+    /// frames come with the broadcast's own timestamps, which it keeps as they are, so that
+    /// every rendition's groups start at exactly the source's times.
+    pub fn begin_derived(&self, info: TrackInfo, upstream: Option<KeyframeUpstream>) {
+        let timescale = info.timescale;
+        self.begin_source(info, upstream);
+        self.lock().timeline = Timeline::new(timescale);
     }
 
     /// Updates what the catalog says about this track (the source learnt something, such as
@@ -469,6 +559,10 @@ impl TrackState {
         if frame.keyframe {
             self.group.clear();
             self.group_bytes = 0;
+            if self.recent_keyframes.len() == RECENT_KEYFRAMES {
+                self.recent_keyframes.pop_front();
+            }
+            self.recent_keyframes.push_back(frame.timestamp);
         }
         let fits = self.group.len() < GROUP_CACHE_MAX_FRAMES
             && self.group_bytes + frame.payload.len() <= GROUP_CACHE_MAX_BYTES;

@@ -81,6 +81,9 @@ pub enum RoleError {
     /// Certificates or TLS between nodes could not be set up.
     #[error("cluster trust: {0}")]
     Trust(String),
+    /// A transcoder pipeline could not be built or failed.
+    #[error("transcoder: {0}")]
+    Transcoder(String),
     /// The media relay to another node failed.
     #[error("relay: {0}")]
     Relay(String),

@@ -10,6 +10,7 @@
 //! - [`listen`]: accepting TCP connections without spinning on errors.
 //! - [`quic`]: node-to-node QUIC with mutual TLS under the cluster CA.
 //! - [`relay`]: media between nodes over QUIC (`docs/relay.md`): serving and pulling broadcasts.
+//! - [`transcoder`]: renditions (ABR rungs, AAC↔Opus) made in a supervised child process.
 //! - [`session`]: the per-session actor that owns a publisher's or viewer's lifecycle.
 //!
 //! Actors (ractor) carry lifecycle and control; media never passes through a mailbox.
@@ -22,6 +23,7 @@ pub mod origin;
 pub mod quic;
 pub mod relay;
 pub mod session;
+pub mod transcoder;
 pub mod webrtc;
 
 mod error;

@@ -347,6 +347,13 @@ async fn one(
             serde_json::to_value(pull).unwrap_or_default(),
         );
     }
+    let transcoder = state.transcoders.as_ref().and_then(|t| t.info(&stream));
+    if let (Some(transcoder), Some(object)) = (transcoder, json.as_object_mut()) {
+        object.insert(
+            "transcoder".into(),
+            serde_json::to_value(transcoder).unwrap_or_default(),
+        );
+    }
     Ok(Json(json))
 }
 

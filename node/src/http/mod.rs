@@ -44,6 +44,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     /// Streams and sessions.
     pub registry: StreamRegistry,
+    /// Renditions of the streams published here, when this node may transcode.
+    pub transcoders: Option<cascade_roles::transcoder::Transcoders>,
     /// The WebRTC engines (WHIP and WHEP sessions).
     pub engines: cascade_roles::webrtc::Engines,
     /// Who may publish and play.
@@ -181,7 +183,8 @@ impl ApiError {
             RoleError::Unavailable(_)
             | RoleError::Bind { .. }
             | RoleError::Trust(_)
-            | RoleError::Relay(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            | RoleError::Relay(_)
+            | RoleError::Transcoder(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         Self::new(endpoint, status, reason, error.to_string())
     }

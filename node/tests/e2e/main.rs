@@ -24,4 +24,5 @@ mod rtsp_pull;
 mod session_ownership;
 mod snapshot;
 mod srt_ingest;
+mod transcoder;
 mod whip_whep_interop;

@@ -1,6 +1,6 @@
 //! RTMP ingest from Debian's FFmpeg, the encoder users run (OBS speaks the same RTMP): its
 //! frames reach a WHEP viewer on another node of a three-node cluster intact and in order;
-//! sources WebRTC cannot carry as they are get the documented answer; bad publishers are
+//! without a transcoder, sources WebRTC cannot carry as they are get the documented answer; bad publishers are
 //! closed and counted without touching a live stream.
 
 use std::time::Duration;
@@ -12,7 +12,8 @@ use crate::support::wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_order() {
-    let nodes = Node::cluster(3, "e2e-rtmp-token", &[]).await;
+    // Without the transcoder role: AAC is left out, and the API says so.
+    let nodes = Node::cluster(3, "e2e-rtmp-token", &["--roles", "origin,edge"]).await;
     let source = H264File::encode(25, "rtmp-show");
     let _encoder = Encoder::flv(&source.args(Some(44100)), &nodes[0].rtmp_url("rtmp-show"));
     nodes[0]
@@ -92,7 +93,8 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_webrtc_cannot_carry_as_they_are_get_the_reason_instead_of_bad_pictures() {
-    let node = Node::start(&[]).await;
+    // Without the transcoder role, nothing makes a rendition WebRTC can carry.
+    let node = Node::start(&["--roles", "origin,edge"]).await;
     let _bframes = Encoder::flv(&b_frame_pattern(60), &node.rtmp_url("with-bframes"));
     let _aac_only = Encoder::flv(
         &[

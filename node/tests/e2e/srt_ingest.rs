@@ -36,7 +36,7 @@ async fn an_srt_publisher_with_the_stream_passphrase_reaches_whep_viewers_and_wr
         Duration::from_secs(5),
         || async {
             let (_, stream) = node.json("/api/v1/streams/contribution").await;
-            stream["tracks"].as_array().is_some_and(|t| t.len() == 2)
+            stream["tracks"].as_array().is_some_and(|t| t.len() >= 2)
         },
     )
     .await;
@@ -45,10 +45,15 @@ async fn an_srt_publisher_with_the_stream_passphrase_reaches_whep_viewers_and_wr
     assert_eq!(stream["tracks"][0]["codec"], "H264", "{stream}");
     assert_eq!(stream["tracks"][1]["codec"], "AAC", "{stream}");
     assert_eq!(stream["tracks"][1]["sample_rate"], 48_000, "{stream}");
-    assert!(
-        stream["webrtc"]["audio"].is_null(),
-        "AAC is left out: {stream}"
-    );
+    wait_for(
+        "the AAC is bridged to Opus for WebRTC viewers",
+        Duration::from_secs(10),
+        || async {
+            let (_, stream) = node.json("/api/v1/streams/contribution").await;
+            stream["webrtc"]["audio"] == "audio/opus"
+        },
+    )
+    .await;
 
     let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/contribution"), None)
         .await
@@ -64,6 +69,13 @@ async fn an_srt_publisher_with_the_stream_passphrase_reaches_whep_viewers_and_wr
         &received,
         &source.units,
         "the WHEP viewer of the SRT stream",
+    );
+    assert!(
+        viewer
+            .audio_packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "Opus made from the stream's AAC arrives"
     );
 
     // Refused while the stream plays: a second publisher (with a wrong passphrase, which is

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cascade_protocol::StreamId;
 use cascade_protocol::media::{MediaKind, Payload, TrackInfo, source_track};
@@ -15,6 +15,7 @@ use ractor::ActorRef;
 use tokio::sync::Notify;
 
 use super::StreamRegistry;
+use super::stream::PUBLISHER_GONE_AFTER;
 use crate::RoleError;
 use crate::broadcast::{Broadcast, Track};
 use crate::session::{Admission, Client, Liveness, SessionId, SessionKind, SessionMsg, Transport};
@@ -53,6 +54,9 @@ impl AdmittedPublisher {
     }
 }
 
+/// How often an arriving publisher looks again whether the live one has gone silent.
+const RETURN_CHECK_EVERY: Duration = Duration::from_millis(250);
+
 /// Admits a publisher of `stream` arriving by `protocol` from `peer` with `token`: the gate
 /// (access and placement), the node's capacity, then the stream actor (which refuses a
 /// second live publisher). `closer` is notified when the stream ends the session.
@@ -69,19 +73,31 @@ pub async fn admit_publisher(
     registry.check_capacity(SessionKind::Publisher)?;
     let session = SessionId::random();
     let liveness = Liveness::new(Instant::now());
-    let admitted = registry
-        .admit(
-            &stream,
-            Admission {
-                kind: SessionKind::Publisher,
-                session,
-                protocol,
-                client: Client::new(Some(peer), token),
-                liveness: Some(liveness.clone()),
-                transport: Transport::Connection(closer),
-            },
-        )
-        .await?;
+    let arrived = Instant::now();
+    let admitted = loop {
+        let admission = Admission {
+            kind: SessionKind::Publisher,
+            session,
+            protocol,
+            client: Client::new(Some(peer), token),
+            liveness: Some(liveness.clone()),
+            transport: Transport::Connection(closer.clone()),
+        };
+        match registry.admit(&stream, admission).await {
+            // An encoder that crashed and reconnects at once finds its old connection
+            // still open (SRT has no close to notice; a dead TCP peer looks alive for a
+            // while) and not yet silent long enough to be taken for gone: when that one has
+            // gone quiet, the newcomer waits for it to count as gone instead of being
+            // refused. A publisher that is sending refuses the newcomer at once.
+            Err(RoleError::PublisherAlreadyLive(_))
+                if arrived.elapsed() < PUBLISHER_GONE_AFTER + RETURN_CHECK_EVERY
+                    && live_publisher_went_quiet(registry, &stream).await =>
+            {
+                tokio::time::sleep(RETURN_CHECK_EVERY).await;
+            }
+            other => break other?,
+        }
+    };
     tracing::info!(%stream, %session, %peer, protocol, "publisher admitted");
     Ok(AdmittedPublisher {
         stream,
@@ -89,6 +105,15 @@ pub async fn admit_publisher(
         actor: admitted.actor,
         liveness,
         tracks: SourceTracks::new(admitted.broadcast),
+    })
+}
+
+/// Whether the live publisher of `stream` has sent nothing for a while (longer than any
+/// live encoder pauses between packets).
+async fn live_publisher_went_quiet(registry: &StreamRegistry, stream: &StreamId) -> bool {
+    registry.info(stream).await.is_ok_and(|info| {
+        info.publisher
+            .is_some_and(|p| p.silent_secs >= RETURN_CHECK_EVERY.as_secs_f64())
     })
 }
 

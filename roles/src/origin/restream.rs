@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::broadcast::{Broadcast, Delivery, FrameSink, Track};
+use crate::broadcast::{Broadcast, QueueSink, Subscriptions};
 
 /// How long connecting and publishing may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,33 +178,6 @@ impl Actor for RestreamActor {
     }
 }
 
-/// Frames of one track into the attempt's queue.
-struct QueueSink {
-    kind: MediaKind,
-    tx: mpsc::Sender<(MediaKind, Frame)>,
-}
-
-impl FrameSink for QueueSink {
-    fn deliver(&mut self, frame: &Frame) -> Delivery {
-        match self.tx.try_send((self.kind, frame.clone())) {
-            Ok(()) => Delivery::Accepted,
-            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
-        }
-    }
-}
-
-/// Unsubscribes when the attempt ends, however it ends.
-struct Subscriptions(Vec<(Arc<Track>, u64)>);
-
-impl Drop for Subscriptions {
-    fn drop(&mut self) {
-        for (track, id) in &self.0 {
-            track.unsubscribe(*id);
-        }
-    }
-}
-
 struct Attempt {
     target: RtmpTarget,
     broadcast: Arc<Broadcast>,
@@ -296,22 +269,10 @@ impl Attempt {
                 info.codec.name()
             )];
         }
-        let mut subscriptions = Subscriptions(Vec::new());
-        let sink = QueueSink {
-            kind: MediaKind::Video,
-            tx: tx.clone(),
-        };
-        if let Some(id) = video.subscribe_from_current_group(Box::new(sink)) {
-            subscriptions.0.push((video.clone(), id));
-        }
+        let mut subscriptions = Subscriptions::default();
+        subscriptions.from_current_group(&video, QueueSink::new(MediaKind::Video, tx.clone()));
         if audio_info.is_some() {
-            let sink = QueueSink {
-                kind: MediaKind::Audio,
-                tx,
-            };
-            subscriptions
-                .0
-                .push((audio.clone(), audio.subscribe(Box::new(sink))));
+            subscriptions.add(&audio, QueueSink::new(MediaKind::Audio, tx));
         }
         let mut muxer = FlvMuxer::new(video.info(), audio_info);
         loop {

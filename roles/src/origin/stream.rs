@@ -129,6 +129,9 @@ pub struct PublisherInfo {
     pub protocol: &'static str,
     /// Seconds since it connected.
     pub connected_secs: f64,
+    /// Seconds since it last sent anything (media, RTCP, ICE consent): a live encoder is
+    /// never quiet for long; a dead one that left its connection open shows here.
+    pub silent_secs: f64,
 }
 
 /// A stream as the API shows it.
@@ -147,6 +150,9 @@ pub struct StreamInfo {
     pub tracks: Vec<TrackInfo>,
     /// What WebRTC (WHEP) viewers get of it, or why they cannot watch it.
     pub webrtc: WebRtcView,
+    /// Per video track, the timestamps of its last group starts (oldest first): a ladder
+    /// whose rungs list the same times can be switched at any group boundary.
+    pub keyframes: std::collections::BTreeMap<String, Vec<u64>>,
     /// Ingest bitrate over the last second, bits per second.
     pub bitrate_bps: u64,
     /// Seconds since the stream started.
@@ -671,6 +677,7 @@ fn info(state: &StreamState) -> StreamInfo {
                 .map(|m| PublisherInfo {
                     protocol: m.protocol,
                     connected_secs: m.joined.elapsed().as_secs_f64(),
+                    silent_secs: state.live_publisher_silence(Instant::now()).as_secs_f64(),
                 }),
             PublisherSlot::Waiting { .. } => None,
         };
@@ -682,6 +689,7 @@ fn info(state: &StreamState) -> StreamInfo {
         viewers: state.viewers(),
         tracks: state.args.broadcast.catalog(),
         webrtc: WebRtcView::of(state.args.broadcast.webrtc_plan()),
+        keyframes: state.args.broadcast.recent_keyframes(),
         bitrate_bps: state.bitrate_bps,
         uptime_secs: state.started.elapsed().as_secs_f64(),
         started_at_unix: state.started_unix,

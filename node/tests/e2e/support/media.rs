@@ -256,3 +256,43 @@ impl Vp8Depacketizer {
         None
     }
 }
+
+/// What FFmpeg's decoder makes of H.264 access units, in the order received: each picture's
+/// type (`I`, `P`, `B`) and size, and whatever the decoder complained about.
+pub struct Decoded {
+    pub pictures: Vec<(String, u32, u32)>,
+    pub errors: String,
+}
+
+/// Decodes `units` (Annex B, in the order a WebRTC receiver got them) with ffprobe.
+pub fn decode_h264(units: &[Vec<u8>]) -> Decoded {
+    let path = scratch_file("received.h264");
+    std::fs::write(&path, units.concat()).unwrap();
+    let output = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "h264",
+            "-show_entries",
+            "frame=pict_type,width,height",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe runs");
+    let _ = std::fs::remove_file(&path);
+    let pictures = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(',');
+            let width = fields.next()?.parse().ok()?;
+            let height = fields.next()?.parse().ok()?;
+            Some((fields.next()?.to_owned(), width, height))
+        })
+        .collect();
+    Decoded {
+        pictures,
+        errors: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

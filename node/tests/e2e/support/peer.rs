@@ -378,6 +378,8 @@ pub struct ReceivedUnit {
     pub fingerprint: [u8; 32],
     pub keyframe: bool,
     pub at: Instant,
+    /// The access unit: Annex B for H.264, the frame for VP8.
+    pub data: Vec<u8>,
 }
 
 /// A WHEP viewer that reassembles every H.264 access unit it receives.
@@ -439,7 +441,7 @@ impl Viewer {
                             audio_counter.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        let (identity, keyframe) = if packet.header.payload_type == vp8_pt {
+                        let (identity, keyframe, data) = if packet.header.payload_type == vp8_pt {
                             let Some(frame) = vp8_frames.push(
                                 packet.header.sequence_number,
                                 packet.header.marker,
@@ -447,7 +449,7 @@ impl Viewer {
                             ) else {
                                 continue;
                             };
-                            (vp8_fingerprint(&frame), vp8_is_keyframe(&frame))
+                            (vp8_fingerprint(&frame), vp8_is_keyframe(&frame), frame)
                         } else {
                             let Some(nals) = depacketizer.push(
                                 packet.header.sequence_number,
@@ -458,7 +460,11 @@ impl Viewer {
                                 continue;
                             };
                             let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
-                            (fingerprint(&refs), is_idr(&refs))
+                            let annex_b: Vec<u8> = refs
+                                .iter()
+                                .flat_map(|nal| [&[0u8, 0, 0, 1][..], nal].concat())
+                                .collect();
+                            (fingerprint(&refs), is_idr(&refs), annex_b)
                         };
                         // Like a decoder: nothing is usable before the first keyframe, and the
                         // player keeps asking for one (PLI) until it gets it.
@@ -478,6 +484,7 @@ impl Viewer {
                             fingerprint: identity,
                             keyframe,
                             at: Instant::now(),
+                            data,
                         };
                         if video_tx.send(unit).is_err() {
                             return;

@@ -1,0 +1,225 @@
+//! The transcoder: FFmpeg publishes RTMP with B-frames and AAC, as OBS does by default; the
+//! node makes a keyframe-aligned ladder and an Opus track in a child process, and a WHEP
+//! viewer (the `webrtc` crate) gets pictures FFmpeg decodes without B-frames, and sound.
+//! Killing that child leaves the node, its other streams and their viewers alone.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::encoder::{Encoder, H264File, assert_contiguous_run};
+use crate::support::media::decode_h264;
+use crate::support::node::Node;
+use crate::support::peer::Viewer;
+use crate::support::wait_for;
+
+/// FFmpeg arguments: a 640x360 30 fps test pattern by x264 with two B-frames and a keyframe
+/// every `gop` frames, and a 44.1 kHz AAC tone.
+fn b_frames_and_aac(gop: u32) -> Vec<String> {
+    let gop = gop.to_string();
+    [
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=640x360:rate=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-bf",
+        "2",
+        "-g",
+        &gop,
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn keyframes(stream: &Value, track: &str) -> Vec<u64> {
+    stream["keyframes"][track]
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_decode_with_opus() {
+    let node = Node::start(&["--ladder", "360p:800,180p:250"]).await;
+    let _encoder = Encoder::flv(&b_frames_and_aac(30), &node.rtmp_url("show"));
+    node.wait_live("show", Duration::from_secs(20)).await;
+    wait_for(
+        "WebRTC viewers are offered the renditions",
+        Duration::from_secs(20),
+        || async {
+            let (_, stream) = node.json("/api/v1/streams/show").await;
+            stream["webrtc"]["video"] == "video/360p" && stream["webrtc"]["audio"] == "audio/opus"
+        },
+    )
+    .await;
+    let (_, stream) = node.json("/api/v1/streams/show").await;
+    let names: Vec<&str> = stream["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for expected in ["video/360p", "video/180p", "audio/opus"] {
+        assert!(names.contains(&expected), "{expected} listed: {stream}");
+    }
+    assert_eq!(stream["transcoder"]["state"], "running", "{stream}");
+
+    // Every rung starts its groups exactly where the source does.
+    wait_for(
+        "four groups in every rung",
+        Duration::from_secs(20),
+        || async {
+            let (_, stream) = node.json("/api/v1/streams/show").await;
+            ["video/360p", "video/180p"]
+                .iter()
+                .all(|t| keyframes(&stream, t).len() >= 4)
+        },
+    )
+    .await;
+    let (_, stream) = node.json("/api/v1/streams/show").await;
+    let source = keyframes(&stream, "video/source");
+    for rung in ["video/360p", "video/180p"] {
+        let rendition = keyframes(&stream, rung);
+        let overlap: Vec<u64> = rendition
+            .iter()
+            .copied()
+            .filter(|t| *t >= source[0] && t <= source.last().unwrap())
+            .collect();
+        assert!(
+            overlap.len() >= 3,
+            "{rung}: {rendition:?} vs source {source:?}"
+        );
+        for t in &overlap {
+            assert!(
+                source.contains(t),
+                "{rung} has a group at {t} where the source has none: {rendition:?} vs {source:?}"
+            );
+        }
+        let expected: Vec<u64> = source
+            .iter()
+            .copied()
+            .filter(|t| *t >= rendition[0] && t <= rendition.last().unwrap())
+            .collect();
+        assert_eq!(overlap, expected, "{rung} misses a source group");
+    }
+
+    // A WHEP viewer gets pictures a decoder takes in the order they come, and Opus.
+    let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/show"), None)
+        .await
+        .expect("a WHEP viewer of the B-frame source");
+    let received = viewer.collect(90, Duration::from_secs(5)).await;
+    assert!(received.len() >= 90, "received {} frames", received.len());
+    assert!(received[0].keyframe, "it starts at a keyframe");
+    let units: Vec<Vec<u8>> = received.into_iter().map(|u| u.data).collect();
+    let decoded = decode_h264(&units);
+    assert_eq!(
+        decoded.pictures.len(),
+        units.len(),
+        "every frame decodes: {}",
+        decoded.errors
+    );
+    assert!(decoded.errors.trim().is_empty(), "{}", decoded.errors);
+    assert!(
+        decoded
+            .pictures
+            .iter()
+            .all(|(kind, w, h)| kind != "B" && (*w, *h) == (640, 360)),
+        "no B-frames, 640x360: {:?}",
+        &decoded.pictures[..10]
+    );
+    let audio = viewer
+        .audio_packets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(audio >= 50, "Opus packets arrived: {audio}");
+    let metrics = node.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "cascade_transcoders 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_transcoder_process_leaves_the_node_and_other_streams_alone_and_it_restarts() {
+    // No ladder: the B-frame source still gets a WebRTC-safe rung at its own size.
+    let node = Node::start(&[]).await;
+    // Not transcoded: WebRTC-safe video, no ladder, no audio.
+    let plain = H264File::encode(25, "transcoder-plain");
+    let _plain = Encoder::flv(&plain.args(None), &node.rtmp_url("plain"));
+    let _show = Encoder::flv(&b_frames_and_aac(30), &node.rtmp_url("show"));
+    node.wait_live("plain", Duration::from_secs(20)).await;
+    wait_for("the transcoder runs", Duration::from_secs(20), || async {
+        let (_, stream) = node.json("/api/v1/streams/show").await;
+        stream["transcoder"]["state"] == "running" && stream["webrtc"]["video"] == "video/360p"
+    })
+    .await;
+    let (_, plain_info) = node.json("/api/v1/streams/plain").await;
+    assert!(plain_info["transcoder"].is_null(), "{plain_info}");
+    let mut plain_viewer = Viewer::connect(&node.ip, &node.url("/whep/plain"), None)
+        .await
+        .unwrap();
+    let mut show_viewer = Viewer::connect(&node.ip, &node.url("/whep/show"), None)
+        .await
+        .unwrap();
+    show_viewer.assert_decodable(30, "rendition frames").await;
+
+    let (_, stream) = node.json("/api/v1/streams/show").await;
+    let pid = stream["transcoder"]["pid"].as_u64().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    // The other stream's viewer misses nothing while the transcoder is down and back.
+    let received = plain_viewer.collect(120, Duration::from_secs(3)).await;
+    assert!(received.len() >= 120, "plain viewer got {}", received.len());
+    assert_contiguous_run(&received, &plain.units, "the viewer of the other stream");
+
+    wait_for(
+        "the transcoder restarted",
+        Duration::from_secs(15),
+        || async {
+            let (_, stream) = node.json("/api/v1/streams/show").await;
+            stream["transcoder"]["state"] == "running"
+                && stream["transcoder"]["restarts"] == 1
+                && stream["transcoder"]["pid"].as_u64() != Some(pid)
+        },
+    )
+    .await;
+    let (_, stream) = node.json("/api/v1/streams/show").await;
+    assert!(
+        stream["transcoder"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("signal: 9"),
+        "{stream}"
+    );
+    // The rendition's viewer kept its session and gets pictures again.
+    while show_viewer.video.try_recv().is_ok() {}
+    let after = show_viewer.collect(30, Duration::from_secs(5)).await;
+    assert!(
+        after.len() >= 30,
+        "rendition frames after the restart: {}",
+        after.len()
+    );
+    let metrics = node.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "cascade_transcoder_restarts_total 1"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,394 @@
+//! The transcoder role: renditions of a stream made in a supervised child process.
+//!
+//! A [`Transcoder`] runs one [`TranscodeJob`] for one broadcast. It starts
+//! `cascade transcode` (the [`pipeline`], GStreamer) as a child process, subscribes to the
+//! source tracks and writes their frames to the child's stdin, and publishes what the child
+//! writes to its stdout into the rendition tracks of the same broadcast (`video/360p`,
+//! `audio/opus`, ...), where viewers, relays and restreams find them like any track.
+//!
+//! A codec that crashes, hangs or misbehaves costs only the child: the node's media path
+//! never runs GStreamer code. When the child exits, the supervisor starts another after a
+//! backoff (0.5 s doubling to 5 s, reset after 30 s of health); the rendition tracks stay in
+//! the catalog meanwhile, so their viewers wait for the next keyframe instead of ending.
+//! Feeding is bounded: a child that falls behind makes its subscription skip to the next
+//! source group (counted by the broadcast), never slows the source.
+
+pub mod pipeline;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use cascade_protocol::StreamId;
+use cascade_protocol::media::{AUDIO_SOURCE, Frame, MediaKind, VIDEO_SOURCE};
+use cascade_protocol::transcode::{
+    INPUT_AUDIO, INPUT_VIDEO, PipeDecoder, PipeFrame, Rung, TranscodeJob, plan_job,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::broadcast::{Broadcast, KeyframeUpstream, QueueSink, Subscriptions, Track};
+use crate::origin::StreamRegistry;
+use cascade_protocol::relay::RelayFrame;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A child that lived this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// Source frames queued towards the child (a second and a half of 30 fps video plus audio).
+const QUEUE: usize = 256;
+
+/// How to start a transcoder process: the node's own binary with `transcode`.
+#[derive(Debug, Clone)]
+pub struct TranscoderCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Arguments before the job (`["transcode"]`).
+    pub args: Vec<OsString>,
+}
+
+/// A transcoder as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TranscoderInfo {
+    /// The rendition tracks it makes.
+    pub outputs: Vec<String>,
+    /// `starting`, `running`, or `restarting` after its process ended.
+    pub state: &'static str,
+    /// The child process, while one runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Processes started after the first.
+    pub restarts: u64,
+    /// Why the last process ended, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One running transcoder; dropping it stops the child and ends its rendition tracks.
+pub struct Transcoder {
+    job: TranscodeJob,
+    status: Arc<Mutex<TranscoderInfo>>,
+    outputs: Vec<Arc<Track>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Transcoder {
+    /// Starts making `job`'s renditions of `broadcast`.
+    pub fn start(broadcast: Arc<Broadcast>, job: TranscodeJob, command: TranscoderCommand) -> Self {
+        let source_video = broadcast.source(MediaKind::Video);
+        // A viewer of a rendition that lost a keyframe asks the source for one: every
+        // rendition follows the source's keyframes.
+        let upstream: KeyframeUpstream = {
+            let source = source_video.clone();
+            Arc::new(move || {
+                source.request_keyframe(Instant::now());
+            })
+        };
+        let outputs: Vec<Arc<Track>> = job
+            .outputs
+            .iter()
+            .map(|output| {
+                let info = output.track_info();
+                let track = broadcast.track_or_add(output.track(), info.kind);
+                track.begin_derived(info, Some(upstream.clone()));
+                track
+            })
+            .collect();
+        let status = Arc::new(Mutex::new(TranscoderInfo {
+            outputs: job.outputs.iter().map(|o| o.track().to_owned()).collect(),
+            state: "starting",
+            pid: None,
+            restarts: 0,
+            last_error: None,
+        }));
+        metrics::gauge!("cascade_transcoders").increment(1.0);
+        tracing::info!(stream = %broadcast.id(), outputs = ?lock(&status).outputs, "transcoder starting");
+        let task = tokio::spawn(supervise(
+            broadcast,
+            job.clone(),
+            command,
+            outputs.clone(),
+            status.clone(),
+        ));
+        Transcoder {
+            job,
+            status,
+            outputs,
+            task,
+        }
+    }
+
+    /// What it makes.
+    pub fn job(&self) -> &TranscodeJob {
+        &self.job
+    }
+
+    /// Its state now.
+    pub fn info(&self) -> TranscoderInfo {
+        lock(&self.status).clone()
+    }
+}
+
+impl Drop for Transcoder {
+    fn drop(&mut self) {
+        // Aborting drops the child handle, which kills the process (kill_on_drop).
+        self.task.abort();
+        for track in &self.outputs {
+            track.end_source();
+        }
+        metrics::gauge!("cascade_transcoders").decrement(1.0);
+    }
+}
+
+fn lock(status: &Mutex<TranscoderInfo>) -> std::sync::MutexGuard<'_, TranscoderInfo> {
+    status.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs child after child until the transcoder is dropped.
+async fn supervise(
+    broadcast: Arc<Broadcast>,
+    job: TranscodeJob,
+    command: TranscoderCommand,
+    outputs: Vec<Arc<Track>>,
+    status: Arc<Mutex<TranscoderInfo>>,
+) {
+    let job_json = serde_json::to_string(&job).unwrap_or_default();
+    let mut backoff = BACKOFF_FIRST;
+    let mut first = true;
+    loop {
+        if !first {
+            lock(&status).restarts += 1;
+            metrics::counter!("cascade_transcoder_restarts_total").increment(1);
+        }
+        first = false;
+        let started = Instant::now();
+        let error = run_child(&broadcast, &job, &job_json, &command, &outputs, &status).await;
+        let lasted = started.elapsed();
+        tracing::warn!(stream = %broadcast.id(), %error, ?lasted, "transcoder process ended; restarting");
+        {
+            let mut info = lock(&status);
+            info.state = "restarting";
+            info.pid = None;
+            info.last_error = Some(error);
+        }
+        if lasted >= HEALTHY_AFTER {
+            backoff = BACKOFF_FIRST;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One child process, from start to exit; returns why it ended.
+async fn run_child(
+    broadcast: &Broadcast,
+    job: &TranscodeJob,
+    job_json: &str,
+    command: &TranscoderCommand,
+    outputs: &[Arc<Track>],
+    status: &Mutex<TranscoderInfo>,
+) -> String {
+    let mut child = match tokio::process::Command::new(&command.program)
+        .args(&command.args)
+        .arg(job_json)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return format!("cannot start {}: {e}", command.program.display()),
+    };
+    let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return "the transcoder process has no pipes".into();
+    };
+    {
+        let mut info = lock(status);
+        info.state = "running";
+        info.pid = child.id();
+    }
+    let (tx, mut frames) = mpsc::channel::<(u64, Frame)>(QUEUE);
+    let mut subscriptions = Subscriptions::default();
+    if job.video_source.is_some() {
+        let video = broadcast.source(MediaKind::Video);
+        subscriptions.from_current_group(&video, QueueSink::new(INPUT_VIDEO, tx.clone()));
+    }
+    if job.audio_source.is_some() {
+        let audio = broadcast.source(MediaKind::Audio);
+        subscriptions.add(&audio, QueueSink::new(INPUT_AUDIO, tx.clone()));
+    }
+    drop(tx);
+
+    let feed = async {
+        let mut encoded = BytesMut::new();
+        while let Some((index, frame)) = frames.recv().await {
+            encoded.clear();
+            PipeFrame {
+                index,
+                frame: RelayFrame {
+                    timestamp: frame.timestamp,
+                    composition_offset: frame.composition_offset,
+                    keyframe: frame.keyframe,
+                    payload: bytes::Bytes::copy_from_slice(&frame.payload),
+                },
+            }
+            .encode(&mut encoded);
+            if let Err(e) = stdin.write_all(&encoded).await {
+                return format!("writing to the transcoder: {e}");
+            }
+        }
+        "the stream stopped feeding the transcoder".to_owned()
+    };
+    let publish = async {
+        let mut decoder = PipeDecoder::default();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let read = match stdout.read(&mut chunk).await {
+                Ok(0) => return "the transcoder closed its output".to_owned(),
+                Ok(n) => n,
+                Err(e) => return format!("reading from the transcoder: {e}"),
+            };
+            decoder.push(&chunk[..read]);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(PipeFrame { index, frame })) => {
+                        let Some(track) = usize::try_from(index).ok().and_then(|i| outputs.get(i))
+                        else {
+                            return format!(
+                                "the transcoder wrote to output {index}, which it does not have"
+                            );
+                        };
+                        metrics::counter!("cascade_transcoder_frames_out_total", "track" => track.name().to_owned())
+                            .increment(1);
+                        track.publish_at(
+                            frame.timestamp,
+                            Instant::now(),
+                            frame.keyframe,
+                            Arc::from(&frame.payload[..]),
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(e) => return format!("the transcoder's output is malformed: {e}"),
+                }
+            }
+        }
+    };
+    let reason = tokio::select! {
+        reason = feed => reason,
+        reason = publish => reason,
+        exit = child.wait() => match exit {
+            Ok(status) => format!("the transcoder process exited ({status})"),
+            Err(e) => format!("waiting for the transcoder process: {e}"),
+        },
+    };
+    drop(subscriptions);
+    // A crash shows first as a closed pipe; the exit status says more.
+    let exited = tokio::time::timeout(Duration::from_millis(500), child.wait()).await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    match exited {
+        Ok(Ok(status)) if !status.success() => {
+            format!("the transcoder process exited ({status}): {reason}")
+        }
+        _ => reason,
+    }
+}
+
+/// How often the node looks for streams whose renditions changed.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+
+/// The transcoders of the streams this node is the origin of. Cheap to clone.
+#[derive(Clone)]
+pub struct Transcoders {
+    inner: Arc<TranscodersInner>,
+}
+
+struct TranscodersInner {
+    registry: StreamRegistry,
+    ladder: Vec<Rung>,
+    command: TranscoderCommand,
+    running: Mutex<HashMap<StreamId, Transcoder>>,
+}
+
+impl Transcoders {
+    /// Transcoders for `registry`'s streams with `ladder`, started with `command`.
+    pub fn new(registry: StreamRegistry, ladder: Vec<Rung>, command: TranscoderCommand) -> Self {
+        Transcoders {
+            inner: Arc::new(TranscodersInner {
+                registry,
+                ladder,
+                command,
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Keeps every live stream published on this node transcoded as [`plan_job`] says,
+    /// until the node stops.
+    pub fn run(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RECONCILE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.reconcile().await;
+            }
+        });
+    }
+
+    /// The transcoder of `stream`, if this node runs one.
+    pub fn info(&self, stream: &StreamId) -> Option<TranscoderInfo> {
+        self.running().get(stream).map(Transcoder::info)
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Transcoder>> {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts, replaces and stops transcoders to match the streams now.
+    async fn reconcile(&self) {
+        let streams = self.inner.registry.list().await;
+        let mut wanted: HashMap<StreamId, (Arc<Broadcast>, TranscodeJob)> = HashMap::new();
+        let mut present = HashSet::new();
+        for stream in streams {
+            present.insert(stream.id.clone());
+            // Streams relayed from another node are transcoded at their origin.
+            let published_here = stream
+                .publisher
+                .as_ref()
+                .is_some_and(|p| p.protocol != "relay");
+            if !published_here {
+                continue;
+            }
+            let Some(broadcast) = self.inner.registry.broadcast(&stream.id) else {
+                continue;
+            };
+            let sources: Vec<_> = broadcast
+                .catalog()
+                .into_iter()
+                .filter(|t| t.name == VIDEO_SOURCE || t.name == AUDIO_SOURCE)
+                .collect();
+            if let Some(job) = plan_job(&sources, &self.inner.ladder) {
+                wanted.insert(stream.id, (broadcast, job));
+            }
+        }
+        let mut running = self.running();
+        // A stream that is still there without a publisher (reconnecting) keeps its
+        // transcoder: the publisher's return feeds it again.
+        running.retain(|id, transcoder| match wanted.get(id) {
+            Some((_, job)) => job == transcoder.job(),
+            None => present.contains(id),
+        });
+        for (id, (broadcast, job)) in wanted {
+            running
+                .entry(id)
+                .or_insert_with(|| Transcoder::start(broadcast, job, self.inner.command.clone()));
+        }
+    }
+}
