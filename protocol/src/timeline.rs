@@ -33,8 +33,18 @@ impl Timeline {
         self.last_source = None;
     }
 
-    /// Maps a 32-bit RTP timestamp received at `now` onto the track timeline.
-    pub fn map_rtp(&mut self, rtp: u32, now: Instant) -> u64 {
+    /// Maps a 32-bit RTP timestamp received at `now` onto the track timeline. Each RTP
+    /// stream starts its clock at a random value, so the first one a track ever gets is
+    /// placed at the wall-clock time since `epoch` (the broadcast's start): a publisher's
+    /// audio and video then share one timeline, as a muxer or a transcoder needs, to within
+    /// their first packets' arrival.
+    pub fn map_rtp(&mut self, rtp: u32, now: Instant, epoch: Instant) -> u64 {
+        if self.last_track.is_none() && self.last_source.is_none() {
+            let since = now.saturating_duration_since(epoch).as_secs_f64();
+            let target = (since * f64::from(self.clock_rate)) as i128;
+            self.offset = target - i128::from(rtp);
+            self.last_source = Some(u64::from(rtp));
+        }
         let unwrapped = match self.last_source {
             None => u64::from(rtp),
             Some(last) => {
@@ -215,8 +225,8 @@ mod tests {
     fn rtp_wraparound_keeps_increasing() {
         let t0 = Instant::now();
         let mut tl = Timeline::new(90_000);
-        let a = tl.map_rtp(u32::MAX - 1000, t0);
-        let b = tl.map_rtp(2000, t0);
+        let a = tl.map_rtp(u32::MAX - 1000, t0, t0);
+        let b = tl.map_rtp(2000, t0, t0);
         assert_eq!(b - a, 3001);
     }
 
@@ -224,13 +234,28 @@ mod tests {
     fn a_new_publisher_continues_after_the_wall_clock_gap() {
         let t0 = Instant::now();
         let mut tl = Timeline::new(90_000);
-        let last = tl.map_rtp(1_000_000, t0);
+        let last = tl.map_rtp(1_000_000, t0, t0);
         tl.new_source();
-        let first_of_new = tl.map_rtp(77, t0 + Duration::from_secs(2));
+        let first_of_new = tl.map_rtp(77, t0 + Duration::from_secs(2), t0);
         assert_eq!(first_of_new, last + 180_000);
         assert_eq!(
-            tl.map_rtp(77 + 3000, t0 + Duration::from_secs(2)),
+            tl.map_rtp(77 + 3000, t0 + Duration::from_secs(2), t0),
             last + 183_000
+        );
+    }
+
+    #[test]
+    fn rtp_streams_with_random_clocks_start_on_one_wall_clock_timeline() {
+        let epoch = Instant::now();
+        let (mut video, mut audio) = (Timeline::new(90_000), Timeline::new(48_000));
+        let v = video.map_rtp(3_000_000_000, epoch + Duration::from_millis(500), epoch);
+        let a = audio.map_rtp(17, epoch + Duration::from_millis(520), epoch);
+        assert_eq!(v, 45_000, "half a second after the broadcast began");
+        assert_eq!(a, 24_960, "520 ms at 48 kHz");
+        assert_eq!(
+            video.map_rtp(3_000_003_000, epoch + Duration::from_millis(533), epoch),
+            48_000,
+            "then the RTP clock rules"
         );
     }
 }

@@ -143,6 +143,8 @@ struct TrackState {
 
 /// One named track of a broadcast (`video/source`, `audio/source`, a rendition).
 pub struct Track {
+    /// When its broadcast began: RTP sources are placed on the wall clock from here.
+    epoch: Instant,
     stream: StreamId,
     name: String,
     kind: MediaKind,
@@ -157,6 +159,8 @@ pub struct Track {
 /// The list of tracks is control-plane state, read when a consumer subscribes, never per frame.
 pub struct Broadcast {
     id: StreamId,
+    /// When it began: the origin of RTP-fed tracks' timelines.
+    epoch: Instant,
     tracks: RwLock<Vec<Arc<Track>>>,
     /// When a consumer last asked for the broadcast before it could subscribe to a track
     /// (an edge asking for the catalog of a stream with no tracks yet).
@@ -166,11 +170,19 @@ pub struct Broadcast {
 impl Broadcast {
     /// A broadcast with its two empty source tracks; they get a codec when a publisher attaches.
     pub fn new(id: StreamId) -> Arc<Self> {
-        let tracks = [MediaKind::Video, MediaKind::Audio]
-            .map(|kind| Arc::new(Track::new(id.clone(), media::source_track(kind), kind)));
+        let epoch = Instant::now();
+        let tracks = [MediaKind::Video, MediaKind::Audio].map(|kind| {
+            Arc::new(Track::new(
+                id.clone(),
+                media::source_track(kind),
+                kind,
+                epoch,
+            ))
+        });
         Arc::new(Self {
             tracks: RwLock::new(tracks.into()),
             id,
+            epoch,
             asked_at: Mutex::new(None),
         })
     }
@@ -205,7 +217,7 @@ impl Broadcast {
         if let Some(track) = tracks.iter().find(|t| t.name == name) {
             return track.clone();
         }
-        let track = Arc::new(Track::new(self.id.clone(), name, kind));
+        let track = Arc::new(Track::new(self.id.clone(), name, kind, self.epoch));
         tracks.push(track.clone());
         track
     }
@@ -291,8 +303,9 @@ impl Broadcast {
 }
 
 impl Track {
-    fn new(stream: StreamId, name: &str, kind: MediaKind) -> Self {
+    fn new(stream: StreamId, name: &str, kind: MediaKind, epoch: Instant) -> Self {
         Self {
+            epoch,
             stream,
             name: name.to_owned(),
             kind,
@@ -448,7 +461,7 @@ impl Track {
             state.awaiting_first_keyframe = false;
         }
         let timestamp = match time {
-            SourceTime::Rtp(rtp) => state.timeline.map_rtp(rtp, now),
+            SourceTime::Rtp(rtp) => state.timeline.map_rtp(rtp, now, self.epoch),
             SourceTime::Track(ts) => state.timeline.map(ts, now),
         };
         let seq = state.next_seq;

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::encoder::{Encoder, H264File, b_frame_pattern};
+use crate::support::media::{encode_h264, encode_opus};
 use crate::support::node::Node;
+use crate::support::peer::Publisher;
 use crate::support::wait_for;
 
 async fn post_json(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
@@ -414,4 +416,63 @@ async fn a_source_with_b_frames_is_restreamed_with_its_decode_and_presentation_t
         "the B-frame structure arrives (presentation after decode): {text}"
     );
     assert!(times.iter().all(|(pts, dts)| pts >= dts), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_publishers_opus_gets_an_aac_track_that_goes_out_to_rtmp_and_decodes() {
+    let node = Node::start(&[]).await;
+    let video = encode_h264(20, 30);
+    let audio = encode_opus(20);
+    let publisher = Publisher::connect(&node.ip, &node.url("/whip/webcam"), None)
+        .await
+        .expect("a WHIP publisher");
+    let _sending = tokio::spawn(async move {
+        publisher.stream(&video, &audio).await;
+        publisher
+    });
+    wait_for(
+        "the transcoder's AAC track is in the catalog",
+        Duration::from_secs(15),
+        || async {
+            let (_, stream) = node.json("/api/v1/streams/webcam").await;
+            stream["tracks"].as_array().is_some_and(|tracks| {
+                tracks
+                    .iter()
+                    .any(|t| t["name"] == "audio/aac" && t["codec"] == "AAC")
+            })
+        },
+    )
+    .await;
+    let (_, stream) = node.json("/api/v1/streams/webcam").await;
+    assert_eq!(
+        stream["webrtc"]["audio"], "audio/source",
+        "WebRTC keeps the Opus: {stream}"
+    );
+
+    let receiver_url = format!("rtmp://{}:19353/live/aac-key", node.ip);
+    let mut receiver = Receiver::start(&receiver_url, "opus-to-aac");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, created) = post_json(
+        &node.url("/api/v1/streams/webcam/restreams"),
+        serde_json::json!({ "url": receiver_url }),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let streams = receiver.decoded().await;
+    let aac_frames: u64 = streams
+        .lines()
+        .find_map(|l| l.strip_prefix("aac,"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("an AAC stream in the recording: {streams}"));
+    // 48 kHz AAC is 46.9 frames a second; six seconds were recorded, whose video starts
+    // with the cached group (up to a second old), the audio live.
+    assert!(
+        aac_frames >= 200,
+        "{aac_frames} AAC frames decoded: {streams}"
+    );
+    let restreamed = restreams(&node, "webcam").await;
+    assert!(
+        restreamed[0]["left_out"].is_null(),
+        "nothing left out: {restreamed:?}"
+    );
 }

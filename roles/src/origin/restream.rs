@@ -9,8 +9,9 @@
 //! to the next keyframe when the target is slow.
 //!
 //! What goes out: H.264 video (the sequence header rebuilt from the SPS and PPS in front of
-//! each keyframe) and AAC audio (from the catalog's AudioSpecificConfig). Opus audio has no
-//! place in classic FLV and is left out; the status says so.
+//! each keyframe) and AAC audio (from the catalog's AudioSpecificConfig): the source's, or
+//! the transcoder's `audio/aac` made from a WHIP publisher's Opus. Without either (Opus
+//! and no transcoder) the audio is left out; the status says so.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::broadcast::{Broadcast, QueueSink, Subscriptions};
+use crate::broadcast::{Broadcast, QueueSink, Subscriptions, Track};
 
 /// How long connecting and publishing may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,6 +179,25 @@ impl Actor for RestreamActor {
     }
 }
 
+/// How long an attempt waits for the transcoder's AAC track of a stream with other audio.
+const AAC_WAIT: Duration = Duration::from_secs(3);
+
+/// The broadcast's AAC track: the source's, or the transcoder's `audio/aac` made from the
+/// source's Opus (waited for a moment: it appears shortly after the stream does).
+async fn aac_track(broadcast: &Broadcast) -> Option<Arc<Track>> {
+    let deadline = Instant::now() + AAC_WAIT;
+    loop {
+        let aac = broadcast.tracks().into_iter().find(|t| {
+            t.kind() == MediaKind::Audio && t.info().is_some_and(|i| i.codec == Codec::Aac)
+        });
+        let other_audio = broadcast.source(MediaKind::Audio).info().is_some();
+        if aac.is_some() || !other_audio || Instant::now() >= deadline {
+            return aac;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 struct Attempt {
     target: RtmpTarget,
     broadcast: Arc<Broadcast>,
@@ -261,18 +281,20 @@ impl Attempt {
 
         let (tx, mut frames) = mpsc::channel(QUEUE);
         let video = self.broadcast.source(MediaKind::Video);
-        let audio = self.broadcast.source(MediaKind::Audio);
-        let audio_info = audio.info().filter(|i| i.codec == Codec::Aac);
-        if let Some(info) = audio.info().filter(|i| i.codec != Codec::Aac) {
-            lock(&self.status).left_out = vec![format!(
-                "{} audio: RTMP carries AAC; a transcoder will make it",
+        let audio = aac_track(&self.broadcast).await;
+        let audio_info = audio.as_ref().and_then(|t| t.info());
+        let source_audio = self.broadcast.source(MediaKind::Audio).info();
+        lock(&self.status).left_out = match (&audio, source_audio) {
+            (None, Some(info)) => vec![format!(
+                "{} audio: RTMP carries AAC, and no transcoder makes it for this stream",
                 info.codec.name()
-            )];
-        }
+            )],
+            _ => Vec::new(),
+        };
         let mut subscriptions = Subscriptions::default();
         subscriptions.from_current_group(&video, QueueSink::new(MediaKind::Video, tx.clone()));
-        if audio_info.is_some() {
-            subscriptions.add(&audio, QueueSink::new(MediaKind::Audio, tx));
+        if let Some(audio) = &audio {
+            subscriptions.add(audio, QueueSink::new(MediaKind::Audio, tx));
         }
         let mut muxer = FlvMuxer::new(video.info(), audio_info);
         loop {
