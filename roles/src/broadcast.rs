@@ -192,6 +192,11 @@ impl Broadcast {
         &self.id
     }
 
+    /// How long it has existed on this node at `now`.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.epoch)
+    }
+
     fn read_tracks(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Track>>> {
         // Only pushes happen under the write lock; a panic cannot leave the list torn.
         self.tracks.read().unwrap_or_else(|p| p.into_inner())

@@ -223,3 +223,36 @@ async fn killing_the_transcoder_process_leaves_the_node_and_other_streams_alone_
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_another_node_gets_the_renditions_even_when_it_asks_before_they_exist() {
+    let nodes = Node::cluster(2, "e2e-transcode-token", &[]).await;
+    let _encoder = Encoder::flv(&b_frames_and_aac(30), &nodes[0].rtmp_url("far"));
+    nodes[0].wait_live("far", Duration::from_secs(20)).await;
+    // At once: the edge's pull may well fetch a catalog without renditions; the viewer waits
+    // for them instead of getting 409.
+    let mut viewer = Viewer::connect(&nodes[1].ip, &nodes[1].url("/whep/far"), None)
+        .await
+        .expect("the edge serves the rendition");
+    let received = viewer.collect(60, Duration::from_secs(5)).await;
+    assert!(received.len() >= 60, "received {} frames", received.len());
+    let units: Vec<Vec<u8>> = received.into_iter().map(|u| u.data).collect();
+    let decoded = decode_h264(&units);
+    assert_eq!(decoded.pictures.len(), units.len(), "{}", decoded.errors);
+    assert!(
+        decoded.pictures.iter().all(|(kind, _, _)| kind != "B"),
+        "no B-frames"
+    );
+    let audio = viewer
+        .audio_packets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(audio >= 20, "Opus packets arrived: {audio}");
+    let (_, edge) = nodes[1].json("/api/v1/streams/far").await;
+    assert_eq!(edge["publisher"]["protocol"], "relay", "{edge}");
+    assert_eq!(edge["webrtc"]["video"], "video/360p", "{edge}");
+    assert_eq!(edge["webrtc"]["audio"], "audio/opus", "{edge}");
+    assert!(
+        edge["transcoder"].is_null(),
+        "the origin transcodes: {edge}"
+    );
+}

@@ -287,35 +287,37 @@ impl Relay {
         };
         let mut subscriptions = Vec::new();
         for info in &catalog {
-            let track = broadcast.track_or_add(&info.name, info.kind);
-            let id_cell = Arc::new(AtomicU64::new(u64::MAX));
-            let upstream = {
-                let connection = connection.clone();
-                let id_cell = id_cell.clone();
-                Arc::new(move || {
-                    let id = id_cell.load(Ordering::Relaxed);
-                    if id != u64::MAX {
-                        connection.request_keyframe(id);
-                    }
-                })
-            };
-            track.begin_source(info.clone(), Some(upstream));
-            let target = PullTarget::Track(track);
-            let Some(id) = connection
-                .subscribe(stream.as_str(), &info.name, target, events_tx.clone())
-                .await
-            else {
-                return Attempt::Lost("relay connection closed".into());
-            };
-            id_cell.store(id, Ordering::Relaxed);
-            subscriptions.push(id);
+            match subscribe_track(&connection, broadcast, info, &events_tx).await {
+                Some(id) => subscriptions.push((info.name.clone(), id)),
+                None => return Attempt::Lost("relay connection closed".into()),
+            }
         }
         tracing::info!(%stream, %origin, tracks = catalog.len(), "relay pull subscribed");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Tracks appear after a stream starts (a transcoder's renditions): the catalog is
+        // asked for again every tick and new tracks are subscribed to.
+        let mut catalog_refresh: Option<u64> = None;
         let attempt = loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(PullEvent::Ended { reason, .. }) => break Attempt::Lost(reason),
+                    Some(PullEvent::Catalog(catalog)) => {
+                        if let Some(id) = catalog_refresh.take() {
+                            connection.unsubscribe(id);
+                        }
+                        for info in catalog {
+                            if subscriptions.iter().any(|(name, _)| *name == info.name) {
+                                continue;
+                            }
+                            match subscribe_track(&connection, broadcast, &info, &events_tx).await {
+                                Some(id) => {
+                                    tracing::info!(%stream, track = %info.name, "relay pull subscribed to a new track");
+                                    subscriptions.push((info.name.clone(), id));
+                                }
+                                None => break,
+                            }
+                        }
+                    }
                     Some(_) => {}
                     None => break Attempt::Lost("relay connection closed".into()),
                 },
@@ -327,10 +329,19 @@ impl Relay {
                     if self.inner.locator.origin_of(stream) != Some(origin) {
                         break Attempt::Lost("the stream's origin moved".into());
                     }
+                    if let Some(id) = catalog_refresh.take() {
+                        connection.unsubscribe(id);
+                    }
+                    catalog_refresh = connection
+                        .subscribe(stream.as_str(), CATALOG_TRACK, PullTarget::Catalog, events_tx.clone())
+                        .await;
                 }
             }
         };
-        for id in subscriptions {
+        if let Some(id) = catalog_refresh {
+            connection.unsubscribe(id);
+        }
+        for (_, id) in subscriptions {
             connection.unsubscribe(id);
         }
         attempt
@@ -369,6 +380,39 @@ impl Relay {
         }
         None
     }
+}
+
+/// Subscribes to one track of the upstream's catalog, writing into the local broadcast's
+/// track of that name; `None` when the connection closed.
+async fn subscribe_track(
+    connection: &RelayConnection,
+    broadcast: &Broadcast,
+    info: &TrackInfo,
+    events: &mpsc::UnboundedSender<PullEvent>,
+) -> Option<u64> {
+    let track = broadcast.track_or_add(&info.name, info.kind);
+    let id_cell = Arc::new(AtomicU64::new(u64::MAX));
+    let upstream = {
+        let connection = connection.clone();
+        let id_cell = id_cell.clone();
+        Arc::new(move || {
+            let id = id_cell.load(Ordering::Relaxed);
+            if id != u64::MAX {
+                connection.request_keyframe(id);
+            }
+        })
+    };
+    track.begin_source(info.clone(), Some(upstream));
+    let id = connection
+        .subscribe(
+            broadcast.id().as_str(),
+            &info.name,
+            PullTarget::Track(track),
+            events.clone(),
+        )
+        .await?;
+    id_cell.store(id, Ordering::Relaxed);
+    Some(id)
 }
 
 /// Whether a pull with `viewers` has been without any for [`PULL_LINGER`]; keeps track of
