@@ -95,8 +95,7 @@ mod tests {
             "studio".into(),
             StreamKeys {
                 publish_key: Some("studio-key".into()),
-                play_key: None,
-                srt_passphrase: None,
+                ..Default::default()
             },
         );
         let studio = StreamId::parse("studio").unwrap();

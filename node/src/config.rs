@@ -218,6 +218,8 @@ pub struct StreamKeys {
     pub play_key: Option<String>,
     /// Passphrase SRT callers of this stream must encrypt with (10 to 79 characters).
     pub srt_passphrase: Option<String>,
+    /// This stream's transcoder ladder, in `--ladder`'s form, instead of the node's.
+    pub ladder: Option<String>,
 }
 
 /// The resolved configuration of a node.
@@ -243,6 +245,8 @@ pub struct NodeConfig {
     pub srt_latency: Duration,
     /// See [`RunOptions::ladder`].
     pub ladder: Vec<cascade_protocol::transcode::Rung>,
+    /// Streams with a ladder of their own (`[streams.NAME] ladder = "..."`).
+    pub stream_ladders: HashMap<String, Vec<cascade_protocol::transcode::Rung>>,
     /// See [`RunOptions::public_ip`].
     pub public_ip: Option<IpAddr>,
     /// See [`RunOptions::data_dir`].
@@ -306,6 +310,13 @@ impl NodeConfig {
             cli.tls_key.or(file.tls_key),
         )?;
         let streams = cli.streams.or(file.streams).unwrap_or_default();
+        let stream_ladders = streams
+            .iter()
+            .filter_map(|(name, keys)| {
+                let ladder = keys.ladder.as_deref()?;
+                Some(parse_ladder(Some(ladder)).map(|rungs| (name.clone(), rungs)))
+            })
+            .collect::<Result<HashMap<_, _>, _>>()?;
         for name in streams.keys() {
             cascade_protocol::StreamId::parse(name).map_err(|e| NodeError::Config {
                 key: "streams",
@@ -370,6 +381,7 @@ impl NodeConfig {
                 .unwrap_or_else(|| on_http_ip(DEFAULT_SRT_PORT)),
             srt_latency,
             ladder: parse_ladder(cli.ladder.or(file.ladder).as_deref())?,
+            stream_ladders,
             public_ip: cli.public_ip.or(file.public_ip),
             data_dir: cli
                 .data_dir
@@ -672,5 +684,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("http-adr"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_may_have_its_own_ladder_and_a_bad_rung_names_the_key() {
+        let options: RunOptions = toml::from_str(
+            "ladder = \"720p:2500,360p:800\"\n[streams.lobby]\nladder = \"none\"\n[streams.show]\nladder = \"180p:200:15\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(options).unwrap();
+        assert_eq!(config.ladder.len(), 2);
+        assert!(config.stream_ladders["lobby"].is_empty());
+        assert_eq!(config.stream_ladders["show"][0].fps, Some(15));
+        assert!(
+            NodeConfig::resolve(RunOptions::default())
+                .unwrap()
+                .ladder
+                .is_empty()
+        );
+        let bad: RunOptions = toml::from_str("[streams.show]\nladder = \"big\"\n").unwrap();
+        let err = NodeConfig::resolve(bad).unwrap_err().to_string();
+        assert!(err.contains("ladder") && err.contains("360p"), "{err}");
     }
 }

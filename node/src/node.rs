@@ -147,6 +147,7 @@ fn start_transcoders(
     let transcoders = Transcoders::new(
         registry.clone(),
         config.ladder.clone(),
+        config.stream_ladders.clone(),
         TranscoderCommand {
             program,
             args: vec!["transcode".into()],

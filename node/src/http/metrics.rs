@@ -64,10 +64,32 @@ pub fn describe() {
         "UDP datagrams dropped on arrival, by reason."
     );
     describe_cluster();
+    describe_transcoder();
     metrics::gauge!("cascade_streams_live").set(0.0);
     for kind in ["publisher", "viewer"] {
         metrics::counter!("cascade_sessions_started_total", "kind" => kind).absolute(0);
     }
+}
+
+fn describe_transcoder() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "cascade_transcoders",
+        "Transcoders (one child process each) running on this node."
+    );
+    describe_counter!(
+        "cascade_transcoder_restarts_total",
+        "Transcoder processes started again after one ended (crash, kill, bad output)."
+    );
+    describe_counter!(
+        "cascade_transcoder_frames_out_total",
+        "Rendition frames published, per track name."
+    );
+    describe_histogram!(
+        "cascade_transcoder_latency_seconds",
+        metrics::Unit::Seconds,
+        "From a source video frame handed to the transcoder to its rendition frame back, per track name."
+    );
 }
 
 fn describe_cluster() {

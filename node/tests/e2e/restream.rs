@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::encoder::{Encoder, H264File, b_frame_pattern};
-use crate::support::media::{encode_h264, encode_opus};
+use crate::support::media::{
+    beep_times, encode_h264, encode_h264_from, encode_opus, encode_opus_from, flash_times,
+};
 use crate::support::node::Node;
 use crate::support::peer::Publisher;
 use crate::support::wait_for;
@@ -475,4 +477,69 @@ async fn a_whip_publishers_opus_gets_an_aac_track_that_goes_out_to_rtmp_and_deco
         restreamed[0]["left_out"].is_null(),
         "nothing left out: {restreamed:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aac_made_from_a_whip_publishers_opus_stays_in_sync_with_its_video() {
+    // A white flash and a 1 kHz beep at the same instant every two seconds.
+    let video = encode_h264_from(
+        "color=c=black:size=640x360:rate=30:duration=24,\
+         drawbox=color=white:t=fill:enable='lt(mod(t,2),0.03)'",
+        30,
+    );
+    let audio = encode_opus_from(
+        "sine=frequency=1000:sample_rate=48000:samples_per_frame=240:duration=24,\
+         volume=volume='if(lt(mod(t,2),0.1),1,0)':eval=frame",
+    );
+    let node = Node::start(&[]).await;
+    let publisher = Publisher::connect(&node.ip, &node.url("/whip/lipsync"), None)
+        .await
+        .expect("a WHIP publisher");
+    let _sending = tokio::spawn(async move {
+        publisher.stream(&video, &audio).await;
+        publisher
+    });
+    wait_for("the AAC track", Duration::from_secs(15), || async {
+        let (_, stream) = node.json("/api/v1/streams/lipsync").await;
+        stream["tracks"]
+            .as_array()
+            .is_some_and(|tracks| tracks.iter().any(|t| t["name"] == "audio/aac"))
+    })
+    .await;
+    let receiver_url = format!("rtmp://{}:19354/live/lipsync", node.ip);
+    let mut receiver = Receiver::start(&receiver_url, "lipsync");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, created) = post_json(
+        &node.url("/api/v1/streams/lipsync/restreams"),
+        serde_json::json!({ "url": receiver_url }),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    receiver.decoded().await;
+    let flashes = flash_times(&receiver.recording);
+    let beeps = beep_times(&receiver.recording);
+    let offsets: Vec<f64> = flashes
+        .iter()
+        .filter_map(|flash| {
+            beeps
+                .iter()
+                .map(|beep| beep - flash)
+                .min_by(|a, b| a.abs().total_cmp(&b.abs()))
+                // A flash of the cached group, before the recording's sound began, has no beep.
+                .filter(|offset| offset.abs() < 1.0)
+        })
+        .collect();
+    println!("audio minus video at each flash (s): {offsets:?}");
+    assert!(
+        offsets.len() >= 2,
+        "flashes {flashes:?}, beeps {beeps:?} in the recording"
+    );
+    // Within what viewers cannot notice (ITU-R BT.1359: sound up to 45 ms early or 125 ms
+    // late), with margin for the publisher's own packet timing.
+    for offset in &offsets {
+        assert!(
+            (-0.045..=0.1).contains(offset),
+            "audio {offset:+.3} s off the video: {offsets:?}"
+        );
+    }
 }

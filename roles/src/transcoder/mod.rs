@@ -15,7 +15,7 @@
 
 pub mod pipeline;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -39,6 +39,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A child that lived this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// Source video frames remembered to measure the transcoder's latency (two seconds at 30 fps).
+const LATENCY_WINDOW: usize = 64;
 /// Source frames queued towards the child (a second and a half of 30 fps video plus audio).
 const QUEUE: usize = 256;
 
@@ -224,9 +226,19 @@ async fn run_child(
     }
     drop(tx);
 
+    // When each recent source video frame went to the child, to measure what the
+    // transcoder adds (rendition video keeps the source's timestamps).
+    let fed_at: Mutex<VecDeque<(u64, Instant)>> = Mutex::new(VecDeque::new());
     let feed = async {
         let mut encoded = BytesMut::new();
         while let Some((index, frame)) = frames.recv().await {
+            if index == INPUT_VIDEO {
+                let mut fed = fed_at.lock().unwrap_or_else(|p| p.into_inner());
+                if fed.len() == LATENCY_WINDOW {
+                    fed.pop_front();
+                }
+                fed.push_back((frame.timestamp, Instant::now()));
+            }
             encoded.clear();
             PipeFrame {
                 index,
@@ -265,6 +277,14 @@ async fn run_child(
                         };
                         metrics::counter!("cascade_transcoder_frames_out_total", "track" => track.name().to_owned())
                             .increment(1);
+                        if track.kind() == MediaKind::Video {
+                            let fed = fed_at.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some((_, at)) = fed.iter().find(|(ts, _)| *ts == frame.timestamp)
+                            {
+                                metrics::histogram!("cascade_transcoder_latency_seconds", "track" => track.name().to_owned())
+                                    .record(at.elapsed().as_secs_f64());
+                            }
+                        }
                         track.publish_at(
                             frame.timestamp,
                             Instant::now(),
@@ -311,17 +331,25 @@ pub struct Transcoders {
 struct TranscodersInner {
     registry: StreamRegistry,
     ladder: Vec<Rung>,
+    stream_ladders: HashMap<String, Vec<Rung>>,
     command: TranscoderCommand,
     running: Mutex<HashMap<StreamId, Transcoder>>,
 }
 
 impl Transcoders {
-    /// Transcoders for `registry`'s streams with `ladder`, started with `command`.
-    pub fn new(registry: StreamRegistry, ladder: Vec<Rung>, command: TranscoderCommand) -> Self {
+    /// Transcoders for `registry`'s streams with `ladder` (or a stream's own in
+    /// `stream_ladders`), started with `command`.
+    pub fn new(
+        registry: StreamRegistry,
+        ladder: Vec<Rung>,
+        stream_ladders: HashMap<String, Vec<Rung>>,
+        command: TranscoderCommand,
+    ) -> Self {
         Transcoders {
             inner: Arc::new(TranscodersInner {
                 registry,
                 ladder,
+                stream_ladders,
                 command,
                 running: Mutex::new(HashMap::new()),
             }),
@@ -374,7 +402,12 @@ impl Transcoders {
                 .into_iter()
                 .filter(|t| t.name == VIDEO_SOURCE || t.name == AUDIO_SOURCE)
                 .collect();
-            if let Some(job) = plan_job(&sources, &self.inner.ladder) {
+            let ladder = self
+                .inner
+                .stream_ladders
+                .get(stream.id.as_str())
+                .unwrap_or(&self.inner.ladder);
+            if let Some(job) = plan_job(&sources, ladder) {
                 wanted.insert(stream.id, (broadcast, job));
             }
         }

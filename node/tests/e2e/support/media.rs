@@ -17,10 +17,18 @@ pub fn scratch_file(name: &str) -> std::path::PathBuf {
 /// Encodes `seconds` of 640x360 30 fps test pattern with a keyframe every `gop` frames, no
 /// B-frames, constrained baseline; returns one Annex B access unit per frame.
 pub fn encode_h264(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
-    let path = scratch_file(&format!("{seconds}s-gop{gop}.h264"));
+    encode_h264_from(
+        &format!("testsrc=size=640x360:rate=30:duration={seconds}"),
+        gop,
+    )
+}
+
+/// Like [`encode_h264`], pictures from the lavfi graph `source` (640x360, 30 fps).
+pub fn encode_h264_from(source: &str, gop: u32) -> Vec<Vec<u8>> {
+    let path = scratch_file(&format!("gop{gop}.h264"));
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size=640x360:rate=30:duration={seconds}"))
+        .arg(source)
         .args([
             "-c:v",
             "libx264",
@@ -51,10 +59,15 @@ pub fn encode_h264(seconds: u32, gop: u32) -> Vec<Vec<u8>> {
 
 /// Encodes `seconds` of a sine tone as 20 ms Opus packets.
 pub fn encode_opus(seconds: u32) -> Vec<Vec<u8>> {
-    let path = scratch_file(&format!("{seconds}s.ogg"));
+    encode_opus_from(&format!("sine=frequency=440:duration={seconds}"))
+}
+
+/// Like [`encode_opus`], sound from the lavfi graph `source`.
+pub fn encode_opus_from(source: &str) -> Vec<Vec<u8>> {
+    let path = scratch_file("sound.ogg");
     let status = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={seconds}"))
+        .arg(source)
         .args([
             "-c:a",
             "libopus",
@@ -295,4 +308,53 @@ pub fn decode_h264(units: &[Vec<u8>]) -> Decoded {
         pictures,
         errors: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Seconds into `file` of each white flash (the first frame of each run of bright frames).
+pub fn flash_times(file: &std::path::Path) -> Vec<f64> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-f", "lavfi", "-i"])
+        .arg(format!("movie={},signalstats", file.display()))
+        .args([
+            "-show_entries",
+            "frame=pts_time:frame_tags=lavfi.signalstats.YAVG",
+            "-of",
+            "csv=p=0",
+        ])
+        .output()
+        .expect("ffprobe runs");
+    let mut flashes = Vec::new();
+    let mut bright_before = false;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let fields: Vec<f64> = line.split(',').filter_map(|f| f.parse().ok()).collect();
+        let [time, luma] = fields[..] else { continue };
+        let bright = luma > 128.0;
+        if bright && !bright_before {
+            flashes.push(time);
+        }
+        bright_before = bright;
+    }
+    flashes
+}
+
+/// Seconds into `file` where each beep starts (the end of each silence).
+pub fn beep_times(file: &std::path::Path) -> Vec<f64> {
+    let output = Command::new("ffmpeg")
+        .args(["-v", "info", "-nostats", "-i"])
+        .arg(file)
+        .args([
+            "-vn",
+            "-af",
+            "silencedetect=noise=-30dB:d=0.05",
+            "-f",
+            "null",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg runs");
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter_map(|l| l.split("silence_end: ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
 }
