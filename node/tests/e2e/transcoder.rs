@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::browser::ChromeDriver;
 use crate::support::encoder::{Encoder, H264File, assert_contiguous_run};
 use crate::support::media::decode_h264;
 use crate::support::node::Node;
@@ -255,4 +256,37 @@ async fn a_viewer_on_another_node_gets_the_renditions_even_when_it_asks_before_t
         edge["transcoder"].is_null(),
         "the origin transcodes: {edge}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_the_rendition_of_a_b_frame_aac_source_with_opus_sound() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
+    let node = Node::start(&[]).await;
+    let _encoder = Encoder::flv(&b_frames_and_aac(30), &node.rtmp_url("obs"));
+    node.wait_live("obs", Duration::from_secs(20)).await;
+    let mut driver = ChromeDriver::start().await;
+    let page = driver.open().await;
+    page.goto(&node.url("/?watch=obs")).await;
+    page.wait_decoded(90, Duration::from_secs(30)).await;
+    wait_for("Chromium plays sound", Duration::from_secs(10), || async {
+        page.eval("return window.cascade.watch.audioSamplesReceived")
+            .await
+            .as_u64()
+            .unwrap_or(0)
+            > 48_000
+    })
+    .await;
+    let watch = page.eval("return window.cascade.watch").await;
+    assert_eq!(watch["audioCodec"], "audio/opus", "{watch}");
+    assert!(
+        watch["codec"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("video/H264"),
+        "{watch}"
+    );
+    assert_eq!(watch["width"], 640, "{watch}");
+    let (_, stream) = node.json("/api/v1/streams/obs").await;
+    assert_eq!(stream["webrtc"]["video"], "video/360p", "{stream}");
+    page.close().await;
 }
