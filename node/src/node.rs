@@ -76,7 +76,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     };
     cascade_roles::origin::srt::listen(srt, registry.clone(), gate, access.clone()).await?;
     announce(&config, http_addr, &cluster);
-    let transcoders = start_transcoders(&config, &registry)?;
+    let transcoders = start_transcoders(&config, &registry, &cluster)?;
     let state = AppState {
         transcoders,
         registry,
@@ -136,6 +136,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
 fn start_transcoders(
     config: &NodeConfig,
     registry: &StreamRegistry,
+    cluster: &Cluster,
 ) -> Result<Option<Transcoders>, NodeError> {
     if !config.cluster.allowed.contains(&NodeRole::Transcoder) {
         return Ok(None);
@@ -152,6 +153,7 @@ fn start_transcoders(
             program,
             args: vec!["transcode".into()],
         },
+        Arc::new(cluster.clone()),
     );
     transcoders.run();
     Ok(Some(transcoders))

@@ -22,6 +22,9 @@ pub struct LoadReport {
     /// The pulls this node runs and how each is doing.
     #[serde(default)]
     pub pulls: Vec<cascade_protocol::pull::PullStatus>,
+    /// Streams published on this node that need renditions (the transcoder's plan says so).
+    #[serde(default)]
+    pub transcode_wanted: Vec<String>,
 }
 
 /// Every node's latest report with its age in milliseconds when sent.
@@ -76,6 +79,19 @@ impl LoadView {
             .iter()
             .filter(|(_, (_, at))| now.saturating_duration_since(*at) < within)
             .map(|(node, _)| *node)
+            .collect()
+    }
+
+    /// Per node heard from within `within`, the streams it says need renditions.
+    pub fn transcode_wanted(
+        &self,
+        within: Duration,
+        now: Instant,
+    ) -> BTreeMap<NodeId, Vec<String>> {
+        self.reports
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) < within)
+            .map(|(node, (report, _))| (*node, report.transcode_wanted.clone()))
             .collect()
     }
 
@@ -181,6 +197,7 @@ mod tests {
             },
             live_streams: vec![],
             pulls: vec![],
+            transcode_wanted: vec![],
         }
     }
 

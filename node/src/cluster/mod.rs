@@ -41,7 +41,7 @@ use crate::NodeError;
 use load::{CpuMeter, LoadReport, LoadView};
 use network::{NetworkFactory, Peers, Rpc, RpcReply};
 use pulls::{LocalPulls, PULL_TAKEOVER_AFTER};
-use state::{ClusterState, Command, NodeRecord, Outcome, plan_pulls};
+use state::{ClusterState, Command, NodeRecord, Outcome, plan_pulls, plan_transcoders};
 
 /// How often each node reports its load to the leader (and learns everyone's).
 pub const REPORT_EVERY: Duration = Duration::from_millis(500);
@@ -115,6 +115,8 @@ struct Inner {
     started: Instant,
     registry: StreamRegistry,
     pulls: Arc<LocalPulls>,
+    /// What this node's transcoders said they need, for the next load report.
+    transcode_wanted: Mutex<Vec<String>>,
 }
 
 impl Cluster {
@@ -164,6 +166,7 @@ impl Cluster {
                 started: Instant::now(),
                 registry,
                 pulls: Arc::default(),
+                transcode_wanted: Mutex::default(),
             }),
         };
         if let Some(bootstrap) = &identity.bootstrap {
@@ -171,7 +174,7 @@ impl Cluster {
         }
         tokio::spawn(cluster.clone().report_load());
         tokio::spawn(cluster.clone().lead());
-        tokio::spawn(cluster.clone().place_pulls_while_leading());
+        tokio::spawn(cluster.clone().place_while_leading());
         Ok(cluster)
     }
 
@@ -569,6 +572,7 @@ impl Cluster {
             "learners": learners.iter().copied().map(format_id).collect::<Vec<_>>(),
             "nodes": nodes,
             "placements": state.placements.iter().map(|(s, o)| (s.clone(), format_id(*o))).collect::<BTreeMap<_, _>>(),
+            "transcoders": state.transcoders.iter().map(|(s, n)| (s.clone(), format_id(*n))).collect::<BTreeMap<_, _>>(),
         })
     }
 
@@ -597,6 +601,12 @@ impl Cluster {
                 },
                 live_streams: live.clone(),
                 pulls: self.inner.pulls.statuses(),
+                transcode_wanted: self
+                    .inner
+                    .transcode_wanted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
             };
             metrics::gauge!("cascade_node_cpu_percent").set(f64::from(report.load.cpu_pct));
             self.keep_own_record().await;
@@ -781,14 +791,37 @@ impl Cluster {
     }
 
     /// On the leader, four times a second: places pulls nobody runs, or whose node went
-    /// silent (a takeover within a few seconds needs a quicker look than voter changes).
-    async fn place_pulls_while_leading(self) {
+    /// silent, and transcoders (a takeover within a few seconds, or renditions soon after a
+    /// stream starts, need a quicker look than voter changes).
+    async fn place_while_leading(self) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             if self.raft_metrics().state == ServerState::Leader {
                 self.place_pulls().await;
+                self.assign_transcoders().await;
+            }
+        }
+    }
+
+    /// Writes the transcoder assignments [`plan_transcoders`] decides.
+    async fn assign_transcoders(&self) {
+        let state = self.state();
+        let now = Instant::now();
+        let wanted = self.loads().transcode_wanted(PULL_TAKEOVER_AFTER, now);
+        if wanted.values().all(Vec::is_empty) && state.transcoders.is_empty() {
+            return;
+        }
+        let settled =
+            now.duration_since(self.inner.started) >= PULL_TAKEOVER_AFTER + 2 * REPORT_EVERY;
+        for command in plan_transcoders(&state, &wanted, settled) {
+            if let Command::AssignTranscoder { stream, node } = &command {
+                tracing::info!(%stream, node = ?node.map(format_id), "assigning a transcoder");
+            }
+            if let Err(e) = self.write(command).await {
+                tracing::warn!(error = %e, "could not assign a transcoder; will retry");
+                return;
             }
         }
     }
@@ -908,4 +941,20 @@ pub fn format_id(id: NodeId) -> String {
 /// Parses a node id as [`format_id`] writes it.
 pub fn parse_id(text: &str) -> Option<NodeId> {
     u64::from_str_radix(text, 16).ok()
+}
+
+/// The transcoders ask the cluster: their wishes go in the load reports, the leader's
+/// assignments come back through Raft.
+impl cascade_roles::transcoder::TranscoderPlacement for Cluster {
+    fn wanted(&self, streams: Vec<String>) {
+        *self
+            .inner
+            .transcode_wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = streams;
+    }
+
+    fn assigned_here(&self, stream: &StreamId) -> bool {
+        self.state().transcoders.get(stream.as_str()) == Some(&self.inner.id)
+    }
 }

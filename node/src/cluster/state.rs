@@ -58,6 +58,10 @@ pub struct ClusterState {
     /// its placement, chosen by the leader ([`plan_pulls`]).
     #[serde(default)]
     pub pulls: BTreeMap<String, PullSpec>,
+    /// Stream id → the node that transcodes it, chosen by the leader
+    /// ([`plan_transcoders`]).
+    #[serde(default)]
+    pub transcoders: BTreeMap<String, NodeId>,
 }
 
 /// A change to the state; Raft's log entries carry these.
@@ -85,6 +89,11 @@ pub enum Command {
     },
     /// `origin` no longer has `stream` (its publisher left for good).
     Unplace { stream: String, origin: NodeId },
+    /// `node` transcodes `stream`; `None`: nobody does.
+    AssignTranscoder {
+        stream: String,
+        node: Option<NodeId>,
+    },
     /// `stream` is pulled from `spec.source` from now on, unless it is pushed live or
     /// already pulled from elsewhere.
     AddPull { stream: String, spec: PullSpec },
@@ -134,6 +143,7 @@ pub fn apply(state: &mut ClusterState, command: Command) -> Outcome {
                 return Outcome::Ignored;
             }
             state.placements.retain(|_, origin| *origin != id);
+            state.transcoders.retain(|_, node| *node != id);
             Outcome::Done
         }
         Command::SetDraining { id, draining } => match state.nodes.get_mut(&id) {
@@ -182,6 +192,17 @@ pub fn apply(state: &mut ClusterState, command: Command) -> Outcome {
             state.placements.remove(&stream);
             Outcome::Done
         }
+        Command::AssignTranscoder { stream, node } => match node {
+            Some(node) if state.nodes.contains_key(&node) => {
+                state.transcoders.insert(stream, node);
+                Outcome::Done
+            }
+            Some(_) => Outcome::Ignored,
+            None => match state.transcoders.remove(&stream) {
+                Some(_) => Outcome::Done,
+                None => Outcome::Ignored,
+            },
+        },
         Command::Unplace { stream, origin } => {
             if state.placements.get(&stream) == Some(&origin) {
                 state.placements.remove(&stream);
@@ -223,6 +244,52 @@ pub fn plan_pulls(
             origin,
             replaceable: current.into_iter().collect(),
         });
+    }
+    commands
+}
+
+/// The leader's decision for transcoders. `wanted` is, per node heard from lately, the
+/// streams it is the origin of that need renditions (it says so in its load reports). Each
+/// such stream is transcoded by its origin when the origin may hold the `transcoder` role
+/// (`--roles`): the source is there, so renditions cost no relay hop. A stream whose origin
+/// may not, or that no node heard from wants any more, has its assignment removed. With
+/// `settled` false (a leader that has not heard from everyone yet) nothing is removed.
+pub fn plan_transcoders(
+    state: &ClusterState,
+    wanted: &BTreeMap<NodeId, Vec<String>>,
+    settled: bool,
+) -> Vec<Command> {
+    let mut desired: BTreeMap<&str, NodeId> = BTreeMap::new();
+    for (node, streams) in wanted {
+        let may = state
+            .nodes
+            .get(node)
+            .is_some_and(|n| n.allowed.contains(&NodeRole::Transcoder));
+        for stream in streams {
+            if may && state.placements.get(stream) == Some(node) {
+                desired.insert(stream, *node);
+            }
+        }
+    }
+    let mut commands: Vec<Command> = desired
+        .iter()
+        .filter(|(stream, node)| state.transcoders.get(**stream) != Some(node))
+        .map(|(stream, node)| Command::AssignTranscoder {
+            stream: (*stream).to_owned(),
+            node: Some(*node),
+        })
+        .collect();
+    if settled {
+        commands.extend(
+            state
+                .transcoders
+                .keys()
+                .filter(|stream| !desired.contains_key(stream.as_str()))
+                .map(|stream| Command::AssignTranscoder {
+                    stream: stream.clone(),
+                    node: None,
+                }),
+        );
     }
     commands
 }
@@ -389,5 +456,62 @@ mod tests {
         assert!(state.join_token_hashes.contains(&token_hash("secret")));
         assert!(!state.join_token_hashes.contains("secret"));
         assert_eq!(token_hash("secret").len(), 64);
+    }
+
+    fn assign(stream: &str, node: Option<NodeId>) -> Command {
+        Command::AssignTranscoder {
+            stream: stream.into(),
+            node,
+        }
+    }
+
+    #[test]
+    fn a_stream_is_transcoded_by_its_origin_when_the_origin_may_transcode() {
+        let mut state = ClusterState::default();
+        for id in [1, 2, 3] {
+            apply(&mut state, Command::UpsertNode(node(id)));
+        }
+        let mut no_transcoding = node(3);
+        no_transcoding.allowed.remove(&NodeRole::Transcoder);
+        apply(&mut state, Command::UpsertNode(no_transcoding));
+        for (stream, origin) in [("show", 1), ("talk", 2), ("cam", 3)] {
+            state.placements.insert(stream.into(), origin);
+        }
+        let wanted: BTreeMap<NodeId, Vec<String>> = [
+            (1, vec!["show".to_owned()]),
+            // Node 2 says it wants `show` too, but it is not show's origin.
+            (2, vec!["talk".to_owned(), "show".to_owned()]),
+            (3, vec!["cam".to_owned()]),
+        ]
+        .into();
+        let commands = plan_transcoders(&state, &wanted, true);
+        assert_eq!(
+            commands,
+            vec![assign("show", Some(1)), assign("talk", Some(2))],
+            "cam's origin may not transcode: nobody does"
+        );
+        for command in commands {
+            apply(&mut state, command);
+        }
+        assert!(plan_transcoders(&state, &wanted, true).is_empty(), "stable");
+
+        // talk no longer needs renditions; show's origin moved to node 2 (node 1 died).
+        apply(&mut state, Command::RemoveNode { id: 1 });
+        assert_eq!(
+            state.transcoders.get("show"),
+            None,
+            "a removed node transcodes nothing"
+        );
+        state.placements.insert("show".into(), 2);
+        let wanted: BTreeMap<NodeId, Vec<String>> = [(2, vec!["show".to_owned()])].into();
+        assert_eq!(
+            plan_transcoders(&state, &wanted, false),
+            vec![assign("show", Some(2))],
+            "an unsettled leader assigns but removes nothing"
+        );
+        assert_eq!(
+            plan_transcoders(&state, &wanted, true),
+            vec![assign("show", Some(2)), assign("talk", None)]
+        );
     }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::support::browser::ChromeDriver;
 use crate::support::encoder::{Encoder, H264File, assert_contiguous_run};
+use crate::support::loadtest::LoadPublisher;
 use crate::support::media::decode_h264;
 use crate::support::node::Node;
 use crate::support::peer::Viewer;
@@ -77,6 +78,12 @@ async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_deco
         assert!(names.contains(&expected), "{expected} listed: {stream}");
     }
     assert_eq!(stream["transcoder"]["state"], "running", "{stream}");
+    let (_, overview) = node.json("/api/v1/cluster").await;
+    assert_eq!(
+        overview["transcoders"]["show"],
+        node.id().await.as_str(),
+        "the cluster says who transcodes: {overview}"
+    );
 
     // Every rung starts its groups exactly where the source does.
     wait_for(
@@ -289,4 +296,57 @@ async fn chromium_plays_the_rendition_of_a_b_frame_aac_source_with_opus_sound() 
     let (_, stream) = node.json("/api/v1/streams/obs").await;
     assert_eq!(stream["webrtc"]["video"], "video/360p", "{stream}");
     page.close().await;
+}
+
+/// The node the cluster has transcode `stream`, as `/api/v1/cluster` on `observer` says.
+async fn transcoder_of(observer: &Node, stream: &str) -> Option<String> {
+    let (_, overview) = observer.json("/api/v1/cluster").await;
+    overview["transcoders"][stream].as_str().map(str::to_owned)
+}
+
+/// Whether `node` runs `stream`'s transcoder and has its AAC track.
+async fn makes_aac(node: &Node, stream: &str) -> bool {
+    let (_, info) = node.json(&format!("/api/v1/streams/{stream}")).await;
+    info["transcoder"]["state"] == "running"
+        && info["tracks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "audio/aac"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transcoder_assignment_follows_the_stream_when_its_origin_dies() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
+    let mut nodes = Node::cluster(3, "e2e-transcoder-moves", &[]).await;
+    // The load tester's default clip: H.264 and Opus, which gets an AAC rendition.
+    let urls = [nodes[1].url("/whip/moving"), nodes[2].url("/whip/moving")];
+    let _publisher = LoadPublisher::start(
+        &urls.join(","),
+        &nodes[1].ip,
+        &["--duration", "300s", "--reconnect"],
+    );
+    nodes[1].wait_live("moving", Duration::from_secs(60)).await;
+    let first = nodes[1].id().await;
+    wait_for(
+        "the leader assigns the transcoder to the origin",
+        Duration::from_secs(15),
+        || async { transcoder_of(&nodes[0], "moving").await.as_ref() == Some(&first) },
+    )
+    .await;
+    wait_for("the origin transcodes", Duration::from_secs(15), || {
+        makes_aac(&nodes[1], "moving")
+    })
+    .await;
+
+    nodes[1].kill();
+    let second = nodes[2].id().await;
+    wait_for(
+        "the assignment moves to the new origin",
+        Duration::from_secs(30),
+        || async { transcoder_of(&nodes[0], "moving").await.as_ref() == Some(&second) },
+    )
+    .await;
+    wait_for("the new origin transcodes", Duration::from_secs(15), || {
+        makes_aac(&nodes[2], "moving")
+    })
+    .await;
 }

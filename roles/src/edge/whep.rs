@@ -12,7 +12,7 @@ use crate::webrtc::{Engines, NegotiatedSession, open_session};
 /// A broadcast this young may still be getting its renditions.
 const YOUNG_STREAM: Duration = Duration::from_secs(10);
 /// How long a viewer of such a broadcast waits for one before `409`/`415`.
-const RENDITION_WAIT: Duration = Duration::from_secs(3);
+const RENDITION_WAIT: Duration = Duration::from_secs(5);
 
 /// Answers a WHEP offer for `stream`: 404 if the stream is not live, 400/406 for a bad offer,
 /// 409/415 when its video cannot go to WebRTC viewers as it is ([`Broadcast::webrtc_plan`])

@@ -322,7 +322,15 @@ async fn run_child(
 /// How often the node looks for streams whose renditions changed.
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
-/// The transcoders of the streams this node is the origin of. Cheap to clone.
+/// Where the cluster has streams transcoded (the node's Raft state, in a node).
+pub trait TranscoderPlacement: Send + Sync + 'static {
+    /// The streams published on this node that need renditions now.
+    fn wanted(&self, streams: Vec<String>);
+    /// Whether this node is to transcode `stream`.
+    fn assigned_here(&self, stream: &StreamId) -> bool;
+}
+
+/// The transcoders of the streams this node is assigned. Cheap to clone.
 #[derive(Clone)]
 pub struct Transcoders {
     inner: Arc<TranscodersInner>,
@@ -333,17 +341,19 @@ struct TranscodersInner {
     ladder: Vec<Rung>,
     stream_ladders: HashMap<String, Vec<Rung>>,
     command: TranscoderCommand,
+    placement: Arc<dyn TranscoderPlacement>,
     running: Mutex<HashMap<StreamId, Transcoder>>,
 }
 
 impl Transcoders {
     /// Transcoders for `registry`'s streams with `ladder` (or a stream's own in
-    /// `stream_ladders`), started with `command`.
+    /// `stream_ladders`), started with `command` where `placement` says.
     pub fn new(
         registry: StreamRegistry,
         ladder: Vec<Rung>,
         stream_ladders: HashMap<String, Vec<Rung>>,
         command: TranscoderCommand,
+        placement: Arc<dyn TranscoderPlacement>,
     ) -> Self {
         Transcoders {
             inner: Arc::new(TranscodersInner {
@@ -351,13 +361,14 @@ impl Transcoders {
                 ladder,
                 stream_ladders,
                 command,
+                placement,
                 running: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    /// Keeps every live stream published on this node transcoded as [`plan_job`] says,
-    /// until the node stops.
+    /// Keeps every live stream published on this node that the cluster assigns here
+    /// transcoded as [`plan_job`] says, until the node stops.
     pub fn run(&self) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -411,6 +422,10 @@ impl Transcoders {
                 wanted.insert(stream.id, (broadcast, job));
             }
         }
+        self.inner
+            .placement
+            .wanted(wanted.keys().map(|id| id.as_str().to_owned()).collect());
+        wanted.retain(|id, _| self.inner.placement.assigned_here(id));
         let mut running = self.running();
         // A stream that is still there without a publisher (reconnecting) keeps its
         // transcoder: the publisher's return feeds it again.
