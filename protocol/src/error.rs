@@ -32,9 +32,6 @@ pub enum ProtocolError {
     UnknownFlags(u8),
     #[error("stream ended in the middle of a {0}")]
     EndedMidItem(&'static str),
-    /// The transcoder pipe carried a frame over its limit.
-    #[error("transcoder pipe frame of {0} bytes exceeds the {max}-byte limit", max = crate::transcode::MAX_PIPE_FRAME)]
-    PipeFrameTooLong(u64),
     /// A pulled source's address is not one Cascade can pull.
     #[error("invalid pull source: {0}")]
     InvalidPullSource(String),

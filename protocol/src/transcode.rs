@@ -11,18 +11,16 @@
 //!   child's stdin; the child writes rendition frames (index = position in
 //!   [`TranscodeJob::outputs`]) to its stdout.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 
 use crate::error::ProtocolError;
 use crate::media::{Codec, MediaKind, TrackInfo};
-use crate::relay::wire::{RelayFrame, put_varint};
+use crate::relay::wire::{RelayFrame, put_varint, take_frame, try_varint};
 
 /// Index of the source video on the child's stdin.
 pub const INPUT_VIDEO: u64 = 0;
 /// Index of the source audio on the child's stdin.
 pub const INPUT_AUDIO: u64 = 1;
-/// Largest frame accepted on the pipe (a 4K keyframe fits many times).
-pub const MAX_PIPE_FRAME: usize = 16 * 1024 * 1024;
 
 /// One video rung of a ladder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -290,74 +288,23 @@ impl PipeDecoder {
     }
 
     /// The next whole frame, `None` until one is complete. An error means the peer is not
-    /// speaking the format (or sent a frame over [`MAX_PIPE_FRAME`]); the pipe is unusable.
+    /// speaking the format (or sent a frame over the relay's 8 MiB limit); the pipe is
+    /// unusable.
     pub fn next_frame(&mut self) -> Result<Option<PipeFrame>, ProtocolError> {
-        let mut cursor = &self.buffer[..];
-        let Some(index) = take_varint(&mut cursor) else {
+        let mut peek = &self.buffer[..];
+        let Some(index) = try_varint(&mut peek)? else {
             return Ok(None);
         };
-        let Some(&flags) = cursor.first() else {
-            return Ok(None);
-        };
-        cursor.advance(1);
-        if flags & !0x03 != 0 {
-            return Err(ProtocolError::UnknownFlags(flags));
-        }
-        let Some(timestamp) = take_varint(&mut cursor) else {
-            return Ok(None);
-        };
-        let composition_offset = if flags & 0x02 != 0 {
-            let Some(offset) = take_varint(&mut cursor) else {
-                return Ok(None);
-            };
-            u32::try_from(offset).map_err(|_| ProtocolError::VarintTooLarge)?
-        } else {
-            0
-        };
-        let Some(length) = take_varint(&mut cursor) else {
-            return Ok(None);
-        };
-        if length > MAX_PIPE_FRAME as u64 {
-            return Err(ProtocolError::PipeFrameTooLong(length));
-        }
-        let length = length as usize;
-        if cursor.len() < length {
-            return Ok(None);
-        }
-        let header = self.buffer.len() - cursor.len();
-        self.buffer.advance(header);
-        let payload: Bytes = self.buffer.split_to(length).freeze();
-        Ok(Some(PipeFrame {
-            index,
-            frame: RelayFrame {
-                timestamp,
-                composition_offset,
-                keyframe: flags & 0x01 != 0,
-                payload,
-            },
-        }))
+        let offset = self.buffer.len() - peek.len();
+        Ok(take_frame(&mut self.buffer, offset)?.map(|frame| PipeFrame { index, frame }))
     }
-}
-
-/// A QUIC varint from the front of `cursor`, advancing it; `None` when incomplete.
-fn take_varint(cursor: &mut &[u8]) -> Option<u64> {
-    let first = *cursor.first()?;
-    let length = 1usize << (first >> 6);
-    if cursor.len() < length {
-        return None;
-    }
-    let mut value = u64::from(first & 0x3f);
-    for byte in &cursor[1..length] {
-        value = (value << 8) | u64::from(*byte);
-    }
-    cursor.advance(length);
-    Some(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::media::{AUDIO_SOURCE, VIDEO_SOURCE};
+    use bytes::Bytes;
 
     fn video(codec: Codec, width: u32, height: u32, bframes: bool) -> TrackInfo {
         let mut info = TrackInfo::new(VIDEO_SOURCE, codec);
@@ -515,7 +462,7 @@ mod tests {
         let mut bytes = BytesMut::new();
         put_varint(&mut bytes, 0);
         bytes.extend_from_slice(&[0x00, 0x00]);
-        put_varint(&mut bytes, (MAX_PIPE_FRAME + 1) as u64);
+        put_varint(&mut bytes, (crate::relay::wire::MAX_FRAME_BYTES + 1) as u64);
         huge.push(&bytes);
         assert!(huge.next_frame().is_err());
     }

@@ -374,7 +374,7 @@ async fn a_stream_is_restreamed_over_rtmps_through_a_tls_terminator_with_its_cer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_with_b_frames_is_restreamed_with_its_decode_and_presentation_times() {
     let node = Node::start(&[]).await;
-    let _encoder = Encoder::flv(&b_frame_pattern(30), &node.rtmp_url("reordered"));
+    let _encoder = Encoder::flv(&b_frame_pattern(30, false), &node.rtmp_url("reordered"));
     node.wait_live("reordered", Duration::from_secs(20)).await;
     let mut receiver = Receiver::start(&format!("rtmp://{}:19353/live/k", node.ip), "bframes");
     tokio::time::sleep(Duration::from_millis(500)).await; // until it listens

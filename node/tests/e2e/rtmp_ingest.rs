@@ -95,7 +95,7 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
 async fn sources_webrtc_cannot_carry_as_they_are_get_the_reason_instead_of_bad_pictures() {
     // Without the transcoder role, nothing makes a rendition WebRTC can carry.
     let node = Node::start(&["--roles", "origin,edge"]).await;
-    let _bframes = Encoder::flv(&b_frame_pattern(60), &node.rtmp_url("with-bframes"));
+    let _bframes = Encoder::flv(&b_frame_pattern(60, false), &node.rtmp_url("with-bframes"));
     let _aac_only = Encoder::flv(
         &[
             "-f",

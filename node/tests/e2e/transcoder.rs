@@ -8,43 +8,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::browser::ChromeDriver;
-use crate::support::encoder::{Encoder, H264File, assert_contiguous_run};
+use crate::support::encoder::{Encoder, H264File, assert_contiguous_run, b_frame_pattern};
 use crate::support::loadtest::LoadPublisher;
 use crate::support::media::decode_h264;
 use crate::support::node::Node;
 use crate::support::peer::Viewer;
 use crate::support::wait_for;
-
-/// FFmpeg arguments: a 640x360 30 fps test pattern by x264 with two B-frames and a keyframe
-/// every `gop` frames, and a 44.1 kHz AAC tone.
-fn b_frames_and_aac(gop: u32) -> Vec<String> {
-    let gop = gop.to_string();
-    [
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=640x360:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-bf",
-        "2",
-        "-g",
-        &gop,
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-    ]
-    .map(String::from)
-    .to_vec()
-}
 
 fn keyframes(stream: &Value, track: &str) -> Vec<u64> {
     stream["keyframes"][track]
@@ -56,7 +25,7 @@ fn keyframes(stream: &Value, track: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_decode_with_opus() {
     let node = Node::start(&["--ladder", "360p:800,180p:250"]).await;
-    let _encoder = Encoder::flv(&b_frames_and_aac(30), &node.rtmp_url("show"));
+    let _encoder = Encoder::flv(&b_frame_pattern(30, true), &node.rtmp_url("show"));
     node.wait_live("show", Duration::from_secs(20)).await;
     wait_for(
         "WebRTC viewers are offered the renditions",
@@ -166,7 +135,7 @@ async fn killing_the_transcoder_process_leaves_the_node_and_other_streams_alone_
     // Not transcoded: WebRTC-safe video, no ladder, no audio.
     let plain = H264File::encode(25, "transcoder-plain");
     let _plain = Encoder::flv(&plain.args(None), &node.rtmp_url("plain"));
-    let _show = Encoder::flv(&b_frames_and_aac(30), &node.rtmp_url("show"));
+    let _show = Encoder::flv(&b_frame_pattern(30, true), &node.rtmp_url("show"));
     node.wait_live("plain", Duration::from_secs(20)).await;
     wait_for("the transcoder runs", Duration::from_secs(20), || async {
         let (_, stream) = node.json("/api/v1/streams/show").await;
@@ -235,7 +204,7 @@ async fn killing_the_transcoder_process_leaves_the_node_and_other_streams_alone_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_another_node_gets_the_renditions_even_when_it_asks_before_they_exist() {
     let nodes = Node::cluster(2, "e2e-transcode-token", &[]).await;
-    let _encoder = Encoder::flv(&b_frames_and_aac(30), &nodes[0].rtmp_url("far"));
+    let _encoder = Encoder::flv(&b_frame_pattern(30, true), &nodes[0].rtmp_url("far"));
     nodes[0].wait_live("far", Duration::from_secs(20)).await;
     // At once: the edge's pull may well fetch a catalog without renditions; the viewer waits
     // for them instead of getting 409.
@@ -269,7 +238,7 @@ async fn a_viewer_on_another_node_gets_the_renditions_even_when_it_asks_before_t
 async fn chromium_plays_the_rendition_of_a_b_frame_aac_source_with_opus_sound() {
     let _turn = crate::support::one_heavy_test_at_a_time().await;
     let node = Node::start(&[]).await;
-    let _encoder = Encoder::flv(&b_frames_and_aac(30), &node.rtmp_url("obs"));
+    let _encoder = Encoder::flv(&b_frame_pattern(30, true), &node.rtmp_url("obs"));
     node.wait_live("obs", Duration::from_secs(20)).await;
     let mut driver = ChromeDriver::start().await;
     let page = driver.open().await;

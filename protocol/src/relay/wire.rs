@@ -406,6 +406,53 @@ pub enum GroupItem {
     Frame(RelayFrame),
 }
 
+/// Takes the frame that starts `offset` bytes into `buffer` once all of it has arrived:
+/// `buffer` then loses those bytes and the frame; `Ok(None)` until then, buffer untouched.
+/// The bytes before `offset` are the caller's (already parsed) prefix.
+pub fn take_frame(
+    buffer: &mut BytesMut,
+    offset: usize,
+) -> Result<Option<RelayFrame>, ProtocolError> {
+    let mut peek = &buffer[offset..];
+    let Some(&flags) = peek.first() else {
+        return Ok(None);
+    };
+    if flags & !(FLAG_KEYFRAME | FLAG_REORDERED) != 0 {
+        return Err(ProtocolError::UnknownFlags(flags));
+    }
+    peek = &peek[1..];
+    let Some(timestamp) = try_varint(&mut peek)? else {
+        return Ok(None);
+    };
+    let composition_offset = if flags & FLAG_REORDERED != 0 {
+        let Some(offset) = try_varint(&mut peek)? else {
+            return Ok(None);
+        };
+        u32::try_from(offset).map_err(|_| ProtocolError::VarintTooLarge)?
+    } else {
+        0
+    };
+    let Some(len) = try_varint(&mut peek)? else {
+        return Ok(None);
+    };
+    if len > MAX_FRAME_BYTES as u64 {
+        return Err(ProtocolError::FrameTooLong(len));
+    }
+    let len = len as usize;
+    if peek.len() < len {
+        return Ok(None);
+    }
+    let header = buffer.len() - peek.len();
+    buffer.advance(header);
+    let payload = buffer.split_to(len).freeze();
+    Ok(Some(RelayFrame {
+        timestamp,
+        composition_offset,
+        keyframe: flags & FLAG_KEYFRAME != 0,
+        payload,
+    }))
+}
+
 /// Splits one group stream into its header and frames as its bytes arrive.
 #[derive(Debug, Default)]
 pub struct GroupDecoder {
@@ -442,43 +489,7 @@ impl GroupDecoder {
                 group,
             })));
         }
-        let Some(&flags) = peek.first() else {
-            return Ok(None);
-        };
-        if flags & !(FLAG_KEYFRAME | FLAG_REORDERED) != 0 {
-            return Err(ProtocolError::UnknownFlags(flags));
-        }
-        peek = &peek[1..];
-        let Some(timestamp) = try_varint(&mut peek)? else {
-            return Ok(None);
-        };
-        let composition_offset = if flags & FLAG_REORDERED != 0 {
-            let Some(offset) = try_varint(&mut peek)? else {
-                return Ok(None);
-            };
-            u32::try_from(offset).map_err(|_| ProtocolError::VarintTooLarge)?
-        } else {
-            0
-        };
-        let Some(len) = try_varint(&mut peek)? else {
-            return Ok(None);
-        };
-        if len > MAX_FRAME_BYTES as u64 {
-            return Err(ProtocolError::FrameTooLong(len));
-        }
-        let len = len as usize;
-        if peek.len() < len {
-            return Ok(None);
-        }
-        let header = self.buffer.len() - peek.len();
-        self.buffer.advance(header);
-        let payload = self.buffer.split_to(len).freeze();
-        Ok(Some(GroupItem::Frame(RelayFrame {
-            timestamp,
-            composition_offset,
-            keyframe: flags & FLAG_KEYFRAME != 0,
-            payload,
-        })))
+        Ok(take_frame(&mut self.buffer, 0)?.map(GroupItem::Frame))
     }
 
     /// Checks that the stream's end (FIN) fell between items.
@@ -507,7 +518,7 @@ pub fn put_varint(out: &mut impl BufMut, value: u64) {
 }
 
 /// Reads a varint; `Ok(None)` (and `buf` untouched) when it has not fully arrived.
-fn try_varint(buf: &mut &[u8]) -> Result<Option<u64>, ProtocolError> {
+pub fn try_varint(buf: &mut &[u8]) -> Result<Option<u64>, ProtocolError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };

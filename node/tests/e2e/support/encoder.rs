@@ -65,28 +65,33 @@ impl Drop for Encoder {
 }
 
 /// FFmpeg's input and codec arguments for a live 640x360 test pattern encoded by x264 with
-/// two B-frames (as OBS and many encoders send by default) and a keyframe every `gop` frames.
-pub fn b_frame_pattern(gop: u32) -> Vec<String> {
+/// two B-frames (as OBS and many encoders send by default) and a keyframe every `gop` frames;
+/// with `aac`, a 44.1 kHz AAC tone as well.
+pub fn b_frame_pattern(gop: u32, aac: bool) -> Vec<String> {
     let gop = gop.to_string();
-    [
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=640x360:rate=30",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-bf",
-        "2",
-        "-g",
-        &gop,
-        "-pix_fmt",
-        "yuv420p",
-    ]
-    .map(String::from)
-    .to_vec()
+    let mut args: Vec<String> = ["-re", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30"]
+        .map(String::from)
+        .to_vec();
+    if aac {
+        args.extend(
+            [
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+                "-c:a",
+                "aac",
+            ]
+            .map(String::from),
+        );
+    }
+    args.extend(
+        [
+            "-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-g", &gop, "-pix_fmt", "yuv420p",
+        ]
+        .map(String::from),
+    );
+    args
 }
 
 /// A test pattern with a live stream's x264 settings (no B-frames) at 30 fps, as a raw H.264
