@@ -26,6 +26,16 @@ pub enum RoleError {
         /// Why.
         unfit: cascade_protocol::media::WebRtcUnfit,
     },
+    /// A viewer pinned a rendition the stream does not have, or one WebRTC cannot carry.
+    #[error("stream {stream} has no rendition {rendition} WebRTC viewers can be given; it has: {}", available.join(", "))]
+    UnknownRendition {
+        /// The stream asked for.
+        stream: cascade_protocol::StreamId,
+        /// The rendition asked for.
+        rendition: String,
+        /// What it has.
+        available: Vec<String>,
+    },
     /// An ingest connection named its stream badly (an RTMP stream key that is no stream id).
     #[error("{0}")]
     BadIngest(String),

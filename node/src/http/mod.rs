@@ -170,6 +170,7 @@ impl ApiError {
                 (StatusCode::CONFLICT, "publisher_already_live")
             }
             RoleError::BadIngest(_) => (StatusCode::BAD_REQUEST, "bad_ingest"),
+            RoleError::UnknownRendition { .. } => (StatusCode::BAD_REQUEST, "unknown_rendition"),
             RoleError::NotAuthorized { .. } => (StatusCode::UNAUTHORIZED, "unauthorized"),
             RoleError::NotForWebRtc { unfit, .. } => match unfit {
                 WebRtcUnfit::BFrames => (StatusCode::CONFLICT, "source_has_b_frames"),

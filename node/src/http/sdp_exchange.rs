@@ -240,6 +240,9 @@ impl Exchange {
         if let Some(region) = &query.region {
             location.push_str(&format!("&region={region}"));
         }
+        if let Some(rendition) = &query.rendition {
+            location.push_str(&format!("&rendition={rendition}"));
+        }
         let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
         if let Ok(value) = HeaderValue::from_str(&location) {
             response.headers_mut().insert(header::LOCATION, value);
@@ -313,6 +316,8 @@ fn unix_now() -> u64 {
 pub(crate) struct RouteQuery {
     region: Option<String>,
     routed: Option<String>,
+    /// WHEP: the video rendition the viewer wants (`video/360p`) instead of the default.
+    rendition: Option<String>,
 }
 
 /// `OPTIONS` on the POST resource: advertise what a client may send.
@@ -359,6 +364,7 @@ pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
                         &stream,
                         &offer,
                         client,
+                        route.rendition.clone(),
                     )
                     .await
                 }

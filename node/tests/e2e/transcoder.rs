@@ -126,6 +126,33 @@ async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_deco
         metrics.lines().any(|l| l == "cascade_transcoders 1"),
         "{metrics}"
     );
+
+    // A viewer may pin a rung; one the stream does not have is refused with the list.
+    let mut pinned = Viewer::connect(&node.ip, &node.url("/whep/show?rendition=video/180p"), None)
+        .await
+        .expect("a viewer pinned to the 180p rung");
+    let received = pinned.collect(30, Duration::from_secs(5)).await;
+    let units: Vec<Vec<u8>> = received.into_iter().map(|u| u.data).collect();
+    let decoded = decode_h264(&units);
+    assert!(decoded.pictures.len() >= 30, "{}", decoded.errors);
+    assert!(
+        decoded
+            .pictures
+            .iter()
+            .all(|(_, w, h)| (*w, *h) == (320, 180)),
+        "the pinned viewer gets 320x180: {:?}",
+        &decoded.pictures[..3]
+    );
+    let (status, body) = Viewer::connect(
+        &node.ip,
+        &node.url("/whep/show?rendition=video/source"),
+        None,
+    )
+    .await
+    .err()
+    .expect("the B-frame source cannot be pinned");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("video/360p, video/180p"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

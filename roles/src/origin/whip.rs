@@ -20,9 +20,9 @@ pub async fn publish(
         engines,
         stream,
         SessionKind::Publisher,
-        "whip",
         offer_sdp,
         client,
+        None,
     )
     .await
 }

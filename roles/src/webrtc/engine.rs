@@ -76,6 +76,9 @@ pub(crate) struct NewSession {
     pub broadcast: Arc<Broadcast>,
     pub actor: ActorRef<SessionMsg>,
     pub liveness: Liveness,
+    /// A viewer's video rendition chosen by the client (WHEP `?rendition=`), checked to be
+    /// one WebRTC can carry; `None`: the broadcast's default.
+    pub rendition: Option<String>,
 }
 
 /// What the rest of the node asks of the engine.
@@ -85,7 +88,8 @@ pub(crate) enum Command {
     RequestKeyframe(SessionId),
 }
 
-type TrackKey = (StreamId, MediaKind);
+/// A subscription of the engine: one per (stream, track name), shared by its viewers.
+type TrackKey = (StreamId, String);
 
 struct FrameToEngine {
     key: TrackKey,
@@ -139,6 +143,8 @@ impl PacketizedFrame {
 /// Per-viewer state of one outgoing track.
 #[derive(Default)]
 struct OutTrack {
+    /// The broadcast track it carries, once negotiated (a rendition, or the source).
+    track: Option<String>,
     mid: Option<Mid>,
     pt: Option<Pt>,
     /// The extended RTP sequence number of the next packet (starts below 2^15 so that the
@@ -166,6 +172,9 @@ struct InTrack {
     codec: Option<Codec>,
 }
 
+// Sessions live in the engine's slot table; boxing the viewer side would add a pointer
+// chase to every packet of the fan-out.
+#[allow(clippy::large_enum_variant)]
 enum Role {
     Publisher { video: InTrack, audio: InTrack },
     Viewer { video: OutTrack, audio: OutTrack },
@@ -185,6 +194,8 @@ struct Session {
     broadcast: Arc<Broadcast>,
     actor: ActorRef<SessionMsg>,
     liveness: Liveness,
+    /// The video rendition its client asked for, if any.
+    rendition: Option<String>,
     /// Until ICE and DTLS complete, the session is ended at this instant.
     handshake_deadline: Instant,
     /// Every address the peer's checks came from, oldest first: a browser checks its UDP and
@@ -533,6 +544,7 @@ impl Engine {
             broadcast: new.broadcast,
             actor: new.actor,
             liveness: new.liveness,
+            rendition: new.rendition,
             handshake_deadline,
             remotes: Vec::new(),
             deadline: Instant::now(),
@@ -678,6 +690,7 @@ impl Engine {
         let Some(packetized) = subscription.packetize_live(&frame) else {
             return;
         };
+        let kind = subscription.track.kind();
         // Indices are copied out so that sessions can be driven (and removed) in the loop.
         let viewers = subscription.viewers.clone();
         let now = Instant::now();
@@ -688,7 +701,7 @@ impl Engine {
             let Some(session) = self.slots[slot].as_mut() else {
                 continue;
             };
-            if key.1 == MediaKind::Video
+            if kind == MediaKind::Video
                 && let Role::Viewer { video, .. } = &mut session.role
                 && !video.backlog.is_empty()
             {
@@ -696,7 +709,7 @@ impl Engine {
                 video.backlog.push_back((packetized.clone(), None));
                 continue;
             }
-            write_to_viewer(session, key.1, &packetized, None, now);
+            write_to_viewer(session, kind, &packetized, None, now);
             self.drive(slot);
         }
     }
@@ -796,12 +809,25 @@ impl Engine {
         let Some(session) = self.slots[slot].as_mut() else {
             return;
         };
-        let key = (session.broadcast.id().clone(), kind);
-        // What WebRTC can carry of the broadcast (`Broadcast::webrtc_plan`): AAC audio, for
-        // one, is left out and the viewer's audio track stays silent.
-        let Some(track) = session.broadcast.webrtc_track(kind) else {
+        // The rendition the client pinned, else what WebRTC can carry of the broadcast
+        // (`Broadcast::webrtc_plan`): AAC audio, for one, is left out and the viewer's audio
+        // track stays silent.
+        let pinned = match (kind, &session.rendition) {
+            (MediaKind::Video, Some(name)) => session.broadcast.track(name),
+            _ => None,
+        };
+        let Some(track) = pinned.or_else(|| session.broadcast.webrtc_track(kind)) else {
             return;
         };
+        let key = (session.broadcast.id().clone(), track.name().to_owned());
+        if let Role::Viewer { video, audio } = &mut session.role {
+            let out = if kind == MediaKind::Video {
+                video
+            } else {
+                audio
+            };
+            out.track = Some(track.name().to_owned());
+        }
         let subscription = self.subscriptions.entry(key.clone()).or_insert_with(|| {
             let sink = EngineSink {
                 key: key.clone(),
@@ -830,7 +856,13 @@ impl Engine {
             return;
         };
         let now = Instant::now();
-        let key = (session.broadcast.id().clone(), MediaKind::Video);
+        let Role::Viewer { video, .. } = &session.role else {
+            return;
+        };
+        let Some(name) = video.track.clone() else {
+            return;
+        };
+        let key = (session.broadcast.id().clone(), name);
         let Some(subscription) = self.subscriptions.get(&key) else {
             return;
         };
@@ -952,9 +984,9 @@ impl Engine {
             }
         }
         match &session.role {
-            Role::Viewer { .. } => {
-                for kind in [MediaKind::Video, MediaKind::Audio] {
-                    let key = (session.broadcast.id().clone(), kind);
+            Role::Viewer { video, audio } => {
+                for name in [&video.track, &audio.track].into_iter().flatten() {
+                    let key = (session.broadcast.id().clone(), name.clone());
                     if let Some(subscription) = self.subscriptions.get_mut(&key) {
                         subscription.viewers.retain(|&v| v != slot);
                         if subscription.viewers.is_empty() {
@@ -1116,9 +1148,10 @@ fn write_to_viewer(
     let pt = match out.pt {
         Some(pt) => pt,
         None => {
-            let Some(codec) = session
-                .broadcast
-                .webrtc_track(kind)
+            let Some(codec) = out
+                .track
+                .as_deref()
+                .and_then(|name| session.broadcast.track(name))
                 .and_then(|t| t.info())
                 .map(|i| i.codec)
             else {

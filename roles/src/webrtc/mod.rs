@@ -374,16 +374,21 @@ pub struct NegotiatedSession {
 }
 
 /// Negotiates an offer, admits the session on its stream and attaches its media. The offer is
-/// checked before the stream is touched, so a bad offer never disturbs a live stream.
+/// checked before the stream is touched, so a bad offer never disturbs a live stream. A
+/// viewer may have pinned a video `rendition`.
 pub async fn open_session(
     registry: &crate::origin::StreamRegistry,
     engines: &Engines,
     stream: &cascade_protocol::StreamId,
     kind: SessionKind,
-    protocol: &'static str,
     offer_sdp: &str,
     client: Client,
+    rendition: Option<String>,
 ) -> Result<NegotiatedSession, RoleError> {
+    let protocol = match kind {
+        SessionKind::Publisher => "whip",
+        SessionKind::Viewer => "whep",
+    };
     let engine = engines.of(kind);
     // Refused before any negotiation: an overloaded node spends nothing on a refusal.
     registry.check_capacity(kind)?;
@@ -406,6 +411,7 @@ pub async fn open_session(
         broadcast: admitted.broadcast,
         actor: admitted.actor.clone(),
         liveness,
+        rendition,
     }) {
         admitted.actor.stop(Some("engine unavailable".into()));
         return Err(e);
