@@ -142,6 +142,9 @@ pub struct TrackInfo {
     /// must reorder them, which WebRTC receivers do not do.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bframes: bool,
+    /// The target bitrate in kbit/s of a rendition the transcoder makes (sources: unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<u32>,
 }
 
 /// Why a track cannot go to WebRTC viewers as it is.
@@ -186,6 +189,7 @@ impl TrackInfo {
             codec_string: None,
             config: None,
             bframes: false,
+            bitrate_kbps: None,
         }
     }
 

@@ -129,15 +129,22 @@ impl Output {
                 track,
                 width,
                 height,
+                bitrate_kbps,
                 ..
             } => {
                 let mut info = TrackInfo::new(track, Codec::H264);
                 info.width = Some(*width);
                 info.height = Some(*height);
+                info.bitrate_kbps = Some(*bitrate_kbps);
                 info
             }
-            Output::Audio { track, codec, .. } => {
+            Output::Audio {
+                track,
+                codec,
+                bitrate_kbps,
+            } => {
                 let mut info = TrackInfo::new(track, *codec);
+                info.bitrate_kbps = Some(*bitrate_kbps);
                 info.sample_rate = Some(48_000);
                 info.channels = Some(2);
                 if *codec == Codec::Aac {

@@ -46,6 +46,22 @@ async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_deco
     for expected in ["video/360p", "video/180p", "audio/opus"] {
         assert!(names.contains(&expected), "{expected} listed: {stream}");
     }
+    let rung = stream["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "video/180p")
+        .unwrap();
+    assert_eq!(
+        (
+            &rung["codec"],
+            &rung["width"],
+            &rung["height"],
+            &rung["bitrate_kbps"]
+        ),
+        (&"H264".into(), &320.into(), &180.into(), &250.into()),
+        "the catalog says what the rung is: {stream}"
+    );
     assert_eq!(stream["transcoder"]["state"], "running", "{stream}");
     let (_, overview) = node.json("/api/v1/cluster").await;
     assert_eq!(
