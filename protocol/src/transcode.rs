@@ -21,6 +21,10 @@ use crate::relay::wire::{RelayFrame, put_varint, take_frame, try_varint};
 pub const INPUT_VIDEO: u64 = 0;
 /// Index of the source audio on the child's stdin.
 pub const INPUT_AUDIO: u64 = 1;
+/// Index of the gate frame on the child's stdin: its payload has one byte per output, 1 when
+/// something consumes that output (encode it), 0 when nothing does (just in time: the
+/// output idles). Gates open and close at source group boundaries.
+pub const INPUT_GATES: u64 = 2;
 
 /// One video rung of a ladder.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -356,6 +356,11 @@ impl Track {
         self.lock().info.clone()
     }
 
+    /// Its subscriptions now (viewers' engines, relays to other nodes, restreams).
+    pub fn subscribers(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
     /// The timestamps of its last few group starts, oldest first (video tracks).
     pub fn recent_keyframes(&self) -> Vec<u64> {
         self.lock().recent_keyframes.iter().copied().collect()

@@ -24,6 +24,7 @@ fn keyframes(stream: &Value, track: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_decode_with_opus() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
     let node = Node::start(&["--ladder", "360p:800,180p:250"]).await;
     let _encoder = Encoder::flv(&b_frame_pattern(30, true), &node.rtmp_url("show"));
     node.wait_live("show", Duration::from_secs(20)).await;
@@ -70,6 +71,15 @@ async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_deco
         "the cluster says who transcodes: {overview}"
     );
 
+    // Rungs are encoded while someone watches them: a viewer of the default rung, and one
+    // who pins the 180p rung.
+    let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/show"), None)
+        .await
+        .expect("a WHEP viewer of the B-frame source");
+    let mut pinned = Viewer::connect(&node.ip, &node.url("/whep/show?rendition=video/180p"), None)
+        .await
+        .expect("a viewer pinned to the 180p rung");
+
     // Every rung starts its groups exactly where the source does.
     wait_for(
         "four groups in every rung",
@@ -110,9 +120,6 @@ async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_deco
     }
 
     // A WHEP viewer gets pictures a decoder takes in the order they come, and Opus.
-    let mut viewer = Viewer::connect(&node.ip, &node.url("/whep/show"), None)
-        .await
-        .expect("a WHEP viewer of the B-frame source");
     let received = viewer.collect(90, Duration::from_secs(5)).await;
     assert!(received.len() >= 90, "received {} frames", received.len());
     assert!(received[0].keyframe, "it starts at a keyframe");
@@ -143,10 +150,8 @@ async fn a_b_frame_aac_source_becomes_an_aligned_ladder_that_webrtc_viewers_deco
         "{metrics}"
     );
 
-    // A viewer may pin a rung; one the stream does not have is refused with the list.
-    let mut pinned = Viewer::connect(&node.ip, &node.url("/whep/show?rendition=video/180p"), None)
-        .await
-        .expect("a viewer pinned to the 180p rung");
+    // The pinned viewer gets the rung it asked for; one the stream does not have is refused
+    // with the list.
     let received = pinned.collect(30, Duration::from_secs(5)).await;
     let units: Vec<Vec<u8>> = received.into_iter().map(|u| u.data).collect();
     let decoded = decode_h264(&units);
@@ -361,4 +366,102 @@ async fn the_transcoder_assignment_follows_the_stream_when_its_origin_dies() {
         makes_aac(&nodes[2], "moving")
     })
     .await;
+}
+
+/// `cascade_transcoder_frames_out_total` of `track` on `node`.
+async fn frames_out(node: &Node, track: &str) -> u64 {
+    let label = format!("cascade_transcoder_frames_out_total{{track=\"{track}\"}} ");
+    node.metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&label)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn encoding(node: &Node, stream: &str) -> Vec<String> {
+    let (_, info) = node.json(&format!("/api/v1/streams/{stream}")).await;
+    info["transcoder"]["encoding"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rung_is_encoded_only_while_someone_watches_it_and_starting_one_disturbs_no_other() {
+    let node = Node::start(&["--ladder", "180p:250"]).await;
+    let _encoder = Encoder::flv(&b_frame_pattern(30, false), &node.rtmp_url("jit"));
+    wait_for("the transcoder runs", Duration::from_secs(20), || async {
+        let (_, info) = node.json("/api/v1/streams/jit").await;
+        info["transcoder"]["state"] == "running"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        encoding(&node, "jit").await.is_empty(),
+        "no viewer, no rung"
+    );
+    assert_eq!(frames_out(&node, "video/360p").await, 0);
+    assert_eq!(frames_out(&node, "video/180p").await, 0);
+    assert!(
+        node.metrics()
+            .await
+            .lines()
+            .any(|l| l == "cascade_transcoder_rungs_encoding{stream=\"jit\"} 0"),
+        "the metric says so"
+    );
+
+    let mut watching = Viewer::connect(&node.ip, &node.url("/whep/jit"), None)
+        .await
+        .expect("a viewer of the default rung");
+    watching
+        .assert_decodable(30, "frames of the default rung")
+        .await;
+    assert_eq!(encoding(&node, "jit").await, ["video/360p"]);
+    assert_eq!(
+        frames_out(&node, "video/180p").await,
+        0,
+        "nobody watches 180p"
+    );
+
+    // Starting the 180p rung: the 360p viewer's pictures keep coming, one every frame time.
+    while watching.video.try_recv().is_ok() {}
+    let pinned = Viewer::connect(&node.ip, &node.url("/whep/jit?rendition=video/180p"), None)
+        .await
+        .expect("a viewer pinned to 180p");
+    let during = watching.collect(90, Duration::from_secs(3)).await;
+    wait_for("both rungs encode", Duration::from_secs(10), || async {
+        encoding(&node, "jit").await.len() == 2
+    })
+    .await;
+    assert!(during.len() >= 90, "the 360p viewer got {}", during.len());
+    let longest = during
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .max()
+        .unwrap();
+    assert!(
+        longest < Duration::from_millis(250),
+        "the 360p viewer waited {longest:?} for a frame while 180p started"
+    );
+
+    // The 180p viewer leaves: its rung stops at the next group.
+    let _ = pinned.pc.close().await;
+    drop(pinned);
+    wait_for("the 180p rung stops", Duration::from_secs(20), || async {
+        encoding(&node, "jit").await == ["video/360p"]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = frames_out(&node, "video/180p").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        frames_out(&node, "video/180p").await,
+        stopped,
+        "no 180p frame made"
+    );
+    assert!(watching.collect(30, Duration::from_secs(3)).await.len() >= 30);
 }

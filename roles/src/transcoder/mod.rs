@@ -26,7 +26,8 @@ use bytes::BytesMut;
 use cascade_protocol::StreamId;
 use cascade_protocol::media::{AUDIO_SOURCE, Frame, MediaKind, VIDEO_SOURCE};
 use cascade_protocol::transcode::{
-    INPUT_AUDIO, INPUT_VIDEO, PipeDecoder, PipeFrame, Rung, TranscodeJob, plan_job,
+    INPUT_AUDIO, INPUT_GATES, INPUT_VIDEO, Output, PipeDecoder, PipeFrame, Rung, TranscodeJob,
+    plan_job,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -39,6 +40,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A child that lived this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// How often the supervisor looks which rungs are consumed.
+const GATE_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Source video frames remembered to measure the transcoder's latency (two seconds at 30 fps).
 const LATENCY_WINDOW: usize = 64;
 /// Source frames queued towards the child (a second and a half of 30 fps video plus audio).
@@ -60,6 +63,8 @@ pub struct TranscoderInfo {
     pub outputs: Vec<String>,
     /// `starting`, `running`, or `restarting` after its process ended.
     pub state: &'static str,
+    /// The video rungs being encoded now: those something consumes (just in time).
+    pub encoding: Vec<String>,
     /// The child process, while one runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -103,6 +108,7 @@ impl Transcoder {
         let status = Arc::new(Mutex::new(TranscoderInfo {
             outputs: job.outputs.iter().map(|o| o.track().to_owned()).collect(),
             state: "starting",
+            encoding: Vec::new(),
             pid: None,
             restarts: 0,
             last_error: None,
@@ -185,6 +191,37 @@ async fn supervise(
     }
 }
 
+/// Per output, 1 when it is to be encoded: audio always (cheap, and its consumers join
+/// without waiting), a video rung while something subscribes to its track.
+fn wanted_outputs(job: &TranscodeJob, outputs: &[Arc<Track>]) -> Vec<u8> {
+    job.outputs
+        .iter()
+        .zip(outputs)
+        .map(|(output, track)| match output {
+            Output::Audio { .. } => 1,
+            Output::Video { .. } => u8::from(track.subscribers() > 0),
+        })
+        .collect()
+}
+
+/// Shows which rungs are encoded, in the API and the metrics.
+fn note_encoding(
+    broadcast: &Broadcast,
+    job: &TranscodeJob,
+    wanted: &[u8],
+    status: &Mutex<TranscoderInfo>,
+) {
+    let encoding: Vec<String> = job
+        .video_outputs()
+        .filter(|(index, _)| wanted.get(*index) == Some(&1))
+        .map(|(_, output)| output.track().to_owned())
+        .collect();
+    metrics::gauge!("cascade_transcoder_rungs_encoding", "stream" => broadcast.id().to_string())
+        .set(encoding.len() as f64);
+    tracing::debug!(stream = %broadcast.id(), ?encoding, "transcoder rungs consumed");
+    lock(status).encoding = encoding;
+}
+
 /// One child process, from start to exit; returns why it ended.
 async fn run_child(
     broadcast: &Broadcast,
@@ -231,7 +268,37 @@ async fn run_child(
     let fed_at: Mutex<VecDeque<(u64, Instant)>> = Mutex::new(VecDeque::new());
     let feed = async {
         let mut encoded = BytesMut::new();
-        while let Some((index, frame)) = frames.recv().await {
+        let mut gates: Option<Vec<u8>> = None;
+        let mut look = tokio::time::interval(GATE_CHECK_EVERY);
+        loop {
+            let (index, frame) = tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(frame) => frame,
+                    None => break,
+                },
+                _ = look.tick() => {
+                    let wanted = wanted_outputs(job, outputs);
+                    if gates.as_ref() != Some(&wanted) {
+                        note_encoding(broadcast, job, &wanted, status);
+                        encoded.clear();
+                        PipeFrame {
+                            index: INPUT_GATES,
+                            frame: RelayFrame {
+                                timestamp: 0,
+                                composition_offset: 0,
+                                keyframe: false,
+                                payload: bytes::Bytes::from(wanted.clone()),
+                            },
+                        }
+                        .encode(&mut encoded);
+                        if let Err(e) = stdin.write_all(&encoded).await {
+                            return format!("writing to the transcoder: {e}");
+                        }
+                        gates = Some(wanted);
+                    }
+                    continue;
+                }
+            };
             if index == INPUT_VIDEO {
                 let mut fed = fed_at.lock().unwrap_or_else(|p| p.into_inner());
                 if fed.len() == LATENCY_WINDOW {

@@ -13,17 +13,22 @@
 //! timestamps (x264's own keyframes are pushed out of the way: scene cuts off, a very long
 //! maximum interval). Events with a running time fire once and never again in 1.22, so
 //! they are not used.
+//!
+//! **Just in time.** Each video rung has a `valve` after its queue, closed until the node
+//! says something consumes the rung, and opened or closed only at a source keyframe. Its
+//! sink is `async=false`: a rung that never gets a buffer must not hold the pipeline's
+//! state change to PLAYING (every other sink would then wait in preroll).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use cascade_protocol::media::{Codec, TrackInfo};
 use cascade_protocol::relay::RelayFrame;
 use cascade_protocol::transcode::{
-    INPUT_AUDIO, INPUT_VIDEO, Output, PipeDecoder, PipeFrame, TranscodeJob,
+    INPUT_AUDIO, INPUT_GATES, INPUT_VIDEO, Output, PipeDecoder, PipeFrame, TranscodeJob,
 };
 use gstreamer as gst;
 use gstreamer::prelude::*;
@@ -71,8 +76,20 @@ pub fn run(job: &TranscodeJob) -> Result<(), RoleError> {
         .map(|_| app_src(&pipeline, "asrc"))
         .transpose()?;
     let keyframes = Arc::new(Mutex::new(VecDeque::new()));
+    // Every video rung starts idle: the node says which are consumed (just in time).
+    let gates: Vec<(usize, gst::Element, Arc<AtomicBool>)> = job
+        .video_outputs()
+        .map(|(index, _)| {
+            pipeline
+                .by_name(&format!("gate{index}"))
+                .map(|valve| (index, valve, Arc::new(AtomicBool::new(false))))
+                .ok_or_else(|| failure(format!("no gate{index} in the pipeline")))
+        })
+        .collect::<Result<_, _>>()?;
+    let wanted: Vec<(usize, Arc<AtomicBool>)> =
+        gates.iter().map(|(i, _, w)| (*i, Arc::clone(w))).collect();
     if job.video_source.is_some() {
-        align_keyframes(&pipeline, Arc::clone(&keyframes))?;
+        align_keyframes(&pipeline, Arc::clone(&keyframes), gates)?;
     }
     pipeline
         .set_state(gst::State::Playing)
@@ -89,6 +106,7 @@ pub fn run(job: &TranscodeJob) -> Result<(), RoleError> {
                 audio_src.as_ref().map(|s| (s, audio_timescale)),
                 &keyframes,
                 &latest_input,
+                &wanted,
             );
             for src in [video_src, audio_src].into_iter().flatten() {
                 let _ = src.end_of_stream();
@@ -165,6 +183,7 @@ fn describe(job: &TranscodeJob) -> Result<String, RoleError> {
                     .unwrap_or_default();
                 parts.push(format!(
                     "vt. ! queue max-size-buffers=8 max-size-time=0 max-size-bytes=0 \
+                     ! valve name=gate{index} drop=true drop-mode=forward-sticky-events \
                      ! videoscale ! videoconvert \
                      ! video/x-raw,format=I420,width={width},height={height},pixel-aspect-ratio=1/1{rate} \
                      ! x264enc tune=zerolatency speed-preset=veryfast bitrate={bitrate_kbps} \
@@ -172,7 +191,7 @@ fn describe(job: &TranscodeJob) -> Result<String, RoleError> {
                      ! video/x-h264,profile=constrained-baseline \
                      ! h264parse config-interval=-1 \
                      ! video/x-h264,stream-format=byte-stream,alignment=au \
-                     ! appsink name=out{index} sync=false max-buffers=64"
+                     ! appsink name=out{index} sync=false async=false max-buffers=64"
                 ));
             }
             Output::Audio {
@@ -193,7 +212,7 @@ fn describe(job: &TranscodeJob) -> Result<String, RoleError> {
                 };
                 parts.push(format!(
                     "at. ! queue max-size-buffers=64 max-size-time=0 max-size-bytes=0 \
-                     ! {encoder} ! appsink name=out{index} sync=false max-buffers=256"
+                     ! {encoder} ! appsink name=out{index} sync=false async=false max-buffers=256"
                 ));
             }
         }
@@ -290,10 +309,13 @@ fn attach_output(
     );
 }
 
-/// Forces a keyframe in every rung wherever the source had one.
+/// Forces a keyframe in every rung wherever the source had one, and opens or closes each
+/// rung's gate there (so a rung that starts begins with an aligned keyframe, and one that
+/// stops ends with a whole group).
 fn align_keyframes(
     pipeline: &gst::Pipeline,
     keyframes: Arc<Mutex<VecDeque<u64>>>,
+    gates: Vec<(usize, gst::Element, Arc<AtomicBool>)>,
 ) -> Result<(), RoleError> {
     let decoder = pipeline
         .by_name("vdec")
@@ -318,6 +340,13 @@ fn align_keyframes(
             hit
         };
         if is_source_keyframe {
+            for (_, valve, wanted) in &gates {
+                let drop = !wanted.load(Ordering::Relaxed);
+                if valve.property::<bool>("drop") != drop {
+                    tracing::debug!(gate = %valve.name(), encoding = !drop, "rung gate");
+                    valve.set_property("drop", drop);
+                }
+            }
             let event = gstreamer_video::DownstreamForceKeyUnitEvent::builder()
                 .all_headers(true)
                 .build();
@@ -335,6 +364,7 @@ fn feed(
     audio: Option<(&gst_app::AppSrc, u32)>,
     keyframes: &Mutex<VecDeque<u64>>,
     latest_input: &AtomicU64,
+    wanted: &[(usize, Arc<AtomicBool>)],
 ) -> Result<(), RoleError> {
     let mut decoder = PipeDecoder::default();
     let mut chunk = vec![0u8; 64 * 1024];
@@ -350,6 +380,14 @@ fn feed(
             .next_frame()
             .map_err(|e| failure(format!("the node's pipe: {e}")))?
         {
+            if index == INPUT_GATES {
+                tracing::debug!(gates = ?&frame.payload[..], "rungs wanted");
+                for (output, flag) in wanted {
+                    let on = frame.payload.get(*output).is_some_and(|b| *b != 0);
+                    flag.store(on, Ordering::Relaxed);
+                }
+                continue;
+            }
             let (src, timescale) = match index {
                 INPUT_VIDEO => match video {
                     Some(v) => v,
