@@ -3,7 +3,10 @@
 # pin; FFmpeg sends `-c copy` from core 1, which costs next to nothing):
 #
 #  - CPU of the transcoder process per configuration, over SECS after a warm-up: AAC to Opus
-#    alone, then each video rung on top of it (the difference is the rung's cost);
+#    alone, then each video rung on top of it (the difference is the rung's cost). Rungs are
+#    encoded just in time, so each watched rung has one WHEP viewer (the load tester, pinned
+#    with ?rendition=, on core 1); one row has the ladder and no viewer: what just in time
+#    saves;
 #  - latency the transcoder adds per video rung (source frame handed to the child → its
 #    rendition frame back), p50 and p99 from `cascade_transcoder_latency_seconds`.
 #
@@ -19,7 +22,7 @@ SECS=${SECS:-20}
 IP=127.0.0.79
 HTTP="http://$IP:8080"
 OUT=$(mktemp -d /tmp/cascade-bench-transcoder.XXXXXX)
-cargo build --release --locked -p cascade-node >&2
+cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
 BIN=target/release
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -35,9 +38,9 @@ source_file() { # name bframes
 source_file plain 0
 source_file bframes 2
 
-echo "| configuration | renditions | transcoder CPU (% of one core) | added latency p50 / p99 (ms) |"
+echo "| configuration | encoded | transcoder CPU (% of one core) | added latency p50 / p99 (ms) |"
 echo "|---|---|---:|---|"
-run() { # label source ladder
+run() { # label source ladder [rendition ...] (each watched by one viewer)
     rm -rf "$OUT/data"
     RUST_LOG=warn taskset -c 0 "$BIN/cascade" run --http-addr "$IP:8080" --webrtc-addr "$IP:8443" \
         --quic-addr "$IP:4433" --data-dir "$OUT/data" --ladder "$3" 2>"$OUT/node-$1.log" &
@@ -55,10 +58,16 @@ run() { # label source ladder
         sleep 0.2
     done
     [ -n "$pid" ] || { echo "no transcoder for $1" >&2; exit 1; }
+    local viewers=()
+    for rendition in "${@:4}"; do
+        taskset -c 1 "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/bench?rendition=$rendition" \
+            --local-ip "$IP" --viewers 1 --duration "$((SECS + 15))s" >/dev/null 2>&1 &
+        viewers+=($!)
+    done
     sleep 5 # warm-up: the first group, the encoders' look-ahead
     local outputs
     outputs=$(curl -sf "$HTTP/api/v1/streams/bench" | python3 -c \
-        'import json,sys; print(", ".join(json.load(sys.stdin)["transcoder"]["outputs"]))')
+        'import json,sys; t=json.load(sys.stdin)["transcoder"]; print(", ".join(t["encoding"] + [o for o in t["outputs"] if o.startswith("audio/")]) or "(none)")')
     local before after
     before=$(ticks "$pid")
     sleep "$SECS"
@@ -74,13 +83,14 @@ run() { # label source ladder
         }
         END { sep = ""; for (t in p50) { printf "%s%s %.0f / %.0f", sep, t, p50[t], p99[t]; sep = "; " } }')
     echo "| $1 | $outputs | $cpu | ${latency:-n/a} |"
-    kill "$sender" "$NODE" 2>/dev/null || true
-    wait "$sender" "$NODE" 2>/dev/null || true
+    kill "$sender" "$NODE" "${viewers[@]}" 2>/dev/null || true
+    wait "$sender" "$NODE" "${viewers[@]}" 2>/dev/null || true
 }
 run "720p without B-frames, no ladder" plain none
-run "720p without B-frames, ladder 360p" plain 360p:800
-run "720p without B-frames, ladder 180p" plain 180p:250
-run "720p without B-frames, ladder 360p+180p" plain 360p:800,180p:250
-run "720p with B-frames, no ladder" bframes none
-run "720p with B-frames, ladder 360p+180p" bframes 360p:800,180p:250
+run "720p without B-frames, ladder 360p+180p, nobody watching" plain 360p:800,180p:250
+run "720p without B-frames, ladder 360p, watched" plain 360p:800 video/360p
+run "720p without B-frames, ladder 180p, watched" plain 180p:250 video/180p
+run "720p without B-frames, ladder 360p+180p, both watched" plain 360p:800,180p:250 video/360p video/180p
+run "720p with B-frames, no ladder, watched" bframes none video/720p
+run "720p with B-frames, ladder 360p+180p, all watched" bframes 360p:800,180p:250 video/720p video/360p video/180p
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
