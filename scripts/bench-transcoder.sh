@@ -20,14 +20,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-20}
 IP=127.0.0.79
-HTTP="http://$IP:8080"
 OUT=$(mktemp -d /tmp/cascade-bench-transcoder.XXXXXX)
-cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
-BIN=target/release
-HZ=$(getconf CLK_TCK)
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+STREAM=bench
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+# Senders and viewers are this script's children.
 cleanup() { pkill -P $$ 2>/dev/null || true; kill "${NODE:-}" 2>/dev/null || true; }
-trap cleanup EXIT
 
 source_file() { # name bframes
     ffmpeg -v error -y -f lavfi -i "testsrc2=size=1280x720:rate=30" \
@@ -43,7 +41,7 @@ echo "|---|---|---:|---|"
 run() { # label source ladder [rendition ...] (each watched by one viewer)
     rm -rf "$OUT/data"
     RUST_LOG=warn taskset -c 0 "$BIN/cascade" run --http-addr "$IP:8080" --webrtc-addr "$IP:8443" \
-        --quic-addr "$IP:4433" --data-dir "$OUT/data" --ladder "$3" 2>"$OUT/node-$1.log" &
+        --quic-addr "$IP:4433" --data-dir "$OUT/data" --ladder "$3" >/dev/null 2>"$OUT/node-$1.log" &
     NODE=$!
     for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
     taskset -c 1 ffmpeg -v error -re -stream_loop -1 -i "$OUT/$2.flv" -c copy \
