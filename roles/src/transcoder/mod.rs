@@ -15,7 +15,7 @@
 
 pub mod pipeline;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -489,16 +489,22 @@ impl Transcoders {
                 wanted.insert(stream.id, (broadcast, job));
             }
         }
-        self.inner
-            .placement
-            .wanted(wanted.keys().map(|id| id.as_str().to_owned()).collect());
-        wanted.retain(|id, _| self.inner.placement.assigned_here(id));
         let mut running = self.running();
-        // A stream that is still there without a publisher (reconnecting) keeps its
-        // transcoder: the publisher's return feeds it again.
+        // A stream that is still here without a publisher (reconnecting) keeps its
+        // transcoder, and still asks for it: the publisher's return feeds it again.
+        let mut asked: BTreeSet<String> = wanted.keys().map(|id| id.as_str().to_owned()).collect();
+        asked.extend(
+            running
+                .keys()
+                .filter(|id| present.contains(*id))
+                .map(|id| id.as_str().to_owned()),
+        );
+        self.inner.placement.wanted(asked.into_iter().collect());
+        let placement = &self.inner.placement;
+        wanted.retain(|id, _| placement.assigned_here(id));
         running.retain(|id, transcoder| match wanted.get(id) {
             Some((_, job)) => job == transcoder.job(),
-            None => present.contains(id),
+            None => present.contains(id) && placement.assigned_here(id),
         });
         for (id, (broadcast, job)) in wanted {
             running
