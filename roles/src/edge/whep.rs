@@ -36,14 +36,15 @@ pub async fn play(
                     stream: stream.clone(),
                     unfit,
                 }),
-                (Ok(_), Some(name)) if !webrtc_video_tracks(&broadcast).contains(name) => {
-                    Some(RoleError::UnknownRendition {
+                (Ok(_), Some(name)) => {
+                    let available = webrtc_video_tracks(&broadcast);
+                    (!available.contains(name)).then(|| RoleError::UnknownRendition {
                         stream: stream.clone(),
                         rendition: name.clone(),
-                        available: webrtc_video_tracks(&broadcast),
+                        available,
                     })
                 }
-                (Ok(_), _) => None,
+                (Ok(_), None) => None,
             };
             let Some(refusal) = refusal else {
                 break;

@@ -222,6 +222,21 @@ fn note_encoding(
     lock(status).encoding = encoding;
 }
 
+/// Writes one frame to the child's stdin; the error says why it could not.
+async fn write_frame(
+    stdin: &mut tokio::process::ChildStdin,
+    encoded: &mut BytesMut,
+    index: u64,
+    frame: RelayFrame,
+) -> Result<(), String> {
+    encoded.clear();
+    PipeFrame { index, frame }.encode(encoded);
+    stdin
+        .write_all(encoded)
+        .await
+        .map_err(|e| format!("writing to the transcoder: {e}"))
+}
+
 /// One child process, from start to exit; returns why it ended.
 async fn run_child(
     broadcast: &Broadcast,
@@ -280,19 +295,14 @@ async fn run_child(
                     let wanted = wanted_outputs(job, outputs);
                     if gates.as_ref() != Some(&wanted) {
                         note_encoding(broadcast, job, &wanted, status);
-                        encoded.clear();
-                        PipeFrame {
-                            index: INPUT_GATES,
-                            frame: RelayFrame {
-                                timestamp: 0,
-                                composition_offset: 0,
-                                keyframe: false,
-                                payload: bytes::Bytes::from(wanted.clone()),
-                            },
-                        }
-                        .encode(&mut encoded);
-                        if let Err(e) = stdin.write_all(&encoded).await {
-                            return format!("writing to the transcoder: {e}");
+                        let gate = RelayFrame {
+                            timestamp: 0,
+                            composition_offset: 0,
+                            keyframe: false,
+                            payload: bytes::Bytes::from(wanted.clone()),
+                        };
+                        if let Err(e) = write_frame(&mut stdin, &mut encoded, INPUT_GATES, gate).await {
+                            return e;
                         }
                         gates = Some(wanted);
                     }
@@ -306,23 +316,28 @@ async fn run_child(
                 }
                 fed.push_back((frame.timestamp, Instant::now()));
             }
-            encoded.clear();
-            PipeFrame {
-                index,
-                frame: RelayFrame {
-                    timestamp: frame.timestamp,
-                    composition_offset: frame.composition_offset,
-                    keyframe: frame.keyframe,
-                    payload: bytes::Bytes::copy_from_slice(&frame.payload),
-                },
-            }
-            .encode(&mut encoded);
-            if let Err(e) = stdin.write_all(&encoded).await {
-                return format!("writing to the transcoder: {e}");
+            let source = RelayFrame {
+                timestamp: frame.timestamp,
+                composition_offset: frame.composition_offset,
+                keyframe: frame.keyframe,
+                // The frame's own buffer: it is copied once, into the pipe's write buffer.
+                payload: bytes::Bytes::from_owner(frame.payload),
+            };
+            if let Err(e) = write_frame(&mut stdin, &mut encoded, index, source).await {
+                return e;
             }
         }
         "the stream stopped feeding the transcoder".to_owned()
     };
+    // Resolved once: nothing is looked up or allocated per rendition frame.
+    let frames_out: Vec<metrics::Counter> = outputs
+        .iter()
+        .map(|t| metrics::counter!("cascade_transcoder_frames_out_total", "track" => t.name().to_owned()))
+        .collect();
+    let latency: Vec<metrics::Histogram> = outputs
+        .iter()
+        .map(|t| metrics::histogram!("cascade_transcoder_latency_seconds", "track" => t.name().to_owned()))
+        .collect();
     let publish = async {
         let mut decoder = PipeDecoder::default();
         let mut chunk = vec![0u8; 64 * 1024];
@@ -336,20 +351,19 @@ async fn run_child(
             loop {
                 match decoder.next_frame() {
                     Ok(Some(PipeFrame { index, frame })) => {
-                        let Some(track) = usize::try_from(index).ok().and_then(|i| outputs.get(i))
+                        let Some(i) = usize::try_from(index).ok().filter(|i| *i < outputs.len())
                         else {
                             return format!(
                                 "the transcoder wrote to output {index}, which it does not have"
                             );
                         };
-                        metrics::counter!("cascade_transcoder_frames_out_total", "track" => track.name().to_owned())
-                            .increment(1);
+                        let track = &outputs[i];
+                        frames_out[i].increment(1);
                         if track.kind() == MediaKind::Video {
                             let fed = fed_at.lock().unwrap_or_else(|p| p.into_inner());
                             if let Some((_, at)) = fed.iter().find(|(ts, _)| *ts == frame.timestamp)
                             {
-                                metrics::histogram!("cascade_transcoder_latency_seconds", "track" => track.name().to_owned())
-                                    .record(at.elapsed().as_secs_f64());
+                                latency[i].record(at.elapsed().as_secs_f64());
                             }
                         }
                         track.publish_at(

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use cascade_protocol::media::{Codec, TrackInfo};
 use cascade_protocol::relay::RelayFrame;
+use cascade_protocol::timeline::rescale;
 use cascade_protocol::transcode::{
     INPUT_AUDIO, INPUT_GATES, INPUT_VIDEO, Output, PipeDecoder, PipeFrame, TranscodeJob,
 };
@@ -399,12 +400,13 @@ fn feed(
                 },
                 _ => continue,
             };
-            let pts = ticks_to_nanos(frame.timestamp, timescale);
-            let dts = ticks_to_nanos(
+            let pts = rescale(frame.timestamp, timescale, NANOS);
+            let dts = rescale(
                 frame
                     .timestamp
                     .saturating_sub(u64::from(frame.composition_offset)),
                 timescale,
+                NANOS,
             );
             latest_input.fetch_max(pts, Ordering::Relaxed);
             if index == INPUT_VIDEO && frame.keyframe {
@@ -431,11 +433,11 @@ fn feed(
     }
 }
 
-fn ticks_to_nanos(ticks: u64, timescale: u32) -> u64 {
-    (u128::from(ticks) * 1_000_000_000 / u128::from(timescale.max(1))) as u64
-}
+/// GStreamer's clock rate.
+const NANOS: u32 = 1_000_000_000;
 
-/// Rounded, so that a source time survives the trip through nanoseconds exactly.
+/// Back from nanoseconds, rounded (unlike [`rescale`]), so that a source time survives the
+/// trip through GStreamer exactly.
 fn nanos_to_ticks(nanos: u64, timescale: u32) -> u64 {
-    ((u128::from(nanos) * u128::from(timescale) + 500_000_000) / 1_000_000_000) as u64
+    ((u128::from(nanos) * u128::from(timescale) + u128::from(NANOS / 2)) / u128::from(NANOS)) as u64
 }

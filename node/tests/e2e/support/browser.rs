@@ -80,7 +80,6 @@ impl ChromeDriver {
             "--disable-dev-shm-usage".into(),
             "--use-fake-device-for-media-stream".into(),
             "--use-fake-ui-for-media-stream".into(),
-            "--autoplay-policy=no-user-gesture-required".into(),
             "--disable-background-networking".into(),
             "--disable-component-update".into(),
             "--disable-sync".into(),
