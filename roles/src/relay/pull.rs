@@ -297,7 +297,7 @@ impl Relay {
         // Tracks appear after a stream starts (a transcoder's renditions): the catalog is
         // asked for again every tick and new tracks are subscribed to.
         let mut catalog_refresh: Option<u64> = None;
-        let attempt = loop {
+        let attempt = 'pull: loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(PullEvent::Ended { reason, .. }) => break Attempt::Lost(reason),
@@ -314,7 +314,7 @@ impl Relay {
                                     tracing::info!(%stream, track = %info.name, "relay pull subscribed to a new track");
                                     subscriptions.push((info.name.clone(), id));
                                 }
-                                None => break,
+                                None => break 'pull Attempt::Lost("relay connection closed".into()),
                             }
                         }
                     }
