@@ -23,7 +23,7 @@ use cascade_protocol::media::{
 use cascade_protocol::timeline::Timeline;
 
 /// Most frames kept of the current group for late joiners (10 s at 30 fps plus headroom).
-const GROUP_CACHE_MAX_FRAMES: usize = 600;
+pub const GROUP_CACHE_MAX_FRAMES: usize = 600;
 /// Group starts remembered per video track for the API.
 const RECENT_KEYFRAMES: usize = 10;
 /// Most bytes kept of the current group for late joiners.
@@ -82,19 +82,15 @@ impl Subscriptions {
         self.0.push((track.clone(), id));
     }
 
-    /// Subscribes `sink` to `track` starting with its current group; false if the sink
-    /// refused the group.
-    pub fn from_current_group(
-        &mut self,
-        track: &Arc<Track>,
-        sink: impl FrameSink + 'static,
-    ) -> bool {
+    /// Subscribes `sink` to `track` starting with its current group. A queue must hold more
+    /// than [`GROUP_CACHE_MAX_FRAMES`] for that to succeed; one that refuses the group is
+    /// not subscribed (and a warning says so).
+    pub fn from_current_group(&mut self, track: &Arc<Track>, sink: impl FrameSink + 'static) {
         match track.subscribe_from_current_group(Box::new(sink)) {
-            Some(id) => {
-                self.0.push((track.clone(), id));
-                true
+            Some(id) => self.0.push((track.clone(), id)),
+            None => {
+                tracing::warn!(track = %track.name, "a consumer refused the cached group; not subscribed")
             }
-            None => false,
         }
     }
 }

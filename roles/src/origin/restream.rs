@@ -29,8 +29,9 @@ use crate::broadcast::{Broadcast, QueueSink, Subscriptions, Track};
 
 /// How long connecting and publishing may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames queued towards a target before it counts as slow (and skips to a keyframe).
-const QUEUE: usize = 512;
+/// Frames queued towards a target before it counts as slow (and skips to a keyframe): more
+/// than the whole cached group an attempt starts with.
+const QUEUE: usize = crate::broadcast::GROUP_CACHE_MAX_FRAMES + 256;
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// An attempt that lasted this long resets the backoff.

@@ -44,8 +44,9 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 const GATE_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Source video frames remembered to measure the transcoder's latency (two seconds at 30 fps).
 const LATENCY_WINDOW: usize = 64;
-/// Source frames queued towards the child (a second and a half of 30 fps video plus audio).
-const QUEUE: usize = 256;
+/// Source frames queued towards the child: the whole cached group it starts with, and room
+/// for audio and a moment of slowness beyond.
+const QUEUE: usize = crate::broadcast::GROUP_CACHE_MAX_FRAMES + 256;
 
 /// How to start a transcoder process: the node's own binary with `transcode`.
 #[derive(Debug, Clone)]
