@@ -145,6 +145,10 @@ pub struct TrackInfo {
     /// The target bitrate in kbit/s of a rendition the transcoder makes (sources: unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bitrate_kbps: Option<u32>,
+    /// The frame rate cap of a rendition made with one (a 1 fps rung for vision pipelines);
+    /// such a track is never what WebRTC viewers get unless they ask for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<u32>,
 }
 
 /// Why a track cannot go to WebRTC viewers as it is.
@@ -190,6 +194,7 @@ impl TrackInfo {
             config: None,
             bframes: false,
             bitrate_kbps: None,
+            fps: None,
         }
     }
 
@@ -253,7 +258,10 @@ impl WebRtcPlan {
             left_out: Vec::new(),
         };
         let mut unfit = Vec::new();
-        for track in catalog {
+        // A frame-rate-capped rendition (1 fps for vision pipelines) is only ever pinned.
+        let (capped, uncapped): (Vec<&TrackInfo>, Vec<&TrackInfo>) =
+            catalog.iter().partition(|t| t.fps.is_some());
+        for track in uncapped.into_iter().chain(capped) {
             let slot = match track.kind {
                 MediaKind::Video => &mut plan.video,
                 MediaKind::Audio => &mut plan.audio,
@@ -295,6 +303,21 @@ mod tests {
 
     fn track(name: &str, codec: Codec) -> TrackInfo {
         TrackInfo::new(name, codec)
+    }
+
+    #[test]
+    fn a_frame_rate_capped_rendition_is_never_the_default_while_another_plays() {
+        let mut vision = track("video/360p-1fps", Codec::H264);
+        vision.fps = Some(1);
+        let plan = WebRtcPlan::for_catalog(&[
+            vision.clone(),
+            track("video/180p", Codec::H264),
+            track(AUDIO_SOURCE, Codec::Opus),
+        ])
+        .unwrap();
+        assert_eq!(plan.video.as_deref(), Some("video/180p"));
+        let only = WebRtcPlan::for_catalog(&[vision]).unwrap();
+        assert_eq!(only.video.as_deref(), Some("video/360p-1fps"));
     }
 
     #[test]

@@ -39,9 +39,13 @@ pub struct Rung {
 }
 
 impl Rung {
-    /// The rung's track name, named for what it is: `video/360p`.
+    /// The rung's track name, named for what it is: `video/360p`, or `video/180p-1fps` with
+    /// a frame rate cap.
     pub fn track_name(&self) -> String {
-        format!("video/{}p", self.height)
+        match self.fps {
+            Some(fps) => format!("video/{}p-{fps}fps", self.height),
+            None => format!("video/{}p", self.height),
+        }
     }
 
     /// Parses `360p:800` or `360p:800:15` (height, kbit/s, optional fps), the CLI's form.
@@ -134,12 +138,13 @@ impl Output {
                 width,
                 height,
                 bitrate_kbps,
-                ..
+                fps,
             } => {
                 let mut info = TrackInfo::new(track, Codec::H264);
                 info.width = Some(*width);
                 info.height = Some(*height);
                 info.bitrate_kbps = Some(*bitrate_kbps);
+                info.fps = *fps;
                 info
             }
             Output::Audio {
@@ -229,8 +234,8 @@ pub fn plan_job(catalog: &[TrackInfo], ladder: &[Rung]) -> Option<TranscodeJob> 
                 });
             rungs.push(at_source);
         }
-        rungs.sort_by_key(|r| std::cmp::Reverse(r.height));
-        rungs.dedup_by_key(|r| r.height);
+        rungs.sort_by_key(|r| (std::cmp::Reverse(r.height), r.fps.is_some()));
+        rungs.dedup_by_key(|r| r.track_name());
         for rung in rungs {
             job.outputs.push(Output::Video {
                 track: rung.track_name(),
@@ -371,6 +376,17 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_frame_rate_capped_rung_is_its_own_track_beside_a_rung_of_the_same_height() {
+        let ladder = [
+            Rung::parse("360p:800").unwrap(),
+            Rung::parse("360p:100:1").unwrap(),
+        ];
+        let job = plan_job(&[video(Codec::H264, 1280, 720, false)], &ladder).unwrap();
+        assert_eq!(tracks(&job), ["video/360p", "video/360p-1fps"]);
+        assert_eq!(job.outputs[1].track_info().fps, Some(1));
     }
 
     #[test]

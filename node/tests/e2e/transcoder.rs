@@ -465,3 +465,64 @@ async fn a_rung_is_encoded_only_while_someone_watches_it_and_starting_one_distur
     );
     assert!(watching.collect(30, Duration::from_secs(3)).await.len() >= 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_frame_per_second_rung_gives_a_vision_pipeline_one_decodable_picture_a_second() {
+    let node = Node::start(&["--ladder", "180p:100:1"]).await;
+    let _encoder = Encoder::flv(&b_frame_pattern(30, false), &node.rtmp_url("vision"));
+    wait_for(
+        "the 1 fps rung is listed",
+        Duration::from_secs(20),
+        || async {
+            let (_, stream) = node.json("/api/v1/streams/vision").await;
+            stream["tracks"].as_array().is_some_and(|t| {
+                t.iter()
+                    .any(|t| t["name"] == "video/180p-1fps" && t["fps"] == 1)
+            })
+        },
+    )
+    .await;
+    let (_, stream) = node.json("/api/v1/streams/vision").await;
+    assert_eq!(
+        stream["webrtc"]["video"], "video/360p",
+        "viewers get the full-rate rendition unless they ask: {stream}"
+    );
+    let mut pinned = Viewer::connect(
+        &node.ip,
+        &node.url("/whep/vision?rendition=video/180p-1fps"),
+        None,
+    )
+    .await
+    .expect("a viewer pinned to the 1 fps rung");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut received = Vec::new();
+    while let Ok(Some(unit)) = tokio::time::timeout_at(deadline, pinned.video.recv()).await {
+        received.push(unit);
+    }
+    assert!(
+        (5..=11).contains(&received.len()),
+        "about one picture a second for 8 s, got {}",
+        received.len()
+    );
+    let gaps: Vec<Duration> = received
+        .windows(2)
+        .skip(1)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .collect();
+    assert!(
+        gaps.iter()
+            .all(|g| *g > Duration::from_millis(500) && *g < Duration::from_millis(1600)),
+        "a picture about every second: {gaps:?}"
+    );
+    let units: Vec<Vec<u8>> = received.into_iter().map(|u| u.data).collect();
+    let decoded = decode_h264(&units);
+    assert_eq!(decoded.pictures.len(), units.len(), "{}", decoded.errors);
+    assert!(
+        decoded
+            .pictures
+            .iter()
+            .all(|(_, w, h)| (*w, *h) == (320, 180)),
+        "{:?}",
+        decoded.pictures
+    );
+}

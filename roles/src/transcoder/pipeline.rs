@@ -92,6 +92,11 @@ pub fn run(job: &TranscodeJob) -> Result<(), RoleError> {
     if job.video_source.is_some() {
         align_keyframes(&pipeline, Arc::clone(&keyframes), gates)?;
     }
+    for (index, output) in job.video_outputs() {
+        if let Output::Video { fps: Some(fps), .. } = output {
+            cap_frame_rate(&pipeline, index, *fps)?;
+        }
+    }
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| failure(format!("the pipeline does not play: {e}")))?;
@@ -179,8 +184,9 @@ fn describe(job: &TranscodeJob) -> Result<String, RoleError> {
                 fps,
                 ..
             } => {
+                // A capped rung thins its pictures in a probe (see `cap_frame_rate`).
                 let rate = fps
-                    .map(|f| format!(" ! videorate drop-only=true ! video/x-raw,framerate={f}/1"))
+                    .map(|_| format!(" ! identity name=rate{index}"))
                     .unwrap_or_default();
                 parts.push(format!(
                     "vt. ! queue max-size-buffers=8 max-size-time=0 max-size-bytes=0 \
@@ -355,6 +361,45 @@ fn align_keyframes(
         }
         gst::PadProbeReturn::Ok
     });
+    Ok(())
+}
+
+/// Keeps at most `fps` pictures a second of rung `index`, and always the picture a source
+/// keyframe forced (so the capped rung's groups still start where the source's do).
+/// `videorate` is not used: it passed every picture of a source without a declared frame
+/// rate, and it may drop the very picture that had to become a keyframe.
+fn cap_frame_rate(pipeline: &gst::Pipeline, index: usize, fps: u32) -> Result<(), RoleError> {
+    let pad = pipeline
+        .by_name(&format!("rate{index}"))
+        .and_then(|e| e.static_pad("sink"))
+        .ok_or_else(|| failure(format!("no rate{index} in the pipeline")))?;
+    let period = 1_000_000_000 / u64::from(fps.max(1));
+    // Source frame times jitter by a millisecond or so (FLV): a picture this early still
+    // counts as on time, yet one a whole source frame early does not.
+    let slack = (period / 10).min(20_000_000);
+    // The probe runs on the rung's streaming thread only; atomics just satisfy `Fn`.
+    let next_due = AtomicU64::new(0);
+    let forced = AtomicBool::new(false);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            if let Some(event) = info.event() {
+                if gstreamer_video::DownstreamForceKeyUnitEvent::parse(event).is_ok() {
+                    forced.store(true, Ordering::Relaxed);
+                }
+                return gst::PadProbeReturn::Ok;
+            }
+            let Some(pts) = info.buffer().and_then(|b| b.pts()).map(|t| t.nseconds()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if forced.swap(false, Ordering::Relaxed) || pts >= next_due.load(Ordering::Relaxed) {
+                next_due.store(pts + period - slack, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            } else {
+                gst::PadProbeReturn::Drop
+            }
+        },
+    );
     Ok(())
 }
 
