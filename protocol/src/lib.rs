@@ -17,6 +17,7 @@
 //!   unwrapping 32-bit millisecond and 33-bit 90 kHz clocks without drift.
 //! - [`rtmp`]: one RTMP publishing connection, sans-IO (handshake, chunk stream, commands).
 //! - [`rtp_payload`]: a frame's RTP payloads, made once and shared by every viewer.
+//! - [`abr`]: which video rendition a WebRTC viewer gets from its bandwidth estimate, with hysteresis.
 //! - [`priming`]: the timestamps of a cached group sent to a viewer that joins or lost a keyframe.
 //! - [`pull`]: pulled sources (RTSP cameras): what a pull asks for, its states, its backoff.
 //! - [`cluster`]: the cluster's decisions as values (roles, stream placement, edge choice, voters).
@@ -29,6 +30,7 @@
 //! - [`route_pass`]: the signed pass a redirected request carries to the node it was sent to.
 //! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
 
+pub mod abr;
 pub mod cluster;
 pub mod duration;
 pub mod flv;

@@ -135,6 +135,8 @@ struct TrackState {
     recent_keyframes: std::collections::VecDeque<u64>,
     /// Counts `begin_source` calls: which publisher feeds the track now.
     source_generation: u64,
+    /// The bitrate of the last whole group (video), kbit/s: what a source costs a viewer.
+    last_group_kbps: Option<u32>,
 }
 
 /// One named track of a broadcast (`video/source`, `audio/source`, a rendition).
@@ -248,6 +250,21 @@ impl Broadcast {
         WebRtcPlan::for_catalog(&self.catalog())
     }
 
+    /// The video renditions an adaptive WebRTC viewer moves along, best first
+    /// (`cascade_protocol::abr::ladder`); fewer than two: nothing to adapt.
+    pub fn abr_ladder(&self) -> Vec<cascade_protocol::abr::Rung> {
+        let Some(default) = self.webrtc_plan().ok().and_then(|p| p.video) else {
+            return Vec::new();
+        };
+        let tracks = self.tracks();
+        cascade_protocol::abr::ladder(&self.catalog(), &default, |name| {
+            tracks
+                .iter()
+                .find(|t| t.name() == name)
+                .and_then(|t| t.measured_kbps())
+        })
+    }
+
     /// The track of `kind` WebRTC viewers get now, if any. Before the publisher has described
     /// its source of that kind (a viewer that joined a stream still `connecting`), that source:
     /// what arrives in it is checked again when it is sent (a codec the viewer did not
@@ -323,6 +340,7 @@ impl Track {
                 limiter: KeyframeRequestLimiter::default(),
                 recent_keyframes: Default::default(),
                 source_generation: 0,
+                last_group_kbps: None,
             }),
             bytes_in: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
@@ -360,6 +378,11 @@ impl Track {
     /// The timestamps of its last few group starts, oldest first (video tracks).
     pub fn recent_keyframes(&self) -> Vec<u64> {
         self.lock().recent_keyframes.iter().copied().collect()
+    }
+
+    /// The bitrate of its last whole group in kbit/s (video; `None` before one completed).
+    pub fn measured_kbps(&self) -> Option<u32> {
+        self.lock().last_group_kbps
     }
 
     /// Frames received since the broadcast began.
@@ -576,6 +599,14 @@ impl TrackState {
             return; // every audio frame is a starting point; nothing to cache
         }
         if frame.keyframe {
+            if let Some(first) = self.group.first() {
+                let ticks = frame.timestamp.saturating_sub(first.timestamp);
+                if ticks > 0 {
+                    let bits = self.group_bytes as u128 * 8 * u128::from(self.timeline_rate());
+                    let kbps = bits / u128::from(ticks) / 1000;
+                    self.last_group_kbps = Some(kbps.min(u128::from(u32::MAX)) as u32);
+                }
+            }
             self.group.clear();
             self.group_bytes = 0;
             if self.recent_keyframes.len() == RECENT_KEYFRAMES {

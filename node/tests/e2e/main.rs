@@ -3,6 +3,7 @@
 
 mod support;
 
+mod abr;
 mod admission;
 mod bad_input;
 mod browser_page;

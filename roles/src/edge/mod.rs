@@ -1,3 +1,5 @@
-//! The edge role: serving viewers. Today WebRTC viewers over WHEP on the stream's own node.
+//! The edge role: serving viewers. WebRTC viewers over WHEP, each moved along the stream's
+//! renditions by its bandwidth estimate ([`abr`]) unless it pinned one.
 
+pub(crate) mod abr;
 pub mod whep;

@@ -30,6 +30,7 @@ use cascade_protocol::priming::{plan_priming, shifted};
 use cascade_protocol::rtp_payload::{MAX_RTP_PAYLOAD, RtpPayload, packetize};
 use cascade_protocol::stun::binding_request_recipient_ufrag;
 use ractor::ActorRef;
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
@@ -42,6 +43,7 @@ use super::udp::{MediaSocket, Sent};
 
 use crate::admission::{EngineFigures, EngineLoad};
 use crate::broadcast::{Broadcast, Delivery, FrameSink};
+use crate::edge::abr::ViewerAbr;
 use crate::session::{Liveness, SessionId, SessionKind, SessionMsg};
 
 /// Frames queued towards the engine before subscriptions start skipping to the next group.
@@ -79,6 +81,9 @@ pub(crate) struct NewSession {
     /// A viewer's video rendition chosen by the client (WHEP `?rendition=`), checked to be
     /// one WebRTC can carry; `None`: the broadcast's default.
     pub rendition: Option<String>,
+    /// Moved along the stream's renditions by its bandwidth estimate (`edge::abr`); the
+    /// `Rtc` was built with the estimator on.
+    pub adaptive: bool,
 }
 
 /// What the rest of the node asks of the engine.
@@ -163,6 +168,9 @@ struct OutTrack {
     /// Frames waiting for the pacer while the cached group goes out, with the timestamp the
     /// priming plan gave them (`None`: a live frame, shifted by `offset`).
     backlog: std::collections::VecDeque<(Arc<PacketizedFrame>, Option<u64>)>,
+    /// With a rendition switch pending: the timestamp of the group start where this track
+    /// stopped, waiting for the new rendition's group that starts there too.
+    held_at: Option<u64>,
 }
 
 /// Per-publisher state of one incoming track.
@@ -196,6 +204,8 @@ struct Session {
     liveness: Liveness,
     /// The video rendition its client asked for, if any.
     rendition: Option<String>,
+    /// Its adaptive bitrate state, when it adapts.
+    abr: Option<ViewerAbr>,
     /// Until ICE and DTLS complete, the session is ended at this instant.
     handshake_deadline: Instant,
     /// Every address the peer's checks came from, oldest first: a browser checks its UDP and
@@ -232,6 +242,11 @@ impl Session {
 
 struct Subscription {
     viewers: Vec<usize>,
+    /// Viewers moving to this track (a rendition switch) at its next group start.
+    joining: Vec<usize>,
+    /// A group has started since the engine subscribed: the track is being produced (a
+    /// rung the transcoder just started is not, until its first keyframe).
+    live: bool,
     subscriber_id: u64,
     track: Arc<crate::broadcast::Track>,
     /// The current group, packetized: what priming a joining viewer sends without packetizing
@@ -246,6 +261,7 @@ impl Subscription {
         let packetized = PacketizedFrame::new(frame, codec);
         if frame.keyframe || codec.kind() == MediaKind::Audio {
             self.group.clear();
+            self.live = true;
         }
         if codec.kind() == MediaKind::Video {
             self.group.push(packetized.clone());
@@ -285,6 +301,8 @@ enum Followup {
     ViewerTrackOpened(MediaKind),
     /// The viewer cannot decode (it lost the keyframe, or joined and never got one).
     ViewerNeedsKeyframe,
+    /// New figures about an adaptive viewer's link: time to decide its rendition.
+    Adapt,
 }
 
 struct Engine {
@@ -545,6 +563,7 @@ impl Engine {
             actor: new.actor,
             liveness: new.liveness,
             rendition: new.rendition,
+            abr: new.adaptive.then(|| ViewerAbr::new(Instant::now())),
             handshake_deadline,
             remotes: Vec::new(),
             deadline: Instant::now(),
@@ -691,9 +710,16 @@ impl Engine {
             return;
         };
         let kind = subscription.track.kind();
+        let now = Instant::now();
+        if packetized.keyframe && kind == MediaKind::Video && !subscription.joining.is_empty() {
+            let joining = subscription.joining.clone();
+            self.switch_at_group_start(&key, &packetized, &joining, now);
+        }
+        let Some(subscription) = self.subscriptions.get(&key) else {
+            return;
+        };
         // Indices are copied out so that sessions can be driven (and removed) in the loop.
         let viewers = subscription.viewers.clone();
-        let now = Instant::now();
         for (served, slot) in viewers.into_iter().enumerate() {
             if served > 0 && served % READ_SOCKET_EVERY_VIEWERS == 0 {
                 self.receive_batch();
@@ -709,8 +735,60 @@ impl Engine {
                 video.backlog.push_back((packetized.clone(), None));
                 continue;
             }
+            if kind == MediaKind::Video
+                && let Some(pending) = session.abr.as_ref().and_then(|a| a.pending.as_ref())
+            {
+                let target_live = self
+                    .subscriptions
+                    .get(&(key.0.clone(), pending.clone()))
+                    .is_some_and(|s| s.live);
+                let Role::Viewer { video, .. } = &mut session.role else {
+                    continue;
+                };
+                match hold_for_switch(video, &packetized, target_live) {
+                    Hold::Send => {}
+                    Hold::Skip => continue,
+                    Hold::GiveUp => {
+                        self.finish_switch(slot, None);
+                        continue;
+                    }
+                }
+            }
             write_to_viewer(session, kind, &packetized, None, now);
             self.drive(slot);
+        }
+    }
+
+    /// A group of `key`'s track starts: viewers switching to it move now, unless the
+    /// viewer already got a frame at or after that time (it then waits for the next group).
+    fn switch_at_group_start(
+        &mut self,
+        key: &TrackKey,
+        keyframe: &Arc<PacketizedFrame>,
+        joining: &[usize],
+        now: Instant,
+    ) {
+        for &slot in joining {
+            let Some(session) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            let Role::Viewer { video, .. } = &mut session.role else {
+                continue;
+            };
+            if !video.backlog.is_empty() {
+                continue;
+            }
+            let at = shifted(keyframe.timestamp, video.offset);
+            if video.last_sent.is_some_and(|last| at <= last) {
+                continue;
+            }
+            video.next_seq = keyframe.seq;
+            video.started = false;
+            self.finish_switch(slot, Some(key));
+            if let Some(session) = self.slots[slot].as_mut() {
+                write_to_viewer(session, MediaKind::Video, keyframe, None, now);
+                self.drive(slot);
+            }
         }
     }
 
@@ -797,6 +875,7 @@ impl Engine {
             match followup {
                 Followup::ViewerTrackOpened(kind) => self.attach_viewer_track(slot, kind),
                 Followup::ViewerNeedsKeyframe => self.prime_video(slot, false),
+                Followup::Adapt => self.adapt(slot),
             }
         }
         if let Some(reason) = closed {
@@ -828,21 +907,127 @@ impl Engine {
             };
             out.track = Some(track.name().to_owned());
         }
-        let subscription = self.subscriptions.entry(key.clone()).or_insert_with(|| {
+        self.subscription(key, track).viewers.push(slot);
+        if kind == MediaKind::Video {
+            self.prime_video(slot, true);
+        }
+    }
+
+    /// The engine's subscription to `track` (made on first use).
+    fn subscription(
+        &mut self,
+        key: TrackKey,
+        track: Arc<crate::broadcast::Track>,
+    ) -> &mut Subscription {
+        self.subscriptions.entry(key.clone()).or_insert_with(|| {
             let sink = EngineSink {
-                key: key.clone(),
+                key,
                 tx: self.frames_tx.clone(),
             };
             Subscription {
                 viewers: Vec::new(),
+                joining: Vec::new(),
+                live: false,
                 subscriber_id: track.subscribe(Box::new(sink)),
                 track,
                 group: Vec::new(),
             }
-        });
-        subscription.viewers.push(slot);
-        if kind == MediaKind::Video {
-            self.prime_video(slot, true);
+        })
+    }
+
+    /// Drops `slot` from the subscription `key` (as a viewer or a joiner), and the
+    /// subscription itself once nobody is on it.
+    fn leave_subscription(&mut self, key: &TrackKey, slot: usize) {
+        if let Some(subscription) = self.subscriptions.get_mut(key) {
+            subscription.viewers.retain(|&v| v != slot);
+            subscription.joining.retain(|&v| v != slot);
+            if subscription.viewers.is_empty() && subscription.joining.is_empty() {
+                subscription.track.unsubscribe(subscription.subscriber_id);
+                self.subscriptions.remove(key);
+            }
+        }
+    }
+
+    /// Decides an adaptive viewer's rendition and, when it changes, starts the switch: the
+    /// viewer joins the new rendition's subscription and moves at its next group start
+    /// (`handle_frame`). Subscribing is also what makes the transcoder encode that rung.
+    fn adapt(&mut self, slot: usize) {
+        let now = Instant::now();
+        let Some(session) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let (Some(abr), Role::Viewer { video, .. }) = (session.abr.as_mut(), &session.role) else {
+            return;
+        };
+        let Some(current) = video.track.clone() else {
+            return;
+        };
+        if !abr.due(now) || !video.backlog.is_empty() {
+            return;
+        }
+        let ladder = session.broadcast.abr_ladder();
+        let Some(decision) = abr.decide(&ladder, &current, now) else {
+            return;
+        };
+        session.rtc.bwe().set_bitrate(
+            Bitrate::kbps(decision.probe_minimum_kbps),
+            Bitrate::kbps(decision.probe_desired_kbps),
+        );
+        let Some(target) = decision.to else {
+            return;
+        };
+        let stream = session.broadcast.id().clone();
+        let Some(track) = session.broadcast.track(&target) else {
+            return;
+        };
+        let previous = abr.pending.replace(target.clone());
+        tracing::debug!(session = %session.id, from = %current, to = %target, "rendition switch pending");
+        if let Some(previous) = previous {
+            self.leave_subscription(&(stream.clone(), previous), slot);
+        }
+        if target == current {
+            // Back to where it is: nothing to wait for.
+            self.finish_switch(slot, None);
+            return;
+        }
+        self.subscription((stream, target), track)
+            .joining
+            .push(slot);
+    }
+
+    /// Ends a pending switch. With `moved`, the viewer now gets that subscription's track;
+    /// without, it stays on its track, resumed from the cached group if it was held.
+    fn finish_switch(&mut self, slot: usize, moved: Option<&TrackKey>) {
+        let Some(session) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let (Some(abr), Role::Viewer { video, .. }) = (session.abr.as_mut(), &mut session.role)
+        else {
+            return;
+        };
+        let pending = abr.pending.take();
+        let held = video.held_at.take().is_some();
+        let stream = session.broadcast.id().clone();
+        match moved {
+            Some(key) => {
+                let old = video.track.replace(key.1.clone());
+                metrics::counter!("cascade_abr_switches_total").increment(1);
+                if let Some(old) = old {
+                    self.leave_subscription(&(stream, old), slot);
+                }
+                if let Some(subscription) = self.subscriptions.get_mut(key) {
+                    subscription.joining.retain(|&v| v != slot);
+                    subscription.viewers.push(slot);
+                }
+            }
+            None => {
+                if let Some(pending) = pending {
+                    self.leave_subscription(&(stream, pending), slot);
+                }
+                if held {
+                    self.prime_video(slot, true);
+                }
+            }
         }
     }
 
@@ -985,15 +1170,13 @@ impl Engine {
         }
         match &session.role {
             Role::Viewer { video, audio } => {
-                for name in [&video.track, &audio.track].into_iter().flatten() {
+                let pending = session.abr.as_ref().and_then(|a| a.pending.as_ref());
+                for name in [video.track.as_ref(), audio.track.as_ref(), pending]
+                    .into_iter()
+                    .flatten()
+                {
                     let key = (session.broadcast.id().clone(), name.clone());
-                    if let Some(subscription) = self.subscriptions.get_mut(&key) {
-                        subscription.viewers.retain(|&v| v != slot);
-                        if subscription.viewers.is_empty() {
-                            subscription.track.unsubscribe(subscription.subscriber_id);
-                            self.subscriptions.remove(&key);
-                        }
-                    }
+                    self.leave_subscription(&key, slot);
                 }
             }
             Role::Publisher { .. } => {
@@ -1006,6 +1189,38 @@ impl Engine {
             tracing::info!(session = %session.id, %reason, "WebRTC session closed");
             let _ = session.actor.cast(SessionMsg::TransportClosed(reason));
         }
+    }
+}
+
+/// What a viewer with a pending rendition switch does with a frame of its current track.
+#[derive(Debug, PartialEq, Eq)]
+enum Hold {
+    Send,
+    /// The frame is at or after the group start where the viewer stopped.
+    Skip,
+    /// The new rendition's group did not come: stay on this track.
+    GiveUp,
+}
+
+/// The longest a viewer stops at a group start for the new rendition's group (its encoder's
+/// latency beyond the current track's), in 90 kHz ticks: 0.5 s.
+const SWITCH_HOLD_TICKS: u64 = 45_000;
+
+/// A switching viewer sends its current track up to the next group start, then stops there
+/// until the new rendition's group with the same start arrives (`switch_at_group_start`):
+/// renditions start their groups at the same timestamps, so the picture goes on without a
+/// repeated or missing frame.
+/// A rendition not yet produced (a rung the transcoder is starting) is not waited for: its
+/// first group may be a whole group away.
+fn hold_for_switch(video: &mut OutTrack, frame: &PacketizedFrame, target_live: bool) -> Hold {
+    match video.held_at {
+        None if frame.keyframe && video.started && target_live => {
+            video.held_at = Some(frame.timestamp);
+            Hold::Skip
+        }
+        None => Hold::Send,
+        Some(at) if frame.timestamp.saturating_sub(at) > SWITCH_HOLD_TICKS => Hold::GiveUp,
+        Some(_) => Hold::Skip,
     }
 }
 
@@ -1113,6 +1328,20 @@ fn handle_event(
                 followups.push(Followup::ViewerNeedsKeyframe);
             }
         }
+        Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+            if let Some(abr) = session.abr.as_mut() {
+                abr.on_estimate(estimate.as_u64());
+                followups.push(Followup::Adapt);
+            }
+        }
+        Event::MediaEgressStats(stats) => {
+            if let (Some(abr), Role::Viewer { video, .. }) = (session.abr.as_mut(), &session.role)
+                && video.mid == Some(stats.mid)
+            {
+                abr.on_reports(stats.loss, stats.rtt);
+                followups.push(Followup::Adapt);
+            }
+        }
         _ => {}
     }
     None
@@ -1215,4 +1444,58 @@ fn choose_pt<'a>(
         .find(|p| codec != Codec::H264 || p.spec().format.packetization_mode == Some(1))
         .or(candidates.first())
         .map(|p| p.pt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(timestamp: u64, keyframe: bool) -> PacketizedFrame {
+        PacketizedFrame {
+            seq: timestamp / 3000,
+            timestamp,
+            keyframe,
+            payloads: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_switching_viewer_stops_at_the_next_group_start_and_gives_up_after_half_a_second() {
+        let mut video = OutTrack {
+            started: true,
+            ..OutTrack::default()
+        };
+        assert_eq!(
+            hold_for_switch(&mut video, &frame(3000, false), true),
+            Hold::Send
+        );
+        assert_eq!(
+            hold_for_switch(&mut video, &frame(6000, true), true),
+            Hold::Skip,
+            "the group start waits for the new rendition's"
+        );
+        assert_eq!(video.held_at, Some(6000));
+        assert_eq!(
+            hold_for_switch(&mut video, &frame(9000, false), true),
+            Hold::Skip
+        );
+        assert_eq!(
+            hold_for_switch(&mut video, &frame(6000 + 45_001, false), true),
+            Hold::GiveUp
+        );
+    }
+
+    #[test]
+    fn a_rendition_not_yet_produced_is_not_waited_for() {
+        let mut video = OutTrack {
+            started: true,
+            ..OutTrack::default()
+        };
+        assert_eq!(
+            hold_for_switch(&mut video, &frame(6000, true), false),
+            Hold::Send
+        );
+        assert_eq!(video.held_at, None);
+    }
 }

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::crypto::dtls::DtlsCert;
 use str0m::net::TcpType;
@@ -172,10 +173,16 @@ impl WebRtcEngine {
     }
 
     /// Parses and checks an SDP offer and builds the `Rtc` that answers it.
-    pub fn answer(&self, offer_sdp: &str, kind: SessionKind) -> Result<(Rtc, String), RoleError> {
+    pub fn answer(
+        &self,
+        offer_sdp: &str,
+        kind: SessionKind,
+        adaptive: bool,
+    ) -> Result<(Rtc, String), RoleError> {
         negotiate(
             offer_sdp,
             kind,
+            adaptive,
             &self.certificate,
             self.advertised,
             Instant::now(),
@@ -194,11 +201,13 @@ pub struct Candidates {
 
 /// Everything a client's offer goes through before a session exists: our codec check,
 /// str0m's SDP parser and its negotiation into an ICE-lite `Rtc` with our candidates.
-/// Viewer sessions leave out transport-wide congestion control: we do not estimate bandwidth
-/// towards viewers, and hundreds of viewers' feedback would only load the shared socket.
+/// Viewer sessions leave out transport-wide congestion control unless `adaptive`: only a
+/// viewer moved between renditions by its bandwidth estimate (`edge::abr`) needs the
+/// estimate, and hundreds of viewers' feedback would otherwise only load the shared socket.
 pub fn negotiate(
     offer_sdp: &str,
     kind: SessionKind,
+    adaptive: bool,
     certificate: &DtlsCert,
     advertised: Candidates,
     now: Instant,
@@ -218,6 +227,12 @@ pub fn negotiate(
             (13, Extension::VideoOrientation),
         ] {
             extensions.set(id, extension);
+        }
+        if adaptive {
+            extensions.set(3, Extension::TransportSequenceNumber);
+            config = config
+                .enable_bwe(Some(Bitrate::kbps(crate::edge::abr::INITIAL_ESTIMATE_KBPS)))
+                .set_stats_interval(Some(Duration::from_secs(1)));
         }
         // str0m keeps this many sent packets per viewer for NACK resends (default 1000);
         // 256 is ~1.7 s of a 1.5 Mbit/s stream. They share the frame's payloads: RTP mode
@@ -277,8 +292,19 @@ pub fn fuzz_offer(data: &[u8]) {
         udp: SocketAddr::from(([127, 0, 0, 1], 8443)),
         tcp: Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
     };
-    for kind in [SessionKind::Publisher, SessionKind::Viewer] {
-        let _ = negotiate(&offer, kind, certificate, advertised, Instant::now());
+    for (kind, adaptive) in [
+        (SessionKind::Publisher, false),
+        (SessionKind::Viewer, false),
+        (SessionKind::Viewer, true),
+    ] {
+        let _ = negotiate(
+            &offer,
+            kind,
+            adaptive,
+            certificate,
+            advertised,
+            Instant::now(),
+        );
     }
 }
 
@@ -392,7 +418,15 @@ pub async fn open_session(
     let engine = engines.of(kind);
     // Refused before any negotiation: an overloaded node spends nothing on a refusal.
     registry.check_capacity(kind)?;
-    let (rtc, answer_sdp) = engine.answer(offer_sdp, kind)?;
+    // Only a viewer that can move between renditions pays for bandwidth estimation (TWCC
+    // feedback and str0m's pacer): one that pinned a rendition, or of a stream with a
+    // single rendition, does not.
+    let adaptive = kind == SessionKind::Viewer
+        && rendition.is_none()
+        && registry
+            .broadcast(stream)
+            .is_some_and(|b| b.abr_ladder().len() >= 2);
+    let (rtc, answer_sdp) = engine.answer(offer_sdp, kind, adaptive)?;
     let session = SessionId::random();
     let liveness = Liveness::new(Instant::now());
     let admission = Admission {
@@ -412,6 +446,7 @@ pub async fn open_session(
         actor: admitted.actor.clone(),
         liveness,
         rendition,
+        adaptive,
     }) {
         admitted.actor.stop(Some("engine unavailable".into()));
         return Err(e);

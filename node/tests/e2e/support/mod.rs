@@ -4,6 +4,7 @@ pub mod aiortc;
 pub mod browser;
 pub mod camera;
 pub mod encoder;
+pub mod link;
 pub mod loadtest;
 pub mod media;
 pub mod node;

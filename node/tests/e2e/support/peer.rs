@@ -170,6 +170,7 @@ async fn signal(
     pc: &Arc<dyn PeerConnection>,
     url: &str,
     token: Option<&str>,
+    link: Option<&crate::support::link::ShapedLink>,
 ) -> Result<String, (u16, String)> {
     let offer = pc.create_offer(None).await.unwrap();
     pc.set_local_description(offer.clone()).await.unwrap();
@@ -190,6 +191,10 @@ async fn signal(
     if status != 201 {
         return Err((status, body));
     }
+    let body = match link {
+        Some(link) => link.rewrite_answer(&body),
+        None => body,
+    };
     pc.set_remote_description(RTCSessionDescription::answer(body).unwrap())
         .await
         .unwrap();
@@ -300,7 +305,7 @@ impl Publisher {
         pc.add_track(audio.clone() as Arc<dyn TrackLocal>)
             .await
             .unwrap();
-        let session_url = signal(&pc, url, token).await?;
+        let session_url = signal(&pc, url, token, None).await?;
         wait_connected(&mut states).await;
         Ok(Publisher {
             pc,
@@ -378,6 +383,8 @@ pub struct ReceivedUnit {
     pub fingerprint: [u8; 32],
     pub keyframe: bool,
     pub at: Instant,
+    /// Its RTP timestamp (90 kHz).
+    pub rtp_timestamp: u32,
     /// The access unit: Annex B for H.264, the frame for VP8.
     pub data: Vec<u8>,
 }
@@ -402,6 +409,16 @@ impl Viewer {
         url: &str,
         token: Option<&str>,
     ) -> Result<Viewer, (u16, String)> {
+        Self::connect_through(ip, url, token, None).await
+    }
+
+    /// A viewer whose media comes through `link` (a bottleneck between it and the node).
+    pub async fn connect_through(
+        ip: &str,
+        url: &str,
+        token: Option<&str>,
+        link: Option<&crate::support::link::ShapedLink>,
+    ) -> Result<Viewer, (u16, String)> {
         init_peer_log();
         let (tracks_tx, mut tracks_rx) = mpsc::unbounded_channel::<Arc<dyn TrackRemote>>();
         let (pc, mut states) =
@@ -419,7 +436,7 @@ impl Viewer {
             .await
             .unwrap();
         let requested_at = Instant::now();
-        let session_url = signal(&pc, url, token).await?;
+        let session_url = signal(&pc, url, token, link).await?;
         let (video_tx, video) = mpsc::unbounded_channel();
         let audio_packets = Arc::new(AtomicU64::new(0));
         let audio_counter = audio_packets.clone();
@@ -484,6 +501,7 @@ impl Viewer {
                             fingerprint: identity,
                             keyframe,
                             at: Instant::now(),
+                            rtp_timestamp: packet.header.timestamp,
                             data,
                         };
                         if video_tx.send(unit).is_err() {
