@@ -109,6 +109,12 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_LADDER", value_name = "RUNGS")]
     pub ladder: Option<String>,
 
+    /// Run a second, standby transcoder of every transcoded stream on another node, so that
+    /// a transcoder's node can die without a gap in its renditions; the leader's setting
+    /// counts [default: false].
+    #[arg(long, env = "CASCADE_TRANSCODER_STANDBY", value_name = "BOOL")]
+    pub transcoder_standby: Option<bool>,
+
     /// Offer ICE-TCP candidates at all (`false` offers UDP only) [default: true].
     #[arg(long, env = "CASCADE_ICE_TCP", value_name = "BOOL")]
     pub ice_tcp: Option<bool>,
@@ -334,6 +340,10 @@ impl NodeConfig {
             voter_lost_after,
             region: cli.region.or(file.region),
             allowed,
+            transcoder_standby: cli
+                .transcoder_standby
+                .or(file.transcoder_standby)
+                .unwrap_or(false),
         };
         let webrtc_addr = cli
             .webrtc_addr

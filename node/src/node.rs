@@ -76,9 +76,16 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     };
     cascade_roles::origin::srt::listen(srt, registry.clone(), gate, access.clone()).await?;
     announce(&config, http_addr, &cluster);
-    let transcoders = start_transcoders(&config, &registry, &cluster)?;
+    let transcoders = start_transcoders(&config, &registry, &relay, &cluster)?;
+    let rendition_feeds = cascade_roles::origin::renditions::OriginRenditions::run(
+        registry.clone(),
+        relay.clone(),
+        Arc::new(cluster.clone()),
+        ladders(&config),
+    );
     let state = AppState {
         transcoders,
+        rendition_feeds,
         registry,
         engines,
         access,
@@ -133,9 +140,18 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
 }
 
 /// The transcoders of streams published on this node, when it may hold the role.
+/// The node's ladders, as the transcoder and the origin's renditions read them.
+fn ladders(config: &NodeConfig) -> cascade_roles::transcoder::Ladders {
+    cascade_roles::transcoder::Ladders {
+        ladder: config.ladder.clone(),
+        streams: config.stream_ladders.clone(),
+    }
+}
+
 fn start_transcoders(
     config: &NodeConfig,
     registry: &StreamRegistry,
+    relay: &Relay,
     cluster: &Cluster,
 ) -> Result<Option<Transcoders>, NodeError> {
     if !config.cluster.allowed.contains(&NodeRole::Transcoder) {
@@ -147,8 +163,8 @@ fn start_transcoders(
     })?;
     let transcoders = Transcoders::new(
         registry.clone(),
-        config.ladder.clone(),
-        config.stream_ladders.clone(),
+        relay.clone(),
+        ladders(config),
         TranscoderCommand {
             program,
             args: vec!["transcode".into()],

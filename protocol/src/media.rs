@@ -149,6 +149,11 @@ pub struct TrackInfo {
     /// such a track is never what WebRTC viewers get unless they ask for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fps: Option<u32>,
+    /// This node got the track over the relay from another node (it did not make it). A
+    /// node pulling a transcoder's renditions takes only what that node made itself: a
+    /// copy it relayed back would feed the renditions around in a loop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relayed: bool,
 }
 
 /// Why a track cannot go to WebRTC viewers as it is.
@@ -195,6 +200,7 @@ impl TrackInfo {
             bframes: false,
             bitrate_kbps: None,
             fps: None,
+            relayed: false,
         }
     }
 

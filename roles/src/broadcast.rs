@@ -149,6 +149,8 @@ pub struct Track {
     state: Mutex<TrackState>,
     bytes_in: AtomicU64,
     frames_in: AtomicU64,
+    /// A transcoder on this node made it (see [`Track::mark_made_here`]).
+    made_here: std::sync::atomic::AtomicBool,
 }
 
 /// A live stream: a catalog of named tracks. Every broadcast has the two source tracks
@@ -343,6 +345,7 @@ impl Track {
                 last_group_kbps: None,
             }),
             bytes_in: AtomicU64::new(0),
+            made_here: std::sync::atomic::AtomicBool::new(false),
             frames_in: AtomicU64::new(0),
         }
     }
@@ -412,8 +415,21 @@ impl Track {
         state.source_generation
     }
 
-    /// Begins a track made from another of the broadcast (a transcoder's rendition): its
-    /// frames come with the broadcast's own timestamps, which it keeps as they are, so that
+    /// A transcoder on this node makes this track: for as long as the broadcast lives, a
+    /// relay pull never writes into it. Other nodes subscribed to it expect this node's own
+    /// renditions; a copy pulled from the origin in their place would feed the origin's
+    /// renditions back to it in a loop.
+    pub fn mark_made_here(&self) {
+        self.made_here.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a transcoder on this node made it.
+    pub fn made_here(&self) -> bool {
+        self.made_here.load(Ordering::Relaxed)
+    }
+
+    /// Begins a track whose frames come with the broadcast's own timestamps, which it keeps
+    /// as they are (a transcoder's rendition, or a copy a transcoder works from), so that
     /// every rendition's groups start at exactly the source's times.
     pub fn begin_derived(&self, info: TrackInfo, upstream: Option<KeyframeUpstream>) {
         let timescale = info.timescale;

@@ -66,6 +66,8 @@ pub struct ClusterConfig {
     pub region: Option<String>,
     /// Roles this node may hold.
     pub allowed: BTreeSet<NodeRole>,
+    /// Streams get a standby transcoder on a second node (when this node leads).
+    pub transcoder_standby: bool,
 }
 
 /// Where a request should go.
@@ -573,6 +575,7 @@ impl Cluster {
             "nodes": nodes,
             "placements": state.placements.iter().map(|(s, o)| (s.clone(), format_id(*o))).collect::<BTreeMap<_, _>>(),
             "transcoders": state.transcoders.iter().map(|(s, n)| (s.clone(), format_id(*n))).collect::<BTreeMap<_, _>>(),
+            "transcoder_standbys": state.transcoder_standbys.iter().map(|(s, n)| (s.clone(), format_id(*n))).collect::<BTreeMap<_, _>>(),
         })
     }
 
@@ -815,9 +818,21 @@ impl Cluster {
         }
         let settled =
             now.duration_since(self.inner.started) >= PULL_TAKEOVER_AFTER + 2 * REPORT_EVERY;
-        for command in plan_transcoders(&state, &wanted, settled) {
-            if let Command::AssignTranscoder { stream, node } = &command {
-                tracing::info!(%stream, node = ?node.map(format_id), "assigning a transcoder");
+        let mut alive = self.loads().heard_within(PULL_TAKEOVER_AFTER, now);
+        alive.insert(self.inner.id);
+        if !settled {
+            // Too soon to have heard from everyone: nobody counts as gone yet.
+            alive.extend(state.nodes.keys().copied());
+        }
+        let standby = self.inner.config.transcoder_standby;
+        for command in plan_transcoders(&state, &wanted, &alive, standby, settled) {
+            if let Command::AssignTranscoder {
+                stream,
+                node,
+                standby,
+            } = &command
+            {
+                tracing::info!(%stream, node = ?node.map(format_id), standby = ?standby.map(format_id), "assigning transcoders");
             }
             if let Err(e) = self.write(command).await {
                 tracing::warn!(error = %e, "could not assign a transcoder; will retry");
@@ -954,7 +969,27 @@ impl cascade_roles::transcoder::TranscoderPlacement for Cluster {
             .unwrap_or_else(|p| p.into_inner()) = streams;
     }
 
-    fn assigned_here(&self, stream: &StreamId) -> bool {
-        self.state().transcoders.get(stream.as_str()) == Some(&self.inner.id)
+    fn assigned_here(&self) -> std::collections::HashSet<StreamId> {
+        let state = self.state();
+        state
+            .transcoders
+            .iter()
+            .chain(&state.transcoder_standbys)
+            .filter(|(_, node)| **node == self.inner.id)
+            .filter_map(|(stream, _)| StreamId::parse(stream).ok())
+            .collect()
+    }
+
+    fn transcoders_elsewhere(&self, stream: &StreamId) -> Vec<SocketAddr> {
+        let state = self.state();
+        [
+            state.transcoders.get(stream.as_str()),
+            state.transcoder_standbys.get(stream.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|node| **node != self.inner.id)
+        .filter_map(|node| state.nodes.get(node).map(|n| n.quic_addr))
+        .collect()
     }
 }

@@ -62,6 +62,10 @@ pub struct ClusterState {
     /// ([`plan_transcoders`]).
     #[serde(default)]
     pub transcoders: BTreeMap<String, NodeId>,
+    /// Stream id → the node that runs a second, standby transcoder of it (with
+    /// `--transcoder-standby`): its origin takes whichever group starts first.
+    #[serde(default)]
+    pub transcoder_standbys: BTreeMap<String, NodeId>,
 }
 
 /// A change to the state; Raft's log entries carry these.
@@ -89,10 +93,13 @@ pub enum Command {
     },
     /// `origin` no longer has `stream` (its publisher left for good).
     Unplace { stream: String, origin: NodeId },
-    /// `node` transcodes `stream`; `None`: nobody does.
+    /// `node` transcodes `stream`, and `standby` keeps a second transcoder of it running;
+    /// `None`: nobody does.
     AssignTranscoder {
         stream: String,
         node: Option<NodeId>,
+        #[serde(default)]
+        standby: Option<NodeId>,
     },
     /// `stream` is pulled from `spec.source` from now on, unless it is pushed live or
     /// already pulled from elsewhere.
@@ -144,6 +151,7 @@ pub fn apply(state: &mut ClusterState, command: Command) -> Outcome {
             }
             state.placements.retain(|_, origin| *origin != id);
             state.transcoders.retain(|_, node| *node != id);
+            state.transcoder_standbys.retain(|_, node| *node != id);
             Outcome::Done
         }
         Command::SetDraining { id, draining } => match state.nodes.get_mut(&id) {
@@ -192,17 +200,34 @@ pub fn apply(state: &mut ClusterState, command: Command) -> Outcome {
             state.placements.remove(&stream);
             Outcome::Done
         }
-        Command::AssignTranscoder { stream, node } => match node {
-            Some(node) if state.nodes.contains_key(&node) => {
-                state.transcoders.insert(stream, node);
+        Command::AssignTranscoder {
+            stream,
+            node,
+            standby,
+        } => {
+            let known = |n: &Option<NodeId>| n.is_none_or(|n| state.nodes.contains_key(&n));
+            if !known(&node) || !known(&standby) {
+                return Outcome::Ignored;
+            }
+            let standby = standby.filter(|_| node.is_some());
+            let before = (
+                state.transcoders.get(&stream).copied(),
+                state.transcoder_standbys.get(&stream).copied(),
+            );
+            match node {
+                Some(node) => state.transcoders.insert(stream.clone(), node),
+                None => state.transcoders.remove(&stream),
+            };
+            match standby {
+                Some(standby) => state.transcoder_standbys.insert(stream, standby),
+                None => state.transcoder_standbys.remove(&stream),
+            };
+            if before == (node, standby) {
+                Outcome::Ignored
+            } else {
                 Outcome::Done
             }
-            Some(_) => Outcome::Ignored,
-            None => match state.transcoders.remove(&stream) {
-                Some(_) => Outcome::Done,
-                None => Outcome::Ignored,
-            },
-        },
+        }
         Command::Unplace { stream, origin } => {
             if state.placements.get(&stream) == Some(&origin) {
                 state.placements.remove(&stream);
@@ -248,35 +273,67 @@ pub fn plan_pulls(
     commands
 }
 
-/// The leader's decision for transcoders. `wanted` is, per node heard from lately, the
-/// streams it is the origin of that need renditions (it says so in its load reports). Each
-/// such stream is transcoded by its origin when the origin may hold the `transcoder` role
-/// (`--roles`): the source is there, so renditions cost no relay hop. A stream whose origin
-/// may not, or that no node heard from wants any more, has its assignment removed. With
-/// `settled` false (a leader that has not heard from everyone yet) nothing is removed.
+/// Who transcodes which stream: the leader's decision, from the streams each origin says
+/// need renditions (`wanted`, from load reports) and the nodes heard from lately (`alive`).
+///
+/// Candidates are alive, not draining, and allowed the `transcoder` role (`--roles`).
+/// Without `standby`, a stream's origin transcodes it when it is a candidate (no relay hop),
+/// else the candidate transcoding the fewest streams. With `standby`, two nodes other than
+/// the origin (when there are two) transcode it, so that either's death leaves the other:
+/// a dead active's standby becomes the active, and a new standby is chosen. An assignment
+/// whose node is still a candidate stays (a drained node's goes). A stream nobody wants
+/// any more loses its assignment, unless the leader is not `settled` (it has not heard
+/// from everyone yet).
 pub fn plan_transcoders(
     state: &ClusterState,
     wanted: &BTreeMap<NodeId, Vec<String>>,
+    alive: &BTreeSet<NodeId>,
+    standby: bool,
     settled: bool,
 ) -> Vec<Command> {
-    let mut desired: BTreeMap<&str, NodeId> = BTreeMap::new();
-    for (node, streams) in wanted {
-        let may = state
-            .nodes
-            .get(node)
-            .is_some_and(|n| n.allowed.contains(&NodeRole::Transcoder));
+    let candidates: Vec<NodeId> = state
+        .nodes
+        .values()
+        .filter(|n| {
+            alive.contains(&n.id) && !n.draining && n.allowed.contains(&NodeRole::Transcoder)
+        })
+        .map(|n| n.id)
+        .collect();
+    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for node in state
+        .transcoders
+        .values()
+        .chain(state.transcoder_standbys.values())
+    {
+        *load.entry(*node).or_default() += 1;
+    }
+    let mut desired: BTreeMap<&str, (Option<NodeId>, Option<NodeId>)> = BTreeMap::new();
+    for (origin, streams) in wanted {
         for stream in streams {
-            if may && state.placements.get(stream) == Some(node) {
-                desired.insert(stream, *node);
+            if state.placements.get(stream) != Some(origin) {
+                continue;
             }
+            let current = (
+                state.transcoders.get(stream).copied(),
+                state.transcoder_standbys.get(stream).copied(),
+            );
+            let chosen = choose_transcoders(&candidates, &mut load, *origin, current, standby);
+            desired.insert(stream, chosen);
         }
     }
     let mut commands: Vec<Command> = desired
         .iter()
-        .filter(|(stream, node)| state.transcoders.get(**stream) != Some(node))
-        .map(|(stream, node)| Command::AssignTranscoder {
+        .filter(|(stream, chosen)| {
+            let current = (
+                state.transcoders.get(**stream).copied(),
+                state.transcoder_standbys.get(**stream).copied(),
+            );
+            current != **chosen
+        })
+        .map(|(stream, (node, standby))| Command::AssignTranscoder {
             stream: (*stream).to_owned(),
-            node: Some(*node),
+            node: *node,
+            standby: *standby,
         })
         .collect();
     if settled {
@@ -288,10 +345,58 @@ pub fn plan_transcoders(
                 .map(|stream| Command::AssignTranscoder {
                     stream: stream.clone(),
                     node: None,
+                    standby: None,
                 }),
         );
     }
     commands
+}
+
+/// The active and standby transcoders of one stream (see [`plan_transcoders`]); `load`
+/// counts assignments per node and is updated with the choice.
+fn choose_transcoders(
+    candidates: &[NodeId],
+    load: &mut BTreeMap<NodeId, usize>,
+    origin: NodeId,
+    (active, spare): (Option<NodeId>, Option<NodeId>),
+    standby: bool,
+) -> (Option<NodeId>, Option<NodeId>) {
+    let usable = |n: &Option<NodeId>| n.filter(|n| candidates.contains(n));
+    let others = candidates.iter().filter(|n| **n != origin).count();
+    // With a standby, the origin transcodes only when it is the one candidate left.
+    let origin_fits = !standby || others == 0;
+    let least_loaded = |load: &BTreeMap<NodeId, usize>, exclude: &[Option<NodeId>]| {
+        candidates
+            .iter()
+            .filter(|n| !exclude.contains(&Some(**n)))
+            .filter(|n| origin_fits || **n != origin)
+            .min_by_key(|n| (load.get(n).copied().unwrap_or(0), **n))
+            .copied()
+    };
+    // A node newly given this stream counts one more (a promoted standby already did).
+    let take = |load: &mut BTreeMap<NodeId, usize>, node: Option<NodeId>| {
+        if let Some(n) = node
+            && Some(n) != active
+            && Some(n) != spare
+        {
+            *load.entry(n).or_default() += 1;
+        }
+        node
+    };
+    let keep_active = usable(&active).filter(|n| origin_fits || *n != origin);
+    let next_active = keep_active
+        .or_else(|| usable(&spare).filter(|n| origin_fits || *n != origin))
+        .or_else(|| (!standby && candidates.contains(&origin)).then_some(origin))
+        .or_else(|| least_loaded(load, &[]));
+    let next_active = take(load, next_active);
+    if !standby {
+        return (next_active, None);
+    }
+    let next_spare = usable(&spare)
+        .filter(|n| Some(*n) != next_active && *n != origin)
+        .or_else(|| least_loaded(load, &[next_active, Some(origin)]));
+    let next_spare = take(load, next_spare);
+    (next_active, next_spare)
 }
 
 /// SHA-256 of a join token, hex: only hashes are replicated and stored.
@@ -459,10 +564,100 @@ mod tests {
     }
 
     fn assign(stream: &str, node: Option<NodeId>) -> Command {
+        assign_with_standby(stream, node, None)
+    }
+
+    fn assign_with_standby(stream: &str, node: Option<NodeId>, standby: Option<NodeId>) -> Command {
         Command::AssignTranscoder {
             stream: stream.into(),
             node,
+            standby,
         }
+    }
+
+    fn everyone() -> BTreeSet<NodeId> {
+        (1..=9).collect()
+    }
+
+    #[test]
+    fn a_stream_whose_origin_may_not_transcode_is_transcoded_by_the_least_busy_other_node() {
+        let mut state = ClusterState::default();
+        for id in [1, 2, 3] {
+            apply(&mut state, Command::UpsertNode(node(id)));
+        }
+        let mut origin_only = node(1);
+        origin_only.allowed = [NodeRole::Origin, NodeRole::Edge].into();
+        apply(&mut state, Command::UpsertNode(origin_only));
+        state.placements.insert("show".into(), 1);
+        state.placements.insert("talk".into(), 1);
+        let wanted: BTreeMap<NodeId, Vec<String>> =
+            [(1, vec!["show".to_owned(), "talk".to_owned()])].into();
+        let commands = plan_transcoders(&state, &wanted, &everyone(), false, true);
+        assert_eq!(
+            commands,
+            vec![assign("show", Some(2)), assign("talk", Some(3))],
+            "spread over the nodes that may"
+        );
+        for command in commands {
+            apply(&mut state, command);
+        }
+        // Node 2 drains: show moves to node 3; node 3 dies: both go to node 2's... nobody.
+        apply(
+            &mut state,
+            Command::SetDraining {
+                id: 2,
+                draining: true,
+            },
+        );
+        assert_eq!(
+            plan_transcoders(&state, &wanted, &everyone(), false, true),
+            vec![assign("show", Some(3))],
+            "a draining node hands its transcoding over"
+        );
+        let alive: BTreeSet<NodeId> = [1, 2].into();
+        assert_eq!(
+            plan_transcoders(&state, &wanted, &alive, false, true),
+            vec![assign("show", None), assign("talk", None)],
+            "no candidate left: nobody transcodes (and the origin may not)"
+        );
+    }
+
+    #[test]
+    fn with_a_standby_two_nodes_other_than_the_origin_transcode_and_the_standby_takes_over() {
+        let mut state = ClusterState::default();
+        for id in [1, 2, 3, 4] {
+            apply(&mut state, Command::UpsertNode(node(id)));
+        }
+        state.placements.insert("show".into(), 1);
+        let wanted: BTreeMap<NodeId, Vec<String>> = [(1, vec!["show".to_owned()])].into();
+        let commands = plan_transcoders(&state, &wanted, &everyone(), true, true);
+        assert_eq!(
+            commands,
+            vec![assign_with_standby("show", Some(2), Some(3))]
+        );
+        for command in commands {
+            apply(&mut state, command);
+        }
+        assert!(plan_transcoders(&state, &wanted, &everyone(), true, true).is_empty());
+
+        // The active's node dies: its standby is promoted, node 4 becomes the standby.
+        let alive: BTreeSet<NodeId> = [1, 3, 4].into();
+        assert_eq!(
+            plan_transcoders(&state, &wanted, &alive, true, true),
+            vec![assign_with_standby("show", Some(3), Some(4))]
+        );
+        // Only the origin and one other node: that node is active, no standby.
+        let alive: BTreeSet<NodeId> = [1, 3].into();
+        assert_eq!(
+            plan_transcoders(&state, &wanted, &alive, true, true),
+            vec![assign_with_standby("show", Some(3), None)]
+        );
+        // Only the origin: it transcodes alone.
+        let alive: BTreeSet<NodeId> = [1].into();
+        assert_eq!(
+            plan_transcoders(&state, &wanted, &alive, true, true),
+            vec![assign_with_standby("show", Some(1), None)]
+        );
     }
 
     #[test]
@@ -484,16 +679,23 @@ mod tests {
             (3, vec!["cam".to_owned()]),
         ]
         .into();
-        let commands = plan_transcoders(&state, &wanted, true);
+        let commands = plan_transcoders(&state, &wanted, &everyone(), false, true);
         assert_eq!(
             commands,
-            vec![assign("show", Some(1)), assign("talk", Some(2))],
-            "cam's origin may not transcode: nobody does"
+            vec![
+                assign("cam", Some(1)),
+                assign("show", Some(1)),
+                assign("talk", Some(2))
+            ],
+            "cam's origin may not transcode: the least busy node that may does"
         );
         for command in commands {
             apply(&mut state, command);
         }
-        assert!(plan_transcoders(&state, &wanted, true).is_empty(), "stable");
+        assert!(
+            plan_transcoders(&state, &wanted, &everyone(), false, true).is_empty(),
+            "stable"
+        );
 
         // talk no longer needs renditions; show's origin moved to node 2 (node 1 died).
         apply(&mut state, Command::RemoveNode { id: 1 });
@@ -505,12 +707,12 @@ mod tests {
         state.placements.insert("show".into(), 2);
         let wanted: BTreeMap<NodeId, Vec<String>> = [(2, vec!["show".to_owned()])].into();
         assert_eq!(
-            plan_transcoders(&state, &wanted, false),
+            plan_transcoders(&state, &wanted, &everyone(), false, false),
             vec![assign("show", Some(2))],
             "an unsettled leader assigns but removes nothing"
         );
         assert_eq!(
-            plan_transcoders(&state, &wanted, true),
+            plan_transcoders(&state, &wanted, &everyone(), false, true),
             vec![assign("show", Some(2)), assign("talk", None)]
         );
     }

@@ -347,6 +347,24 @@ async fn one(
             serde_json::to_value(pull).unwrap_or_default(),
         );
     }
+    let feeding = state.rendition_feeds.feeding(&stream);
+    if let (false, Some(object)) = (feeding.is_empty(), json.as_object_mut()) {
+        let nodes = state.cluster.state().nodes.clone();
+        let by_node: std::collections::BTreeMap<String, String> = feeding
+            .into_iter()
+            .map(|(track, addr)| {
+                let node = nodes
+                    .values()
+                    .find(|n| n.quic_addr == addr)
+                    .map_or_else(|| addr.to_string(), |n| crate::cluster::format_id(n.id));
+                (track, node)
+            })
+            .collect();
+        object.insert(
+            "renditions_from".into(),
+            serde_json::to_value(by_node).unwrap_or_default(),
+        );
+    }
     let transcoder = state.transcoders.as_ref().and_then(|t| t.info(&stream));
     if let (Some(transcoder), Some(object)) = (transcoder, json.as_object_mut()) {
         object.insert(

@@ -46,6 +46,8 @@ pub struct AppState {
     pub registry: StreamRegistry,
     /// Renditions of the streams published here, when this node may transcode.
     pub transcoders: Option<cascade_roles::transcoder::Transcoders>,
+    /// Which transcoder on another node feeds each rendition of this node's streams.
+    pub rendition_feeds: cascade_roles::origin::renditions::RenditionFeeds,
     /// The WebRTC engines (WHIP and WHEP sessions).
     pub engines: cascade_roles::webrtc::Engines,
     /// Who may publish and play.

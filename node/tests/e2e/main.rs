@@ -26,4 +26,5 @@ mod session_ownership;
 mod snapshot;
 mod srt_ingest;
 mod transcoder;
+mod transcoder_standby;
 mod whip_whep_interop;

@@ -6,7 +6,9 @@
 //! - [`wire`]: the bytes — varints, control messages, group streams — with incremental
 //!   decoders that refuse bad input with a [`crate::ProtocolError`].
 //! - [`session`]: one connection's state machine, sans IO, driven by quinn in `roles`.
+//! - [`merge`]: one track fed by an active and a standby upstream: whose frames go in.
 
+pub mod merge;
 pub mod session;
 pub mod wire;
 

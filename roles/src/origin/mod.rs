@@ -1,12 +1,14 @@
 //! The origin role: live streams on this node, each owned by a stream actor, their ingest
 //! (WHIP in [`whip`], RTMP in [`rtmp`], SRT in [`srt`], what they share in [`ingest`]) and
-//! their restreams ([`restream`]).
+//! their restreams ([`restream`]), and the renditions their transcoders on other nodes make
+//! ([`renditions`]).
 //!
 //! [`StreamRegistry`] is the node's table of streams and sessions, whatever their protocol: it
 //! knows no transport (each session brings its own, [`crate::session::Transport`]). It is control-plane only
 //! (touched when sessions start and end, never per packet), so a mutex-guarded map is enough.
 
 pub mod ingest;
+pub mod renditions;
 pub mod restream;
 pub mod rtmp;
 pub mod rtsp;

@@ -60,6 +60,9 @@ pub enum PullTarget {
     Track(Arc<Track>),
     /// The catalog track: decoded and reported as [`PullEvent::Catalog`].
     Catalog,
+    /// Into a local track that another upstream also feeds (an active and a standby
+    /// transcoder), as upstream number `from`.
+    Merged(Arc<super::renditions::MergedTrack>, u64),
 }
 
 enum Command {
@@ -454,6 +457,7 @@ impl Driver {
                 frame.keyframe,
                 Arc::from(&frame.payload[..]),
             ),
+            PullTarget::Merged(merged, from) => merged.offer(*from, &frame),
             PullTarget::Catalog => match serde_json::from_slice::<Vec<TrackInfo>>(&frame.payload) {
                 Ok(catalog) => {
                     let _ = pull.events.send(PullEvent::Catalog(catalog));

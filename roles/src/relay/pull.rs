@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,8 @@ struct Inner {
 /// A running pull, as the relay keeps it.
 struct PullHandle {
     broadcast: Arc<Broadcast>,
+    /// Transcoders of this node working from the pull (see [`Relay::hold`]).
+    holds: Arc<AtomicUsize>,
     /// Asks the pull to end now (the stream is published on this node instead).
     stop: Arc<tokio::sync::Notify>,
     /// Told when the pull has ended and its publisher session is gone.
@@ -131,6 +133,30 @@ impl Relay {
         Ok(())
     }
 
+    /// Pulls `stream` for a transcoder on this node, for as long as the returned hold lives:
+    /// the pull then lasts without viewers, and subscribes to the source tracks only (the
+    /// renditions are made here; the origin's copies of them came from here or from the
+    /// other transcoder, and pulling them would feed them back in a loop).
+    pub async fn hold(&self, stream: &StreamId) -> Result<PullHold, RoleError> {
+        // Counted before a new pull subscribes to anything (it must never take a rendition).
+        let _starting = self.inner.starting.lock().await;
+        let existing = lock(&self.inner.pulls)
+            .get(stream)
+            .map(|h| (h.broadcast.clone(), h.holds.clone()));
+        let (broadcast, holds) = match existing {
+            Some((broadcast, holds)) => {
+                holds.fetch_add(1, Ordering::Relaxed);
+                (broadcast, holds)
+            }
+            None => {
+                let holds = Arc::new(AtomicUsize::new(1));
+                let broadcast = self.start_pull(stream, holds.clone()).await?;
+                (broadcast, holds)
+            }
+        };
+        Ok(PullHold { broadcast, holds })
+    }
+
     /// The broadcast of the pull of `stream`, started if needed. Concurrent callers share one
     /// pull: the second would otherwise be refused as a second publisher.
     async fn pull(&self, stream: &StreamId) -> Result<Arc<Broadcast>, RoleError> {
@@ -138,53 +164,63 @@ impl Relay {
         let existing = lock(&self.inner.pulls)
             .get(stream)
             .map(|h| h.broadcast.clone());
-        Ok(match existing {
-            Some(b) => b,
-            None => {
-                if self.inner.locator.origin_of(stream).is_none() {
-                    return Err(RoleError::StreamNotFound(stream.clone()));
-                }
-                let session = SessionId::random();
-                let admitted = self
-                    .inner
-                    .registry
-                    .admit(
-                        stream,
-                        Admission {
-                            kind: SessionKind::Publisher,
-                            session,
-                            protocol: "relay",
-                            client: Client::default(),
-                            liveness: None,
-                            transport: Transport::Relay,
-                        },
-                    )
-                    .await?;
-                let broadcast = admitted.broadcast.clone();
-                let stop = Arc::new(tokio::sync::Notify::new());
-                let (done_tx, done) = tokio::sync::oneshot::channel();
-                lock(&self.inner.pulls).insert(
-                    stream.clone(),
-                    PullHandle {
-                        broadcast: broadcast.clone(),
-                        stop: stop.clone(),
-                        done: Some(done),
-                    },
-                );
-                tracing::info!(%stream, "pulling the stream from its origin over the relay");
-                let pull = Pull {
-                    stream: stream.clone(),
-                    broadcast: admitted.broadcast,
-                    actor: admitted.actor,
-                    stop,
-                };
-                tokio::spawn(self.clone().run_pull(pull, done_tx));
-                broadcast
-            }
-        })
+        match existing {
+            Some(b) => Ok(b),
+            None => self.start_pull(stream, Arc::new(AtomicUsize::new(0))).await,
+        }
     }
 
-    async fn connection(&self, addr: SocketAddr) -> Result<RelayConnection, RoleError> {
+    /// Starts the pull of `stream` (the caller holds `starting`), with `holds` transcoders
+    /// working from it.
+    async fn start_pull(
+        &self,
+        stream: &StreamId,
+        holds: Arc<AtomicUsize>,
+    ) -> Result<Arc<Broadcast>, RoleError> {
+        if self.inner.locator.origin_of(stream).is_none() {
+            return Err(RoleError::StreamNotFound(stream.clone()));
+        }
+        let session = SessionId::random();
+        let admitted = self
+            .inner
+            .registry
+            .admit(
+                stream,
+                Admission {
+                    kind: SessionKind::Publisher,
+                    session,
+                    protocol: "relay",
+                    client: Client::default(),
+                    liveness: None,
+                    transport: Transport::Relay,
+                },
+            )
+            .await?;
+        let broadcast = admitted.broadcast.clone();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        lock(&self.inner.pulls).insert(
+            stream.clone(),
+            PullHandle {
+                broadcast: broadcast.clone(),
+                holds: holds.clone(),
+                stop: stop.clone(),
+                done: Some(done),
+            },
+        );
+        tracing::info!(%stream, "pulling the stream from its origin over the relay");
+        let pull = Pull {
+            stream: stream.clone(),
+            broadcast: admitted.broadcast,
+            actor: admitted.actor,
+            stop,
+            holds,
+        };
+        tokio::spawn(self.clone().run_pull(pull, done_tx));
+        Ok(broadcast)
+    }
+
+    pub(super) async fn connection(&self, addr: SocketAddr) -> Result<RelayConnection, RoleError> {
         if let Some(existing) = lock(&self.inner.connections).get(&addr)
             && existing.is_open()
         {
@@ -204,7 +240,10 @@ impl Relay {
         let outcome = loop {
             let attempt = self.pull_once(&pull, &mut idle_since).await;
             for track in pull.broadcast.tracks() {
-                track.end_source();
+                // A transcoder here feeds the renditions: they are not the pull's to end.
+                if (!pull.held() || is_source(track.name())) && !track.made_here() {
+                    track.end_source();
+                }
             }
             match attempt {
                 Attempt::Idle => break "no viewers left",
@@ -286,8 +325,12 @@ impl Relay {
             Err(_) => return Attempt::Lost("no catalog from the origin".into()),
         };
         let mut subscriptions = Vec::new();
+        let sources_only = pull.held();
         for info in &catalog {
-            match subscribe_track(&connection, broadcast, info, &events_tx).await {
+            if (sources_only && !is_source(&info.name)) || made_here(broadcast, &info.name) {
+                continue;
+            }
+            match subscribe_track(&connection, broadcast, info, &events_tx, sources_only).await {
                 Some(id) => subscriptions.push((info.name.clone(), id)),
                 None => return Attempt::Lost("relay connection closed".into()),
             }
@@ -306,10 +349,13 @@ impl Relay {
                             connection.unsubscribe(id);
                         }
                         for info in catalog {
-                            if subscriptions.iter().any(|(name, _)| *name == info.name) {
+                            if subscriptions.iter().any(|(name, _)| *name == info.name)
+                                || (pull.held() && !is_source(&info.name))
+                                || made_here(broadcast, &info.name)
+                            {
                                 continue;
                             }
-                            match subscribe_track(&connection, broadcast, &info, &events_tx).await {
+                            match subscribe_track(&connection, broadcast, &info, &events_tx, pull.held()).await {
                                 Some(id) => {
                                     tracing::info!(%stream, track = %info.name, "relay pull subscribed to a new track");
                                     subscriptions.push((info.name.clone(), id));
@@ -325,6 +371,11 @@ impl Relay {
                 _ = tick.tick() => {
                     if let Some(done) = self.check_needed(pull, idle_since).await {
                         break done;
+                    }
+                    if subscriptions.iter().any(|(name, _)| {
+                        (pull.held() && !is_source(name)) || made_here(broadcast, name)
+                    }) {
+                        break Attempt::Lost("a transcoder here makes the renditions now".into());
                     }
                     if self.inner.locator.origin_of(stream) != Some(origin) {
                         break Attempt::Lost("the stream's origin moved".into());
@@ -371,7 +422,7 @@ impl Relay {
             return Some(Attempt::StreamGone);
         }
         let viewers = match self.inner.registry.info(stream).await {
-            Ok(info) => info.viewers,
+            Ok(info) => info.viewers + pull.holds.load(Ordering::Relaxed),
             Err(_) => return Some(Attempt::StreamGone),
         };
         let now = Instant::now();
@@ -382,13 +433,44 @@ impl Relay {
     }
 }
 
+/// Whether a transcoder on this node made `broadcast`'s track `name` (never pulled then).
+fn made_here(broadcast: &Broadcast, name: &str) -> bool {
+    broadcast.track(name).is_some_and(|t| t.made_here())
+}
+
+/// Whether `name` is a source track (what a transcoder works from).
+fn is_source(name: &str) -> bool {
+    name == cascade_protocol::media::VIDEO_SOURCE || name == cascade_protocol::media::AUDIO_SOURCE
+}
+
+/// A transcoder's claim on a pull (see [`Relay::hold`]); released when dropped.
+pub struct PullHold {
+    broadcast: Arc<Broadcast>,
+    holds: Arc<AtomicUsize>,
+}
+
+impl PullHold {
+    /// The local copy of the stream.
+    pub fn broadcast(&self) -> &Arc<Broadcast> {
+        &self.broadcast
+    }
+}
+
+impl Drop for PullHold {
+    fn drop(&mut self) {
+        self.holds.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Subscribes to one track of the upstream's catalog, writing into the local broadcast's
-/// track of that name; `None` when the connection closed.
+/// track of that name (with the upstream's timestamps as they are when `keep_timestamps`);
+/// `None` when the connection closed.
 async fn subscribe_track(
     connection: &RelayConnection,
     broadcast: &Broadcast,
     info: &TrackInfo,
     events: &mpsc::UnboundedSender<PullEvent>,
+    keep_timestamps: bool,
 ) -> Option<u64> {
     let track = broadcast.track_or_add(&info.name, info.kind);
     let id_cell = Arc::new(AtomicU64::new(u64::MAX));
@@ -402,7 +484,17 @@ async fn subscribe_track(
             }
         })
     };
-    track.begin_source(info.clone(), Some(upstream));
+    let info = TrackInfo {
+        relayed: true,
+        ..info.clone()
+    };
+    if keep_timestamps {
+        // A transcoder works from this copy: its renditions must start their groups at the
+        // origin's very timestamps (another node's transcoder of the same stream does too).
+        track.begin_derived(info.clone(), Some(upstream));
+    } else {
+        track.begin_source(info.clone(), Some(upstream));
+    }
     let id = connection
         .subscribe(
             broadcast.id().as_str(),
@@ -433,6 +525,15 @@ struct Pull {
     /// Its publisher session on the local stream.
     actor: ActorRef<SessionMsg>,
     stop: Arc<tokio::sync::Notify>,
+    /// Transcoders of this node working from it.
+    holds: Arc<AtomicUsize>,
+}
+
+impl Pull {
+    /// A transcoder here works from the pull: it takes the source tracks only.
+    fn held(&self) -> bool {
+        self.holds.load(Ordering::Relaxed) > 0
+    }
 }
 
 enum Attempt {

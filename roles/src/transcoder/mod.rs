@@ -15,7 +15,7 @@
 
 pub mod pipeline;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 
 use crate::broadcast::{Broadcast, KeyframeUpstream, QueueSink, Subscriptions, Track};
 use crate::origin::StreamRegistry;
+use crate::relay::{PullHold, Relay};
 use cascade_protocol::relay::RelayFrame;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
@@ -79,6 +80,7 @@ pub struct TranscoderInfo {
 /// One running transcoder; dropping it stops the child and ends its rendition tracks.
 pub struct Transcoder {
     job: TranscodeJob,
+    broadcast: Arc<Broadcast>,
     status: Arc<Mutex<TranscoderInfo>>,
     outputs: Vec<Arc<Track>>,
     task: tokio::task::JoinHandle<()>,
@@ -102,6 +104,7 @@ impl Transcoder {
             .map(|output| {
                 let info = output.track_info();
                 let track = broadcast.track_or_add(output.track(), info.kind);
+                track.mark_made_here();
                 track.begin_derived(info, Some(upstream.clone()));
                 track
             })
@@ -116,6 +119,7 @@ impl Transcoder {
         }));
         metrics::gauge!("cascade_transcoders").increment(1.0);
         tracing::info!(stream = %broadcast.id(), outputs = ?lock(&status).outputs, "transcoder starting");
+        let kept = Arc::clone(&broadcast);
         let task = tokio::spawn(supervise(
             broadcast,
             job.clone(),
@@ -125,10 +129,17 @@ impl Transcoder {
         ));
         Transcoder {
             job,
+            broadcast: kept,
             status,
             outputs,
             task,
         }
+    }
+
+    /// The broadcast it works on (a stream transcoded here but published elsewhere: the
+    /// local copy its pull feeds).
+    pub fn broadcast(&self) -> &Arc<Broadcast> {
+        &self.broadcast
     }
 
     /// What it makes.
@@ -153,7 +164,7 @@ impl Drop for Transcoder {
     }
 }
 
-fn lock(status: &Mutex<TranscoderInfo>) -> std::sync::MutexGuard<'_, TranscoderInfo> {
+fn lock<T>(status: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     status.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -406,10 +417,57 @@ const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 
 /// Where the cluster has streams transcoded (the node's Raft state, in a node).
 pub trait TranscoderPlacement: Send + Sync + 'static {
-    /// The streams published on this node that need renditions now.
+    /// The streams published on this node that need renditions now (said by
+    /// [`crate::origin::renditions::OriginRenditions`], on every node).
     fn wanted(&self, streams: Vec<String>);
-    /// Whether this node is to transcode `stream`.
-    fn assigned_here(&self, stream: &StreamId) -> bool;
+    /// The streams this node is to transcode, as the active or the standby transcoder.
+    fn assigned_here(&self) -> HashSet<StreamId>;
+    /// The relay addresses of the nodes other than this one that transcode `stream`
+    /// (active first): where its origin pulls the renditions from.
+    fn transcoders_elsewhere(&self, stream: &StreamId) -> Vec<std::net::SocketAddr>;
+}
+
+/// Which renditions streams get: the node's ladder (`--ladder`), and streams' own
+/// (`[streams.NAME] ladder`).
+#[derive(Debug, Clone, Default)]
+pub struct Ladders {
+    /// The node's ladder.
+    pub ladder: Vec<Rung>,
+    /// Streams with a ladder of their own.
+    pub streams: HashMap<String, Vec<Rung>>,
+}
+
+impl Ladders {
+    /// The job for `broadcast`'s sources now ([`plan_job`] with its ladder), if it needs one.
+    pub fn job_for(&self, broadcast: &Broadcast) -> Option<TranscodeJob> {
+        let sources: Vec<_> = broadcast
+            .catalog()
+            .into_iter()
+            .filter(|t| t.name == VIDEO_SOURCE || t.name == AUDIO_SOURCE)
+            .collect();
+        let ladder = self
+            .streams
+            .get(broadcast.id().as_str())
+            .unwrap_or(&self.ladder);
+        plan_job(&sources, ladder)
+    }
+}
+
+/// Runs `reconcile` every `period` (each run finishes before the next tick), until the node
+/// stops.
+pub(crate) fn every<F, Fut>(period: Duration, mut reconcile: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            reconcile().await;
+        }
+    });
 }
 
 /// The transcoders of the streams this node is assigned. Cheap to clone.
@@ -420,28 +478,31 @@ pub struct Transcoders {
 
 struct TranscodersInner {
     registry: StreamRegistry,
-    ladder: Vec<Rung>,
-    stream_ladders: HashMap<String, Vec<Rung>>,
+    /// Pulls the source of a stream transcoded here but published elsewhere.
+    relay: Relay,
+    holds: Mutex<HashMap<StreamId, PullHold>>,
+    ladders: Ladders,
     command: TranscoderCommand,
     placement: Arc<dyn TranscoderPlacement>,
     running: Mutex<HashMap<StreamId, Transcoder>>,
 }
 
 impl Transcoders {
-    /// Transcoders for `registry`'s streams with `ladder` (or a stream's own in
-    /// `stream_ladders`), started with `command` where `placement` says.
+    /// Transcoders for `registry`'s streams with `ladders`, started with `command` where
+    /// `placement` says.
     pub fn new(
         registry: StreamRegistry,
-        ladder: Vec<Rung>,
-        stream_ladders: HashMap<String, Vec<Rung>>,
+        relay: Relay,
+        ladders: Ladders,
         command: TranscoderCommand,
         placement: Arc<dyn TranscoderPlacement>,
     ) -> Self {
         Transcoders {
             inner: Arc::new(TranscodersInner {
                 registry,
-                ladder,
-                stream_ladders,
+                relay,
+                holds: Mutex::new(HashMap::new()),
+                ladders,
                 command,
                 placement,
                 running: Mutex::new(HashMap::new()),
@@ -453,13 +514,9 @@ impl Transcoders {
     /// transcoded as [`plan_job`] says, until the node stops.
     pub fn run(&self) {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RECONCILE_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                this.reconcile().await;
-            }
+        every(RECONCILE_EVERY, move || {
+            let this = this.clone();
+            async move { this.reconcile().await }
         });
     }
 
@@ -475,51 +532,68 @@ impl Transcoders {
     /// Starts, replaces and stops transcoders to match the streams now.
     async fn reconcile(&self) {
         let streams = self.inner.registry.list().await;
+        let assigned = self.inner.placement.assigned_here();
         let mut wanted: HashMap<StreamId, (Arc<Broadcast>, TranscodeJob)> = HashMap::new();
         let mut present = HashSet::new();
+        let mut published_here = HashSet::new();
         for stream in streams {
             present.insert(stream.id.clone());
-            // Streams relayed from another node are transcoded at their origin.
-            let published_here = stream
+            // A stream relayed from its origin is transcoded here only when assigned
+            // (below); its origin says whether it needs renditions.
+            if stream
                 .publisher
                 .as_ref()
-                .is_some_and(|p| p.protocol != "relay");
-            if !published_here {
+                .is_none_or(|p| p.protocol == "relay")
+            {
                 continue;
             }
+            published_here.insert(stream.id.clone());
             let Some(broadcast) = self.inner.registry.broadcast(&stream.id) else {
                 continue;
             };
-            let sources: Vec<_> = broadcast
-                .catalog()
-                .into_iter()
-                .filter(|t| t.name == VIDEO_SOURCE || t.name == AUDIO_SOURCE)
-                .collect();
-            let ladder = self
-                .inner
-                .stream_ladders
-                .get(stream.id.as_str())
-                .unwrap_or(&self.inner.ladder);
-            if let Some(job) = plan_job(&sources, ladder) {
+            if let Some(job) = self.inner.ladders.job_for(&broadcast) {
                 wanted.insert(stream.id, (broadcast, job));
             }
         }
+        // Streams published elsewhere and transcoded here: their source comes over the
+        // relay, held for as long as the assignment lasts.
+        let remote: Vec<StreamId> = assigned
+            .iter()
+            .filter(|id| !published_here.contains(*id))
+            .cloned()
+            .collect();
+        lock(&self.inner.holds).retain(|id, _| remote.contains(id));
+        for id in remote {
+            let held = lock(&self.inner.holds)
+                .get(&id)
+                .map(|h| Arc::clone(h.broadcast()));
+            let broadcast = match held {
+                Some(broadcast) => broadcast,
+                None => match self.inner.relay.hold(&id).await {
+                    Ok(hold) => {
+                        tracing::info!(stream = %id, "transcoding a stream published on another node: pulling its source");
+                        let broadcast = Arc::clone(hold.broadcast());
+                        lock(&self.inner.holds).insert(id.clone(), hold);
+                        broadcast
+                    }
+                    Err(e) => {
+                        tracing::debug!(stream = %id, error = %e, "cannot pull the source to transcode yet");
+                        continue;
+                    }
+                },
+            };
+            present.insert(id.clone());
+            if let Some(job) = self.inner.ladders.job_for(&broadcast) {
+                wanted.insert(id, (broadcast, job));
+            }
+        }
         let mut running = self.running();
-        // A stream that is still here without a publisher (reconnecting) keeps its
-        // transcoder, and still asks for it: the publisher's return feeds it again.
-        let mut asked: BTreeSet<String> = wanted.keys().map(|id| id.as_str().to_owned()).collect();
-        asked.extend(
-            running
-                .keys()
-                .filter(|id| present.contains(*id))
-                .map(|id| id.as_str().to_owned()),
-        );
-        self.inner.placement.wanted(asked.into_iter().collect());
-        let placement = &self.inner.placement;
-        wanted.retain(|id, _| placement.assigned_here(id));
+        wanted.retain(|id, _| assigned.contains(id));
         running.retain(|id, transcoder| match wanted.get(id) {
-            Some((_, job)) => job == transcoder.job(),
-            None => present.contains(id) && placement.assigned_here(id),
+            Some((broadcast, job)) => {
+                job == transcoder.job() && Arc::ptr_eq(broadcast, transcoder.broadcast())
+            }
+            None => present.contains(id) && assigned.contains(id),
         });
         for (id, (broadcast, job)) in wanted {
             running
