@@ -251,7 +251,7 @@ async fn killing_the_transcoder_process_leaves_the_node_and_other_streams_alone_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_another_node_gets_the_renditions_even_when_it_asks_before_they_exist() {
-    let nodes = Node::cluster(2, "e2e-transcode-token", &[]).await;
+    let nodes = Node::cluster(2, "e2e-transcode-token", &["--ladder", "180p:250"]).await;
     let _encoder = Encoder::flv(&b_frame_pattern(30, true), &nodes[0].rtmp_url("far"));
     nodes[0].wait_live("far", Duration::from_secs(20)).await;
     // At once: the edge's pull may well fetch a catalog without renditions; the viewer waits
@@ -280,6 +280,41 @@ async fn a_viewer_on_another_node_gets_the_renditions_even_when_it_asks_before_t
         edge["transcoder"].is_null(),
         "the origin transcodes: {edge}"
     );
+
+    // Just in time across the cluster: the edge lists the 180p rung but pulls it (and so the
+    // origin encodes it) only while a viewer there watches it.
+    assert!(
+        edge["tracks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "video/180p")),
+        "{edge}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(encoding(&nodes[0], "far").await, ["video/360p"]);
+    assert_eq!(
+        frames_out(&nodes[0], "video/180p").await,
+        0,
+        "nobody watches 180p"
+    );
+    let mut pinned = Viewer::connect(
+        &nodes[1].ip,
+        &nodes[1].url("/whep/far?rendition=video/180p"),
+        None,
+    )
+    .await
+    .expect("a viewer on the edge pinned to 180p");
+    pinned
+        .assert_decodable(30, "the 180p rung, pulled on demand")
+        .await;
+    assert_eq!(encoding(&nodes[0], "far").await.len(), 2);
+    let _ = pinned.pc.close().await;
+    drop(pinned);
+    wait_for(
+        "the 180p rung stops once the edge no longer pulls it",
+        Duration::from_secs(20),
+        || async { encoding(&nodes[0], "far").await == ["video/360p"] },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cascade_protocol::StreamId;
-use cascade_protocol::media::TrackInfo;
+use cascade_protocol::media::{TrackInfo, WebRtcPlan};
 use cascade_protocol::relay::Role;
 use ractor::ActorRef;
 use tokio::sync::mpsc;
@@ -37,6 +37,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// A pull whose stream has no origin this long ends; the local stream's reconnect grace then
 /// decides when its viewers are told.
 const NO_ORIGIN_GIVE_UP: Duration = Duration::from_secs(10);
+/// How often a pull looks whether this node's consumers want a rendition it does not pull.
+const DEMAND_CHECK: Duration = Duration::from_millis(250);
 /// Longest wait, when a pull starts, for its first keyframe before the viewer is answered.
 const FIRST_KEYFRAME_WAIT: Duration = Duration::from_secs(3);
 
@@ -324,23 +326,21 @@ impl Relay {
             Ok(Err(reason)) => return self.wait_tick(pull, idle_since, &reason).await,
             Err(_) => return Attempt::Lost("no catalog from the origin".into()),
         };
-        let mut subscriptions = Vec::new();
-        let sources_only = pull.held();
-        for info in &catalog {
-            if (sources_only && !is_source(&info.name)) || made_here(broadcast, &info.name) {
-                continue;
-            }
-            match subscribe_track(&connection, broadcast, info, &events_tx, sources_only).await {
-                Some(id) => subscriptions.push((info.name.clone(), id)),
-                None => return Attempt::Lost("relay connection closed".into()),
-            }
+        let mut tracks = PulledTracks::default();
+        if let Err(lost) = tracks
+            .sync(&connection, pull, &catalog, &events_tx, Instant::now())
+            .await
+        {
+            return lost;
         }
-        tracing::info!(%stream, %origin, tracks = catalog.len(), "relay pull subscribed");
+        tracing::info!(%stream, %origin, tracks = catalog.len(), pulled = tracks.subscribed.len(), "relay pull subscribed");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut demand = tokio::time::interval(DEMAND_CHECK);
         // Tracks appear after a stream starts (a transcoder's renditions): the catalog is
-        // asked for again every tick and new tracks are subscribed to.
+        // asked for again every tick and new tracks are subscribed to as they are wanted.
         let mut catalog_refresh: Option<u64> = None;
-        let attempt = 'pull: loop {
+        let mut known = catalog;
+        let attempt = loop {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(PullEvent::Ended { reason, .. }) => break Attempt::Lost(reason),
@@ -348,31 +348,25 @@ impl Relay {
                         if let Some(id) = catalog_refresh.take() {
                             connection.unsubscribe(id);
                         }
-                        for info in catalog {
-                            if subscriptions.iter().any(|(name, _)| *name == info.name)
-                                || (pull.held() && !is_source(&info.name))
-                                || made_here(broadcast, &info.name)
-                            {
-                                continue;
-                            }
-                            match subscribe_track(&connection, broadcast, &info, &events_tx, pull.held()).await {
-                                Some(id) => {
-                                    tracing::info!(%stream, track = %info.name, "relay pull subscribed to a new track");
-                                    subscriptions.push((info.name.clone(), id));
-                                }
-                                None => break 'pull Attempt::Lost("relay connection closed".into()),
-                            }
+                        known = catalog;
+                        if let Err(lost) = tracks.sync(&connection, pull, &known, &events_tx, Instant::now()).await {
+                            break lost;
                         }
                     }
                     Some(_) => {}
                     None => break Attempt::Lost("relay connection closed".into()),
                 },
                 () = pull.stop.notified() => break Attempt::Released,
+                _ = demand.tick() => {
+                    if let Err(lost) = tracks.sync(&connection, pull, &known, &events_tx, Instant::now()).await {
+                        break lost;
+                    }
+                }
                 _ = tick.tick() => {
                     if let Some(done) = self.check_needed(pull, idle_since).await {
                         break done;
                     }
-                    if subscriptions.iter().any(|(name, _)| {
+                    if tracks.subscribed.keys().any(|name| {
                         (pull.held() && !is_source(name)) || made_here(broadcast, name)
                     }) {
                         break Attempt::Lost("a transcoder here makes the renditions now".into());
@@ -392,7 +386,7 @@ impl Relay {
         if let Some(id) = catalog_refresh {
             connection.unsubscribe(id);
         }
-        for (_, id) in subscriptions {
+        for (_, (id, _)) in tracks.subscribed {
             connection.unsubscribe(id);
         }
         attempt
@@ -436,6 +430,107 @@ impl Relay {
 /// Whether a transcoder on this node made `broadcast`'s track `name` (never pulled then).
 fn made_here(broadcast: &Broadcast, name: &str) -> bool {
     broadcast.track(name).is_some_and(|t| t.made_here())
+}
+
+/// The tracks one pull attempt subscribed to upstream: each with its subscription id and
+/// since when nobody here consumed it (a rendition pulled on demand).
+#[derive(Default)]
+struct PulledTracks {
+    subscribed: HashMap<String, (u64, Option<Instant>)>,
+}
+
+impl PulledTracks {
+    /// Subscribes to the tracks of `catalog` this node wants now and ends the subscriptions
+    /// of renditions nobody here has consumed for [`PULL_LINGER`] (see [`wants_track`]).
+    async fn sync(
+        &mut self,
+        connection: &RelayConnection,
+        pull: &Pull,
+        catalog: &[TrackInfo],
+        events: &mpsc::UnboundedSender<PullEvent>,
+        now: Instant,
+    ) -> Result<(), Attempt> {
+        let broadcast = &pull.broadcast;
+        let plan = WebRtcPlan::for_catalog(catalog).ok();
+        for info in catalog {
+            let name = info.name.as_str();
+            if (pull.held() && !is_source(name)) || made_here(broadcast, name) {
+                continue;
+            }
+            let always = is_source(name)
+                || plan.as_ref().is_some_and(|p| {
+                    p.video.as_deref() == Some(name) || p.audio.as_deref() == Some(name)
+                });
+            let local = broadcast.track(name).map_or(0, |t| t.subscribers());
+            match self.subscribed.get_mut(name) {
+                Some((id, idle_since)) => {
+                    if !wants_track(always, local, idle_since, now) {
+                        connection.unsubscribe(*id);
+                        if let Some(track) = broadcast.track(name) {
+                            track.end_source();
+                        }
+                        tracing::debug!(stream = %pull.stream, track = name, "relay pull: nobody here consumes this rendition; unsubscribed");
+                        self.subscribed.remove(name);
+                    }
+                }
+                None => {
+                    // Not pulled yet: only a consumer or the default starts it (the linger
+                    // is for tracks that were wanted).
+                    let idle_since = None;
+                    if !(always || local > 0) {
+                        // Listed in the local catalog all the same: viewers may pin it, and
+                        // adaptive viewers may move to it.
+                        announce_track(broadcast, info);
+                        continue;
+                    }
+                    // Renditions keep the origin's timestamps, so that their groups start
+                    // exactly where the source's do however late they are pulled.
+                    let keep_timestamps = pull.held() || !is_source(name);
+                    match subscribe_track(connection, broadcast, info, events, keep_timestamps)
+                        .await
+                    {
+                        Some(id) => {
+                            self.subscribed.insert(info.name.clone(), (id, idle_since));
+                        }
+                        None => return Err(Attempt::Lost("relay connection closed".into())),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an edge pulls a track: a source, or the rendition WebRTC viewers get by default,
+/// always (`always`); another rendition while something here consumes it (`local`
+/// subscribers), and for [`PULL_LINGER`] after the last one left (`idle_since`, kept up to
+/// date). Just in time across the cluster: a rung nobody watches anywhere is not encoded.
+pub fn wants_track(
+    always: bool,
+    local: usize,
+    idle_since: &mut Option<Instant>,
+    now: Instant,
+) -> bool {
+    if always || local > 0 {
+        *idle_since = None;
+        return true;
+    }
+    let since = *idle_since.get_or_insert(now);
+    now.duration_since(since) < PULL_LINGER
+}
+
+/// Lists a track the origin has in the local catalog without pulling its frames.
+fn announce_track(broadcast: &Broadcast, info: &TrackInfo) {
+    let track = broadcast.track_or_add(&info.name, info.kind);
+    if track.info().is_none() {
+        track.begin_derived(
+            TrackInfo {
+                relayed: true,
+                ..info.clone()
+            },
+            None,
+        );
+    }
 }
 
 /// Whether `name` is a source track (what a transcoder works from).
@@ -566,6 +661,31 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rendition_is_pulled_while_consumed_and_for_the_linger_time_after() {
+        let t0 = Instant::now();
+        let mut idle = None;
+        assert!(wants_track(true, 0, &mut idle, t0), "the default, always");
+        assert!(wants_track(false, 1, &mut idle, t0), "consumed");
+        assert!(wants_track(
+            false,
+            0,
+            &mut idle,
+            t0 + Duration::from_secs(1)
+        ));
+        assert!(!wants_track(
+            false,
+            0,
+            &mut idle,
+            t0 + Duration::from_secs(1) + PULL_LINGER
+        ));
+        assert!(
+            wants_track(false, 2, &mut idle, t0 + Duration::from_secs(9)),
+            "back"
+        );
+        assert_eq!(idle, None);
+    }
 
     #[test]
     fn a_pull_ends_only_after_it_has_had_no_viewers_for_the_linger_time() {

@@ -11,25 +11,27 @@
 //! transcodes no more, may pull the renditions) from this origin, and this origin never feed
 //! each other's tracks in a loop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use cascade_protocol::media::{AUDIO_SOURCE, MediaKind, TrackInfo, VIDEO_SOURCE};
+use cascade_protocol::media::{AUDIO_SOURCE, MediaKind, TrackInfo, VIDEO_SOURCE, WebRtcPlan};
 use cascade_protocol::relay::RelayFrame;
 use cascade_protocol::relay::merge::GroupMerge;
 use tokio::sync::{Notify, mpsc};
 
 use super::connection::{PullEvent, PullTarget};
 use super::group::CATALOG_TRACK;
-use super::pull::Relay;
+use super::pull::{Relay, wants_track};
 use crate::broadcast::{Broadcast, KeyframeUpstream, Track};
 
 /// Pause before pulling again from a transcoder that could not be reached.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How often the transcoder's catalog is asked for again (renditions come and go).
 const CATALOG_EVERY: Duration = Duration::from_secs(1);
+/// How often the pull looks whether this node's consumers want a rendition it does not pull.
+const DEMAND_CHECK: Duration = Duration::from_millis(250);
 
 /// One local rendition track fed by one or two transcoders.
 pub struct MergedTrack {
@@ -172,10 +174,12 @@ impl Relay {
         };
         let stream = tracks.broadcast.id().as_str().to_owned();
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        let mut subscribed: HashSet<String> = HashSet::new();
-        let mut subscriptions = Vec::new();
+        // Each rendition pulled now: its subscription, and since when nobody here consumed it.
+        let mut subscribed: HashMap<String, (u64, Option<Instant>)> = HashMap::new();
+        let mut known: Vec<TrackInfo> = Vec::new();
         let mut catalog: Option<u64> = None;
         let mut tick = tokio::time::interval(CATALOG_EVERY);
+        let mut demand = tokio::time::interval(DEMAND_CHECK);
         let reason = 'pull: loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -189,32 +193,59 @@ impl Relay {
                         break "relay connection closed".to_owned();
                     }
                 }
+                _ = demand.tick() => {}
                 event = events.recv() => match event {
-                    Some(PullEvent::Catalog(list)) => {
-                        for info in list {
-                            // Only what that node made: not the source, and not a copy it
-                            // relayed from elsewhere (from here, say: a loop).
-                            let rendition = info.name != VIDEO_SOURCE && info.name != AUDIO_SOURCE;
-                            if !rendition || info.relayed || subscribed.contains(&info.name) {
-                                continue;
-                            }
-                            let target = PullTarget::Merged(tracks.track(&info), upstream);
-                            match connection.subscribe(&stream, &info.name, target, events_tx.clone()).await {
-                                Some(id) => {
-                                    subscribed.insert(info.name.clone());
-                                    subscriptions.push(id);
-                                }
-                                None => break 'pull "relay connection closed".to_owned(),
-                            }
-                        }
-                    }
+                    Some(PullEvent::Catalog(list)) => known = list,
                     Some(PullEvent::Ended { reason, .. }) => break reason,
                     Some(_) => {}
                     None => break "relay connection closed".to_owned(),
                 },
             }
+            // Just in time: a rendition is pulled (and so encoded over there) while
+            // something here consumes it, or when WebRTC viewers get it by default.
+            let now = Instant::now();
+            let plan = WebRtcPlan::for_catalog(&known).ok();
+            for info in &known {
+                // Only what that node made: not the source, and not a copy it relayed from
+                // elsewhere (from here, say: a loop).
+                let rendition = info.name != VIDEO_SOURCE && info.name != AUDIO_SOURCE;
+                if !rendition || info.relayed {
+                    continue;
+                }
+                let merged = tracks.track(info);
+                let always = plan.as_ref().is_some_and(|p| {
+                    p.video.as_deref() == Some(info.name.as_str())
+                        || p.audio.as_deref() == Some(info.name.as_str())
+                });
+                let local = merged.track.subscribers();
+                match subscribed.get_mut(&info.name) {
+                    Some((id, idle_since)) => {
+                        if !wants_track(always, local, idle_since, now) {
+                            connection.unsubscribe(*id);
+                            subscribed.remove(&info.name);
+                        }
+                    }
+                    None => {
+                        // Not pulled yet: only a consumer or the default starts it.
+                        let idle_since = None;
+                        if !(always || local > 0) {
+                            continue;
+                        }
+                        let target = PullTarget::Merged(merged, upstream);
+                        match connection
+                            .subscribe(&stream, &info.name, target, events_tx.clone())
+                            .await
+                        {
+                            Some(id) => {
+                                subscribed.insert(info.name.clone(), (id, idle_since));
+                            }
+                            None => break 'pull "relay connection closed".to_owned(),
+                        }
+                    }
+                }
+            }
         };
-        for id in subscriptions.into_iter().chain(catalog) {
+        for id in subscribed.into_values().map(|(id, _)| id).chain(catalog) {
             connection.unsubscribe(id);
         }
         reason
