@@ -4,7 +4,7 @@
 #                                     (the transcoder links it) and plugins (decoders, x264, Opus,
 #                                     AAC), and the trusted roots RTMPS restreams check against
 #   scripts/install-deps.sh test   -> FFmpeg, GStreamer (and its RTSP server, the tests' camera), stunnel (RTMPS), Chromium, OpenSSL, curl, iproute2, nftables and
-#                                     aiortc (PyPI, in .venv-interop) for the test suite
+#                                     aiortc and m3u8 (PyPI, in .venv-interop) for the test suite
 set -euo pipefail
 mode=${1:-test}
 packages=(pkg-config ca-certificates libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
@@ -26,12 +26,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# aiortc, the non-Rust WebRTC peer of the interop tests, in its own virtual environment.
+# aiortc, the non-Rust WebRTC peer of the interop tests, and m3u8, the independent LL-HLS
+# playlist parser of the playlist tests, in their own virtual environment.
 if [ "$mode" = test ]; then
   venv="$(dirname "$0")/../.venv-interop"
-  if ! "$venv/bin/python" -c "import aiortc" 2>/dev/null; then
-    echo "Installing aiortc into $venv"
+  if ! "$venv/bin/python" -c "import aiortc, m3u8" 2>/dev/null; then
+    echo "Installing aiortc and m3u8 into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiortc==1.16.0"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiortc==1.16.0" "m3u8==6.0.0"
   fi
 fi

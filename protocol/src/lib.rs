@@ -6,6 +6,7 @@
 //! - [`stream_id`]: the validated name of a live stream (`[A-Za-z0-9_-]{1,64}`).
 //! - [`media`]: the Broadcast ▸ Track ▸ Group ▸ Frame vocabulary shared by every role.
 //! - [`mpegts`]: an MPEG-TS demuxer (H.264, H.265, AAC/ADTS, Opus) for SRT ingest.
+//! - [`hls`]: LL-HLS media and multivariant playlists and the blocking-reload rule.
 //! - [`h264`]: Annex B splitting and SPS parsing (resolution for the catalog).
 //! - [`flv`]: FLV audio/video tag bodies as RTMP carries them (legacy and enhanced RTMP),
 //!   decoder configuration records, AVCC to Annex B.
@@ -35,6 +36,7 @@ pub mod cluster;
 pub mod duration;
 pub mod flv;
 pub mod h264;
+pub mod hls;
 pub mod ice_tcp;
 pub mod keyframe;
 pub mod media;

@@ -1,0 +1,7 @@
+//! HLS and Low-Latency HLS (RFC 8216 and its second edition draft): the playlists Cascade
+//! serves, as pure functions of what the packager has written.
+//!
+//! - [`playlist`]: media and multivariant playlists (parts, preload hints, server control,
+//!   rendition reports, discontinuities, delta updates) and the blocking-reload rule.
+
+pub mod playlist;
