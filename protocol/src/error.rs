@@ -11,6 +11,10 @@ pub enum ProtocolError {
     #[error("malformed H.264 SPS: {0}")]
     MalformedSps(&'static str),
 
+    /// A CMAF track or fragment could not be made (`hls::cmaf`).
+    #[error("CMAF: {0}")]
+    Cmaf(&'static str),
+
     // --- relay wire format (`relay::wire`) ---
     #[error("varint does not fit in 62 bits")]
     VarintTooLarge,

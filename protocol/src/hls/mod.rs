@@ -1,7 +1,9 @@
 //! HLS and Low-Latency HLS (RFC 8216 and its second edition draft): the playlists Cascade
 //! serves, as pure functions of what the packager has written.
 //!
+//! - [`cmaf`]: fragmented MP4 (CMAF) init segments and fragments of H.264 tracks.
 //! - [`playlist`]: media and multivariant playlists (parts, preload hints, server control,
 //!   rendition reports, discontinuities, delta updates) and the blocking-reload rule.
 
+pub mod cmaf;
 pub mod playlist;
