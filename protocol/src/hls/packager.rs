@@ -1,0 +1,497 @@
+//! One rendition's LL-HLS packaging, sans IO: frames in, CMAF parts and segments and the
+//! media playlist out. The node's packager feeds it a track's frames and serves what it
+//! holds; time comes in with the frames.
+//!
+//! **Cutting.** A part ends before a frame that would carry it past the part target (its
+//! duration estimated from the previous frame), and at every keyframe, so a part that
+//! starts with a keyframe is `INDEPENDENT`. A segment ends at the first keyframe once it is
+//! at least the segment target long: segments are whole groups (a 1 s GOP and a 2 s target
+//! make 2 s segments; a 3 s GOP makes 3 s segments, which `EXT-X-TARGETDURATION` then says).
+//!
+//! **Window.** Segments older than the window are dropped; parts are kept only for the
+//! segments of the last three target durations (players need parts near the live edge
+//! only); a segment's bytes are its parts' bytes after a `styp`.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::cmaf::{H264Track, Sample, fragment, init_segment, segment_type};
+use super::playlist::{MediaPlaylist, Part, Segment};
+use crate::ProtocolError;
+
+/// How a rendition is cut and how much of it is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PackagerConfig {
+    /// Segment target, seconds (2 by default).
+    pub segment_target: f64,
+    /// Part target, seconds (a third of a second by default).
+    pub part_target: f64,
+    /// Live window, seconds (60 by default).
+    pub window: f64,
+}
+
+impl Default for PackagerConfig {
+    fn default() -> Self {
+        PackagerConfig {
+            segment_target: 2.0,
+            part_target: 1.0 / 3.0,
+            window: 60.0,
+        }
+    }
+}
+
+/// One frame as the packager takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Presentation timestamp in the track's timescale.
+    pub timestamp: u64,
+    /// Presentation minus decode time.
+    pub composition_offset: u32,
+    /// A keyframe.
+    pub keyframe: bool,
+    /// The access unit, Annex B.
+    pub data: Bytes,
+    /// Wall-clock time it was received, milliseconds since the Unix epoch.
+    pub wall_ms: u64,
+}
+
+impl Frame {
+    fn decode_time(&self) -> u64 {
+        self.timestamp
+            .saturating_sub(u64::from(self.composition_offset))
+    }
+}
+
+struct StoredPart {
+    duration: f64,
+    independent: bool,
+    bytes: Bytes,
+}
+
+struct StoredSegment {
+    msn: u64,
+    duration: f64,
+    program_date_time_ms: u64,
+    discontinuity: bool,
+    parts: Vec<StoredPart>,
+    /// Dropped once the segment is out of the part window; the segment's bytes stay.
+    parts_listed: bool,
+    bytes: Bytes,
+}
+
+/// What a push changed, for whoever waits on the playlist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing a player can see yet.
+    None,
+    /// A part (and maybe a segment) was added.
+    Published,
+}
+
+/// One rendition's packager.
+pub struct RenditionPackager {
+    config: PackagerConfig,
+    timescale: u32,
+    track: Option<H264Track>,
+    init: Option<Bytes>,
+    /// Frames of the part being gathered.
+    pending: Vec<Frame>,
+    /// The part being gathered started here (decode time).
+    part_start: Option<u64>,
+    /// The segment being written: its start, wall clock, and finished parts.
+    segment_start: Option<(u64, u64)>,
+    open_parts: Vec<StoredPart>,
+    segments: VecDeque<StoredSegment>,
+    next_msn: u64,
+    fragment_sequence: u32,
+    last_decode_time: Option<u64>,
+    discontinuity_next: bool,
+    discontinuity_sequence: u64,
+}
+
+impl RenditionPackager {
+    /// A packager for an H.264 track on `timescale`.
+    pub fn new(config: PackagerConfig, timescale: u32) -> Self {
+        RenditionPackager {
+            config,
+            timescale,
+            track: None,
+            init: None,
+            pending: Vec::new(),
+            part_start: None,
+            segment_start: None,
+            open_parts: Vec::new(),
+            segments: VecDeque::new(),
+            next_msn: 0,
+            fragment_sequence: 0,
+            last_decode_time: None,
+            discontinuity_next: false,
+            discontinuity_sequence: 0,
+        }
+    }
+
+    /// The initialisation segment, once the first keyframe has described the track.
+    pub fn init(&self) -> Option<Bytes> {
+        self.init.clone()
+    }
+
+    /// The publisher changed: the next segment starts after a discontinuity.
+    pub fn discontinuity(&mut self) {
+        self.close_part();
+        self.close_segment();
+        self.pending.clear();
+        self.part_start = None;
+        self.last_decode_time = None;
+        self.discontinuity_next = true;
+    }
+
+    /// Takes one frame; returns whether players can see something new.
+    pub fn push(&mut self, frame: Frame) -> Result<Change, ProtocolError> {
+        if self.track.is_none() {
+            if !frame.keyframe {
+                return Ok(Change::None);
+            }
+            let track = H264Track::from_keyframe(1, self.timescale, &frame.data)?;
+            self.init = Some(Bytes::from(init_segment(&track)?));
+            self.track = Some(track);
+        }
+        let dts = frame.decode_time();
+        if self.last_decode_time.is_some_and(|last| dts <= last) {
+            // Time went back (or stood still): a new timeline. Start over after a
+            // discontinuity rather than write a fragment a player would choke on.
+            self.discontinuity();
+            if !frame.keyframe {
+                return Ok(Change::None);
+            }
+        }
+        if self.segment_start.is_none() && !frame.keyframe {
+            return Ok(Change::None);
+        }
+        let mut change = Change::None;
+        let seconds = |ticks: u64| ticks as f64 / f64::from(self.timescale);
+        if let Some(start) = self.part_start {
+            let frame_time = self
+                .last_decode_time
+                .map_or(0, |last| dts.saturating_sub(last));
+            let would_end = seconds(dts + frame_time - start);
+            let segment_long = self
+                .segment_start
+                .is_some_and(|(s, _)| seconds(dts - s) >= self.config.segment_target - 1e-3);
+            if (frame.keyframe || would_end > self.config.part_target + 1e-3)
+                && self.close_part_at(dts)?
+            {
+                change = Change::Published;
+            }
+            if frame.keyframe && segment_long {
+                self.close_segment();
+            }
+        }
+        if self.segment_start.is_none() {
+            self.segment_start = Some((dts, frame.wall_ms));
+        }
+        if self.part_start.is_none() {
+            self.part_start = Some(dts);
+        }
+        self.last_decode_time = Some(dts);
+        self.pending.push(frame);
+        Ok(change)
+    }
+
+    /// Ends the part being gathered at `end` (the next frame's decode time).
+    fn close_part_at(&mut self, end: u64) -> Result<bool, ProtocolError> {
+        let (Some(track), Some(start)) = (&self.track, self.part_start) else {
+            return Ok(false);
+        };
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        self.fragment_sequence += 1;
+        let samples: Vec<Sample<'_>> = self
+            .pending
+            .iter()
+            .map(|f| Sample {
+                decode_time: f.decode_time(),
+                composition_offset: f.composition_offset,
+                keyframe: f.keyframe,
+                annex_b: &f.data,
+            })
+            .collect();
+        let bytes = fragment(track, self.fragment_sequence, &samples, end)?;
+        self.open_parts.push(StoredPart {
+            duration: end.saturating_sub(start) as f64 / f64::from(self.timescale),
+            independent: self.pending[0].keyframe,
+            bytes: Bytes::from(bytes),
+        });
+        self.pending.clear();
+        self.part_start = None;
+        Ok(true)
+    }
+
+    /// Ends the part being gathered with its last frame's estimated duration (a
+    /// discontinuity: no next frame will come on this timeline).
+    fn close_part(&mut self) {
+        let end = match (self.pending.len(), self.last_decode_time) {
+            (0, _) | (_, None) => return,
+            (1, Some(last)) => last + u64::from(self.timescale) / 30,
+            (n, Some(last)) => {
+                let before = self.pending[n - 2].decode_time();
+                last + last.saturating_sub(before).max(1)
+            }
+        };
+        let _ = self.close_part_at(end);
+    }
+
+    fn close_segment(&mut self) {
+        let Some((_, wall_ms)) = self.segment_start.take() else {
+            return;
+        };
+        if self.open_parts.is_empty() {
+            return;
+        }
+        let parts = std::mem::take(&mut self.open_parts);
+        let duration: f64 = parts.iter().map(|p| p.duration).sum();
+        let mut bytes = BytesMut::new();
+        bytes.extend_from_slice(&segment_type().unwrap_or_default());
+        for part in &parts {
+            bytes.extend_from_slice(&part.bytes);
+        }
+        self.segments.push_back(StoredSegment {
+            msn: self.next_msn,
+            duration,
+            program_date_time_ms: wall_ms,
+            discontinuity: std::mem::take(&mut self.discontinuity_next),
+            parts,
+            parts_listed: true,
+            bytes: bytes.freeze(),
+        });
+        self.next_msn += 1;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        let mut total: f64 = self.segments.iter().map(|s| s.duration).sum();
+        while total > self.config.window + 1e-6 && self.segments.len() > 1 {
+            if let Some(old) = self.segments.pop_front() {
+                total -= old.duration;
+                if self.segments.front().is_some_and(|next| next.discontinuity) {
+                    self.discontinuity_sequence += 1;
+                }
+            }
+        }
+        // Parts only near the live edge: the last three target durations.
+        let target = self.target_duration() as f64;
+        let mut from_end = 0.0;
+        for segment in self.segments.iter_mut().rev() {
+            if from_end >= 3.0 * target - 1e-6 {
+                segment.parts_listed = false;
+                segment.parts.clear();
+            }
+            from_end += segment.duration;
+        }
+    }
+
+    fn target_duration(&self) -> u64 {
+        self.playlist_skeleton().target_duration()
+    }
+
+    fn playlist_skeleton(&self) -> MediaPlaylist {
+        MediaPlaylist {
+            part_target: self.config.part_target,
+            discontinuity_sequence: self.discontinuity_sequence,
+            map_uri: "init.mp4".into(),
+            segments: self
+                .segments
+                .iter()
+                .map(|s| Segment {
+                    msn: s.msn,
+                    duration: s.duration,
+                    uri: format!("seg{}.m4s", s.msn),
+                    program_date_time_ms: s.program_date_time_ms,
+                    discontinuity: s.discontinuity,
+                    parts: Vec::new(),
+                })
+                .collect(),
+            partial: Vec::new(),
+            preload_hint: None,
+            rendition_reports: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// The media playlist now.
+    pub fn playlist(&self) -> MediaPlaylist {
+        let mut playlist = self.playlist_skeleton();
+        for (listed, stored) in playlist.segments.iter_mut().zip(&self.segments) {
+            if stored.parts_listed {
+                listed.parts = parts_of(stored.msn, &stored.parts);
+            }
+        }
+        playlist.partial = parts_of(self.next_msn, &self.open_parts);
+        playlist.preload_hint = Some(format!(
+            "part{}.{}.m4s",
+            self.next_msn,
+            self.open_parts.len()
+        ));
+        playlist
+    }
+
+    /// A part's bytes, if it is held.
+    pub fn part(&self, msn: u64, index: usize) -> Option<Bytes> {
+        if msn == self.next_msn {
+            return self.open_parts.get(index).map(|p| p.bytes.clone());
+        }
+        self.segments
+            .iter()
+            .find(|s| s.msn == msn)
+            .and_then(|s| s.parts.get(index))
+            .map(|p| p.bytes.clone())
+    }
+
+    /// A segment's bytes, if it is held.
+    pub fn segment(&self, msn: u64) -> Option<Bytes> {
+        self.segments
+            .iter()
+            .find(|s| s.msn == msn)
+            .map(|s| s.bytes.clone())
+    }
+}
+
+fn parts_of(msn: u64, parts: &[StoredPart]) -> Vec<Part> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Part {
+            duration: p.duration,
+            uri: format!("part{msn}.{i}.m4s"),
+            independent: p.independent,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keyframe with a real SPS/PPS (320x240 baseline) and a tiny slice.
+    fn keyframe() -> Bytes {
+        let sps = [
+            0x67, 0x42, 0xc0, 0x0d, 0xd9, 0x01, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00,
+            0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0xa4, 0x80,
+        ];
+        let pps = [0x68, 0xcb, 0x83, 0xcb, 0x20];
+        let mut au = Vec::new();
+        for nal in [&sps[..], &pps[..], &[0x65, 0x88, 0x84][..]] {
+            au.extend_from_slice(&[0, 0, 0, 1]);
+            au.extend_from_slice(nal);
+        }
+        Bytes::from(au)
+    }
+
+    /// Feeds `seconds` of 30 fps video with a keyframe every `gop` frames.
+    fn feed(packager: &mut RenditionPackager, from_frame: u64, frames: u64, gop: u64) {
+        for i in from_frame..from_frame + frames {
+            let is_key = i % gop == 0;
+            packager
+                .push(Frame {
+                    timestamp: 90_000 + i * 3000,
+                    composition_offset: 0,
+                    keyframe: is_key,
+                    data: if is_key {
+                        keyframe()
+                    } else {
+                        Bytes::from_static(&[0, 0, 0, 1, 0x41, 0x9a])
+                    },
+                    wall_ms: 1_796_125_000_000 + i * 100 / 3,
+                })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn parts_are_a_third_of_a_second_and_segments_whole_groups_of_two_seconds() {
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        feed(&mut packager, 0, 30 * 7, 30);
+        let playlist = packager.playlist();
+        assert_eq!(
+            playlist.segments.len(),
+            3,
+            "0-2 s, 2-4 s, 4-6 s; 6-7 s is open"
+        );
+        for segment in &playlist.segments {
+            assert!((segment.duration - 2.0).abs() < 1e-9, "{segment:?}");
+            assert_eq!(segment.parts.len(), 6);
+            for (i, part) in segment.parts.iter().enumerate() {
+                assert!(part.duration <= playlist.part_target + 1e-3);
+                assert_eq!(part.independent, i % 3 == 0, "a keyframe every second");
+            }
+        }
+        assert_eq!(
+            playlist.partial.len(),
+            2,
+            "6.0-6.33 and 6.33-6.67 s are done"
+        );
+        assert_eq!(playlist.preload_hint.as_deref(), Some("part3.2.m4s"));
+        assert_eq!(playlist.target_duration(), 2);
+        assert!(packager.part(3, 1).is_some() && packager.part(3, 2).is_none());
+        let segment = packager.segment(1).unwrap();
+        assert_eq!(&segment[4..8], b"styp");
+        assert_eq!(&packager.init().unwrap()[4..8], b"ftyp");
+    }
+
+    #[test]
+    fn a_long_group_makes_a_longer_segment_and_the_target_duration_says_so() {
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        feed(&mut packager, 0, 30 * 10, 90);
+        let playlist = packager.playlist();
+        assert!(
+            playlist
+                .segments
+                .iter()
+                .all(|s| (s.duration - 3.0).abs() < 1e-9)
+        );
+        assert_eq!(playlist.target_duration(), 3);
+    }
+
+    #[test]
+    fn the_window_keeps_a_minute_and_parts_only_near_the_live_edge() {
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        feed(&mut packager, 0, 30 * 100, 30);
+        let playlist = packager.playlist();
+        let total: f64 = playlist.segments.iter().map(|s| s.duration).sum();
+        assert!(total <= 60.0 + 1e-9, "{total}");
+        assert_eq!(playlist.segments.first().unwrap().msn, 19);
+        let with_parts = playlist
+            .segments
+            .iter()
+            .filter(|s| !s.parts.is_empty())
+            .count();
+        assert_eq!(with_parts, 3, "the last six seconds");
+        assert!(packager.segment(18).is_none() && packager.segment(19).is_some());
+    }
+
+    #[test]
+    fn nothing_is_published_before_the_first_keyframe_and_a_new_publisher_is_a_discontinuity() {
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        feed(&mut packager, 1, 29, 30);
+        assert!(packager.init().is_none());
+        feed(&mut packager, 30, 30 * 3, 30);
+        packager.discontinuity();
+        // The new publisher's clock starts elsewhere.
+        feed(&mut packager, 1000, 30 * 5, 30);
+        let playlist = packager.playlist();
+        let marked: Vec<bool> = playlist.segments.iter().map(|s| s.discontinuity).collect();
+        assert_eq!(marked.iter().filter(|d| **d).count(), 1, "{marked:?}");
+        let text = super::super::playlist::render_media(&playlist, false);
+        assert!(text.contains("#EXT-X-DISCONTINUITY\n"));
+    }
+
+    #[test]
+    fn time_going_back_starts_over_after_a_discontinuity_instead_of_a_broken_fragment() {
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        feed(&mut packager, 300, 30 * 3, 30);
+        feed(&mut packager, 0, 30 * 3, 30);
+        let playlist = packager.playlist();
+        assert!(playlist.segments.iter().any(|s| s.discontinuity));
+    }
+}
