@@ -83,7 +83,12 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         Arc::new(cluster.clone()),
         ladders(&config),
     );
+    let packagers = cascade_roles::packager::Packagers::new(
+        registry.clone(),
+        cascade_protocol::hls::packager::PackagerConfig::default(),
+    );
     let state = AppState {
+        packagers,
         transcoders,
         rendition_feeds,
         registry,

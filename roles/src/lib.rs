@@ -10,6 +10,7 @@
 //! - [`listen`]: accepting TCP connections without spinning on errors.
 //! - [`quic`]: node-to-node QUIC with mutual TLS under the cluster CA.
 //! - [`relay`]: media between nodes over QUIC (`docs/relay.md`): serving and pulling broadcasts.
+//! - [`packager`]: LL-HLS renditions of live streams, packaged on demand.
 //! - [`transcoder`]: renditions (ABR rungs, AAC↔Opus) made in a supervised child process.
 //! - [`session`]: the per-session actor that owns a publisher's or viewer's lifecycle.
 //!
@@ -20,6 +21,7 @@ pub mod broadcast;
 pub mod edge;
 pub mod listen;
 pub mod origin;
+pub mod packager;
 pub mod quic;
 pub mod relay;
 pub mod session;

@@ -6,6 +6,7 @@
 //! | `POST/OPTIONS /whep/{stream}`, `DELETE/PATCH /whep/{stream}/{session}` | [`whep`] |
 //! | `GET /api/v1/streams[/{stream}]` | [`api`] |
 //! | `GET /api/v1/streams/{stream}/snapshot.jpg` | [`snapshot`] |
+//! | `GET /hls/{stream}/…` (LL-HLS) | [`hls`] |
 //! | `GET /metrics` | [`metrics`] |
 //! | `/api/v1/cluster...` | [`cluster`] |
 //! | `GET /`, `GET /healthz` | [`page`] |
@@ -15,6 +16,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod hls;
 pub mod metrics;
 pub mod page;
 mod sdp_exchange;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub registry: StreamRegistry,
     /// Renditions of the streams published here, when this node may transcode.
     pub transcoders: Option<cascade_roles::transcoder::Transcoders>,
+    /// LL-HLS of the streams published here, packaged on demand.
+    pub packagers: cascade_roles::packager::Packagers,
     /// Which transcoder on another node feeds each rendition of this node's streams.
     pub rendition_feeds: cascade_roles::origin::renditions::RenditionFeeds,
     /// The WebRTC engines (WHIP and WHEP sessions).
@@ -89,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(whep::routes())
         .merge(api::routes())
         .merge(snapshot::routes())
+        .merge(hls::routes())
         .merge(cluster::routes())
         .merge(metrics::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

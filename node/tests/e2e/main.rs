@@ -10,6 +10,7 @@ mod browser_page;
 mod cluster;
 mod config_samples;
 mod handshake_timeout;
+mod hls;
 mod host_address;
 mod https;
 mod ice_tcp;

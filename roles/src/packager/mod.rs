@@ -1,0 +1,313 @@
+//! The packager role, on the stream's origin for now: LL-HLS renditions of a live stream,
+//! made on demand.
+//!
+//! The first HLS request for a stream starts its packager: one
+//! [`RenditionPackager`](cascade_protocol::hls::packager::RenditionPackager) per H.264 video
+//! track (the source and the transcoder's rungs; frame-rate-capped rungs left out), each fed
+//! from its track's current group on by a bounded queue and a task. A stream nobody asked
+//! for in [`IDLE_AFTER`] stops being packaged (and stops holding its rungs' encoders, which
+//! run just in time). Each rendition's playlist version is a `watch`, so a blocking playlist
+//! reload waits for the part it names without polling.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cascade_protocol::StreamId;
+use cascade_protocol::hls::packager::{Frame, PackagerConfig, RenditionPackager};
+use cascade_protocol::hls::playlist::{MediaPlaylist, Multivariant, Reload, Variant, reload};
+use cascade_protocol::media::{Codec, MediaKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::broadcast::{Broadcast, QueueSink, Subscriptions, Track};
+use crate::origin::StreamRegistry;
+
+/// A stream without an HLS request this long stops being packaged.
+pub const IDLE_AFTER: Duration = Duration::from_secs(30);
+/// Frames queued towards one rendition's packager (a cached group and room beyond).
+const QUEUE: usize = crate::broadcast::GROUP_CACHE_MAX_FRAMES + 256;
+
+/// One rendition being packaged.
+pub struct Rendition {
+    /// Its directory under the stream (`source`, `360p`).
+    pub name: String,
+    track: Arc<Track>,
+    packager: Mutex<RenditionPackager>,
+    version: watch::Sender<u64>,
+}
+
+impl Rendition {
+    /// Its playlist now.
+    pub fn playlist(&self) -> MediaPlaylist {
+        lock(&self.packager).playlist()
+    }
+
+    /// Its initialisation segment, once it has one.
+    pub fn init(&self) -> Option<Bytes> {
+        lock(&self.packager).init()
+    }
+
+    /// A part's bytes.
+    pub fn part(&self, msn: u64, index: usize) -> Option<Bytes> {
+        lock(&self.packager).part(msn, index)
+    }
+
+    /// A segment's bytes.
+    pub fn segment(&self, msn: u64) -> Option<Bytes> {
+        lock(&self.packager).segment(msn)
+    }
+
+    /// Waits until the playlist can answer a blocking reload for `msn` (and `part`), up to
+    /// `limit`: [`Reload::Ready`] with the playlist, [`Reload::TooFarAhead`] at once, or
+    /// [`Reload::Wait`] when the limit passed.
+    pub async fn wait_for(
+        &self,
+        msn: u64,
+        part: Option<u64>,
+        limit: Duration,
+    ) -> (Reload, MediaPlaylist) {
+        let mut version = self.version.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let playlist = self.playlist();
+            match reload(&playlist, msn, part) {
+                Reload::Wait => {}
+                decided => return (decided, playlist),
+            }
+            if tokio::time::timeout_at(deadline, version.changed())
+                .await
+                .is_err()
+            {
+                return (Reload::Wait, self.playlist());
+            }
+        }
+    }
+
+    /// Waits until the rendition has a complete segment, up to `limit`.
+    pub async fn wait_first_segment(&self, limit: Duration) -> bool {
+        self.wait_for(0, None, limit).await.0 == Reload::Ready
+            || !self.playlist().segments.is_empty()
+    }
+
+    /// What the multivariant playlist says of it.
+    fn variant(&self) -> Option<Variant> {
+        let info = self.track.info()?;
+        let (width, height) = (info.width?, info.height?);
+        let kbps = info
+            .bitrate_kbps
+            .or_else(|| self.track.measured_kbps())
+            .unwrap_or(1000);
+        let codec = info
+            .codec_string
+            .clone()
+            .filter(|c| c.starts_with("avc1"))
+            .unwrap_or_else(|| "avc1.42c01e".into());
+        Some(Variant {
+            uri: format!("{}/index.m3u8", self.name),
+            // Peak: a keyframe-heavy group runs above the average.
+            bandwidth: u64::from(kbps) * 1000 * 5 / 4,
+            average_bandwidth: u64::from(kbps) * 1000,
+            codecs: codec,
+            resolution: (width, height),
+            frame_rate: info.fps.map_or(30.0, f64::from),
+            audio_group: None,
+        })
+    }
+}
+
+/// One stream's renditions.
+pub struct StreamPackager {
+    broadcast: Arc<Broadcast>,
+    renditions: Mutex<BTreeMap<String, Arc<Rendition>>>,
+    last_asked: Mutex<Instant>,
+    /// Ended when the stream packager is dropped.
+    _subscriptions: Mutex<Subscriptions>,
+}
+
+impl StreamPackager {
+    /// The rendition in directory `name`.
+    pub fn rendition(&self, name: &str) -> Option<Arc<Rendition>> {
+        lock(&self.renditions).get(name).cloned()
+    }
+
+    /// Every rendition, best first.
+    pub fn renditions(&self) -> Vec<Arc<Rendition>> {
+        let mut all: Vec<Arc<Rendition>> = lock(&self.renditions).values().cloned().collect();
+        all.sort_by_key(|r| std::cmp::Reverse(r.track.info().and_then(|i| i.height).unwrap_or(0)));
+        all
+    }
+
+    /// The multivariant playlist now.
+    pub fn multivariant(&self) -> Multivariant {
+        Multivariant {
+            variants: self
+                .renditions()
+                .iter()
+                .filter(|r| r.init().is_some())
+                .filter_map(|r| r.variant())
+                .collect(),
+            audio: Vec::new(),
+        }
+    }
+
+    /// Starts packaging the H.264 video tracks of the broadcast not packaged yet.
+    fn add_renditions(&self, config: PackagerConfig) {
+        for track in self.broadcast.tracks() {
+            let Some(info) = track.info() else { continue };
+            if track.kind() != MediaKind::Video || info.codec != Codec::H264 || info.fps.is_some() {
+                continue;
+            }
+            let name = track
+                .name()
+                .strip_prefix("video/")
+                .unwrap_or(track.name())
+                .to_owned();
+            let mut renditions = lock(&self.renditions);
+            if renditions.contains_key(&name) {
+                continue;
+            }
+            let (version, _) = watch::channel(0);
+            let rendition = Arc::new(Rendition {
+                name: name.clone(),
+                track: Arc::clone(&track),
+                packager: Mutex::new(RenditionPackager::new(config, info.timescale)),
+                version,
+            });
+            let (tx, rx) = mpsc::channel(QUEUE);
+            lock(&self._subscriptions).from_current_group(&track, QueueSink::new((), tx));
+            tokio::spawn(feed(Arc::downgrade(&rendition), rx));
+            tracing::info!(stream = %self.broadcast.id(), rendition = %name, "packaging LL-HLS");
+            renditions.insert(name, rendition);
+        }
+    }
+}
+
+/// Feeds a rendition's packager until its subscription or the rendition ends.
+async fn feed(
+    rendition: std::sync::Weak<Rendition>,
+    mut frames: mpsc::Receiver<((), cascade_protocol::Frame)>,
+) {
+    let mut last_seq: Option<u64> = None;
+    while let Some(((), frame)) = frames.recv().await {
+        let Some(rendition) = rendition.upgrade() else {
+            return;
+        };
+        // A gap in the track's frames (the queue skipped to the next group) cannot be
+        // written as if it were continuous.
+        let skipped = last_seq.is_some_and(|last| frame.seq != last + 1);
+        last_seq = Some(frame.seq);
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let change = {
+            let mut packager = lock(&rendition.packager);
+            if skipped {
+                packager.discontinuity();
+            }
+            packager.push(Frame {
+                timestamp: frame.timestamp,
+                composition_offset: frame.composition_offset,
+                keyframe: frame.keyframe,
+                data: Bytes::copy_from_slice(&frame.payload),
+                wall_ms,
+            })
+        };
+        match change {
+            Ok(cascade_protocol::hls::packager::Change::Published) => {
+                rendition.version.send_modify(|v| *v += 1);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(rendition = %rendition.name, error = %e, "a frame could not be packaged");
+            }
+        }
+    }
+}
+
+/// The streams packaged on this node. Cheap to clone.
+#[derive(Clone)]
+pub struct Packagers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: StreamRegistry,
+    config: PackagerConfig,
+    streams: Mutex<HashMap<StreamId, Arc<StreamPackager>>>,
+}
+
+impl Packagers {
+    /// Packagers of `registry`'s streams, cut as `config` says.
+    pub fn new(registry: StreamRegistry, config: PackagerConfig) -> Self {
+        let packagers = Packagers {
+            inner: Arc::new(Inner {
+                registry,
+                config,
+                streams: Mutex::new(HashMap::new()),
+            }),
+        };
+        let this = packagers.clone();
+        crate::transcoder::every(Duration::from_millis(500), move || {
+            let this = this.clone();
+            async move { this.reconcile() }
+        });
+        packagers
+    }
+
+    /// The packager of `stream`, started if the stream is live here; a request counts as
+    /// interest (see [`IDLE_AFTER`]).
+    pub fn stream(&self, stream: &StreamId) -> Option<Arc<StreamPackager>> {
+        let broadcast = self.inner.registry.broadcast(stream)?;
+        let mut streams = lock(&self.inner.streams);
+        let packager = streams
+            .entry(stream.clone())
+            .and_modify(|p| {
+                if !Arc::ptr_eq(&p.broadcast, &broadcast) {
+                    *p = new_stream(Arc::clone(&broadcast));
+                }
+            })
+            .or_insert_with(|| new_stream(Arc::clone(&broadcast)))
+            .clone();
+        drop(streams);
+        *lock(&packager.last_asked) = Instant::now();
+        packager.add_renditions(self.inner.config);
+        Some(packager)
+    }
+
+    /// Adds renditions that appeared, and stops packaging streams nobody asked for lately
+    /// or that ended.
+    fn reconcile(&self) {
+        let packagers: Vec<(StreamId, Arc<StreamPackager>)> = lock(&self.inner.streams)
+            .iter()
+            .map(|(id, p)| (id.clone(), Arc::clone(p)))
+            .collect();
+        for (id, packager) in packagers {
+            let live = self
+                .inner
+                .registry
+                .broadcast(&id)
+                .is_some_and(|b| Arc::ptr_eq(&b, &packager.broadcast));
+            let idle = lock(&packager.last_asked).elapsed() >= IDLE_AFTER;
+            if !live || idle {
+                tracing::info!(stream = %id, idle, "LL-HLS packaging stopped");
+                lock(&self.inner.streams).remove(&id);
+            } else {
+                packager.add_renditions(self.inner.config);
+            }
+        }
+    }
+}
+
+fn new_stream(broadcast: Arc<Broadcast>) -> Arc<StreamPackager> {
+    Arc::new(StreamPackager {
+        broadcast,
+        renditions: Mutex::new(BTreeMap::new()),
+        last_asked: Mutex::new(Instant::now()),
+        _subscriptions: Mutex::new(Subscriptions::default()),
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
