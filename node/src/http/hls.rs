@@ -219,6 +219,8 @@ async fn rendition_file(
                 rendition.playlist()
             }
         };
+        let mut playlist = playlist;
+        playlist.rendition_reports = packager.rendition_reports(&rendition.name);
         let skip = query
             .skip
             .as_deref()

@@ -65,6 +65,15 @@ pub fn describe() {
     );
     describe_cluster();
     describe_transcoder();
+    metrics::describe_gauge!(
+        "cascade_hls_playlist_age_seconds",
+        metrics::Unit::Seconds,
+        "LL-HLS freshness per stream: now minus the arrival of the newest part's first frame (0 when not packaged)."
+    );
+    metrics::describe_counter!(
+        "cascade_abr_switches_total",
+        "Rendition switches of adaptive WebRTC viewers (at group boundaries)."
+    );
     metrics::gauge!("cascade_streams_live").set(0.0);
     for kind in ["publisher", "viewer"] {
         metrics::counter!("cascade_sessions_started_total", "kind" => kind).absolute(0);

@@ -101,7 +101,14 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
     let url = node.url("/hls/show/360p/index.m3u8");
     let playlist = client.get(&url).send().await.unwrap();
     assert_eq!(playlist.headers()["cache-control"], "max-age=1");
-    let (msn, part) = newest_part(&playlist.text().await.unwrap());
+    let text = playlist.text().await.unwrap();
+    for other in ["../source/index.m3u8", "../180p/index.m3u8"] {
+        assert!(
+            text.contains(&format!("#EXT-X-RENDITION-REPORT:URI=\"{other}\"")),
+            "reports the other renditions: {text}"
+        );
+    }
+    let (msn, part) = newest_part(&text);
     let asked = Instant::now();
     let blocked = client
         .get(format!("{url}?_HLS_msn={msn}&_HLS_part={part}"))
@@ -138,4 +145,13 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
         .await
         .unwrap();
     assert_eq!(far.status(), 400, "too far ahead");
+
+    let metrics = node.metrics().await;
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cascade_hls_playlist_age_seconds{stream=\"show\"} "))
+        .expect("the freshness gauge")
+        .parse()
+        .unwrap();
+    assert!(age < 2.0, "the newest part is fresh: {age} s");
 }

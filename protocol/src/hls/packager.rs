@@ -108,6 +108,8 @@ pub struct RenditionPackager {
     last_decode_time: Option<u64>,
     discontinuity_next: bool,
     discontinuity_sequence: u64,
+    /// Wall clock of the newest published part's first frame (Unix ms).
+    newest_part_wall_ms: Option<u64>,
 }
 
 impl RenditionPackager {
@@ -128,7 +130,13 @@ impl RenditionPackager {
             last_decode_time: None,
             discontinuity_next: false,
             discontinuity_sequence: 0,
+            newest_part_wall_ms: None,
         }
+    }
+
+    /// When the newest part's first frame arrived (Unix ms): how fresh the playlist is.
+    pub fn newest_part_wall_ms(&self) -> Option<u64> {
+        self.newest_part_wall_ms
     }
 
     /// The initialisation segment, once the first keyframe has described the track.
@@ -223,6 +231,7 @@ impl RenditionPackager {
             independent: self.pending[0].keyframe,
             bytes: Bytes::from(bytes),
         });
+        self.newest_part_wall_ms = Some(self.pending[0].wall_ms);
         self.pending.clear();
         self.part_start = None;
         Ok(true)
@@ -437,6 +446,11 @@ mod tests {
         let segment = packager.segment(1).unwrap();
         assert_eq!(&segment[4..8], b"styp");
         assert_eq!(&packager.init().unwrap()[4..8], b"ftyp");
+        // The newest part (6.33-6.67 s) started with frame 190.
+        assert_eq!(
+            packager.newest_part_wall_ms(),
+            Some(1_796_125_000_000 + 190 * 100 / 3)
+        );
     }
 
     #[test]

@@ -58,6 +58,11 @@ impl Rendition {
         lock(&self.packager).segment(msn)
     }
 
+    /// Its newest part: (media sequence number, part index).
+    pub fn last_part(&self) -> Option<(u64, u64)> {
+        lock(&self.packager).playlist().last_part()
+    }
+
     /// Waits until the playlist can answer a blocking reload for `msn` (and `part`), up to
     /// `limit`: [`Reload::Ready`] with the playlist, [`Reload::TooFarAhead`] at once, or
     /// [`Reload::Wait`] when the limit passed.
@@ -138,6 +143,36 @@ impl StreamPackager {
         all
     }
 
+    /// `EXT-X-RENDITION-REPORT`s for a media playlist of `rendition`: every other
+    /// rendition's newest part, so that a player switching knows where to ask.
+    pub fn rendition_reports(
+        &self,
+        rendition: &str,
+    ) -> Vec<cascade_protocol::hls::playlist::RenditionReport> {
+        self.renditions()
+            .iter()
+            .filter(|r| r.name != rendition)
+            .filter_map(|r| {
+                let (last_msn, last_part) = r.last_part()?;
+                Some(cascade_protocol::hls::playlist::RenditionReport {
+                    uri: format!("../{}/index.m3u8", r.name),
+                    last_msn,
+                    last_part,
+                })
+            })
+            .collect()
+    }
+
+    /// How old the newest part of any rendition is, in seconds (`None` before the first).
+    pub fn playlist_age(&self) -> Option<f64> {
+        let newest = self
+            .renditions()
+            .iter()
+            .filter_map(|r| lock(&r.packager).newest_part_wall_ms())
+            .max()?;
+        Some(now_ms().saturating_sub(newest) as f64 / 1000.0)
+    }
+
     /// The multivariant playlist now.
     pub fn multivariant(&self) -> Multivariant {
         Multivariant {
@@ -197,9 +232,7 @@ async fn feed(
         // written as if it were continuous.
         let skipped = last_seq.is_some_and(|last| frame.seq != last + 1);
         last_seq = Some(frame.seq);
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let wall_ms = now_ms();
         let change = {
             let mut packager = lock(&rendition.packager);
             if skipped {
@@ -289,11 +322,17 @@ impl Packagers {
                 .broadcast(&id)
                 .is_some_and(|b| Arc::ptr_eq(&b, &packager.broadcast));
             let idle = lock(&packager.last_asked).elapsed() >= IDLE_AFTER;
+            let age =
+                metrics::gauge!("cascade_hls_playlist_age_seconds", "stream" => id.to_string());
             if !live || idle {
                 tracing::info!(stream = %id, idle, "LL-HLS packaging stopped");
                 lock(&self.inner.streams).remove(&id);
+                age.set(0.0);
             } else {
                 packager.add_renditions(self.inner.config);
+                if let Some(seconds) = packager.playlist_age() {
+                    age.set(seconds);
+                }
             }
         }
     }
@@ -306,6 +345,12 @@ fn new_stream(broadcast: Arc<Broadcast>) -> Arc<StreamPackager> {
         last_asked: Mutex::new(Instant::now()),
         _subscriptions: Mutex::new(Subscriptions::default()),
     })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
