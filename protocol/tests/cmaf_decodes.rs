@@ -4,7 +4,9 @@
 use std::process::Command;
 
 use cascade_protocol::h264::{is_keyframe, split_access_units};
-use cascade_protocol::hls::cmaf::{H264Track, Sample, fragment, init_segment, segment_type};
+use cascade_protocol::hls::cmaf::{
+    AacTrack, H264Track, Sample, Track, fragment, init_segment, segment_type,
+};
 
 #[test]
 fn ffprobe_decodes_every_frame_of_our_init_segment_and_fragments() {
@@ -25,7 +27,7 @@ fn ffprobe_decodes_every_frame_of_our_init_segment_and_fragments() {
     assert!(encoded.status.success());
     let units = split_access_units(&encoded.stdout);
     assert_eq!(units.len(), 60);
-    let track = H264Track::from_keyframe(1, 90_000, &units[0]).unwrap();
+    let track = Track::H264(H264Track::from_keyframe(1, 90_000, &units[0]).unwrap());
     let mut file = init_segment(&track).unwrap();
     file.extend(segment_type().unwrap());
     let samples: Vec<Sample<'_>> = units
@@ -80,5 +82,97 @@ fn ffprobe_decodes_every_frame_of_our_init_segment_and_fragments() {
         String::from_utf8_lossy(&probe.stdout).trim(),
         "h264,320,180,60",
         "every frame decodes at its size"
+    );
+}
+
+/// Raw AAC frames and the AudioSpecificConfig of an ADTS stream.
+fn adts_frames(adts: &[u8]) -> (Vec<u8>, Vec<&[u8]>) {
+    let mut frames = Vec::new();
+    let mut config = Vec::new();
+    let mut at = 0;
+    while at + 7 <= adts.len() {
+        let header = &adts[at..at + 7];
+        assert_eq!(
+            (header[0], header[1] & 0xf0),
+            (0xff, 0xf0),
+            "ADTS sync at {at}"
+        );
+        let protection_absent = header[1] & 1 == 1;
+        let profile = (header[2] >> 6) + 1;
+        let freq = (header[2] >> 2) & 0x0f;
+        let channels = ((header[2] & 1) << 2) | (header[3] >> 6);
+        let length = (usize::from(header[3] & 3) << 11)
+            | (usize::from(header[4]) << 3)
+            | usize::from(header[5] >> 5);
+        let header_len = if protection_absent { 7 } else { 9 };
+        if config.is_empty() {
+            config = vec![
+                (profile << 3) | (freq >> 1),
+                ((freq & 1) << 7) | (channels << 3),
+            ];
+        }
+        frames.push(&adts[at + header_len..at + length]);
+        at += length;
+    }
+    (config, frames)
+}
+
+#[test]
+fn ffprobe_decodes_every_frame_of_our_aac_fragments() {
+    let encoded = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+        ])
+        .args(["-t", "2", "-ac", "2", "-c:a", "aac", "-f", "adts", "-"])
+        .output()
+        .expect("ffmpeg runs (scripts/install-deps.sh test installs it)");
+    assert!(encoded.status.success());
+    let (config, frames) = adts_frames(&encoded.stdout);
+    let track = Track::Aac(AacTrack {
+        track_id: 1,
+        timescale: 48_000,
+        sample_rate: 48_000,
+        channels: 2,
+        config,
+    });
+    let mut file = init_segment(&track).unwrap();
+    let samples: Vec<Sample<'_>> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, frame)| Sample {
+            decode_time: i as u64 * 1024,
+            composition_offset: 0,
+            keyframe: true,
+            annex_b: frame,
+        })
+        .collect();
+    for (n, chunk) in samples.chunks(16).enumerate() {
+        let next = chunk.last().unwrap().decode_time + 1024;
+        file.extend(fragment(&track, n as u32 + 1, chunk, next).unwrap());
+    }
+    let path = std::env::temp_dir().join(format!("cascade-cmaf-aac-{}.mp4", std::process::id()));
+    std::fs::write(&path, &file).unwrap();
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "a:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels,nb_read_frames",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe runs");
+    let _ = std::fs::remove_file(&path);
+    let errors = String::from_utf8_lossy(&probe.stderr);
+    assert!(errors.trim().is_empty(), "ffprobe: {errors}");
+    assert_eq!(
+        String::from_utf8_lossy(&probe.stdout).trim(),
+        format!("aac,48000,2,{}", frames.len()),
+        "every AAC frame decodes"
     );
 }

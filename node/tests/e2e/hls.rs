@@ -51,6 +51,12 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
         assert!(text.contains(rendition), "{rendition} listed: {text}");
     }
     assert!(text.contains("RESOLUTION=320x180"), "{text}");
+    assert!(
+        text.contains("#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aac\"")
+            && text.contains("mp4a.40.2")
+            && text.contains("AUDIO=\"aac\""),
+        "the AAC rendition is every variant's audio: {text}"
+    );
 
     // FFmpeg reads each rendition as an ordinary live HLS stream: ten seconds decode
     // without an error, at the rendition's size.
@@ -74,6 +80,19 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
         (rendition, size, child)
     })
     .collect();
+    let audio = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-read_intervals", "%+10"])
+        .args(["-select_streams", "a:0", "-show_entries"])
+        .args([
+            "stream=codec_name,sample_rate,nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(node.url("/hls/show/aac/index.m3u8"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffprobe runs");
     for (rendition, size, child) in probes {
         let output = child.wait_with_output().unwrap();
         let errors = String::from_utf8_lossy(&output.stderr);
@@ -96,6 +115,25 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
             "{rendition}: {frames} frames decoded in 10 s"
         );
     }
+
+    let output = audio.wait_with_output().unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && errors.trim().is_empty(),
+        "aac: {errors}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let (codec_rate, frames) = line.rsplit_once(',').expect("codec,rate,frames");
+    assert_eq!(codec_rate, "aac,44100", "{line}");
+    let frames: u32 = frames.parse().unwrap();
+    assert!(
+        frames >= 400,
+        "aac: {frames} frames decoded in 10 s (43 a second)"
+    );
 
     // Blocking reload: ask for the part after the newest; the answer comes once it exists.
     let url = node.url("/hls/show/360p/index.m3u8");

@@ -1,5 +1,5 @@
-//! CMAF (fragmented MP4) for LL-HLS: the initialisation segment of an H.264 track and the
-//! fragments (`moof` + `mdat`) that make its parts and segments. The boxes are `mp4-atom`'s;
+//! CMAF (fragmented MP4) for LL-HLS: the initialisation segment of an H.264 or AAC track and
+//! the fragments (`moof` + `mdat`) that make its parts and segments. The boxes are `mp4-atom`'s;
 //! what goes in them is decided here.
 //!
 //! A fragment's samples are our frames converted from Annex B (start codes) to the
@@ -8,9 +8,9 @@
 //! anywhere stay on the track's timeline.
 
 use mp4_atom::{
-    Avc1, Avcc, Codec, Dinf, Dref, Encode, Ftyp, Hdlr, Mdat, Mdhd, Mdia, Mfhd, Minf, Moof, Moov,
-    Mvex, Mvhd, Stbl, Stco, Stsd, Styp, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry,
-    TrunSamples, Url, Visual, Vmhd,
+    Audio, Avc1, Avcc, Codec, Dinf, Dref, Encode, Esds, Ftyp, Hdlr, Mdat, Mdhd, Mdia, Mfhd, Minf,
+    Moof, Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsd, Styp, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex,
+    Trun, TrunEntry, TrunSamples, Url, Visual, Vmhd,
 };
 
 use crate::ProtocolError;
@@ -66,6 +66,46 @@ impl H264Track {
     }
 }
 
+/// An AAC track's parameters (from its AudioSpecificConfig).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AacTrack {
+    /// The track id in the file.
+    pub track_id: u32,
+    /// Ticks per second of the timestamps (the sample rate).
+    pub timescale: u32,
+    /// Samples per second.
+    pub sample_rate: u32,
+    /// Channels.
+    pub channels: u8,
+    /// The AudioSpecificConfig.
+    pub config: Vec<u8>,
+}
+
+/// A track of a CMAF file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Track {
+    /// H.264 video: samples are converted from Annex B.
+    H264(H264Track),
+    /// AAC audio: samples are raw AAC frames, as they are.
+    Aac(AacTrack),
+}
+
+impl Track {
+    fn id(&self) -> u32 {
+        match self {
+            Track::H264(t) => t.track_id,
+            Track::Aac(t) => t.track_id,
+        }
+    }
+
+    fn timescale(&self) -> u32 {
+        match self {
+            Track::H264(t) => t.timescale,
+            Track::Aac(t) => t.timescale,
+        }
+    }
+}
+
 /// One frame of a fragment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample<'a> {
@@ -75,18 +115,129 @@ pub struct Sample<'a> {
     pub composition_offset: u32,
     /// A keyframe (sync sample).
     pub keyframe: bool,
-    /// The access unit, Annex B.
+    /// The access unit: Annex B for H.264, a raw frame for AAC.
     pub annex_b: &'a [u8],
 }
 
 /// `ftyp` + `moov` for `track`: what a player fetches once (`EXT-X-MAP`).
-pub fn init_segment(track: &H264Track) -> Result<Vec<u8>, ProtocolError> {
+pub fn init_segment(track: &Track) -> Result<Vec<u8>, ProtocolError> {
     let ftyp = Ftyp {
         major_brand: b"iso6".into(),
         minor_version: 0,
         compatible_brands: vec![b"iso6".into(), b"cmfc".into(), b"mp41".into()],
     };
-    let avc1 = Avc1 {
+    let (codec, handler, width, height) = match track {
+        Track::H264(video) => (Codec::Avc1(avc1(video)), b"vide", video.width, video.height),
+        Track::Aac(audio) => (Codec::Mp4a(mp4a(audio)), b"soun", 0, 0),
+    };
+    let video = matches!(track, Track::H264(_));
+    let moov = Moov {
+        mvhd: Mvhd {
+            timescale: 1000,
+            rate: 1.into(),
+            volume: 1.into(),
+            next_track_id: track.id() + 1,
+            ..Default::default()
+        },
+        mvex: Some(Mvex {
+            mehd: None,
+            trex: vec![Trex {
+                track_id: track.id(),
+                default_sample_description_index: 1,
+                ..Default::default()
+            }],
+        }),
+        trak: vec![Trak {
+            tkhd: Tkhd {
+                track_id: track.id(),
+                enabled: true,
+                in_movie: true,
+                volume: if video { 0.into() } else { 1.into() },
+                width: width.into(),
+                height: height.into(),
+                ..Default::default()
+            },
+            mdia: Mdia {
+                mdhd: Mdhd {
+                    timescale: track.timescale(),
+                    language: "und".into(),
+                    ..Default::default()
+                },
+                hdlr: Hdlr {
+                    handler: handler.into(),
+                    name: if video {
+                        "Cascade video"
+                    } else {
+                        "Cascade audio"
+                    }
+                    .into(),
+                },
+                minf: Minf {
+                    vmhd: video.then(Vmhd::default),
+                    smhd: (!video).then(Smhd::default),
+                    dinf: Dinf {
+                        dref: Dref {
+                            entries: vec![Url::default().into()],
+                        },
+                    },
+                    stbl: Stbl {
+                        stsd: Stsd {
+                            codecs: vec![codec],
+                        },
+                        stco: Some(Stco::default()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            },
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    ftyp.encode(&mut out).map_err(encoding)?;
+    moov.encode(&mut out).map_err(encoding)?;
+    Ok(out)
+}
+
+fn mp4a(track: &AacTrack) -> Mp4a {
+    let config = &track.config;
+    Mp4a {
+        audio: Audio {
+            data_reference_index: 1,
+            channel_count: u16::from(track.channels),
+            sample_size: 16,
+            sample_rate: (track.sample_rate.min(u32::from(u16::MAX)) as u16).into(),
+        },
+        esds: Esds {
+            es_desc: mp4_atom::esds::EsDescriptor {
+                es_id: track.track_id as u16,
+                depends_on_es_id: None,
+                url: None,
+                ocr_es_id: None,
+                stream_priority: 0,
+                dec_config: mp4_atom::esds::DecoderConfig {
+                    // MPEG-4 audio, an audio stream.
+                    object_type_indication: 0x40,
+                    stream_type: 5,
+                    dec_specific: Some(mp4_atom::esds::DecoderSpecific {
+                        profile: config.first().map_or(2, |b| b >> 3),
+                        freq_index: 0,
+                        chan_conf: track.channels,
+                        raw: config.clone(),
+                    }),
+                    ..Default::default()
+                },
+                sl_config: mp4_atom::esds::SLConfig {},
+            },
+        },
+        btrt: None,
+        taic: None,
+    }
+}
+
+fn avc1(track: &H264Track) -> Avc1 {
+    Avc1 {
         visual: Visual {
             data_reference_index: 1,
             width: track.width,
@@ -109,67 +260,7 @@ pub fn init_segment(track: &H264Track) -> Result<Vec<u8>, ProtocolError> {
         taic: None,
         fiel: None,
         spatial: None,
-    };
-    let moov = Moov {
-        mvhd: Mvhd {
-            timescale: 1000,
-            rate: 1.into(),
-            volume: 1.into(),
-            next_track_id: track.track_id + 1,
-            ..Default::default()
-        },
-        mvex: Some(Mvex {
-            mehd: None,
-            trex: vec![Trex {
-                track_id: track.track_id,
-                default_sample_description_index: 1,
-                ..Default::default()
-            }],
-        }),
-        trak: vec![Trak {
-            tkhd: Tkhd {
-                track_id: track.track_id,
-                enabled: true,
-                in_movie: true,
-                width: track.width.into(),
-                height: track.height.into(),
-                ..Default::default()
-            },
-            mdia: Mdia {
-                mdhd: Mdhd {
-                    timescale: track.timescale,
-                    language: "und".into(),
-                    ..Default::default()
-                },
-                hdlr: Hdlr {
-                    handler: b"vide".into(),
-                    name: "Cascade video".into(),
-                },
-                minf: Minf {
-                    vmhd: Some(Vmhd::default()),
-                    dinf: Dinf {
-                        dref: Dref {
-                            entries: vec![Url::default().into()],
-                        },
-                    },
-                    stbl: Stbl {
-                        stsd: Stsd {
-                            codecs: vec![Codec::Avc1(avc1)],
-                        },
-                        stco: Some(Stco::default()),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            },
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let mut out = Vec::new();
-    ftyp.encode(&mut out).map_err(encoding)?;
-    moov.encode(&mut out).map_err(encoding)?;
-    Ok(out)
+    }
 }
 
 /// `styp` for the start of a segment (CMAF's segment type box).
@@ -189,7 +280,7 @@ pub fn segment_type() -> Result<Vec<u8>, ProtocolError> {
 /// track). `next_decode_time` is when the frame after the last one decodes: the last
 /// sample's duration. A part is one fragment; a segment is its parts in a row.
 pub fn fragment(
-    track: &H264Track,
+    track: &Track,
     sequence: u32,
     samples: &[Sample<'_>],
     next_decode_time: u64,
@@ -204,13 +295,18 @@ pub fn fragment(
             .get(i + 1)
             .map_or(next_decode_time, |s| s.decode_time);
         let start = data.len();
-        for nal in nal_units(sample.annex_b) {
-            // Parameter sets and delimiters live in the init segment, not the samples.
-            if matches!(nal_type(nal), Some(7..=9)) {
-                continue;
+        match track {
+            Track::H264(_) => {
+                for nal in nal_units(sample.annex_b) {
+                    // Parameter sets and delimiters live in the init segment.
+                    if matches!(nal_type(nal), Some(7..=9)) {
+                        continue;
+                    }
+                    data.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                    data.extend_from_slice(nal);
+                }
             }
-            data.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-            data.extend_from_slice(nal);
+            Track::Aac(_) => data.extend_from_slice(sample.annex_b),
         }
         entries.push(TrunEntry {
             duration: Some(
@@ -232,7 +328,7 @@ pub fn fragment(
         },
         traf: vec![Traf {
             tfhd: Tfhd {
-                track_id: track.track_id,
+                track_id: track.id(),
                 default_base_is_moof: true,
                 ..Default::default()
             },
@@ -296,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_fragment_points_its_run_at_its_data_and_keeps_durations_and_sync_flags() {
-        let track = H264Track::from_keyframe(1, 90_000, &keyframe()).unwrap();
+        let track = Track::H264(H264Track::from_keyframe(1, 90_000, &keyframe()).unwrap());
         let delta = [0, 0, 0, 1, 0x41, 0x9a, 0x01, 0x02];
         let key = keyframe();
         let samples = [

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::cmaf::{H264Track, Sample, fragment, init_segment, segment_type};
+use super::cmaf::{AacTrack, H264Track, Sample, Track, fragment, init_segment, segment_type};
 use super::playlist::{MediaPlaylist, Part, Segment};
 use crate::ProtocolError;
 
@@ -89,11 +89,22 @@ pub enum Change {
     Published,
 }
 
+/// What a rendition carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Media {
+    /// H.264 video, described by its first keyframe.
+    H264,
+    /// AAC audio, described by its AudioSpecificConfig. Every frame stands alone: parts
+    /// and segments are cut by duration only, and every part is independent.
+    Aac(AacTrack),
+}
+
 /// One rendition's packager.
 pub struct RenditionPackager {
     config: PackagerConfig,
     timescale: u32,
-    track: Option<H264Track>,
+    audio: bool,
+    track: Option<Track>,
     init: Option<Bytes>,
     /// Frames of the part being gathered.
     pending: Vec<Frame>,
@@ -113,13 +124,22 @@ pub struct RenditionPackager {
 }
 
 impl RenditionPackager {
-    /// A packager for an H.264 track on `timescale`.
-    pub fn new(config: PackagerConfig, timescale: u32) -> Self {
+    /// A packager for a `media` track on `timescale`.
+    pub fn new(config: PackagerConfig, timescale: u32, media: Media) -> Self {
+        let (audio, track) = match media {
+            Media::H264 => (false, None),
+            Media::Aac(aac) => (true, Some(Track::Aac(aac))),
+        };
+        let init = track
+            .as_ref()
+            .and_then(|t| init_segment(t).ok())
+            .map(Bytes::from);
         RenditionPackager {
             config,
             timescale,
-            track: None,
-            init: None,
+            audio,
+            track,
+            init,
             pending: Vec::new(),
             part_start: None,
             segment_start: None,
@@ -160,7 +180,7 @@ impl RenditionPackager {
             if !frame.keyframe {
                 return Ok(Change::None);
             }
-            let track = H264Track::from_keyframe(1, self.timescale, &frame.data)?;
+            let track = Track::H264(H264Track::from_keyframe(1, self.timescale, &frame.data)?);
             self.init = Some(Bytes::from(init_segment(&track)?));
             self.track = Some(track);
         }
@@ -178,6 +198,9 @@ impl RenditionPackager {
         }
         let mut change = Change::None;
         let seconds = |ticks: u64| ticks as f64 / f64::from(self.timescale);
+        // Video is cut at group starts; audio (every frame a "keyframe") by duration alone.
+        let group_start = frame.keyframe && !self.audio;
+        let may_end_segment = frame.keyframe;
         if let Some(start) = self.part_start {
             let frame_time = self
                 .last_decode_time
@@ -186,12 +209,13 @@ impl RenditionPackager {
             let segment_long = self
                 .segment_start
                 .is_some_and(|(s, _)| seconds(dts - s) >= self.config.segment_target - 1e-3);
-            if (frame.keyframe || would_end > self.config.part_target + 1e-3)
+            let ends_segment = may_end_segment && segment_long;
+            if (group_start || ends_segment || would_end > self.config.part_target + 1e-3)
                 && self.close_part_at(dts)?
             {
                 change = Change::Published;
             }
-            if frame.keyframe && segment_long {
+            if ends_segment {
                 self.close_segment();
             }
         }
@@ -228,7 +252,7 @@ impl RenditionPackager {
         let bytes = fragment(track, self.fragment_sequence, &samples, end)?;
         self.open_parts.push(StoredPart {
             duration: end.saturating_sub(start) as f64 / f64::from(self.timescale),
-            independent: self.pending[0].keyframe,
+            independent: self.pending[0].keyframe || self.audio,
             bytes: Bytes::from(bytes),
         });
         self.newest_part_wall_ms = Some(self.pending[0].wall_ms);
@@ -419,7 +443,7 @@ mod tests {
 
     #[test]
     fn parts_are_a_third_of_a_second_and_segments_whole_groups_of_two_seconds() {
-        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
         feed(&mut packager, 0, 30 * 7, 30);
         let playlist = packager.playlist();
         assert_eq!(
@@ -454,8 +478,55 @@ mod tests {
     }
 
     #[test]
+    fn aac_is_cut_by_duration_alone_into_independent_parts() {
+        let aac = AacTrack {
+            track_id: 1,
+            timescale: 48_000,
+            sample_rate: 48_000,
+            channels: 2,
+            config: vec![0x11, 0x90],
+        };
+        let mut packager =
+            RenditionPackager::new(PackagerConfig::default(), 48_000, Media::Aac(aac));
+        assert!(
+            packager.init().is_some(),
+            "the config describes the track at once"
+        );
+        // 5 s of 1024-sample frames.
+        for i in 0..(5 * 48_000 / 1024) {
+            packager
+                .push(Frame {
+                    timestamp: 48_000 + i * 1024,
+                    composition_offset: 0,
+                    keyframe: true,
+                    data: Bytes::from_static(&[0x21, 0x10, 0x04]),
+                    wall_ms: 1_796_125_000_000 + i * 1024 * 1000 / 48_000,
+                })
+                .unwrap();
+        }
+        let playlist = packager.playlist();
+        assert_eq!(playlist.segments.len(), 2);
+        for segment in &playlist.segments {
+            assert!(
+                (segment.duration - 2.0).abs() < 0.03,
+                "{}",
+                segment.duration
+            );
+            assert!(segment.parts.len() >= 6, "{}", segment.parts.len());
+            for part in &segment.parts {
+                assert!(part.independent);
+                assert!(
+                    part.duration <= playlist.part_target + 1e-3,
+                    "{}",
+                    part.duration
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_long_group_makes_a_longer_segment_and_the_target_duration_says_so() {
-        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
         feed(&mut packager, 0, 30 * 10, 90);
         let playlist = packager.playlist();
         assert!(
@@ -469,7 +540,7 @@ mod tests {
 
     #[test]
     fn the_window_keeps_a_minute_and_parts_only_near_the_live_edge() {
-        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
         feed(&mut packager, 0, 30 * 100, 30);
         let playlist = packager.playlist();
         let total: f64 = playlist.segments.iter().map(|s| s.duration).sum();
@@ -486,7 +557,7 @@ mod tests {
 
     #[test]
     fn nothing_is_published_before_the_first_keyframe_and_a_new_publisher_is_a_discontinuity() {
-        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
         feed(&mut packager, 1, 29, 30);
         assert!(packager.init().is_none());
         feed(&mut packager, 30, 30 * 3, 30);
@@ -502,7 +573,7 @@ mod tests {
 
     #[test]
     fn time_going_back_starts_over_after_a_discontinuity_instead_of_a_broken_fragment() {
-        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000);
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
         feed(&mut packager, 300, 30 * 3, 30);
         feed(&mut packager, 0, 30 * 3, 30);
         let playlist = packager.playlist();

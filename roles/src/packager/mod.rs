@@ -3,7 +3,8 @@
 //!
 //! The first HLS request for a stream starts its packager: one
 //! [`RenditionPackager`](cascade_protocol::hls::packager::RenditionPackager) per H.264 video
-//! track (the source and the transcoder's rungs; frame-rate-capped rungs left out), each fed
+//! track (the source and the transcoder's rungs; frame-rate-capped rungs left out) and one
+//! for the stream's AAC (the transcoder's `audio/aac` for an Opus source), each fed
 //! from its track's current group on by a bounded queue and a task. A stream nobody asked
 //! for in [`IDLE_AFTER`] stops being packaged (and stops holding its rungs' encoders, which
 //! run just in time). Each rendition's playlist version is a `watch`, so a blocking playlist
@@ -15,8 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cascade_protocol::StreamId;
-use cascade_protocol::hls::packager::{Frame, PackagerConfig, RenditionPackager};
-use cascade_protocol::hls::playlist::{MediaPlaylist, Multivariant, Reload, Variant, reload};
+use cascade_protocol::hls::cmaf::AacTrack;
+use cascade_protocol::hls::packager::{Frame, Media, PackagerConfig, RenditionPackager};
+use cascade_protocol::hls::playlist::{
+    AudioRendition, MediaPlaylist, Multivariant, Reload, Variant, reload,
+};
 use cascade_protocol::media::{Codec, MediaKind};
 use tokio::sync::{mpsc, watch};
 
@@ -119,7 +123,14 @@ impl Rendition {
             audio_group: None,
         })
     }
+
+    fn is_audio(&self) -> bool {
+        self.track.kind() == MediaKind::Audio
+    }
 }
+
+/// The directory of the stream's AAC rendition.
+const AUDIO_RENDITION: &str = "aac";
 
 /// One stream's renditions.
 pub struct StreamPackager {
@@ -173,31 +184,73 @@ impl StreamPackager {
         Some(now_ms().saturating_sub(newest) as f64 / 1000.0)
     }
 
-    /// The multivariant playlist now.
+    /// The multivariant playlist now: each video rendition, with the AAC rendition as its
+    /// audio group when there is one.
     pub fn multivariant(&self) -> Multivariant {
-        Multivariant {
-            variants: self
-                .renditions()
-                .iter()
-                .filter(|r| r.init().is_some())
-                .filter_map(|r| r.variant())
-                .collect(),
-            audio: Vec::new(),
-        }
+        let audio: Vec<AudioRendition> = self
+            .rendition(AUDIO_RENDITION)
+            .and_then(|r| r.track.info())
+            .map(|info| AudioRendition {
+                group: AUDIO_RENDITION.into(),
+                name: "main".into(),
+                uri: format!("{AUDIO_RENDITION}/index.m3u8"),
+                channels: info.channels.unwrap_or(2),
+            })
+            .into_iter()
+            .collect();
+        let variants = self
+            .renditions()
+            .iter()
+            .filter(|r| !r.is_audio() && r.init().is_some())
+            .filter_map(|r| r.variant())
+            .map(|mut variant| {
+                if !audio.is_empty() {
+                    variant.codecs.push_str(",mp4a.40.2");
+                    variant.audio_group = Some(AUDIO_RENDITION.into());
+                    variant.bandwidth += 128_000;
+                    variant.average_bandwidth += 128_000;
+                }
+                variant
+            })
+            .collect();
+        Multivariant { variants, audio }
     }
 
-    /// Starts packaging the H.264 video tracks of the broadcast not packaged yet.
+    /// Starts packaging the tracks of the broadcast not packaged yet: every H.264 video
+    /// track, and one AAC track (the transcoder's `audio/aac` before the source's).
     fn add_renditions(&self, config: PackagerConfig) {
-        for track in self.broadcast.tracks() {
+        let mut tracks = self.broadcast.tracks();
+        tracks.sort_by_key(|t| t.name() != "audio/aac");
+        for track in tracks {
             let Some(info) = track.info() else { continue };
-            if track.kind() != MediaKind::Video || info.codec != Codec::H264 || info.fps.is_some() {
-                continue;
-            }
-            let name = track
-                .name()
-                .strip_prefix("video/")
-                .unwrap_or(track.name())
-                .to_owned();
+            let (name, media) = match (track.kind(), info.codec) {
+                (MediaKind::Video, Codec::H264) if info.fps.is_none() => (
+                    track
+                        .name()
+                        .strip_prefix("video/")
+                        .unwrap_or(track.name())
+                        .to_owned(),
+                    Media::H264,
+                ),
+                (MediaKind::Audio, Codec::Aac) => {
+                    let Some(config) = info
+                        .config
+                        .as_deref()
+                        .and_then(cascade_protocol::flv::from_hex)
+                    else {
+                        continue;
+                    };
+                    let aac = AacTrack {
+                        track_id: 1,
+                        timescale: info.timescale,
+                        sample_rate: info.sample_rate.unwrap_or(info.timescale),
+                        channels: info.channels.unwrap_or(2),
+                        config,
+                    };
+                    (AUDIO_RENDITION.to_owned(), Media::Aac(aac))
+                }
+                _ => continue,
+            };
             let mut renditions = lock(&self.renditions);
             if renditions.contains_key(&name) {
                 continue;
@@ -206,7 +259,7 @@ impl StreamPackager {
             let rendition = Arc::new(Rendition {
                 name: name.clone(),
                 track: Arc::clone(&track),
-                packager: Mutex::new(RenditionPackager::new(config, info.timescale)),
+                packager: Mutex::new(RenditionPackager::new(config, info.timescale, media)),
                 version,
             });
             let (tx, rx) = mpsc::channel(QUEUE);
