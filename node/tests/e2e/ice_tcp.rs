@@ -7,84 +7,23 @@
 //! default configuration, watches the page, and the load tester publishes and watches with
 //! `--transport tcp`; a UDP viewer shows that the firewall really blocks UDP.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::browser::ChromeDriver;
 use crate::support::loadtest::{self, LoadPublisher};
+use crate::support::netns::{CLIENT_IP, Namespace};
 use crate::support::node::Node;
 
 /// Set for the inner test's process: it runs only inside the namespace.
 const INSIDE: &str = "CASCADE_E2E_INSIDE_UDP_BLOCKED_NAMESPACE";
-/// The namespace's ordinary interface address: where its clients' checks come from.
-const CLIENT_IP: &str = "10.99.0.1";
-
-/// A network namespace with `lo`, a veth pair (`CLIENT_IP` on one end, the default route) and
-/// an nftables table that drops UDP in and out. Deleted when dropped.
-struct UdpBlockedNamespace(String);
-
-impl UdpBlockedNamespace {
-    fn create() -> UdpBlockedNamespace {
-        let name = format!("cascade-udp-blocked-{}", std::process::id());
-        let namespace = UdpBlockedNamespace(name.clone());
-        run(&["ip", "netns", "add", &name]);
-        for command in [
-            "ip link set lo up",
-            "ip link add cascade0 type veth peer name cascade1",
-            &format!("ip addr add {CLIENT_IP}/24 dev cascade0"),
-            "ip link set cascade0 up",
-            "ip link set cascade1 up",
-            "ip route add default dev cascade0",
-            "nft add table inet cascade_test",
-            "nft add chain inet cascade_test input { type filter hook input priority 0 ; }",
-            "nft add chain inet cascade_test output { type filter hook output priority 0 ; }",
-            "nft add rule inet cascade_test input meta l4proto udp drop",
-            "nft add rule inet cascade_test output meta l4proto udp drop",
-        ] {
-            let mut args = vec!["ip", "netns", "exec", &name];
-            args.extend(command.split(' '));
-            run(&args);
-        }
-        namespace
-    }
-}
-
-impl Drop for UdpBlockedNamespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(args: &[&str]) {
-    let output = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{} runs (the test command installs it): {e}", args[0]));
-    assert!(
-        output.status.success(),
-        "`{}` failed (this test needs root, iproute2 and nftables): {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[test]
 fn clients_behind_a_firewall_that_drops_udp_publish_and_watch_over_ice_tcp() {
-    let namespace = UdpBlockedNamespace::create();
-    let status = Command::new("ip")
-        .args(["netns", "exec", &namespace.0])
-        .arg(std::env::current_exe().expect("the test binary has a path"))
-        .args([
-            "ice_tcp::inside_a_network_that_drops_udp",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INSIDE, "1")
-        .status()
-        .expect("the test binary runs inside the namespace");
-    assert!(status.success(), "the test inside the namespace failed");
+    let namespace = Namespace::create("udp-blocked", &["meta l4proto udp drop"]);
+    assert!(
+        namespace.run_test("ice_tcp::inside_a_network_that_drops_udp", INSIDE),
+        "the test inside the namespace failed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod link;
 pub mod loadtest;
 pub mod media;
+pub mod netns;
 pub mod node;
 pub mod peer;
 
