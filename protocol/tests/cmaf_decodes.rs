@@ -8,6 +8,41 @@ use cascade_protocol::hls::cmaf::{
     AacTrack, H264Track, Sample, Track, fragment, init_segment, segment_type,
 };
 
+/// Appends `samples` as fragments of `per_fragment` samples, each `tick` long.
+fn append_fragments(
+    file: &mut Vec<u8>,
+    track: &Track,
+    samples: &[Sample<'_>],
+    per_fragment: usize,
+    tick: u64,
+) {
+    for (n, chunk) in samples.chunks(per_fragment).enumerate() {
+        let next = chunk.last().unwrap().decode_time + tick;
+        file.extend(fragment(track, n as u32 + 1, chunk, next).unwrap());
+    }
+}
+
+/// Runs ffprobe with `args` on `stream` of the MP4 file `bytes` (CSV output).
+fn ffprobe(bytes: &[u8], stream: &str, args: &[&str]) -> std::process::Output {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "cascade-cmaf-{}-{}.mp4",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, bytes).unwrap();
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", stream])
+        .args(args)
+        .args(["-of", "csv=p=0"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe runs (scripts/install-deps.sh test installs it)");
+    let _ = std::fs::remove_file(&path);
+    output
+}
+
 #[test]
 fn ffprobe_decodes_every_frame_of_our_init_segment_and_fragments() {
     let encoded = Command::new("ffmpeg")
@@ -40,29 +75,17 @@ fn ffprobe_decodes_every_frame_of_our_init_segment_and_fragments() {
             annex_b: unit,
         })
         .collect();
-    for (n, chunk) in samples.chunks(10).enumerate() {
-        let next = chunk.last().unwrap().decode_time + 3000;
-        file.extend(fragment(&track, n as u32 + 1, chunk, next).unwrap());
-    }
-    let path = std::env::temp_dir().join(format!("cascade-cmaf-{}.mp4", std::process::id()));
-    std::fs::write(&path, &file).unwrap();
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
+    append_fragments(&mut file, &track, &samples, 10, 3000);
+    let probe = ffprobe(
+        &file,
+        "v:0",
+        &[
+            "-count_frames",
             "-show_entries",
             "stream=width,height,nb_read_frames,codec_name",
-        ])
-        .args(["-of", "csv=p=0"])
-        .arg(&path)
-        .output()
-        .expect("ffprobe runs");
-    let times = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0"])
-        .args(["-show_entries", "frame=pts_time", "-of", "csv=p=0"])
-        .arg(&path)
-        .output()
-        .expect("ffprobe runs");
-    let _ = std::fs::remove_file(&path);
+        ],
+    );
+    let times = ffprobe(&file, "v:0", &["-show_entries", "frame=pts_time"]);
     let times: Vec<String> = String::from_utf8_lossy(&times.stdout)
         .lines()
         // The first frame's line also has an empty side-data column.
@@ -151,23 +174,16 @@ fn ffprobe_decodes_every_frame_of_our_aac_fragments() {
             annex_b: frame,
         })
         .collect();
-    for (n, chunk) in samples.chunks(16).enumerate() {
-        let next = chunk.last().unwrap().decode_time + 1024;
-        file.extend(fragment(&track, n as u32 + 1, chunk, next).unwrap());
-    }
-    let path = std::env::temp_dir().join(format!("cascade-cmaf-aac-{}.mp4", std::process::id()));
-    std::fs::write(&path, &file).unwrap();
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "a:0"])
-        .args([
+    append_fragments(&mut file, &track, &samples, 16, 1024);
+    let probe = ffprobe(
+        &file,
+        "a:0",
+        &[
+            "-count_frames",
             "-show_entries",
             "stream=codec_name,sample_rate,channels,nb_read_frames",
-        ])
-        .args(["-of", "csv=p=0"])
-        .arg(&path)
-        .output()
-        .expect("ffprobe runs");
-    let _ = std::fs::remove_file(&path);
+        ],
+    );
     let errors = String::from_utf8_lossy(&probe.stderr);
     assert!(errors.trim().is_empty(), "ffprobe: {errors}");
     assert_eq!(

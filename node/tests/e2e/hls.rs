@@ -20,6 +20,20 @@ fn newest_part(playlist: &str) -> (u64, u64) {
     (msn.parse().unwrap(), index)
 }
 
+/// ffprobe decoding the first ten seconds of `stream` of the HLS playlist at `url`, printing
+/// `fields` and the number of frames read.
+fn ten_seconds_of(url: &str, stream: &str, fields: &str) -> std::process::Child {
+    Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-read_intervals", "%+10"])
+        .args(["-select_streams", stream, "-show_entries"])
+        .arg(format!("stream={fields},nb_read_frames"))
+        .args(["-of", "csv=p=0", url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffprobe runs")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait_for_their_part() {
     let _turn = crate::support::one_heavy_test_at_a_time().await;
@@ -68,31 +82,14 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
     .into_iter()
     .map(|(rendition, size)| {
         let url = node.url(&format!("/hls/show/{rendition}/index.m3u8"));
-        let child = Command::new("ffprobe")
-            .args(["-v", "error", "-count_frames", "-read_intervals", "%+10"])
-            .args(["-select_streams", "v:0", "-show_entries"])
-            .args(["stream=width,height,nb_read_frames", "-of", "csv=p=0"])
-            .arg(&url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("ffprobe runs");
-        (rendition, size, child)
+        (rendition, size, ten_seconds_of(&url, "v:0", "width,height"))
     })
     .collect();
-    let audio = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-read_intervals", "%+10"])
-        .args(["-select_streams", "a:0", "-show_entries"])
-        .args([
-            "stream=codec_name,sample_rate,nb_read_frames",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(node.url("/hls/show/aac/index.m3u8"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ffprobe runs");
+    let audio = ten_seconds_of(
+        &node.url("/hls/show/aac/index.m3u8"),
+        "a:0",
+        "codec_name,sample_rate",
+    );
     for (rendition, size, child) in probes {
         let output = child.wait_with_output().unwrap();
         let errors = String::from_utf8_lossy(&output.stderr);
