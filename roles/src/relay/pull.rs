@@ -242,8 +242,8 @@ impl Relay {
         let outcome = loop {
             let attempt = self.pull_once(&pull, &mut idle_since).await;
             for track in pull.broadcast.tracks() {
-                // A transcoder here feeds the renditions: they are not the pull's to end.
-                if (!pull.held() || is_source(track.name())) && !track.made_here() {
+                // A transcoder here feeds its renditions: they are not the pull's to end.
+                if !track.made_here() {
                     track.end_source();
                 }
             }
@@ -326,14 +326,11 @@ impl Relay {
             Ok(Err(reason)) => return self.wait_tick(pull, idle_since, &reason).await,
             Err(_) => return Attempt::Lost("no catalog from the origin".into()),
         };
-        let mut tracks = PulledTracks::default();
-        if let Err(lost) = tracks
-            .sync(&connection, pull, &catalog, &events_tx, Instant::now())
-            .await
-        {
+        let mut tracks = TrackDemand::default();
+        if let Err(lost) = sync_tracks(&mut tracks, &connection, pull, &catalog, &events_tx).await {
             return lost;
         }
-        tracing::info!(%stream, %origin, tracks = catalog.len(), pulled = tracks.subscribed.len(), "relay pull subscribed");
+        tracing::info!(%stream, %origin, tracks = catalog.len(), "relay pull subscribed");
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut demand = tokio::time::interval(DEMAND_CHECK);
         // Tracks appear after a stream starts (a transcoder's renditions): the catalog is
@@ -349,7 +346,7 @@ impl Relay {
                             connection.unsubscribe(id);
                         }
                         known = catalog;
-                        if let Err(lost) = tracks.sync(&connection, pull, &known, &events_tx, Instant::now()).await {
+                        if let Err(lost) = sync_tracks(&mut tracks, &connection, pull, &known, &events_tx).await {
                             break lost;
                         }
                     }
@@ -358,7 +355,7 @@ impl Relay {
                 },
                 () = pull.stop.notified() => break Attempt::Released,
                 _ = demand.tick() => {
-                    if let Err(lost) = tracks.sync(&connection, pull, &known, &events_tx, Instant::now()).await {
+                    if let Err(lost) = sync_tracks(&mut tracks, &connection, pull, &known, &events_tx).await {
                         break lost;
                     }
                 }
@@ -366,9 +363,7 @@ impl Relay {
                     if let Some(done) = self.check_needed(pull, idle_since).await {
                         break done;
                     }
-                    if tracks.subscribed.keys().any(|name| {
-                        (pull.held() && !is_source(name)) || made_here(broadcast, name)
-                    }) {
+                    if tracks.any(|name| (pull.held() && !is_source(name)) || made_here(broadcast, name)) {
                         break Attempt::Lost("a transcoder here makes the renditions now".into());
                     }
                     if self.inner.locator.origin_of(stream) != Some(origin) {
@@ -386,7 +381,7 @@ impl Relay {
         if let Some(id) = catalog_refresh {
             connection.unsubscribe(id);
         }
-        for (_, (id, _)) in tracks.subscribed {
+        for id in tracks.ids() {
             connection.unsubscribe(id);
         }
         attempt
@@ -432,73 +427,112 @@ fn made_here(broadcast: &Broadcast, name: &str) -> bool {
     broadcast.track(name).is_some_and(|t| t.made_here())
 }
 
-/// The tracks one pull attempt subscribed to upstream: each with its subscription id and
-/// since when nobody here consumed it (a rendition pulled on demand).
+/// Which tracks of an upstream's catalog a node pulls now, and what it pulls already: each
+/// subscription's id and since when nothing here consumed its track. Shared by an edge's
+/// pull and an origin's pull of a remote transcoder's renditions.
 #[derive(Default)]
-struct PulledTracks {
+pub(super) struct TrackDemand {
     subscribed: HashMap<String, (u64, Option<Instant>)>,
 }
 
-impl PulledTracks {
-    /// Subscribes to the tracks of `catalog` this node wants now and ends the subscriptions
-    /// of renditions nobody here has consumed for [`PULL_LINGER`] (see [`wants_track`]).
-    async fn sync(
+/// One thing [`TrackDemand::plan`] asks of its caller.
+pub(super) enum DemandStep<'a> {
+    /// Subscribe to this track (then [`TrackDemand::subscribed`]).
+    Subscribe(&'a TrackInfo),
+    /// Nothing here consumes this track any more: end this subscription.
+    Unsubscribe(String, u64),
+    /// Not wanted now; list it all the same (viewers may pin it, or move to it).
+    Announce(&'a TrackInfo),
+}
+
+impl TrackDemand {
+    /// What to do now with `catalog`'s `eligible` tracks, given how many consumers each has
+    /// here (`local`), by [`wants_track`]: sources and the renditions WebRTC viewers get by
+    /// default always, others while consumed and for [`PULL_LINGER`] after.
+    pub(super) fn plan<'a>(
         &mut self,
-        connection: &RelayConnection,
-        pull: &Pull,
-        catalog: &[TrackInfo],
-        events: &mpsc::UnboundedSender<PullEvent>,
+        catalog: &'a [TrackInfo],
+        eligible: impl Fn(&TrackInfo) -> bool,
+        local: impl Fn(&str) -> usize,
         now: Instant,
-    ) -> Result<(), Attempt> {
-        let broadcast = &pull.broadcast;
+    ) -> Vec<DemandStep<'a>> {
         let plan = WebRtcPlan::for_catalog(catalog).ok();
-        for info in catalog {
+        let mut steps = Vec::new();
+        for info in catalog.iter().filter(|i| eligible(i)) {
             let name = info.name.as_str();
-            if (pull.held() && !is_source(name)) || made_here(broadcast, name) {
-                continue;
-            }
             let always = is_source(name)
                 || plan.as_ref().is_some_and(|p| {
                     p.video.as_deref() == Some(name) || p.audio.as_deref() == Some(name)
                 });
-            let local = broadcast.track(name).map_or(0, |t| t.subscribers());
+            let consumers = local(name);
             match self.subscribed.get_mut(name) {
                 Some((id, idle_since)) => {
-                    if !wants_track(always, local, idle_since, now) {
-                        connection.unsubscribe(*id);
-                        if let Some(track) = broadcast.track(name) {
-                            track.end_source();
-                        }
-                        tracing::debug!(stream = %pull.stream, track = name, "relay pull: nobody here consumes this rendition; unsubscribed");
+                    if !wants_track(always, consumers, idle_since, now) {
+                        steps.push(DemandStep::Unsubscribe(name.to_owned(), *id));
                         self.subscribed.remove(name);
                     }
                 }
-                None => {
-                    // Not pulled yet: only a consumer or the default starts it (the linger
-                    // is for tracks that were wanted).
-                    let idle_since = None;
-                    if !(always || local > 0) {
-                        // Listed in the local catalog all the same: viewers may pin it, and
-                        // adaptive viewers may move to it.
-                        announce_track(broadcast, info);
-                        continue;
-                    }
-                    // Renditions keep the origin's timestamps, so that their groups start
-                    // exactly where the source's do however late they are pulled.
-                    let keep_timestamps = pull.held() || !is_source(name);
-                    match subscribe_track(connection, broadcast, info, events, keep_timestamps)
-                        .await
-                    {
-                        Some(id) => {
-                            self.subscribed.insert(info.name.clone(), (id, idle_since));
-                        }
-                        None => return Err(Attempt::Lost("relay connection closed".into())),
-                    }
-                }
+                // Not pulled yet: only a consumer or the default starts it (the linger is
+                // for tracks that were wanted).
+                None if always || consumers > 0 => steps.push(DemandStep::Subscribe(info)),
+                None => steps.push(DemandStep::Announce(info)),
             }
         }
-        Ok(())
+        steps
     }
+
+    /// `name` is pulled now, by subscription `id`.
+    pub(super) fn subscribed(&mut self, name: &str, id: u64) {
+        self.subscribed.insert(name.to_owned(), (id, None));
+    }
+
+    /// Whether `predicate` holds for a track pulled now.
+    fn any(&self, predicate: impl Fn(&str) -> bool) -> bool {
+        self.subscribed.keys().any(|name| predicate(name))
+    }
+
+    /// The subscriptions to end when the pull ends.
+    pub(super) fn ids(self) -> impl Iterator<Item = u64> {
+        self.subscribed.into_values().map(|(id, _)| id)
+    }
+}
+
+/// Applies an edge pull's [`TrackDemand`] to `catalog`: subscribes, unsubscribes, announces.
+async fn sync_tracks(
+    demand: &mut TrackDemand,
+    connection: &RelayConnection,
+    pull: &Pull,
+    catalog: &[TrackInfo],
+    events: &mpsc::UnboundedSender<PullEvent>,
+) -> Result<(), Attempt> {
+    let broadcast = &pull.broadcast;
+    let eligible = |info: &TrackInfo| {
+        // A transcoder here takes the sources only, and never a track it makes.
+        (!pull.held() || is_source(&info.name)) && !made_here(broadcast, &info.name)
+    };
+    let local = |name: &str| broadcast.track(name).map_or(0, |t| t.subscribers());
+    for step in demand.plan(catalog, eligible, local, Instant::now()) {
+        match step {
+            DemandStep::Subscribe(info) => {
+                // Renditions keep the origin's timestamps, so that their groups start
+                // exactly where the source's do however late they are pulled.
+                let keep_timestamps = pull.held() || !is_source(&info.name);
+                match subscribe_track(connection, broadcast, info, events, keep_timestamps).await {
+                    Some(id) => demand.subscribed(&info.name, id),
+                    None => return Err(Attempt::Lost("relay connection closed".into())),
+                }
+            }
+            DemandStep::Unsubscribe(name, id) => {
+                connection.unsubscribe(id);
+                if let Some(track) = broadcast.track(&name) {
+                    track.end_source();
+                }
+                tracing::debug!(stream = %pull.stream, track = %name, "relay pull: nobody here consumes this rendition; unsubscribed");
+            }
+            DemandStep::Announce(info) => announce_track(broadcast, info),
+        }
+    }
+    Ok(())
 }
 
 /// Whether an edge pulls a track: a source, or the rendition WebRTC viewers get by default,

@@ -16,14 +16,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use cascade_protocol::media::{AUDIO_SOURCE, MediaKind, TrackInfo, VIDEO_SOURCE, WebRtcPlan};
+use cascade_protocol::media::{AUDIO_SOURCE, MediaKind, TrackInfo, VIDEO_SOURCE};
 use cascade_protocol::relay::RelayFrame;
 use cascade_protocol::relay::merge::GroupMerge;
 use tokio::sync::{Notify, mpsc};
 
 use super::connection::{PullEvent, PullTarget};
 use super::group::CATALOG_TRACK;
-use super::pull::{Relay, wants_track};
+use super::pull::{DemandStep, Relay, TrackDemand};
 use crate::broadcast::{Broadcast, KeyframeUpstream, Track};
 
 /// Pause before pulling again from a transcoder that could not be reached.
@@ -84,6 +84,14 @@ impl RenditionTracks {
                 (name.clone(), merge.current())
             })
             .collect()
+    }
+
+    /// Consumers here of the rendition track `name` (0 before it is listed).
+    fn subscribers(&self, name: &str) -> usize {
+        let tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        tracks
+            .get(name)
+            .map_or(0, |merged| merged.track.subscribers())
     }
 
     /// The merged track for `info`, begun on first use with the source's timeline kept
@@ -174,12 +182,11 @@ impl Relay {
         };
         let stream = tracks.broadcast.id().as_str().to_owned();
         let (events_tx, mut events) = mpsc::unbounded_channel();
-        // Each rendition pulled now: its subscription, and since when nobody here consumed it.
-        let mut subscribed: HashMap<String, (u64, Option<Instant>)> = HashMap::new();
+        let mut demand = TrackDemand::default();
         let mut known: Vec<TrackInfo> = Vec::new();
         let mut catalog: Option<u64> = None;
         let mut tick = tokio::time::interval(CATALOG_EVERY);
-        let mut demand = tokio::time::interval(DEMAND_CHECK);
+        let mut demand_check = tokio::time::interval(DEMAND_CHECK);
         let reason = 'pull: loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -193,7 +200,7 @@ impl Relay {
                         break "relay connection closed".to_owned();
                     }
                 }
-                _ = demand.tick() => {}
+                _ = demand_check.tick() => {}
                 event = events.recv() => match event {
                     Some(PullEvent::Catalog(list)) => known = list,
                     Some(PullEvent::Ended { reason, .. }) => break reason,
@@ -202,50 +209,35 @@ impl Relay {
                 },
             }
             // Just in time: a rendition is pulled (and so encoded over there) while
-            // something here consumes it, or when WebRTC viewers get it by default.
-            let now = Instant::now();
-            let plan = WebRtcPlan::for_catalog(&known).ok();
-            for info in &known {
-                // Only what that node made: not the source, and not a copy it relayed from
-                // elsewhere (from here, say: a loop).
-                let rendition = info.name != VIDEO_SOURCE && info.name != AUDIO_SOURCE;
-                if !rendition || info.relayed {
-                    continue;
-                }
-                let merged = tracks.track(info);
-                let always = plan.as_ref().is_some_and(|p| {
-                    p.video.as_deref() == Some(info.name.as_str())
-                        || p.audio.as_deref() == Some(info.name.as_str())
-                });
-                let local = merged.track.subscribers();
-                match subscribed.get_mut(&info.name) {
-                    Some((id, idle_since)) => {
-                        if !wants_track(always, local, idle_since, now) {
-                            connection.unsubscribe(*id);
-                            subscribed.remove(&info.name);
-                        }
-                    }
-                    None => {
-                        // Not pulled yet: only a consumer or the default starts it.
-                        let idle_since = None;
-                        if !(always || local > 0) {
-                            continue;
-                        }
-                        let target = PullTarget::Merged(merged, upstream);
+            // something here consumes it, or when WebRTC viewers get it by default. Only
+            // what that node made: not the source, and not a copy it relayed from elsewhere
+            // (from here, say: a loop).
+            let eligible = |info: &TrackInfo| {
+                info.name != VIDEO_SOURCE && info.name != AUDIO_SOURCE && !info.relayed
+            };
+            for info in known.iter().filter(|i| eligible(i)) {
+                // Listed here (and kept up to date) whether pulled or not.
+                tracks.track(info);
+            }
+            let local = |name: &str| tracks.subscribers(name);
+            for step in demand.plan(&known, eligible, local, Instant::now()) {
+                match step {
+                    DemandStep::Subscribe(info) => {
+                        let target = PullTarget::Merged(tracks.track(info), upstream);
                         match connection
                             .subscribe(&stream, &info.name, target, events_tx.clone())
                             .await
                         {
-                            Some(id) => {
-                                subscribed.insert(info.name.clone(), (id, idle_since));
-                            }
+                            Some(id) => demand.subscribed(&info.name, id),
                             None => break 'pull "relay connection closed".to_owned(),
                         }
                     }
+                    DemandStep::Unsubscribe(_, id) => connection.unsubscribe(id),
+                    DemandStep::Announce(_) => {}
                 }
             }
         };
-        for id in subscribed.into_values().map(|(id, _)| id).chain(catalog) {
+        for id in demand.ids().chain(catalog) {
             connection.unsubscribe(id);
         }
         reason

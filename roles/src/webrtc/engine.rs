@@ -736,14 +736,17 @@ impl Engine {
                 continue;
             }
             if kind == MediaKind::Video
-                && let Some(pending) = session.abr.as_ref().and_then(|a| a.pending.as_ref())
+                && let (Some(abr), Role::Viewer { video, .. }) =
+                    (session.abr.as_ref(), &mut session.role)
+                && let Some(pending) = abr.pending.as_ref()
             {
-                let target_live = self
-                    .subscriptions
-                    .get(&(key.0.clone(), pending.clone()))
-                    .is_some_and(|s| s.live);
-                let Role::Viewer { video, .. } = &mut session.role else {
-                    continue;
+                // Looked up only where it decides something: at a group start before the
+                // viewer stopped (not per frame).
+                let subscriptions = &self.subscriptions;
+                let target_live = || {
+                    subscriptions
+                        .get(&(key.0.clone(), pending.clone()))
+                        .is_some_and(|s| s.live)
                 };
                 match hold_for_switch(video, &packetized, target_live) {
                     Hold::Send => {}
@@ -1210,11 +1213,16 @@ const SWITCH_HOLD_TICKS: u64 = 45_000;
 /// until the new rendition's group with the same start arrives (`switch_at_group_start`):
 /// renditions start their groups at the same timestamps, so the picture goes on without a
 /// repeated or missing frame.
-/// A rendition not yet produced (a rung the transcoder is starting) is not waited for: its
-/// first group may be a whole group away.
-fn hold_for_switch(video: &mut OutTrack, frame: &PacketizedFrame, target_live: bool) -> Hold {
+///
+/// A rendition not yet produced (`target_live` false: a rung the transcoder is starting) is
+/// not waited for: its first group may be a whole group away.
+fn hold_for_switch(
+    video: &mut OutTrack,
+    frame: &PacketizedFrame,
+    target_live: impl FnOnce() -> bool,
+) -> Hold {
     match video.held_at {
-        None if frame.keyframe && video.started && target_live => {
+        None if frame.keyframe && video.started && target_live() => {
             video.held_at = Some(frame.timestamp);
             Hold::Skip
         }
@@ -1467,21 +1475,21 @@ mod tests {
             ..OutTrack::default()
         };
         assert_eq!(
-            hold_for_switch(&mut video, &frame(3000, false), true),
+            hold_for_switch(&mut video, &frame(3000, false), || true),
             Hold::Send
         );
         assert_eq!(
-            hold_for_switch(&mut video, &frame(6000, true), true),
+            hold_for_switch(&mut video, &frame(6000, true), || true),
             Hold::Skip,
             "the group start waits for the new rendition's"
         );
         assert_eq!(video.held_at, Some(6000));
         assert_eq!(
-            hold_for_switch(&mut video, &frame(9000, false), true),
+            hold_for_switch(&mut video, &frame(9000, false), || true),
             Hold::Skip
         );
         assert_eq!(
-            hold_for_switch(&mut video, &frame(6000 + 45_001, false), true),
+            hold_for_switch(&mut video, &frame(6000 + 45_001, false), || true),
             Hold::GiveUp
         );
     }
@@ -1493,7 +1501,7 @@ mod tests {
             ..OutTrack::default()
         };
         assert_eq!(
-            hold_for_switch(&mut video, &frame(6000, true), false),
+            hold_for_switch(&mut video, &frame(6000, true), || false),
             Hold::Send
         );
         assert_eq!(video.held_at, None);
