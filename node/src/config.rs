@@ -115,6 +115,12 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_TRANSCODER_STANDBY", value_name = "BOOL")]
     pub transcoder_standby: Option<bool>,
 
+    /// Package every stream's LL-HLS on a second, standby node too, numbered like the
+    /// active packager's, so that edges switch to it when the active one stops; the
+    /// leader's setting counts [default: false].
+    #[arg(long, env = "CASCADE_PACKAGER_STANDBY", value_name = "BOOL")]
+    pub packager_standby: Option<bool>,
+
     /// Offer ICE-TCP candidates at all (`false` offers UDP only) [default: true].
     #[arg(long, env = "CASCADE_ICE_TCP", value_name = "BOOL")]
     pub ice_tcp: Option<bool>,
@@ -343,6 +349,10 @@ impl NodeConfig {
             transcoder_standby: cli
                 .transcoder_standby
                 .or(file.transcoder_standby)
+                .unwrap_or(false),
+            packager_standby: cli
+                .packager_standby
+                .or(file.packager_standby)
                 .unwrap_or(false),
         };
         let webrtc_addr = cli

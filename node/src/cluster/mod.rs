@@ -41,7 +41,7 @@ use crate::NodeError;
 use load::{CpuMeter, LoadReport, LoadView};
 use network::{NetworkFactory, Peers, Rpc, RpcReply};
 use pulls::{LocalPulls, PULL_TAKEOVER_AFTER};
-use state::{ClusterState, Command, NodeRecord, Outcome, plan_pulls, plan_transcoders};
+use state::{ClusterState, Command, Duty, NodeRecord, Outcome, plan_duty, plan_pulls};
 
 /// How often each node reports its load to the leader (and learns everyone's).
 pub const REPORT_EVERY: Duration = Duration::from_millis(500);
@@ -68,6 +68,8 @@ pub struct ClusterConfig {
     pub allowed: BTreeSet<NodeRole>,
     /// Streams get a standby transcoder on a second node (when this node leads).
     pub transcoder_standby: bool,
+    /// Streams get a standby packager on a second node (when this node leads).
+    pub packager_standby: bool,
 }
 
 /// Where a request should go.
@@ -576,6 +578,8 @@ impl Cluster {
             "placements": state.placements.iter().map(|(s, o)| (s.clone(), format_id(*o))).collect::<BTreeMap<_, _>>(),
             "transcoders": state.transcoders.iter().map(|(s, n)| (s.clone(), format_id(*n))).collect::<BTreeMap<_, _>>(),
             "transcoder_standbys": state.transcoder_standbys.iter().map(|(s, n)| (s.clone(), format_id(*n))).collect::<BTreeMap<_, _>>(),
+            "packagers": state.packagers.iter().map(|(s, n)| (s.clone(), format_id(*n))).collect::<BTreeMap<_, _>>(),
+            "packager_standbys": state.packager_standbys.iter().map(|(s, n)| (s.clone(), format_id(*n))).collect::<BTreeMap<_, _>>(),
         })
     }
 
@@ -803,19 +807,17 @@ impl Cluster {
             tick.tick().await;
             if self.raft_metrics().state == ServerState::Leader {
                 self.place_pulls().await;
-                self.assign_transcoders().await;
+                self.assign_duties().await;
             }
         }
     }
 
-    /// Writes the transcoder assignments [`plan_transcoders`] decides.
-    async fn assign_transcoders(&self) {
+    /// Writes the transcoder and packager assignments [`plan_duty`] decides: transcoders for
+    /// the streams whose origins say they need renditions, packagers for every placed
+    /// stream (a packager packages only while someone asks for its HLS).
+    async fn assign_duties(&self) {
         let state = self.state();
         let now = Instant::now();
-        let wanted = self.loads().transcode_wanted(PULL_TAKEOVER_AFTER, now);
-        if wanted.values().all(Vec::is_empty) && state.transcoders.is_empty() {
-            return;
-        }
         let settled =
             now.duration_since(self.inner.started) >= PULL_TAKEOVER_AFTER + 2 * REPORT_EVERY;
         let mut alive = self.loads().heard_within(PULL_TAKEOVER_AFTER, now);
@@ -824,19 +826,40 @@ impl Cluster {
             // Too soon to have heard from everyone: nobody counts as gone yet.
             alive.extend(state.nodes.keys().copied());
         }
-        let standby = self.inner.config.transcoder_standby;
-        for command in plan_transcoders(&state, &wanted, &alive, standby, settled) {
-            if let Command::AssignTranscoder {
-                stream,
-                node,
-                standby,
-            } = &command
-            {
-                tracing::info!(%stream, node = ?node.map(format_id), standby = ?standby.map(format_id), "assigning transcoders");
+        let mut placed: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+        for (stream, origin) in &state.placements {
+            placed.entry(*origin).or_default().push(stream.clone());
+        }
+        let duties = [
+            (
+                Duty::Transcoder,
+                self.loads().transcode_wanted(PULL_TAKEOVER_AFTER, now),
+                self.inner.config.transcoder_standby,
+            ),
+            (Duty::Packager, placed, self.inner.config.packager_standby),
+        ];
+        for (duty, wanted, standby) in duties {
+            if wanted.values().all(Vec::is_empty) && duty.assignments(&state).0.is_empty() {
+                continue;
             }
-            if let Err(e) = self.write(command).await {
-                tracing::warn!(error = %e, "could not assign a transcoder; will retry");
-                return;
+            for command in plan_duty(duty, &state, &wanted, &alive, standby, settled) {
+                if let Command::AssignTranscoder {
+                    stream,
+                    node,
+                    standby,
+                }
+                | Command::AssignPackager {
+                    stream,
+                    node,
+                    standby,
+                } = &command
+                {
+                    tracing::info!(?duty, %stream, node = ?node.map(format_id), standby = ?standby.map(format_id), "assigning a stream's duty");
+                }
+                if let Err(e) = self.write(command).await {
+                    tracing::warn!(?duty, error = %e, "could not write an assignment; will retry");
+                    return;
+                }
             }
         }
     }

@@ -59,13 +59,83 @@ pub struct ClusterState {
     #[serde(default)]
     pub pulls: BTreeMap<String, PullSpec>,
     /// Stream id → the node that transcodes it, chosen by the leader
-    /// ([`plan_transcoders`]).
+    /// ([`plan_duty`]).
     #[serde(default)]
     pub transcoders: BTreeMap<String, NodeId>,
     /// Stream id → the node that runs a second, standby transcoder of it (with
     /// `--transcoder-standby`): its origin takes whichever group starts first.
     #[serde(default)]
     pub transcoder_standbys: BTreeMap<String, NodeId>,
+    /// Stream id → the node that packages it as LL-HLS ([`plan_duty`]); other nodes fetch
+    /// its playlists and parts from there.
+    #[serde(default)]
+    pub packagers: BTreeMap<String, NodeId>,
+    /// Stream id → the node that packages it too (with `--packager-standby`), numbering its
+    /// segments and parts the same way, so that edges can switch to it mid-stream.
+    #[serde(default)]
+    pub packager_standbys: BTreeMap<String, NodeId>,
+}
+
+/// A per-stream job the leader hands to nodes, with an optional standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// Making the stream's renditions.
+    Transcoder,
+    /// Packaging the stream as LL-HLS.
+    Packager,
+}
+
+impl Duty {
+    /// The role a node must be allowed to take the duty.
+    pub fn role(self) -> NodeRole {
+        match self {
+            Duty::Transcoder => NodeRole::Transcoder,
+            Duty::Packager => NodeRole::Packager,
+        }
+    }
+
+    /// Stream → active node and stream → standby node.
+    pub fn assignments(
+        self,
+        state: &ClusterState,
+    ) -> (&BTreeMap<String, NodeId>, &BTreeMap<String, NodeId>) {
+        match self {
+            Duty::Transcoder => (&state.transcoders, &state.transcoder_standbys),
+            Duty::Packager => (&state.packagers, &state.packager_standbys),
+        }
+    }
+
+    fn assignments_mut(
+        self,
+        state: &mut ClusterState,
+    ) -> (&mut BTreeMap<String, NodeId>, &mut BTreeMap<String, NodeId>) {
+        match self {
+            Duty::Transcoder => (&mut state.transcoders, &mut state.transcoder_standbys),
+            Duty::Packager => (&mut state.packagers, &mut state.packager_standbys),
+        }
+    }
+
+    /// The command that assigns it.
+    pub fn command(self, stream: String, node: Option<NodeId>, standby: Option<NodeId>) -> Command {
+        match self {
+            Duty::Transcoder => Command::AssignTranscoder {
+                stream,
+                node,
+                standby,
+            },
+            Duty::Packager => Command::AssignPackager {
+                stream,
+                node,
+                standby,
+            },
+        }
+    }
+
+    /// The active and standby node of `stream`.
+    pub fn of(self, state: &ClusterState, stream: &str) -> (Option<NodeId>, Option<NodeId>) {
+        let (active, standby) = self.assignments(state);
+        (active.get(stream).copied(), standby.get(stream).copied())
+    }
 }
 
 /// A change to the state; Raft's log entries carry these.
@@ -99,6 +169,12 @@ pub enum Command {
         stream: String,
         node: Option<NodeId>,
         #[serde(default)]
+        standby: Option<NodeId>,
+    },
+    /// `node` packages `stream` as LL-HLS, and `standby` does too; `None`: nobody does.
+    AssignPackager {
+        stream: String,
+        node: Option<NodeId>,
         standby: Option<NodeId>,
     },
     /// `stream` is pulled from `spec.source` from now on, unless it is pushed live or
@@ -150,8 +226,22 @@ pub fn apply(state: &mut ClusterState, command: Command) -> Outcome {
                 return Outcome::Ignored;
             }
             state.placements.retain(|_, origin| *origin != id);
-            state.transcoders.retain(|_, node| *node != id);
-            state.transcoder_standbys.retain(|_, node| *node != id);
+            for duty in [Duty::Transcoder, Duty::Packager] {
+                let (active, standby) = duty.assignments_mut(state);
+                standby.retain(|_, node| *node != id);
+                // The standby of a removed active takes over at once.
+                let orphaned: Vec<String> = active
+                    .iter()
+                    .filter(|(_, node)| **node == id)
+                    .map(|(stream, _)| stream.clone())
+                    .collect();
+                for stream in orphaned {
+                    match standby.remove(&stream) {
+                        Some(promoted) => active.insert(stream, promoted),
+                        None => active.remove(&stream),
+                    };
+                }
+            }
             Outcome::Done
         }
         Command::SetDraining { id, draining } => match state.nodes.get_mut(&id) {
@@ -204,30 +294,12 @@ pub fn apply(state: &mut ClusterState, command: Command) -> Outcome {
             stream,
             node,
             standby,
-        } => {
-            let known = |n: &Option<NodeId>| n.is_none_or(|n| state.nodes.contains_key(&n));
-            if !known(&node) || !known(&standby) {
-                return Outcome::Ignored;
-            }
-            let standby = standby.filter(|_| node.is_some());
-            let before = (
-                state.transcoders.get(&stream).copied(),
-                state.transcoder_standbys.get(&stream).copied(),
-            );
-            match node {
-                Some(node) => state.transcoders.insert(stream.clone(), node),
-                None => state.transcoders.remove(&stream),
-            };
-            match standby {
-                Some(standby) => state.transcoder_standbys.insert(stream, standby),
-                None => state.transcoder_standbys.remove(&stream),
-            };
-            if before == (node, standby) {
-                Outcome::Ignored
-            } else {
-                Outcome::Done
-            }
-        }
+        } => assign(state, Duty::Transcoder, stream, node, standby),
+        Command::AssignPackager {
+            stream,
+            node,
+            standby,
+        } => assign(state, Duty::Packager, stream, node, standby),
         Command::Unplace { stream, origin } => {
             if state.placements.get(&stream) == Some(&origin) {
                 state.placements.remove(&stream);
@@ -273,10 +345,40 @@ pub fn plan_pulls(
     commands
 }
 
-/// Who transcodes which stream: the leader's decision, from the streams each origin says
+/// Applies an assignment of `duty` for `stream`.
+fn assign(
+    state: &mut ClusterState,
+    duty: Duty,
+    stream: String,
+    node: Option<NodeId>,
+    standby: Option<NodeId>,
+) -> Outcome {
+    let known = |n: &Option<NodeId>| n.is_none_or(|n| state.nodes.contains_key(&n));
+    if !known(&node) || !known(&standby) {
+        return Outcome::Ignored;
+    }
+    let standby = standby.filter(|_| node.is_some());
+    let before = duty.of(state, &stream);
+    let (actives, standbys) = duty.assignments_mut(state);
+    match node {
+        Some(node) => actives.insert(stream.clone(), node),
+        None => actives.remove(&stream),
+    };
+    match standby {
+        Some(standby) => standbys.insert(stream, standby),
+        None => standbys.remove(&stream),
+    };
+    if before == (node, standby) {
+        Outcome::Ignored
+    } else {
+        Outcome::Done
+    }
+}
+
+/// Who transcodes (or packages) which stream: the leader's decision, from the streams each origin says
 /// need renditions (`wanted`, from load reports) and the nodes heard from lately (`alive`).
 ///
-/// Candidates are alive, not draining, and allowed the `transcoder` role (`--roles`).
+/// Candidates are alive, not draining, and allowed the duty's role (`--roles`).
 /// Without `standby`, a stream's origin transcodes it when it is a candidate (no relay hop),
 /// else the candidate transcoding the fewest streams. With `standby`, two nodes other than
 /// the origin (when there are two) transcode it, so that either's death leaves the other:
@@ -284,7 +386,8 @@ pub fn plan_pulls(
 /// whose node is still a candidate stays (a drained node's goes). A stream nobody wants
 /// any more loses its assignment, unless the leader is not `settled` (it has not heard
 /// from everyone yet).
-pub fn plan_transcoders(
+pub fn plan_duty(
+    duty: Duty,
     state: &ClusterState,
     wanted: &BTreeMap<NodeId, Vec<String>>,
     alive: &BTreeSet<NodeId>,
@@ -294,17 +397,12 @@ pub fn plan_transcoders(
     let candidates: Vec<NodeId> = state
         .nodes
         .values()
-        .filter(|n| {
-            alive.contains(&n.id) && !n.draining && n.allowed.contains(&NodeRole::Transcoder)
-        })
+        .filter(|n| alive.contains(&n.id) && !n.draining && n.allowed.contains(&duty.role()))
         .map(|n| n.id)
         .collect();
+    let (actives, standbys) = duty.assignments(state);
     let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for node in state
-        .transcoders
-        .values()
-        .chain(state.transcoder_standbys.values())
-    {
+    for node in actives.values().chain(standbys.values()) {
         *load.entry(*node).or_default() += 1;
     }
     let mut desired: BTreeMap<&str, (Option<NodeId>, Option<NodeId>)> = BTreeMap::new();
@@ -313,48 +411,30 @@ pub fn plan_transcoders(
             if state.placements.get(stream) != Some(origin) {
                 continue;
             }
-            let current = (
-                state.transcoders.get(stream).copied(),
-                state.transcoder_standbys.get(stream).copied(),
-            );
-            let chosen = choose_transcoders(&candidates, &mut load, *origin, current, standby);
+            let current = duty.of(state, stream);
+            let chosen = choose_nodes(&candidates, &mut load, *origin, current, standby);
             desired.insert(stream, chosen);
         }
     }
     let mut commands: Vec<Command> = desired
         .iter()
-        .filter(|(stream, chosen)| {
-            let current = (
-                state.transcoders.get(**stream).copied(),
-                state.transcoder_standbys.get(**stream).copied(),
-            );
-            current != **chosen
-        })
-        .map(|(stream, (node, standby))| Command::AssignTranscoder {
-            stream: (*stream).to_owned(),
-            node: *node,
-            standby: *standby,
-        })
+        .filter(|(stream, chosen)| duty.of(state, stream) != **chosen)
+        .map(|(stream, (node, standby))| duty.command((*stream).to_owned(), *node, *standby))
         .collect();
     if settled {
         commands.extend(
-            state
-                .transcoders
+            actives
                 .keys()
                 .filter(|stream| !desired.contains_key(stream.as_str()))
-                .map(|stream| Command::AssignTranscoder {
-                    stream: stream.clone(),
-                    node: None,
-                    standby: None,
-                }),
+                .map(|stream| duty.command(stream.clone(), None, None)),
         );
     }
     commands
 }
 
-/// The active and standby transcoders of one stream (see [`plan_transcoders`]); `load`
-/// counts assignments per node and is updated with the choice.
-fn choose_transcoders(
+/// The active and standby node of one stream's duty (see [`plan_duty`]); `load` counts
+/// assignments per node and is updated with the choice.
+fn choose_nodes(
     candidates: &[NodeId],
     load: &mut BTreeMap<NodeId, usize>,
     origin: NodeId,
@@ -592,7 +672,7 @@ mod tests {
         state.placements.insert("talk".into(), 1);
         let wanted: BTreeMap<NodeId, Vec<String>> =
             [(1, vec!["show".to_owned(), "talk".to_owned()])].into();
-        let commands = plan_transcoders(&state, &wanted, &everyone(), false, true);
+        let commands = plan_duty(Duty::Transcoder, &state, &wanted, &everyone(), false, true);
         assert_eq!(
             commands,
             vec![assign("show", Some(2)), assign("talk", Some(3))],
@@ -610,13 +690,13 @@ mod tests {
             },
         );
         assert_eq!(
-            plan_transcoders(&state, &wanted, &everyone(), false, true),
+            plan_duty(Duty::Transcoder, &state, &wanted, &everyone(), false, true),
             vec![assign("show", Some(3))],
             "a draining node hands its transcoding over"
         );
         let alive: BTreeSet<NodeId> = [1, 2].into();
         assert_eq!(
-            plan_transcoders(&state, &wanted, &alive, false, true),
+            plan_duty(Duty::Transcoder, &state, &wanted, &alive, false, true),
             vec![assign("show", None), assign("talk", None)],
             "no candidate left: nobody transcodes (and the origin may not)"
         );
@@ -630,7 +710,7 @@ mod tests {
         }
         state.placements.insert("show".into(), 1);
         let wanted: BTreeMap<NodeId, Vec<String>> = [(1, vec!["show".to_owned()])].into();
-        let commands = plan_transcoders(&state, &wanted, &everyone(), true, true);
+        let commands = plan_duty(Duty::Transcoder, &state, &wanted, &everyone(), true, true);
         assert_eq!(
             commands,
             vec![assign_with_standby("show", Some(2), Some(3))]
@@ -638,24 +718,24 @@ mod tests {
         for command in commands {
             apply(&mut state, command);
         }
-        assert!(plan_transcoders(&state, &wanted, &everyone(), true, true).is_empty());
+        assert!(plan_duty(Duty::Transcoder, &state, &wanted, &everyone(), true, true).is_empty());
 
         // The active's node dies: its standby is promoted, node 4 becomes the standby.
         let alive: BTreeSet<NodeId> = [1, 3, 4].into();
         assert_eq!(
-            plan_transcoders(&state, &wanted, &alive, true, true),
+            plan_duty(Duty::Transcoder, &state, &wanted, &alive, true, true),
             vec![assign_with_standby("show", Some(3), Some(4))]
         );
         // Only the origin and one other node: that node is active, no standby.
         let alive: BTreeSet<NodeId> = [1, 3].into();
         assert_eq!(
-            plan_transcoders(&state, &wanted, &alive, true, true),
+            plan_duty(Duty::Transcoder, &state, &wanted, &alive, true, true),
             vec![assign_with_standby("show", Some(3), None)]
         );
         // Only the origin: it transcodes alone.
         let alive: BTreeSet<NodeId> = [1].into();
         assert_eq!(
-            plan_transcoders(&state, &wanted, &alive, true, true),
+            plan_duty(Duty::Transcoder, &state, &wanted, &alive, true, true),
             vec![assign_with_standby("show", Some(1), None)]
         );
     }
@@ -679,7 +759,7 @@ mod tests {
             (3, vec!["cam".to_owned()]),
         ]
         .into();
-        let commands = plan_transcoders(&state, &wanted, &everyone(), false, true);
+        let commands = plan_duty(Duty::Transcoder, &state, &wanted, &everyone(), false, true);
         assert_eq!(
             commands,
             vec![
@@ -693,7 +773,7 @@ mod tests {
             apply(&mut state, command);
         }
         assert!(
-            plan_transcoders(&state, &wanted, &everyone(), false, true).is_empty(),
+            plan_duty(Duty::Transcoder, &state, &wanted, &everyone(), false, true).is_empty(),
             "stable"
         );
 
@@ -707,13 +787,56 @@ mod tests {
         state.placements.insert("show".into(), 2);
         let wanted: BTreeMap<NodeId, Vec<String>> = [(2, vec!["show".to_owned()])].into();
         assert_eq!(
-            plan_transcoders(&state, &wanted, &everyone(), false, false),
+            plan_duty(Duty::Transcoder, &state, &wanted, &everyone(), false, false),
             vec![assign("show", Some(2))],
             "an unsettled leader assigns but removes nothing"
         );
         assert_eq!(
-            plan_transcoders(&state, &wanted, &everyone(), false, true),
+            plan_duty(Duty::Transcoder, &state, &wanted, &everyone(), false, true),
             vec![assign("show", Some(2)), assign("talk", None)]
         );
+    }
+
+    #[test]
+    fn packagers_are_planned_apart_from_transcoders_and_a_dead_packagers_standby_takes_over() {
+        let mut state = ClusterState::default();
+        for id in [1, 2, 3, 4] {
+            apply(&mut state, Command::UpsertNode(node(id)));
+        }
+        let mut no_packaging = node(4);
+        no_packaging.allowed.remove(&NodeRole::Packager);
+        apply(&mut state, Command::UpsertNode(no_packaging));
+        state.placements.insert("show".into(), 1);
+        state.transcoders.insert("show".into(), 2);
+        let wanted: BTreeMap<NodeId, Vec<String>> = [(1, vec!["show".to_owned()])].into();
+        let package = |node, standby| Duty::Packager.command("show".into(), node, standby);
+
+        assert_eq!(
+            plan_duty(Duty::Packager, &state, &wanted, &everyone(), false, true),
+            vec![package(Some(1), None)],
+            "without a standby the origin packages (no relay hop)"
+        );
+        let commands = plan_duty(Duty::Packager, &state, &wanted, &everyone(), true, true);
+        assert_eq!(
+            commands,
+            vec![package(Some(2), Some(3))],
+            "with a standby, two nodes other than the origin that may package"
+        );
+        for command in commands {
+            apply(&mut state, command);
+        }
+        assert_eq!(
+            state.transcoders.get("show"),
+            Some(&2),
+            "transcoders untouched"
+        );
+        let alive: BTreeSet<NodeId> = [1, 3, 4].into();
+        assert_eq!(
+            plan_duty(Duty::Packager, &state, &wanted, &alive, true, true),
+            vec![package(Some(3), None)],
+            "the standby is promoted; node 4 may not package and the origin is kept out"
+        );
+        apply(&mut state, Command::RemoveNode { id: 2 });
+        assert_eq!(Duty::Packager.of(&state, "show"), (Some(3), None));
     }
 }

@@ -8,6 +8,12 @@
 //! at least the segment target long: segments are whole groups (a 1 s GOP and a 2 s target
 //! make 2 s segments; a 3 s GOP makes 3 s segments, which `EXT-X-TARGETDURATION` then says).
 //!
+//! **Standby.** A second packager of the same rendition (on another node) numbers its
+//! segments and parts as the first does once it is [aligned](RenditionPackager::align) to
+//! the first's open segment: both then cut the same frames by the same rule, and each part's
+//! bytes (fragment sequence numbers included) are the same, so a player can move from one
+//! to the other mid-stream.
+//!
 //! **Window.** Segments older than the window are dropped; parts are kept only for the
 //! segments of the last three target durations (players need parts near the live edge
 //! only); a segment's bytes are its parts' bytes after a `styp`.
@@ -99,6 +105,17 @@ pub enum Media {
     Aac(AacTrack),
 }
 
+/// Where a packager is in its rendition: the open segment's number and the decode time it
+/// started at. A standby packager [aligns](RenditionPackager::align) itself to the active
+/// one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alignment {
+    /// Media sequence number of the open segment.
+    pub msn: u64,
+    /// Decode time of its first frame.
+    pub segment_start: u64,
+}
+
 /// One rendition's packager.
 pub struct RenditionPackager {
     config: PackagerConfig,
@@ -115,7 +132,8 @@ pub struct RenditionPackager {
     open_parts: Vec<StoredPart>,
     segments: VecDeque<StoredSegment>,
     next_msn: u64,
-    fragment_sequence: u32,
+    /// Another packager's position to continue from, until the first frame comes.
+    anchor: Option<Alignment>,
     last_decode_time: Option<u64>,
     discontinuity_next: bool,
     discontinuity_sequence: u64,
@@ -146,7 +164,7 @@ impl RenditionPackager {
             open_parts: Vec::new(),
             segments: VecDeque::new(),
             next_msn: 0,
-            fragment_sequence: 0,
+            anchor: None,
             last_decode_time: None,
             discontinuity_next: false,
             discontinuity_sequence: 0,
@@ -157,6 +175,23 @@ impl RenditionPackager {
     /// When the newest part's first frame arrived (Unix ms): how fresh the playlist is.
     pub fn newest_part_wall_ms(&self) -> Option<u64> {
         self.newest_part_wall_ms
+    }
+
+    /// Where this packager is now, once it has begun a segment.
+    pub fn alignment(&self) -> Option<Alignment> {
+        self.segment_start.map(|(start, _)| Alignment {
+            msn: self.next_msn,
+            segment_start: start,
+        })
+    }
+
+    /// Numbers what comes as `active` (another packager of the same rendition) does: the
+    /// first frame continues its open segment, or begins the next one when the open one is
+    /// already long enough. Call before the first frame; later calls are ignored.
+    pub fn align(&mut self, active: Alignment) {
+        if self.segment_start.is_none() && self.segments.is_empty() {
+            self.anchor = Some(active);
+        }
     }
 
     /// The initialisation segment, once the first keyframe has described the track.
@@ -197,7 +232,8 @@ impl RenditionPackager {
             return Ok(Change::None);
         }
         let mut change = Change::None;
-        let seconds = |ticks: u64| ticks as f64 / f64::from(self.timescale);
+        let timescale = f64::from(self.timescale);
+        let seconds = move |ticks: u64| ticks as f64 / timescale;
         // Video is cut at group starts; audio (every frame a "keyframe") by duration alone.
         let group_start = frame.keyframe && !self.audio;
         let may_end_segment = frame.keyframe;
@@ -221,6 +257,17 @@ impl RenditionPackager {
         }
         if self.segment_start.is_none() {
             self.segment_start = Some((dts, frame.wall_ms));
+            if let Some(anchor) = self.anchor.take()
+                && dts >= anchor.segment_start
+            {
+                let into = seconds(dts - anchor.segment_start);
+                if into >= self.config.segment_target - 1e-3 {
+                    self.next_msn = anchor.msn + 1;
+                } else {
+                    self.next_msn = anchor.msn;
+                    self.segment_start = Some((anchor.segment_start, frame.wall_ms));
+                }
+            }
         }
         if self.part_start.is_none() {
             self.part_start = Some(dts);
@@ -238,7 +285,9 @@ impl RenditionPackager {
         if self.pending.is_empty() {
             return Ok(false);
         }
-        self.fragment_sequence += 1;
+        // Numbered by position, so that a standby packager writes the very same bytes.
+        let sequence =
+            (self.next_msn.wrapping_mul(256) as u32).wrapping_add(self.open_parts.len() as u32 + 1);
         let samples: Vec<Sample<'_>> = self
             .pending
             .iter()
@@ -249,7 +298,7 @@ impl RenditionPackager {
                 annex_b: &f.data,
             })
             .collect();
-        let bytes = fragment(track, self.fragment_sequence, &samples, end)?;
+        let bytes = fragment(track, sequence, &samples, end)?;
         self.open_parts.push(StoredPart {
             duration: end.saturating_sub(start) as f64 / f64::from(self.timescale),
             independent: self.pending[0].keyframe || self.audio,
@@ -439,6 +488,47 @@ mod tests {
                 })
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn a_standby_aligned_mid_segment_numbers_and_writes_every_later_part_as_the_active_does() {
+        let mut active = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
+        feed(&mut active, 0, 30 * 5 + 10, 30);
+        let alignment = active.alignment().unwrap();
+        assert_eq!(alignment.msn, 2, "4-6 s is open");
+
+        // The standby starts at the 5 s keyframe, inside the active's open segment.
+        let mut standby = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
+        standby.align(alignment);
+        feed(&mut standby, 30 * 5, 10, 30);
+        feed(&mut active, 30 * 5 + 10, 30 * 6, 30);
+        feed(&mut standby, 30 * 5 + 10, 30 * 6, 30);
+
+        let (a, s) = (active.playlist(), standby.playlist());
+        let first_shared = s.segments[0].msn;
+        assert_eq!(first_shared, 2, "continues the active's open segment");
+        assert!(
+            s.segments[0].duration < a.segments[2].duration,
+            "without its first second"
+        );
+        for msn in first_shared + 1..=a.segments.last().unwrap().msn {
+            let listed = |p: &MediaPlaylist| p.segments.iter().find(|x| x.msn == msn).cloned();
+            assert_eq!(listed(&a), listed(&s), "segment {msn} listed alike");
+            assert_eq!(
+                active.segment(msn),
+                standby.segment(msn),
+                "segment {msn} bytes"
+            );
+        }
+        assert_eq!(a.partial, s.partial);
+        assert_eq!(a.preload_hint, s.preload_hint);
+
+        // Aligned after the active already closed its open segment: the next number.
+        let mut late = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
+        late.align(alignment);
+        feed(&mut late, 30 * 6, 30 * 3, 30);
+        assert_eq!(late.playlist().segments[0].msn, 3);
+        assert_eq!(late.segment(3), active.segment(3));
     }
 
     #[test]
