@@ -7,7 +7,7 @@ use cascade_roles::webrtc::{Engines, WebRtcEngine, WebRtcSettings};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use cascade_protocol::cluster::NodeRole;
-use cascade_roles::quic::{ALPN_CLUSTER, ALPN_RELAY, NodeEndpoint, handshake};
+use cascade_roles::quic::{ALPN_CLUSTER, ALPN_HLS, ALPN_RELAY, NodeEndpoint, handshake};
 use cascade_roles::relay::Relay;
 use cascade_roles::transcoder::{TranscoderCommand, Transcoders};
 
@@ -61,7 +61,10 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             source,
         })?;
 
-    let (cluster, relay, endpoint) = start_cluster(&config, http_addr, registry.clone()).await?;
+    // Other nodes' HLS fetches are answered by this node's routes, built further down.
+    let hls_router: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
+    let (cluster, relay, endpoint) =
+        start_cluster(&config, http_addr, registry.clone(), hls_router.clone()).await?;
     let access = Arc::new(config.access.clone());
     let gate = crate::ingest::NodePublishGate {
         access: access.clone(),
@@ -83,12 +86,19 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         Arc::new(cluster.clone()),
         ladders(&config),
     );
+    let hls_edge = crate::http::hls::edge::HlsEdge::new(endpoint.clone());
     let packagers = cascade_roles::packager::Packagers::new(
         registry.clone(),
+        Some(relay.clone()),
+        Some(Arc::new(crate::http::hls::edge::StandbyAligner {
+            cluster: cluster.clone(),
+            edge: hls_edge.clone(),
+        })),
         cascade_protocol::hls::packager::PackagerConfig::default(),
     );
     let state = AppState {
         packagers,
+        hls_edge,
         transcoders,
         rendition_feeds,
         registry,
@@ -104,7 +114,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             "http"
         },
     };
-    let app = crate::http::router(state).into_make_service_with_connect_info::<ClientAddr>();
+    let router = crate::http::router(state);
+    let _ = hls_router.set(router.clone());
+    let app = router.into_make_service_with_connect_info::<ClientAddr>();
     let served = match &config.tls {
         None => {
             println!("Cascade is running. Open http://{http_addr}/ to publish and watch.");
@@ -186,6 +198,7 @@ async fn start_cluster(
     config: &NodeConfig,
     http_addr: std::net::SocketAddr,
     registry: StreamRegistry,
+    hls_router: Arc<std::sync::OnceLock<axum::Router>>,
 ) -> Result<(Cluster, Relay, NodeEndpoint), NodeError> {
     let mut record = NodeRecord {
         id: identity::stored_node_id(&config.data_dir).unwrap_or_else(identity::new_node_id),
@@ -222,15 +235,22 @@ async fn start_cluster(
         endpoint.clone(),
         cluster.clone(),
         relay.clone(),
+        hls_router,
     ));
     Ok((cluster, relay, endpoint))
 }
 
 /// Hands each node connection to the service its ALPN names.
-async fn accept_nodes(endpoint: NodeEndpoint, cluster: Cluster, relay: Relay) {
+async fn accept_nodes(
+    endpoint: NodeEndpoint,
+    cluster: Cluster,
+    relay: Relay,
+    hls_router: Arc<std::sync::OnceLock<axum::Router>>,
+) {
     while let Some(incoming) = endpoint.incoming().await {
         let cluster = cluster.clone();
         let relay = relay.clone();
+        let hls_router = hls_router.clone();
         tokio::spawn(async move {
             let Some((connection, alpn)) = handshake(incoming).await else {
                 return;
@@ -238,6 +258,7 @@ async fn accept_nodes(endpoint: NodeEndpoint, cluster: Cluster, relay: Relay) {
             match alpn.as_slice() {
                 ALPN_RELAY => relay.accept(connection),
                 ALPN_CLUSTER => network::serve(cluster, connection).await,
+                ALPN_HLS => crate::http::hls::upstream::serve(connection, hls_router).await,
                 other => {
                     tracing::warn!(alpn = %String::from_utf8_lossy(other), "node connection for an unknown service");
                     connection.close(0u32.into(), b"unknown ALPN");

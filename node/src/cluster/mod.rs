@@ -72,6 +72,17 @@ pub struct ClusterConfig {
     pub packager_standby: bool,
 }
 
+/// Where a stream's LL-HLS is served from (see [`Cluster::packager_route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackagerRoute {
+    /// This node packages it.
+    Here,
+    /// Fetch it from these nodes' QUIC addresses, in order.
+    Upstream(Vec<SocketAddr>),
+    /// Nobody has it.
+    NotLive,
+}
+
 /// Where a request should go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -526,6 +537,55 @@ impl Cluster {
             node: edge,
             addr: n.http_addr,
         })
+    }
+
+    /// Where `stream`'s LL-HLS comes from, as seen from this node: packaged here (this node
+    /// is its active or standby packager, or, before the leader assigned one, its origin),
+    /// or fetched from these nodes (QUIC addresses), the active packager first.
+    pub fn packager_route(&self, stream: &StreamId) -> PackagerRoute {
+        let state = self.state();
+        let (active, standby) = Duty::Packager.of(&state, stream.as_str());
+        let here = self.inner.id;
+        if active == Some(here) || standby == Some(here) {
+            return PackagerRoute::Here;
+        }
+        let origin = state.placements.get(stream.as_str()).copied();
+        let upstreams: Vec<SocketAddr> = match active {
+            Some(_) => [active, standby]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<NodeId>>(),
+            None if origin == Some(here) => return PackagerRoute::Here,
+            None => origin.into_iter().collect(),
+        }
+        .into_iter()
+        .filter_map(|node| state.nodes.get(&node).map(|n| n.quic_addr))
+        .collect();
+        if upstreams.is_empty() {
+            PackagerRoute::NotLive
+        } else {
+            PackagerRoute::Upstream(upstreams)
+        }
+    }
+
+    /// The active packager of `stream`, when this node is its standby: the node to align to.
+    pub fn active_packager_for_standby(&self, stream: &StreamId) -> Option<SocketAddr> {
+        let state = self.state();
+        match Duty::Packager.of(&state, stream.as_str()) {
+            (Some(active), Some(standby)) if standby == self.inner.id && active != standby => {
+                state.nodes.get(&active).map(|n| n.quic_addr)
+            }
+            _ => None,
+        }
+    }
+
+    /// The standby packager of `stream` when it is another node (kept warm by requests).
+    pub fn standby_packager(&self, stream: &StreamId) -> Option<SocketAddr> {
+        let state = self.state();
+        let (_, standby) = Duty::Packager.of(&state, stream.as_str());
+        standby
+            .filter(|n| *n != self.inner.id)
+            .and_then(|n| state.nodes.get(&n).map(|n| n.quic_addr))
     }
 
     /// The origin of `stream`, when it is another node.

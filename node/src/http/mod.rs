@@ -50,6 +50,8 @@ pub struct AppState {
     pub transcoders: Option<cascade_roles::transcoder::Transcoders>,
     /// LL-HLS of the streams published here, packaged on demand.
     pub packagers: cascade_roles::packager::Packagers,
+    /// The HLS cache of this node as an edge, fetching from packagers on other nodes.
+    pub hls_edge: Arc<hls::edge::HlsEdge>,
     /// Which transcoder on another node feeds each rendition of this node's streams.
     pub rendition_feeds: cascade_roles::origin::renditions::RenditionFeeds,
     /// The WebRTC engines (WHIP and WHEP sessions).

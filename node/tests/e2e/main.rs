@@ -11,6 +11,7 @@ mod cluster;
 mod config_samples;
 mod handshake_timeout;
 mod hls;
+mod hls_edge;
 mod hls_fallback;
 mod host_address;
 mod https;

@@ -1,5 +1,6 @@
-//! The packager role, on the stream's origin for now: LL-HLS renditions of a live stream,
-//! made on demand.
+//! The packager role: LL-HLS renditions of a live stream, made on demand on the node the
+//! cluster assigns (the origin by default; with a standby, two other nodes, each holding a
+//! relay pull of the stream).
 //!
 //! The first HLS request for a stream starts its packager: one
 //! [`RenditionPackager`](cascade_protocol::hls::packager::RenditionPackager) per H.264 video
@@ -9,6 +10,10 @@
 //! for in [`IDLE_AFTER`] stops being packaged (and stops holding its rungs' encoders, which
 //! run just in time). Each rendition's playlist version is a `watch`, so a blocking playlist
 //! reload waits for the part it names without polling.
+//!
+//! A standby packager [aligns](cascade_protocol::hls::packager::RenditionPackager::align)
+//! each rendition to the active packager's before its first frame (an [`Aligner`] asks the
+//! active one), so that both serve the same numbers and bytes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cascade_protocol::StreamId;
 use cascade_protocol::hls::cmaf::AacTrack;
-use cascade_protocol::hls::packager::{Frame, Media, PackagerConfig, RenditionPackager};
+use cascade_protocol::hls::packager::{Alignment, Frame, Media, PackagerConfig, RenditionPackager};
 use cascade_protocol::hls::playlist::{
     AudioRendition, MediaPlaylist, Multivariant, Reload, Variant, reload,
 };
@@ -26,6 +31,21 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broadcast::{Broadcast, QueueSink, Subscriptions, Track};
 use crate::origin::StreamRegistry;
+use crate::relay::{PullHold, Relay};
+
+/// Asks the active packager of a stream where a rendition is, for a standby starting it.
+pub trait Aligner: Send + Sync + 'static {
+    /// The active packager's alignment of `rendition`, or `None` when this node is not a
+    /// standby of `stream` (or the active one does not answer).
+    fn alignment(
+        &self,
+        stream: &StreamId,
+        rendition: &str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Alignment>> + Send>>;
+}
+
+/// How long a standby rendition waits for the active packager's alignment.
+const ALIGN_WAIT: Duration = Duration::from_secs(2);
 
 /// A stream without an HLS request this long stops being packaged.
 pub const IDLE_AFTER: Duration = Duration::from_secs(30);
@@ -60,6 +80,11 @@ impl Rendition {
     /// A segment's bytes.
     pub fn segment(&self, msn: u64) -> Option<Bytes> {
         lock(&self.packager).segment(msn)
+    }
+
+    /// Where its packager is now (for a standby packager on another node).
+    pub fn alignment(&self) -> Option<Alignment> {
+        lock(&self.packager).alignment()
     }
 
     /// Its newest part: (media sequence number, part index).
@@ -139,6 +164,8 @@ pub struct StreamPackager {
     last_asked: Mutex<Instant>,
     /// Ended when the stream packager is dropped.
     _subscriptions: Mutex<Subscriptions>,
+    /// The relay pull it works from, when the stream's origin is another node.
+    _pull: Option<PullHold>,
 }
 
 impl StreamPackager {
@@ -218,7 +245,7 @@ impl StreamPackager {
 
     /// Starts packaging the tracks of the broadcast not packaged yet: every H.264 video
     /// track, and one AAC track (the transcoder's `audio/aac` before the source's).
-    fn add_renditions(&self, config: PackagerConfig) {
+    fn add_renditions(&self, config: PackagerConfig, aligner: Option<&Arc<dyn Aligner>>) {
         let mut tracks = self.broadcast.tracks();
         tracks.sort_by_key(|t| t.name() != "audio/aac");
         for track in tracks {
@@ -264,23 +291,47 @@ impl StreamPackager {
             });
             let (tx, rx) = mpsc::channel(QUEUE);
             lock(&self._subscriptions).from_current_group(&track, QueueSink::new((), tx));
-            tokio::spawn(feed(Arc::downgrade(&rendition), rx));
+            let alignment = aligner.map(|a| a.alignment(self.broadcast.id(), &name));
+            tokio::spawn(feed(Arc::downgrade(&rendition), rx, alignment));
             tracing::info!(stream = %self.broadcast.id(), rendition = %name, "packaging LL-HLS");
             renditions.insert(name, rendition);
         }
     }
 }
 
-/// Feeds a rendition's packager until its subscription or the rendition ends.
+/// Feeds a rendition's packager until its subscription or the rendition ends; a standby's
+/// first waits for the active packager's `alignment` (its frames queue meanwhile).
 async fn feed(
     rendition: std::sync::Weak<Rendition>,
     mut frames: mpsc::Receiver<((), cascade_protocol::Frame)>,
+    alignment: Option<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Option<Alignment>> + Send>>,
+    >,
 ) {
+    let mut anchor = None;
+    if let Some(alignment) = alignment
+        && let Ok(Some(active)) = tokio::time::timeout(ALIGN_WAIT, alignment).await
+        && let Some(rendition) = rendition.upgrade()
+    {
+        tracing::info!(rendition = %rendition.name, msn = active.msn, "standby packager aligned to the active one");
+        lock(&rendition.packager).align(active);
+        anchor = Some(active.segment_start);
+    }
     let mut last_seq: Option<u64> = None;
     while let Some(((), frame)) = frames.recv().await {
         let Some(rendition) = rendition.upgrade() else {
             return;
         };
+        // Aligned: the active packager's open segment starts at a frame this one gets too.
+        if anchor.is_some_and(|start| {
+            frame
+                .timestamp
+                .saturating_sub(u64::from(frame.composition_offset))
+                < start
+        }) {
+            continue;
+        }
+        anchor = None;
         // A gap in the track's frames (the queue skipped to the next group) cannot be
         // written as if it were continuous.
         let skipped = last_seq.is_some_and(|last| frame.seq != last + 1);
@@ -319,16 +370,27 @@ pub struct Packagers {
 
 struct Inner {
     registry: StreamRegistry,
+    relay: Option<Relay>,
+    aligner: Option<Arc<dyn Aligner>>,
     config: PackagerConfig,
     streams: Mutex<HashMap<StreamId, Arc<StreamPackager>>>,
 }
 
 impl Packagers {
-    /// Packagers of `registry`'s streams, cut as `config` says.
-    pub fn new(registry: StreamRegistry, config: PackagerConfig) -> Self {
+    /// Packagers of `registry`'s streams, cut as `config` says; streams whose origin is
+    /// another node are pulled through `relay`, and a standby's renditions aligned by
+    /// `aligner`.
+    pub fn new(
+        registry: StreamRegistry,
+        relay: Option<Relay>,
+        aligner: Option<Arc<dyn Aligner>>,
+        config: PackagerConfig,
+    ) -> Self {
         let packagers = Packagers {
             inner: Arc::new(Inner {
                 registry,
+                relay,
+                aligner,
                 config,
                 streams: Mutex::new(HashMap::new()),
             }),
@@ -341,23 +403,42 @@ impl Packagers {
         packagers
     }
 
-    /// The packager of `stream`, started if the stream is live here; a request counts as
-    /// interest (see [`IDLE_AFTER`]).
-    pub fn stream(&self, stream: &StreamId) -> Option<Arc<StreamPackager>> {
-        let broadcast = self.inner.registry.broadcast(stream)?;
-        let mut streams = lock(&self.inner.streams);
-        let packager = streams
-            .entry(stream.clone())
-            .and_modify(|p| {
-                if !Arc::ptr_eq(&p.broadcast, &broadcast) {
-                    *p = new_stream(Arc::clone(&broadcast));
+    /// The packager of `stream`, started if the stream is live here or, when its origin is
+    /// another node, pulled; a request counts as interest (see [`IDLE_AFTER`]).
+    pub async fn stream(&self, stream: &StreamId) -> Option<Arc<StreamPackager>> {
+        let running = lock(&self.inner.streams).get(stream).cloned().filter(|p| {
+            self.inner
+                .registry
+                .broadcast(stream)
+                .is_some_and(|b| Arc::ptr_eq(&b, &p.broadcast))
+        });
+        let packager = match running {
+            Some(packager) => packager,
+            None => {
+                let (broadcast, pull) = match &self.inner.relay {
+                    Some(relay) if relay.origin_elsewhere(stream) => {
+                        let hold = relay.keep(stream).await.ok()?;
+                        (Arc::clone(hold.broadcast()), Some(hold))
+                    }
+                    _ => (self.inner.registry.broadcast(stream)?, None),
+                };
+                let mut streams = lock(&self.inner.streams);
+                // Another request may have started it meanwhile.
+                match streams
+                    .get(stream)
+                    .filter(|p| Arc::ptr_eq(&p.broadcast, &broadcast))
+                {
+                    Some(p) => Arc::clone(p),
+                    None => {
+                        let p = new_stream(broadcast, pull);
+                        streams.insert(stream.clone(), Arc::clone(&p));
+                        p
+                    }
                 }
-            })
-            .or_insert_with(|| new_stream(Arc::clone(&broadcast)))
-            .clone();
-        drop(streams);
+            }
+        };
         *lock(&packager.last_asked) = Instant::now();
-        packager.add_renditions(self.inner.config);
+        packager.add_renditions(self.inner.config, self.inner.aligner.as_ref());
         Some(packager)
     }
 
@@ -382,7 +463,7 @@ impl Packagers {
                 lock(&self.inner.streams).remove(&id);
                 age.set(0.0);
             } else {
-                packager.add_renditions(self.inner.config);
+                packager.add_renditions(self.inner.config, self.inner.aligner.as_ref());
                 if let Some(seconds) = packager.playlist_age() {
                     age.set(seconds);
                 }
@@ -391,9 +472,10 @@ impl Packagers {
     }
 }
 
-fn new_stream(broadcast: Arc<Broadcast>) -> Arc<StreamPackager> {
+fn new_stream(broadcast: Arc<Broadcast>, pull: Option<PullHold>) -> Arc<StreamPackager> {
     Arc::new(StreamPackager {
         broadcast,
+        _pull: pull,
         renditions: Mutex::new(BTreeMap::new()),
         last_asked: Mutex::new(Instant::now()),
         _subscriptions: Mutex::new(Subscriptions::default()),

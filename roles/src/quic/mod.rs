@@ -1,5 +1,5 @@
-//! Node-to-node QUIC: one UDP port (`quic-addr`) carries Raft and the media relay, told
-//! apart by ALPN, always with mutual TLS under the cluster CA ([`trust`]).
+//! Node-to-node QUIC: one UDP port (`quic-addr`) carries Raft, the media relay and HLS
+//! fetches, told apart by ALPN, always with mutual TLS under the cluster CA ([`trust`]).
 //!
 //! [`NodeEndpoint`] binds the port and dials peers; the node accepts incoming connections
 //! with [`NodeEndpoint::accept`] and hands each to the service its ALPN names.
@@ -19,6 +19,8 @@ use trust::{NODE_SERVER_NAME, NodeIdentity};
 pub const ALPN_RELAY: &[u8] = b"cascade-relay/1";
 /// ALPN of Raft RPCs and load reports.
 pub const ALPN_CLUSTER: &[u8] = b"cascade-cluster/1";
+/// ALPN of HLS fetches from a stream's packager (`cascade_protocol::hls::fetch`).
+pub const ALPN_HLS: &[u8] = cascade_protocol::hls::fetch::ALPN_HLS;
 
 /// Group streams open at once per connection: one per group per subscription, and older
 /// groups linger until written or reset.
@@ -53,7 +55,7 @@ pub struct NodeEndpoint {
 impl NodeEndpoint {
     /// Binds `addr` and accepts relay and cluster connections from nodes of the cluster.
     pub fn bind(addr: SocketAddr, identity: NodeIdentity) -> Result<Self, RoleError> {
-        let tls = identity.server_tls(&[ALPN_RELAY, ALPN_CLUSTER])?;
+        let tls = identity.server_tls(&[ALPN_RELAY, ALPN_CLUSTER, ALPN_HLS])?;
         let crypto = QuicServerConfig::try_from(tls)
             .map_err(|e| RoleError::Trust(format!("QUIC server TLS: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -70,6 +70,8 @@ struct PullHandle {
     broadcast: Arc<Broadcast>,
     /// Transcoders of this node working from the pull (see [`Relay::hold`]).
     holds: Arc<AtomicUsize>,
+    /// Others of this node working from the pull whatever the viewers (packagers).
+    keeps: Arc<AtomicUsize>,
     /// Asks the pull to end now (the stream is published on this node instead).
     stop: Arc<tokio::sync::Notify>,
     /// Told when the pull has ended and its publisher session is gone.
@@ -100,6 +102,11 @@ impl Relay {
                 starting: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// Whether `stream`'s origin is another node (this node would pull it).
+    pub fn origin_elsewhere(&self, stream: &StreamId) -> bool {
+        self.inner.locator.origin_of(stream).is_some()
     }
 
     /// Serves a connection another node opened with the relay ALPN.
@@ -156,7 +163,28 @@ impl Relay {
                 (broadcast, holds)
             }
         };
-        Ok(PullHold { broadcast, holds })
+        Ok(PullHold {
+            broadcast,
+            count: holds,
+        })
+    }
+
+    /// Pulls `stream` for a packager on this node, for as long as the returned hold lives:
+    /// the pull lasts without viewers and takes tracks as an edge's does (the packager's
+    /// subscriptions to renditions are the demand for them).
+    pub async fn keep(&self, stream: &StreamId) -> Result<PullHold, RoleError> {
+        self.pull(stream).await?;
+        let keeps = lock(&self.inner.pulls)
+            .get(stream)
+            .map(|h| (h.broadcast.clone(), h.keeps.clone()));
+        let Some((broadcast, keeps)) = keeps else {
+            return Err(RoleError::StreamNotFound(stream.clone()));
+        };
+        keeps.fetch_add(1, Ordering::Relaxed);
+        Ok(PullHold {
+            broadcast,
+            count: keeps,
+        })
     }
 
     /// The broadcast of the pull of `stream`, started if needed. Concurrent callers share one
@@ -201,11 +229,13 @@ impl Relay {
         let broadcast = admitted.broadcast.clone();
         let stop = Arc::new(tokio::sync::Notify::new());
         let (done_tx, done) = tokio::sync::oneshot::channel();
+        let keeps = Arc::new(AtomicUsize::new(0));
         lock(&self.inner.pulls).insert(
             stream.clone(),
             PullHandle {
                 broadcast: broadcast.clone(),
                 holds: holds.clone(),
+                keeps: keeps.clone(),
                 stop: stop.clone(),
                 done: Some(done),
             },
@@ -217,6 +247,7 @@ impl Relay {
             actor: admitted.actor,
             stop,
             holds,
+            keeps,
         };
         tokio::spawn(self.clone().run_pull(pull, done_tx));
         Ok(broadcast)
@@ -411,7 +442,11 @@ impl Relay {
             return Some(Attempt::StreamGone);
         }
         let viewers = match self.inner.registry.info(stream).await {
-            Ok(info) => info.viewers + pull.holds.load(Ordering::Relaxed),
+            Ok(info) => {
+                info.viewers
+                    + pull.holds.load(Ordering::Relaxed)
+                    + pull.keeps.load(Ordering::Relaxed)
+            }
             Err(_) => return Some(Attempt::StreamGone),
         };
         let now = Instant::now();
@@ -572,10 +607,11 @@ fn is_source(name: &str) -> bool {
     name == cascade_protocol::media::VIDEO_SOURCE || name == cascade_protocol::media::AUDIO_SOURCE
 }
 
-/// A transcoder's claim on a pull (see [`Relay::hold`]); released when dropped.
+/// A transcoder's or packager's claim on a pull (see [`Relay::hold`], [`Relay::keep`]);
+/// released when dropped.
 pub struct PullHold {
     broadcast: Arc<Broadcast>,
-    holds: Arc<AtomicUsize>,
+    count: Arc<AtomicUsize>,
 }
 
 impl PullHold {
@@ -587,7 +623,7 @@ impl PullHold {
 
 impl Drop for PullHold {
     fn drop(&mut self) {
-        self.holds.fetch_sub(1, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -656,6 +692,8 @@ struct Pull {
     stop: Arc<tokio::sync::Notify>,
     /// Transcoders of this node working from it.
     holds: Arc<AtomicUsize>,
+    /// Packagers of this node working from it.
+    keeps: Arc<AtomicUsize>,
 }
 
 impl Pull {

@@ -4,6 +4,7 @@ pub mod aiortc;
 pub mod browser;
 pub mod camera;
 pub mod encoder;
+pub mod hls_player;
 pub mod link;
 pub mod loadtest;
 pub mod media;

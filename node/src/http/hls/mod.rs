@@ -7,13 +7,24 @@
 //! | `/hls/{stream}/{rendition}/init.mp4` | the CMAF initialisation segment |
 //! | `/hls/{stream}/{rendition}/seg{msn}.m4s`, `part{msn}.{i}.m4s` | segments and parts |
 //!
-//! A node that is not the stream's origin answers `307` to the origin (edges that fetch and
-//! cache for their players come later). Caching follows MediaPackage's rules: media
-//! playlists `max-age=1`, the multivariant playlist `max-age=2`, parts and segments
-//! immutable, errors `max-age=1`.
+//! Every node answers these. The stream's packager (the cluster assigns one, and maybe a
+//! standby; see `Cluster::packager_route`) serves what it packages; any other node is an
+//! edge that fetches from the packager over QUIC and caches ([`edge`]), collapsing
+//! identical requests into one fetch. Caching follows MediaPackage's rules: media playlists
+//! `max-age=1`, the multivariant playlist `max-age=2`, parts and segments immutable, errors
+//! `max-age=1`.
+//!
+//! | file | what |
+//! |---|---|
+//! | `edge.rs` | the edge cache, request collapsing, failover to the standby packager |
+//! | `upstream.rs` | the packager's side of fetches from other nodes |
+
+pub mod edge;
+pub mod upstream;
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -25,6 +36,8 @@ use cascade_protocol::hls::playlist::{Reload, render_media, render_multivariant}
 
 use super::{ApiError, AppState};
 use crate::access::Action;
+use crate::cluster::PackagerRoute;
+use upstream::InternalFetch;
 
 /// The longest a blocking playlist reload is held (three target durations is what the spec
 /// has players wait).
@@ -53,15 +66,24 @@ fn refuse(status: StatusCode, reason: &'static str, message: String) -> ApiError
     ApiError::new("hls", status, reason, message)
 }
 
-/// The stream, checked for a play token; `Err` also carries a redirect to its origin.
-fn stream_here(
+/// Where a request's answer comes from.
+enum Source {
+    /// This node packages the stream.
+    Local(std::sync::Arc<cascade_roles::packager::StreamPackager>),
+    /// The stream's packagers on other nodes (QUIC addresses, the active one first).
+    Edge(Vec<std::net::SocketAddr>),
+}
+
+/// The stream, checked for a play token (unless another node's edge asks), and where its
+/// HLS comes from; `Err` is the refusal to send.
+async fn locate(
     state: &AppState,
     stream: &str,
     query: &HlsQuery,
     headers: &HeaderMap,
-    path: &str,
-) -> Result<std::sync::Arc<cascade_roles::packager::StreamPackager>, Box<Response>> {
-    let fail = |e: ApiError| Box::new(e.into_response());
+    internal: bool,
+) -> Result<Source, Box<Response>> {
+    let fail = |e: ApiError| Box::new(error_cached(e));
     let stream = StreamId::parse(stream).map_err(|e| {
         fail(refuse(
             StatusCode::BAD_REQUEST,
@@ -69,36 +91,76 @@ fn stream_here(
             e.to_string(),
         ))
     })?;
-    let token = super::bearer(headers).or(query.token.as_deref());
-    state
-        .access
-        .check(&stream, Action::Play, token)
-        .map_err(|_| {
-            fail(refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this stream needs a play token: ?token=<token> or Authorization: Bearer <token>"
-                    .into(),
-            ))
-        })?;
-    if let Some(packager) = state.packagers.stream(&stream) {
-        return Ok(packager);
+    if !internal {
+        let token = super::bearer(headers).or(query.token.as_deref());
+        state
+            .access
+            .check(&stream, Action::Play, token)
+            .map_err(|_| {
+                Box::new(refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this stream needs a play token: ?token=<token> or Authorization: Bearer <token>"
+                        .into(),
+                ).into_response())
+            })?;
     }
-    if let Some(origin) = state.cluster.remote_origin(&stream)
-        && let Some(node) = state.cluster.state().nodes.get(&origin)
+    let not_live = || {
+        fail(refuse(
+            StatusCode::NOT_FOUND,
+            "stream_not_found",
+            format!("stream {stream} is not live"),
+        ))
+    };
+    let route = state.cluster.packager_route(&stream);
+    if route != PackagerRoute::NotLive
+        && let Some(standby) = state.cluster.standby_packager(&stream)
     {
-        let location = format!("{}://{}{path}", state.scheme, node.http_addr);
-        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
-        if let Ok(value) = HeaderValue::from_str(&location) {
-            response.headers_mut().insert(header::LOCATION, value);
-        }
-        return Err(Box::new(response));
+        state.hls_edge.warm(stream.as_str(), standby);
     }
-    Err(fail(refuse(
-        StatusCode::NOT_FOUND,
-        "stream_not_found",
-        format!("stream {stream} is not live"),
-    )))
+    match route {
+        PackagerRoute::Here => match state.packagers.stream(&stream).await {
+            Some(packager) => Ok(Source::Local(packager)),
+            None => Err(not_live()),
+        },
+        // Another node's edge asked a node that does not package the stream (the
+        // assignment moved meanwhile): never pass it on again.
+        PackagerRoute::Upstream(_) if internal => Err(fail(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_packaged_here",
+            format!("stream {stream} is not packaged on this node"),
+        ))),
+        PackagerRoute::Upstream(upstreams) => Ok(Source::Edge(upstreams)),
+        PackagerRoute::NotLive => Err(not_live()),
+    }
+}
+
+/// Answers from the edge cache (fetching from the packager once for everyone asking).
+async fn from_edge(state: &AppState, key: &str, upstreams: &[std::net::SocketAddr]) -> Response {
+    let (fetched, served) = state.hls_edge.get(key, upstreams).await;
+    let mut response = (
+        StatusCode::from_u16(fetched.head.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        fetched.body.clone(),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, &fetched.head.content_type),
+        (header::CACHE_CONTROL, &fetched.head.cache_control),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert(
+        "x-cache",
+        HeaderValue::from_static(match served {
+            edge::Served::Hit => "hit",
+            edge::Served::Collapsed => "collapsed",
+            edge::Served::Fetched => "miss",
+        }),
+    );
+    response
 }
 
 fn cached(
@@ -128,11 +190,15 @@ async fn multivariant(
     State(state): State<AppState>,
     Path(stream): Path<String>,
     Query(query): Query<HlsQuery>,
+    internal: Option<Extension<InternalFetch>>,
     headers: HeaderMap,
 ) -> Response {
-    let path = format!("/hls/{stream}/index.m3u8");
-    let packager = match stream_here(&state, &stream, &query, &headers, &path) {
-        Ok(p) => p,
+    let packager = match locate(&state, &stream, &query, &headers, internal.is_some()).await {
+        Ok(Source::Local(p)) => p,
+        Ok(Source::Edge(upstreams)) => {
+            let key = format!("/hls/{stream}/index.m3u8");
+            return from_edge(&state, &key, &upstreams).await;
+        }
         Err(response) => return *response,
     };
     // A packager that just started has no segment yet: a player asking now waits for the
@@ -169,11 +235,16 @@ async fn rendition_file(
     State(state): State<AppState>,
     Path((stream, rendition, file)): Path<(String, String, String)>,
     Query(query): Query<HlsQuery>,
+    internal: Option<Extension<InternalFetch>>,
     headers: HeaderMap,
 ) -> Response {
-    let path = format!("/hls/{stream}/{rendition}/{file}");
-    let packager = match stream_here(&state, &stream, &query, &headers, &path) {
-        Ok(p) => p,
+    let packager = match locate(&state, &stream, &query, &headers, internal.is_some()).await {
+        Ok(Source::Local(p)) => p,
+        Ok(Source::Edge(upstreams)) => {
+            let path = format!("/hls/{stream}/{rendition}/{file}");
+            let key = edge::cache_key(&path, query.msn, query.part, query.skip.as_deref());
+            return from_edge(&state, &key, &upstreams).await;
+        }
         Err(response) => return *response,
     };
     let Some(rendition) = packager.rendition(&rendition) else {
@@ -190,6 +261,17 @@ async fn rendition_file(
             format!("{file} is not (or no longer) in the playlist"),
         ))
     };
+    if file == "alignment" && internal.is_some() {
+        // A standby packager on another node asks where this one is (`edge::StandbyAligner`).
+        return match rendition.alignment() {
+            Some(a) => cached(
+                format!("{} {}", a.msn, a.segment_start),
+                "text/plain",
+                "no-store",
+            ),
+            None => not_found(),
+        };
+    }
     if file == "index.m3u8" {
         let playlist = match query.msn {
             Some(msn) => match rendition.wait_for(msn, query.part, BLOCK_LIMIT).await {
