@@ -81,6 +81,22 @@ async fn a_thousand_players_at_an_edge_cost_the_packager_one_fetch_per_object() 
         .text()
         .await
         .unwrap();
+    let init = hls_player::map_uri(&playlist).expect("an EXT-X-MAP");
+    assert!(
+        init.starts_with("init-"),
+        "the init segment is named by its content: {init}"
+    );
+    let init = client
+        .get(edge.url(&format!("/hls/crowd/source/{init}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), 200);
+    assert_eq!(
+        init.headers()["cache-control"],
+        "max-age=31536000, immutable",
+        "the edge passes the packager's caching on"
+    );
     let hint = playlist
         .lines()
         .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))

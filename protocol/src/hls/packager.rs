@@ -199,6 +199,15 @@ impl RenditionPackager {
         self.init.clone()
     }
 
+    /// The name the playlist gives the initialisation segment: it changes with the bytes,
+    /// so that the segment can be cached as immutable.
+    pub fn init_name(&self) -> String {
+        self.init.as_deref().map_or_else(
+            || "init.mp4".to_owned(),
+            |b| format!("init-{:08x}.mp4", fnv1a(b)),
+        )
+    }
+
     /// The publisher changed: the next segment starts after a discontinuity.
     pub fn discontinuity(&mut self) {
         self.close_part();
@@ -381,7 +390,7 @@ impl RenditionPackager {
         MediaPlaylist {
             part_target: self.config.part_target,
             discontinuity_sequence: self.discontinuity_sequence,
-            map_uri: "init.mp4".into(),
+            map_uri: self.init_name(),
             segments: self
                 .segments
                 .iter()
@@ -437,6 +446,13 @@ impl RenditionPackager {
             .find(|s| s.msn == msn)
             .map(|s| s.bytes.clone())
     }
+}
+
+/// FNV-1a, 32 bits: a content tag for names, not a defence against anyone.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, b| {
+        (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn parts_of(msn: u64, parts: &[StoredPart]) -> Vec<Part> {

@@ -72,6 +72,11 @@ impl Rendition {
         lock(&self.packager).init()
     }
 
+    /// Its initialisation segment's name in the playlist (`init-{tag}.mp4`).
+    pub fn init_name(&self) -> String {
+        lock(&self.packager).init_name()
+    }
+
     /// A part's bytes.
     pub fn part(&self, msn: u64, index: usize) -> Option<Bytes> {
         lock(&self.packager).part(msn, index)

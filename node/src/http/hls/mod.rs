@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/hls/{stream}/index.m3u8` | the multivariant playlist (every H.264 rendition) |
 //! | `/hls/{stream}/{rendition}/index.m3u8` | a media playlist; `_HLS_msn`, `_HLS_part` block until it has them (`400` too far ahead), `_HLS_skip=YES` asks for a delta update |
-//! | `/hls/{stream}/{rendition}/init.mp4` | the CMAF initialisation segment |
+//! | `/hls/{stream}/{rendition}/init-{tag}.mp4` | the CMAF initialisation segment, named by its content (immutable); `init.mp4` is the current one |
 //! | `/hls/{stream}/{rendition}/seg{msn}.m4s`, `part{msn}.{i}.m4s` | segments and parts |
 //!
 //! Every node answers these. The stream's packager (the cluster assigns one, and maybe a
@@ -309,7 +309,8 @@ async fn rendition_file(
             .is_some_and(|s| s.eq_ignore_ascii_case("YES") || s.eq_ignore_ascii_case("v2"));
         return cached(render_media(&playlist, skip), PLAYLIST, "max-age=1");
     }
-    let bytes: Option<Bytes> = if file == "init.mp4" {
+    let versioned_init = file.starts_with("init-") && file == rendition.init_name();
+    let bytes: Option<Bytes> = if file == "init.mp4" || versioned_init {
         rendition.init()
     } else if let Some(msn) = file
         .strip_prefix("seg")
@@ -335,6 +336,7 @@ async fn rendition_file(
     };
     match bytes {
         // The init segment changes with a new publisher (its SPS): not immutable.
+        Some(bytes) if versioned_init => cached(bytes, "video/mp4", IMMUTABLE),
         Some(bytes) if file == "init.mp4" => cached(bytes, "video/mp4", "max-age=2"),
         Some(bytes) => cached(bytes, "video/iso.segment", IMMUTABLE),
         None => not_found(),

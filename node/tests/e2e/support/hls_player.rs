@@ -60,6 +60,15 @@ pub fn listed_parts(playlist: &str) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
+/// The URI of a media playlist's initialisation segment.
+pub fn map_uri(playlist: &str) -> Option<String> {
+    playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .and_then(|l| l.split('"').next())
+        .map(str::to_owned)
+}
+
 /// Plays the media playlist at `url` (`…/{rendition}/index.m3u8`) for `length`.
 pub async fn play(url: &str, length: Duration) -> Played {
     let client = reqwest::Client::new();
@@ -80,8 +89,9 @@ pub async fn play(url: &str, length: Duration) -> Played {
     };
     let first = get(url.to_owned()).await.expect("the playlist answers");
     assert_eq!(first.0, 200, "{}", String::from_utf8_lossy(&first.1));
-    played.init = get(format!("{base}/init.mp4")).await.expect("init").1;
     let text = String::from_utf8_lossy(&first.1).into_owned();
+    let init = map_uri(&text).expect("an EXT-X-MAP");
+    played.init = get(format!("{base}/{init}")).await.expect("init").1;
     // Start at the newest independent part, as a player joining live does.
     let mut next = listed_parts(&text)
         .into_iter()
