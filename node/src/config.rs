@@ -121,6 +121,12 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_PACKAGER_STANDBY", value_name = "BOOL")]
     pub packager_standby: Option<bool>,
 
+    /// Streams recorded whenever they are live, on the node that packages them: names, or
+    /// prefixes ending in `*`, separated by commas (e.g. `show,cam-*`); `[streams.NAME]
+    /// record = true` adds one [default: none].
+    #[arg(long, env = "CASCADE_RECORD", value_name = "STREAMS")]
+    pub record: Option<String>,
+
     /// Offer ICE-TCP candidates at all (`false` offers UDP only) [default: true].
     #[arg(long, env = "CASCADE_ICE_TCP", value_name = "BOOL")]
     pub ice_tcp: Option<bool>,
@@ -232,6 +238,8 @@ pub struct StreamKeys {
     pub srt_passphrase: Option<String>,
     /// This stream's transcoder ladder, in `--ladder`'s form, instead of the node's.
     pub ladder: Option<String>,
+    /// Record this stream whenever it is live (on the node that packages it).
+    pub record: Option<bool>,
 }
 
 /// The resolved configuration of a node.
@@ -257,6 +265,9 @@ pub struct NodeConfig {
     pub srt_latency: Duration,
     /// See [`RunOptions::ladder`].
     pub ladder: Vec<cascade_protocol::transcode::Rung>,
+    /// Streams recorded whenever live: names or `prefix*` (`--record`, `[streams.NAME]
+    /// record = true`).
+    pub record: Vec<String>,
     /// Streams with a ladder of their own (`[streams.NAME] ladder = "..."`).
     pub stream_ladders: HashMap<String, Vec<cascade_protocol::transcode::Rung>>,
     /// See [`RunOptions::public_ip`].
@@ -322,6 +333,21 @@ impl NodeConfig {
             cli.tls_key.or(file.tls_key),
         )?;
         let streams = cli.streams.or(file.streams).unwrap_or_default();
+        let mut record: Vec<String> = cli
+            .record
+            .or(file.record)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && *p != "none")
+            .map(str::to_owned)
+            .collect();
+        record.extend(
+            streams
+                .iter()
+                .filter(|(_, keys)| keys.record == Some(true))
+                .map(|(name, _)| name.clone()),
+        );
         let stream_ladders = streams
             .iter()
             .filter_map(|(name, keys)| {
@@ -401,6 +427,7 @@ impl NodeConfig {
                 .unwrap_or_else(|| on_http_ip(DEFAULT_SRT_PORT)),
             srt_latency,
             ladder: parse_ladder(cli.ladder.or(file.ladder).as_deref())?,
+            record,
             stream_ladders,
             public_ip: cli.public_ip.or(file.public_ip),
             data_dir: cli

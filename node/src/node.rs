@@ -96,8 +96,15 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         })),
         cascade_protocol::hls::packager::PackagerConfig::default(),
     );
+    let recordings = cascade_roles::packager::recording::Recordings::open(
+        config.data_dir.join("recordings"),
+        packagers.clone(),
+        config.record.clone(),
+    )?;
+    record_automatically(recordings.clone(), cluster.clone());
     let state = AppState {
         packagers,
+        recordings,
         hls_edge,
         transcoders,
         rendition_feeds,
@@ -238,6 +245,20 @@ async fn start_cluster(
         hls_router,
     ));
     Ok((cluster, relay, endpoint))
+}
+
+/// Starts recording the streams `--record` names once this node packages them.
+fn record_automatically(
+    recordings: cascade_roles::packager::recording::Recordings,
+    cluster: Cluster,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            recordings.record_automatic(&cluster.packaged_here()).await;
+        }
+    });
 }
 
 /// Hands each node connection to the service its ALPN names.

@@ -97,4 +97,10 @@ pub enum RoleError {
     /// The media relay to another node failed.
     #[error("relay: {0}")]
     Relay(String),
+    /// A recording cannot be started or stopped as asked (one is already running, none is).
+    #[error("recording: {0}")]
+    RecordingConflict(String),
+    /// A recording could not be written to disk.
+    #[error("recording storage: {0}")]
+    RecordingStorage(String),
 }

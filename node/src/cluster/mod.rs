@@ -579,6 +579,32 @@ impl Cluster {
         }
     }
 
+    /// The HTTP address of `stream`'s active packager (where its recordings are made).
+    pub fn packager_http(&self, stream: &StreamId) -> Option<SocketAddr> {
+        let state = self.state();
+        let (active, _) = Duty::Packager.of(&state, stream.as_str());
+        active
+            .or_else(|| state.placements.get(stream.as_str()).copied())
+            .and_then(|n| state.nodes.get(&n).map(|n| n.http_addr))
+    }
+
+    /// Streams this node is the active packager of (or the origin of, before the leader
+    /// assigned a packager): where automatic recordings run. A standby records nothing.
+    pub fn packaged_here(&self) -> Vec<StreamId> {
+        let state = self.state();
+        state
+            .placements
+            .iter()
+            .filter(
+                |(stream, origin)| match Duty::Packager.of(&state, stream).0 {
+                    Some(active) => active == self.inner.id,
+                    None => **origin == self.inner.id,
+                },
+            )
+            .filter_map(|(stream, _)| StreamId::parse(stream).ok())
+            .collect()
+    }
+
     /// The standby packager of `stream` when it is another node (kept warm by requests).
     pub fn standby_packager(&self, stream: &StreamId) -> Option<SocketAddr> {
         let state = self.state();

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod hls;
 pub mod metrics;
 pub mod page;
+pub mod recordings;
 mod sdp_exchange;
 pub mod snapshot;
 pub mod tls;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub transcoders: Option<cascade_roles::transcoder::Transcoders>,
     /// LL-HLS of the streams published here, packaged on demand.
     pub packagers: cascade_roles::packager::Packagers,
+    /// The recordings this node makes and holds.
+    pub recordings: cascade_roles::packager::recording::Recordings,
     /// The HLS cache of this node as an edge, fetching from packagers on other nodes.
     pub hls_edge: Arc<hls::edge::HlsEdge>,
     /// Which transcoder on another node feeds each rendition of this node's streams.
@@ -96,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(snapshot::routes())
         .merge(hls::routes())
+        .merge(recordings::routes())
         .merge(cluster::routes())
         .merge(metrics::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -190,7 +194,9 @@ impl ApiError {
             RoleError::SessionNotFound { .. } => (StatusCode::NOT_FOUND, "unknown_session"),
             RoleError::NotSessionOwner { .. } => (StatusCode::FORBIDDEN, "not_session_owner"),
             RoleError::Overloaded(overload) => (StatusCode::SERVICE_UNAVAILABLE, overload.label()),
+            RoleError::RecordingConflict(_) => (StatusCode::CONFLICT, "recording_conflict"),
             RoleError::Unavailable(_)
+            | RoleError::RecordingStorage(_)
             | RoleError::Bind { .. }
             | RoleError::Trust(_)
             | RoleError::Relay(_)

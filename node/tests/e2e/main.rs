@@ -22,6 +22,7 @@ mod loadtest;
 mod publisher_reconnect;
 mod publisher_return;
 mod publisher_takeover;
+mod recording;
 mod restream;
 mod rtmp_ingest;
 mod rtsp_pull;

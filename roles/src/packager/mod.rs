@@ -15,6 +15,8 @@
 //! each rendition to the active packager's before its first frame (an [`Aligner`] asks the
 //! active one), so that both serve the same numbers and bytes.
 
+pub mod recording;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
