@@ -4,7 +4,7 @@
 #                                     (the transcoder links it) and plugins (decoders, x264, Opus,
 #                                     AAC), the trusted roots RTMPS restreams check against, and
 #                                     hls.js (npm) for the watch page's LL-HLS fallback
-#   scripts/install-deps.sh test   -> FFmpeg, GStreamer (and its RTSP server, the tests' camera), stunnel (RTMPS), Chromium, OpenSSL, curl, iproute2, nftables and
+#   scripts/install-deps.sh test   -> FFmpeg, GStreamer (and its RTSP server, the tests' camera), stunnel (RTMPS), Chromium, OpenSSL, curl, iproute2, nftables, promtool (prometheus: the alert rules' tests; its service is not started by the tests) and
 #                                     aiortc and m3u8 (PyPI, in .venv-interop) for the test suite
 set -euo pipefail
 mode=${1:-test}
@@ -13,7 +13,7 @@ packages=(pkg-config ca-certificates curl openssl libgstreamer1.0-dev libgstream
           gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 if [ "$mode" = test ]; then
   packages+=(ffmpeg chromium chromium-driver gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi stunnel4
-             openssl curl iproute2 nftables python3 python3-venv)
+             openssl curl iproute2 nftables python3 python3-venv prometheus)
 fi
 missing=()
 for p in "${packages[@]}"; do

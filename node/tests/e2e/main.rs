@@ -9,6 +9,7 @@ mod bad_input;
 mod browser_page;
 mod cluster;
 mod config_samples;
+mod dashboards;
 mod handshake_timeout;
 mod hls;
 mod hls_edge;

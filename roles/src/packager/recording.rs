@@ -189,6 +189,8 @@ impl Recordings {
         automatic: Vec<String>,
     ) -> Result<Self, RoleError> {
         std::fs::create_dir_all(&dir).map_err(|e| storage(&dir, &e))?;
+        metrics::gauge!("cascade_recordings_active").set(0.0);
+        metrics::counter!("cascade_recording_write_errors_total").increment(0);
         let recordings = Recordings {
             inner: Arc::new(Inner {
                 dir,

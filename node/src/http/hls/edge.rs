@@ -94,6 +94,14 @@ impl HlsEdge {
             suspects: Mutex::default(),
             warmed: Mutex::default(),
         });
+        // Listed from the start (at zero), so that dashboards and alerts find them.
+        for served in [Served::Hit, Served::Collapsed, Served::Fetched] {
+            metrics::counter!("cascade_hls_edge_requests_total", "result" => served.label())
+                .increment(0);
+        }
+        metrics::counter!("cascade_hls_edge_upstream_fetches_total").increment(0);
+        metrics::counter!("cascade_hls_edge_upstream_failures_total").increment(0);
+        metrics::counter!("cascade_hls_upstream_requests_total", "status" => "200").increment(0);
         let weak = Arc::downgrade(&edge);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
