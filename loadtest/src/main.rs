@@ -6,12 +6,15 @@
 //! - `webrtc`: N real WebRTC viewers sharded over worker threads ([`worker`], [`viewer`]),
 //!   ramped and churned phase by phase ([`scenario`], [`coordinator`]), reported as a table
 //!   and JSON with SLO gates ([`report`]).
+//! - `hls`: N LL-HLS players doing blocking reloads and part fetches ([`hls`]), with the same
+//!   report and gates.
 //!
 //! Exit codes: 0 when the run measured what it should, 1 on a usage error or when no viewer
 //! (or publisher) ever got media, 2 when an SLO gate was missed.
 
 mod coordinator;
 mod figures;
+mod hls;
 mod marker;
 mod peer;
 mod poller;
@@ -60,6 +63,47 @@ enum Command {
     Publish(PublishArgs),
     /// Run N WebRTC viewers over WHEP and report what they saw.
     Webrtc(WebrtcArgs),
+    /// Run N LL-HLS players (blocking reloads, part fetches) and report what they saw.
+    Hls(HlsArgs),
+}
+
+#[derive(Debug, Args)]
+struct HlsArgs {
+    /// A multivariant or media playlist, e.g. http://127.0.0.1:8080/hls/show/index.m3u8.
+    #[arg(long, env = "CASCADE_LOADTEST_URL")]
+    url: String,
+    /// Players to run.
+    #[arg(long, env = "CASCADE_LOADTEST_VIEWERS", default_value_t = 1)]
+    players: usize,
+    /// New players per second while ramping up.
+    #[arg(long, env = "CASCADE_LOADTEST_RAMP", default_value_t = 50.0)]
+    ramp: f64,
+    /// How long each player plays.
+    #[arg(long, env = "CASCADE_LOADTEST_DURATION", default_value = "60s", value_parser = duration_arg)]
+    duration: Duration,
+    /// A wait between two parts longer than this counts as a stall (a player with
+    /// PART-HOLD-BACK of buffer runs dry).
+    #[arg(long, default_value = "1s", value_parser = duration_arg)]
+    stall_after: Duration,
+    /// Bearer token sent with every request.
+    #[arg(long, env = "CASCADE_LOADTEST_TOKEN")]
+    token: Option<String>,
+    /// Write every figure as JSON to this file.
+    #[arg(long, env = "CASCADE_LOADTEST_REPORT")]
+    report: Option<PathBuf>,
+    /// SLO gate: exit 2 if p95 glass-to-glass latency (capture marker to part arrival)
+    /// exceeds this (ms).
+    #[arg(long)]
+    max_p95_latency_ms: Option<f64>,
+    /// SLO gate: exit 2 if parts missed exceed this (%).
+    #[arg(long)]
+    max_loss_pct: Option<f64>,
+    /// SLO gate: exit 2 if p95 join time exceeds this (ms).
+    #[arg(long)]
+    max_join_p95_ms: Option<f64>,
+    /// SLO gate: exit 2 if more requests than this failed.
+    #[arg(long)]
+    max_failed_sessions: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +252,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Publish(args) => publish(args).await,
             Command::Webrtc(args) => webrtc(args).await,
+            Command::Hls(args) => hls_players(args).await,
         }
     });
     match result {
@@ -320,6 +365,68 @@ async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
     }
     Ok(if report.sessions_joined == 0 {
         eprintln!("cascade-loadtest: no viewer received media; see the failures above");
+        ExitCode::from(1)
+    } else if !report.gates_missed.is_empty() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn hls_players(args: HlsArgs) -> Result<ExitCode, LoadtestError> {
+    if args.players == 0 || args.ramp <= 0.0 {
+        return Err(LoadtestError::Config(
+            "--players must be at least 1 and --ramp above 0".into(),
+        ));
+    }
+    figures::run_started();
+    let settings = hls::PlayerSettings {
+        url: args.url.clone(),
+        token: args.token.clone(),
+        length: args.duration,
+        stall_after: args.stall_after,
+    };
+    let started = std::time::Instant::now();
+    let mut players = tokio::task::JoinSet::new();
+    for i in 0..args.players {
+        let at = Duration::from_secs_f64(i as f64 / args.ramp);
+        let settings = settings.clone();
+        players.spawn(async move {
+            tokio::time::sleep(at).await;
+            let mut totals = figures::Totals::default();
+            let mut player = hls::PlayerFigures::default();
+            hls::play(&settings, &mut totals, &mut player).await;
+            (totals, player)
+        });
+    }
+    let mut totals = figures::Totals::default();
+    let mut requests = 0;
+    let mut pdt_latency_us = Vec::new();
+    while let Some(done) = players.join_next().await {
+        let (t, player) = done.map_err(|e| LoadtestError::Report(e.to_string()))?;
+        totals.merge(&t);
+        requests += player.requests;
+        pdt_latency_us.extend(player.pdt_latency_us);
+    }
+    let elapsed = started.elapsed();
+    let mut report = report::Report::new(&args.url, args.players, elapsed, 1, &totals);
+    report.hls = Some(report::HlsFigures::new(requests, elapsed, &pdt_latency_us));
+    let gates = report::Gates {
+        max_p95_latency_ms: args.max_p95_latency_ms,
+        max_loss_pct: args.max_loss_pct,
+        max_join_p95_ms: args.max_join_p95_ms,
+        max_failed_sessions: args.max_failed_sessions,
+    };
+    report.gates_missed = gates.missed(&report);
+    print!("{}", report.table());
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| LoadtestError::Report(e.to_string()))?;
+        std::fs::write(path, json)
+            .map_err(|e| LoadtestError::Report(format!("{}: {e}", path.display())))?;
+    }
+    Ok(if report.sessions_joined == 0 {
+        eprintln!("cascade-loadtest: no player received a part; see the failures above");
         ExitCode::from(1)
     } else if !report.gates_missed.is_empty() {
         ExitCode::from(2)

@@ -63,6 +63,38 @@ pub fn read(access_unit: &[u8]) -> Option<Marker> {
     sei::find_user_data(access_unit, &MARKER_UUID).and_then(|data| Marker::from_bytes(&data))
 }
 
+/// Every marker in `bytes`, however its NAL units are framed (a CMAF part's length-prefixed
+/// samples as well as Annex B): each marker UUID found, with the 16 bytes after it once
+/// emulation prevention is undone.
+pub fn read_all(bytes: &[u8]) -> Vec<Marker> {
+    let mut markers = Vec::new();
+    let mut from = 0;
+    while let Some(at) = bytes[from..]
+        .windows(MARKER_UUID.len())
+        .position(|w| w == MARKER_UUID)
+    {
+        let start = from + at + MARKER_UUID.len();
+        let mut payload = Vec::with_capacity(16);
+        let mut zeros = 0;
+        for &b in bytes.iter().skip(start) {
+            if payload.len() == 16 {
+                break;
+            }
+            if zeros >= 2 && b == 3 {
+                zeros = 0;
+                continue;
+            }
+            zeros = if b == 0 { zeros + 1 } else { 0 };
+            payload.push(b);
+        }
+        if let Some(marker) = Marker::from_bytes(&payload) {
+            markers.push(marker);
+        }
+        from = start;
+    }
+    markers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +115,24 @@ mod tests {
         assert_eq!(nals[0], &[0x09, 0xf0], "the delimiter stays first");
         assert_eq!(nal_type(nals[1]), Some(6), "then the marker SEI");
         assert_eq!(&nals[2..], &[&[0x65, 0x88, 0x84][..], &[0x65, 0x00, 0x42]]);
+    }
+
+    #[test]
+    fn markers_are_found_in_length_prefixed_samples_with_emulation_prevention_undone() {
+        let marker = Marker {
+            captured_unix_us: 1_795_000_000_000_001,
+            frame: 0x0000_0100_0000_0001,
+        };
+        let stamped = stamp(&[0, 0, 0, 1, 0x65, 0x88], marker);
+        // As in an mdat: each NAL unit after a 4-byte length instead of a start code.
+        let mut sample = Vec::new();
+        for nal in nal_units(&stamped) {
+            sample.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+            sample.extend_from_slice(nal);
+        }
+        sample.extend_from_slice(&sample.clone());
+        assert_eq!(read_all(&sample), vec![marker, marker]);
+        assert!(read_all(&[0, 0, 0, 1, 0x65]).is_empty());
     }
 
     #[test]

@@ -71,6 +71,35 @@ pub struct Report {
     pub plis_sent: u64,
     /// SLO gates that were missed (empty when all passed or none were set).
     pub gates_missed: Vec<String>,
+    /// The HLS mode's own figures (its "frames" are parts, its "freezes" stalls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hls: Option<HlsFigures>,
+}
+
+/// What only the HLS mode measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct HlsFigures {
+    /// Every request sent: playlists, init segments, parts.
+    pub requests: u64,
+    pub requests_per_sec: f64,
+    /// From the program date time of a part's end to the part's arrival: what the packager,
+    /// the edges and the network add, measured for any source.
+    pub part_latency: Distribution,
+}
+
+impl HlsFigures {
+    pub fn new(requests: u64, elapsed: Duration, part_latency_us: &[u64]) -> HlsFigures {
+        let mut histogram = Totals::default().latency_us;
+        for &us in part_latency_us {
+            Totals::record(&mut histogram, us);
+        }
+        HlsFigures {
+            requests,
+            requests_per_sec: (requests as f64 / elapsed.as_secs_f64().max(1e-3) * 10.0).round()
+                / 10.0,
+            part_latency: Distribution::of(&histogram),
+        }
+    }
 }
 
 impl Report {
@@ -129,6 +158,7 @@ impl Report {
             nacks_sent: t.nacks_sent,
             plis_sent: t.plis_sent,
             gates_missed: Vec::new(),
+            hls: None,
         }
     }
 
@@ -166,8 +196,20 @@ impl Report {
         for (reason, count) in &self.failures {
             out += &format!("  failed {reason}: {count}\n");
         }
+        let unit = if self.hls.is_some() {
+            "parts"
+        } else {
+            "frames"
+        };
+        if let Some(hls) = &self.hls {
+            out += &dist("part end to arrival", &hls.part_latency);
+            out += &format!(
+                "requests: {} ({:.1}/s)\n",
+                hls.requests, hls.requests_per_sec
+            );
+        }
         out += &format!(
-            "frames: {} expected, {} received, loss {:.2}%\n",
+            "{unit}: {} expected, {} received, loss {:.2}%\n",
             self.frames_expected, self.frames_received, self.frame_loss_pct
         );
         if let Some(loss) = self.counted_packet_loss_pct {
@@ -177,7 +219,12 @@ impl Report {
             );
         }
         out += &format!(
-            "freezes: {} ({:.2} s in total); bitrate per viewer {:.1} kbit/s; NACKs {}, PLIs {}\n",
+            "{}: {} ({:.2} s in total); bitrate per viewer {:.1} kbit/s; NACKs {}, PLIs {}\n",
+            if self.hls.is_some() {
+                "stalls"
+            } else {
+                "freezes"
+            },
             self.freezes,
             self.freeze_total_secs,
             self.bitrate_per_viewer_kbps,

@@ -40,6 +40,59 @@ async fn fifty_viewers_join_and_receive_the_frames_with_latency_and_join_figures
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_ll_hls_players_get_every_part_at_the_live_edge_with_latency_figures() {
+    let node = Node::start(&["--ladder", "none"]).await;
+    let _publisher = live_stream(&node, "hlsload", &["--source", "synthetic"]).await;
+    let (code, report, output) = loadtest::hls(
+        &node.url("/hls/hlsload/index.m3u8"),
+        &["--players", "30", "--ramp", "15", "--duration", "15s"],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(report["sessions_joined"], 30, "{stdout}");
+    assert_eq!(report["failed_sessions"], 0, "{stdout}");
+    assert_eq!(report["freezes"], 0, "no stalls: {stdout}");
+    // About 3 parts a second for about 14 s, every one of them.
+    let received = report["frames_received"].as_f64().unwrap();
+    assert!(received >= 30.0 * 3.0 * 12.0, "{stdout}");
+    assert_eq!(
+        report["frames_expected"], report["frames_received"],
+        "{stdout}"
+    );
+    // The publisher's capture-time markers come through the packager: latency at the live
+    // edge is measured, and is plausible for loopback.
+    let p50 = report["latency"]["p50_ms"]
+        .as_f64()
+        .expect("latency measured");
+    assert!(p50 > 0.0 && p50 < 1000.0, "{stdout}");
+    assert!(report["hls"]["part_latency"]["samples"].as_u64().unwrap() > 100);
+    assert!(
+        report["hls"]["requests_per_sec"].as_f64().unwrap() > 30.0 * 4.0,
+        "{stdout}"
+    );
+
+    // A gate it misses makes the exit code 2.
+    let (code, _, output) = loadtest::hls(
+        &node.url("/hls/hlsload/index.m3u8"),
+        &[
+            "--players",
+            "2",
+            "--duration",
+            "3s",
+            "--max-p95-latency-ms",
+            "0.001",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{}", String::from_utf8_lossy(&output.stdout));
+    let (code, _, _) =
+        loadtest::hls(&node.url("/hls/nobody/index.m3u8"), &["--duration", "2s"]).await;
+    assert_eq!(code, 1, "no player got a part");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_sampling_mode_the_report_says_so_and_counted_viewers_see_every_packet() {
     let node = Node::start(&[]).await;
     let _publisher = live_stream(&node, "sampled", &[]).await;

@@ -72,6 +72,17 @@ fn log_filter() -> String {
 /// Runs `cascade-loadtest webrtc` to completion; returns its exit code, its JSON report (if
 /// it wrote one) and its output.
 pub async fn webrtc(url: &str, local_ip: &str, extra: &[&str]) -> (i32, serde_json::Value, Output) {
+    let mut args = vec!["--local-ip", local_ip];
+    args.extend_from_slice(extra);
+    run("webrtc", url, &args).await
+}
+
+/// Runs `cascade-loadtest hls` to completion, as [`webrtc`] does.
+pub async fn hls(url: &str, extra: &[&str]) -> (i32, serde_json::Value, Output) {
+    run("hls", url, extra).await
+}
+
+async fn run(mode: &str, url: &str, extra: &[&str]) -> (i32, serde_json::Value, Output) {
     let report = std::env::temp_dir().join(format!(
         "cascade-loadtest-report-{}-{}.json",
         std::process::id(),
@@ -79,7 +90,7 @@ pub async fn webrtc(url: &str, local_ip: &str, extra: &[&str]) -> (i32, serde_js
     ));
     let mut command = tokio::process::Command::new(binary());
     command
-        .args(["webrtc", "--url", url, "--local-ip", local_ip, "--report"])
+        .args([mode, "--url", url, "--report"])
         .arg(&report)
         .args(extra)
         .env("RUST_LOG", log_filter())
