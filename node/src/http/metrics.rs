@@ -64,12 +64,8 @@ pub fn describe() {
         "UDP datagrams dropped on arrival, by reason."
     );
     describe_cluster();
+    describe_hls();
     describe_transcoder();
-    metrics::describe_gauge!(
-        "cascade_hls_playlist_age_seconds",
-        metrics::Unit::Seconds,
-        "LL-HLS freshness per stream: now minus the arrival of the newest part's first frame (0 when not packaged)."
-    );
     metrics::describe_counter!(
         "cascade_abr_switches_total",
         "Rendition switches of adaptive WebRTC viewers (at group boundaries)."
@@ -98,6 +94,41 @@ fn describe_transcoder() {
         "cascade_transcoder_latency_seconds",
         metrics::Unit::Seconds,
         "From a source video frame handed to the transcoder to its rendition frame back, per track name."
+    );
+}
+
+fn describe_hls() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "cascade_hls_playlist_age_seconds",
+        metrics::Unit::Seconds,
+        "Now minus the arrival of the newest LL-HLS part's first frame, per stream packaged here (0 once no longer packaged)."
+    );
+    describe_histogram!(
+        "cascade_hls_part_listing_delay_seconds",
+        metrics::Unit::Seconds,
+        "From the arrival of a part's last frame at the packager to the part being listed (it closes when the next frame comes)."
+    );
+    describe_counter!(
+        "cascade_hls_edge_requests_total",
+        "HLS requests this node answered as an edge, by result: hit (cache), collapsed (waited on another request's fetch), fetched."
+    );
+    describe_counter!(
+        "cascade_hls_edge_upstream_fetches_total",
+        "HLS fetches this edge sent to packagers over QUIC (one per object, however many players asked)."
+    );
+    describe_counter!(
+        "cascade_hls_edge_upstream_failures_total",
+        "HLS fetches from a packager that failed (silent connection, no answer); the next packager is tried."
+    );
+    describe_counter!(
+        "cascade_hls_upstream_requests_total",
+        "HLS fetches other nodes' edges sent to this packager, by status."
+    );
+    describe_gauge!("cascade_recordings_active", "Recordings being written on this node.");
+    describe_counter!(
+        "cascade_recording_write_errors_total",
+        "Recorded segments that could not be written (disk full, permissions)."
     );
 }
 

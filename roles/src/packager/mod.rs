@@ -325,7 +325,11 @@ async fn feed(
         anchor = Some(active.segment_start);
     }
     let mut last_seq: Option<u64> = None;
+    // When the frame before this one came: the last frame of a part this frame closes.
+    let mut previous_at: Option<Instant> = None;
+    let listing_delay = metrics::histogram!("cascade_hls_part_listing_delay_seconds");
     while let Some(((), frame)) = frames.recv().await {
+        let received_at = Instant::now();
         let Some(rendition) = rendition.upgrade() else {
             return;
         };
@@ -360,12 +364,16 @@ async fn feed(
         match change {
             Ok(cascade_protocol::hls::packager::Change::Published) => {
                 rendition.version.send_modify(|v| *v += 1);
+                if let Some(previous) = previous_at {
+                    listing_delay.record(previous.elapsed().as_secs_f64());
+                }
             }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(rendition = %rendition.name, error = %e, "a frame could not be packaged");
             }
         }
+        previous_at = Some(received_at);
     }
 }
 
