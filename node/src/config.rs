@@ -101,6 +101,22 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_SRT_LATENCY", value_name = "DURATION")]
     pub srt_latency: Option<String>,
 
+    /// LL-HLS segment target: segments end at the first keyframe once this long (whole
+    /// groups) [default: 2s].
+    #[arg(long, env = "CASCADE_HLS_SEGMENT", value_name = "DURATION")]
+    pub hls_segment: Option<String>,
+
+    /// LL-HLS part target, 200ms to 2s: shorter parts lower the latency and raise the
+    /// request rate [default: a third of a second].
+    #[arg(long, env = "CASCADE_HLS_PART", value_name = "DURATION")]
+    pub hls_part: Option<String>,
+
+    /// How much of a live stream its playlists keep; longer than a minute makes a DVR
+    /// window, held in the packager's memory (about 1 MB per Mbit/s per 8 s per rendition)
+    /// [default: 60s].
+    #[arg(long, env = "CASCADE_HLS_WINDOW", value_name = "DURATION")]
+    pub hls_window: Option<String>,
+
     /// The transcoder's video ladder: `none`, or rungs `HEIGHTp:KBPS[:FPS]` separated by
     /// commas, e.g. 720p:2500,360p:800,180p:250. Rungs at or above a WebRTC-safe source's
     /// height are skipped. Without a ladder the transcoder still makes what WebRTC viewers
@@ -263,6 +279,8 @@ pub struct NodeConfig {
     pub srt_addr: SocketAddr,
     /// See [`RunOptions::srt_latency`].
     pub srt_latency: Duration,
+    /// How LL-HLS is cut and how much is kept (`--hls-segment`, `--hls-part`, `--hls-window`).
+    pub hls: cascade_protocol::hls::packager::PackagerConfig,
     /// See [`RunOptions::ladder`].
     pub ladder: Vec<cascade_protocol::transcode::Rung>,
     /// Streams recorded whenever live: names or `prefix*` (`--record`, `[streams.NAME]
@@ -426,6 +444,11 @@ impl NodeConfig {
                 .or(file.srt_addr)
                 .unwrap_or_else(|| on_http_ip(DEFAULT_SRT_PORT)),
             srt_latency,
+            hls: hls_config(
+                cli.hls_segment.or(file.hls_segment),
+                cli.hls_part.or(file.hls_part),
+                cli.hls_window.or(file.hls_window),
+            )?,
             ladder: parse_ladder(cli.ladder.or(file.ladder).as_deref())?,
             record,
             stream_ladders,
@@ -549,6 +572,29 @@ fn duration(
 ) -> Result<Duration, NodeError> {
     parse_duration(value.as_deref().unwrap_or(default)).map_err(|e| NodeError::Config {
         key,
+        message: e.to_string(),
+    })
+}
+
+/// `--hls-segment`, `--hls-part` and `--hls-window` together, checked.
+fn hls_config(
+    segment: Option<String>,
+    part: Option<String>,
+    window: Option<String>,
+) -> Result<cascade_protocol::hls::packager::PackagerConfig, NodeError> {
+    use cascade_protocol::hls::packager::PackagerConfig;
+    let defaults = PackagerConfig::default();
+    let seconds = |key, value: Option<String>, default: f64| match value {
+        Some(text) => duration(key, Some(text), "0s").map(|d| d.as_secs_f64()),
+        None => Ok(default),
+    };
+    PackagerConfig::checked(
+        seconds("hls-segment", segment, defaults.segment_target)?,
+        seconds("hls-part", part, defaults.part_target)?,
+        seconds("hls-window", window, defaults.window)?,
+    )
+    .map_err(|e| NodeError::Config {
+        key: "hls",
         message: e.to_string(),
     })
 }
@@ -731,6 +777,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("http-adr"), "{err}");
+    }
+
+    #[test]
+    fn hls_timing_and_recording_come_from_flags_and_the_file_and_bad_timing_is_refused() {
+        let options: RunOptions = toml::from_str(
+            "hls-part = \"200ms\"\nhls-segment = \"1s\"\nhls-window = \"2h\"\nrecord = \"cam-*\"\n[streams.show]\nrecord = true\n",
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(options).unwrap();
+        assert_eq!(
+            (
+                config.hls.part_target,
+                config.hls.segment_target,
+                config.hls.window
+            ),
+            (0.2, 1.0, 7200.0)
+        );
+        assert_eq!(config.record, vec!["cam-*".to_owned(), "show".to_owned()]);
+        let defaults = NodeConfig::resolve(RunOptions::default()).unwrap();
+        assert_eq!(
+            defaults.hls,
+            cascade_protocol::hls::packager::PackagerConfig::default()
+        );
+        assert!(defaults.record.is_empty());
+        let cli = RunOptions {
+            hls_part: Some("100ms".into()),
+            ..Default::default()
+        };
+        let err = NodeConfig::resolve(cli).unwrap_err().to_string();
+        assert!(err.contains("hls") && err.contains("0.2 to 2 s"), "{err}");
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             cluster: cluster.clone(),
             edge: hls_edge.clone(),
         })),
-        cascade_protocol::hls::packager::PackagerConfig::default(),
+        config.hls,
     );
     let recordings = cascade_roles::packager::recording::Recordings::open(
         config.data_dir.join("recordings"),

@@ -11,6 +11,9 @@ pub enum ProtocolError {
     #[error("malformed H.264 SPS: {0}")]
     MalformedSps(&'static str),
 
+    /// LL-HLS segment, part or window lengths that do not fit together (`hls::packager`).
+    #[error("HLS timing: {0}")]
+    InvalidHlsTiming(String),
     /// A CMAF track or fragment could not be made (`hls::cmaf`).
     #[error("CMAF: {0}")]
     Cmaf(&'static str),

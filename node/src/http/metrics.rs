@@ -125,7 +125,10 @@ fn describe_hls() {
         "cascade_hls_upstream_requests_total",
         "HLS fetches other nodes' edges sent to this packager, by status."
     );
-    describe_gauge!("cascade_recordings_active", "Recordings being written on this node.");
+    describe_gauge!(
+        "cascade_recordings_active",
+        "Recordings being written on this node."
+    );
     describe_counter!(
         "cascade_recording_write_errors_total",
         "Recorded segments that could not be written (disk full, permissions)."

@@ -47,6 +47,41 @@ impl Default for PackagerConfig {
     }
 }
 
+impl PackagerConfig {
+    /// A configuration from seconds, checked: parts of 0.2 to 2 s (players block for the
+    /// next part, so shorter parts mean lower latency and more requests), segments at least
+    /// three parts long, and a window of at least three segments (players start three
+    /// segments from the end). A window much longer than a minute is a DVR window, held in
+    /// memory.
+    pub fn checked(
+        segment_target: f64,
+        part_target: f64,
+        window: f64,
+    ) -> Result<PackagerConfig, ProtocolError> {
+        let fail = |m: String| Err(ProtocolError::InvalidHlsTiming(m));
+        if !(0.2..=2.0).contains(&part_target) {
+            return fail(format!(
+                "the part target must be 0.2 to 2 s, not {part_target} s"
+            ));
+        }
+        if segment_target < 3.0 * part_target - 1e-9 {
+            return fail(format!(
+                "a segment ({segment_target} s) must be at least three parts ({part_target} s) long"
+            ));
+        }
+        if window < 3.0 * segment_target - 1e-9 {
+            return fail(format!(
+                "the window ({window} s) must hold at least three segments ({segment_target} s)"
+            ));
+        }
+        Ok(PackagerConfig {
+            segment_target,
+            part_target,
+            window,
+        })
+    }
+}
+
 /// One frame as the packager takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -545,6 +580,32 @@ mod tests {
         feed(&mut late, 30 * 6, 30 * 3, 30);
         assert_eq!(late.playlist().segments[0].msn, 3);
         assert_eq!(late.segment(3), active.segment(3));
+    }
+
+    #[test]
+    fn timings_that_do_not_fit_together_are_refused_with_the_reason() {
+        assert_eq!(
+            PackagerConfig::checked(2.0, 1.0 / 3.0, 60.0),
+            Ok(PackagerConfig::default())
+        );
+        assert!(
+            PackagerConfig::checked(1.0, 0.2, 7200.0).is_ok(),
+            "short parts, a DVR window"
+        );
+        for (segment, part, window) in [
+            (2.0, 0.1, 60.0),
+            (2.0, 3.0, 60.0),
+            (1.0, 0.5, 60.0),
+            (4.0, 0.5, 10.0),
+        ] {
+            assert!(
+                matches!(
+                    PackagerConfig::checked(segment, part, window),
+                    Err(ProtocolError::InvalidHlsTiming(_))
+                ),
+                "{segment} {part} {window}"
+            );
+        }
     }
 
     #[test]

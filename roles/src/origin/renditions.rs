@@ -1,5 +1,5 @@
 //! An origin's renditions: it tells the cluster which of its streams need renditions (the
-//! leader then assigns their transcoders, `plan_transcoders`), and for each whose transcoders
+//! leader then assigns their transcoders, `plan_duty`), and for each whose transcoders
 //! (active and standby) run on other nodes, it pulls their renditions into its broadcast
 //! (`relay::renditions`), so that edges and viewers find them beside the source. It runs on
 //! every node, whatever roles it may hold: an origin that may not transcode is exactly the
