@@ -1,11 +1,13 @@
 //! Edges shield the packager: players ask any node for `/hls/…`; a node that does not
 //! package the stream fetches from the node that does, over QUIC, once per object however
-//! many players ask at once, and moves to the standby packager when the active one dies.
+//! many players ask at once, and moves to the standby packager when the active one dies
+//! (an LL-HLS player and the load tester's players see no stall as long as a segment).
 
 use std::time::Duration;
 
 use crate::support::encoder::{Encoder, b_frame_pattern};
 use crate::support::hls_player;
+use crate::support::loadtest;
 use crate::support::node::Node;
 use crate::support::wait_for;
 
@@ -226,9 +228,32 @@ async fn a_player_at_an_edge_keeps_playing_through_sigkill_of_the_active_package
 
     let url = edge.url("/hls/resilient/source/index.m3u8");
     let player = tokio::spawn(async move { hls_player::play(&url, Duration::from_secs(16)).await });
+    // And the load tester's players, which call a wait over one segment (2 s) a stall.
+    let multivariant_url = edge.url("/hls/resilient/index.m3u8");
+    let crowd = tokio::spawn(async move {
+        loadtest::hls(
+            &multivariant_url,
+            &["--players", "5", "--duration", "16s", "--stall-after", "2s"],
+        )
+        .await
+    });
     tokio::time::sleep(Duration::from_secs(6)).await;
     packager_nodes[active_index].kill();
     let played = player.await.unwrap();
+    let (code, report, output) = crowd.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(report["sessions_joined"], 5, "{stdout}");
+    assert_eq!(
+        report["freezes"], 0,
+        "no load-tester player stalled: {stdout}"
+    );
+    assert_eq!(report["failed_sessions"], 0, "no request failed: {stdout}");
+    assert_eq!(
+        report["frames_expected"], report["frames_received"],
+        "{stdout}"
+    );
 
     let gap = played.longest_gap();
     println!(
