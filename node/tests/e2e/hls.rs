@@ -71,6 +71,12 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
             && text.contains("AUDIO=\"aac\""),
         "the AAC rendition is every variant's audio: {text}"
     );
+    assert!(
+        text.contains("GROUP-ID=\"opus\"")
+            && text.contains(",opus\"")
+            && text.contains("AUDIO=\"opus\""),
+        "each variant again with Opus: {text}"
+    );
 
     // FFmpeg reads each rendition as an ordinary live HLS stream: ten seconds decode
     // without an error, at the rendition's size.
@@ -87,6 +93,11 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
     .collect();
     let audio = ten_seconds_of(
         &node.url("/hls/show/aac/index.m3u8"),
+        "a:0",
+        "codec_name,sample_rate",
+    );
+    let opus = ten_seconds_of(
+        &node.url("/hls/show/opus/index.m3u8"),
         "a:0",
         "codec_name,sample_rate",
     );
@@ -130,6 +141,26 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
     assert!(
         frames >= 400,
         "aac: {frames} frames decoded in 10 s (43 a second)"
+    );
+    // The transcoder's Opus (made for WebRTC viewers) is an audio rendition too, for players
+    // that take Opus in fMP4.
+    let output = opus.wait_with_output().unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && errors.trim().is_empty(),
+        "opus: {errors}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let (codec_rate, frames) = line.rsplit_once(',').expect("codec,rate,frames");
+    assert_eq!(codec_rate, "opus,48000", "{line}");
+    let frames: u32 = frames.parse().unwrap();
+    assert!(
+        frames >= 480,
+        "opus: {frames} frames decoded in 10 s (50 a second)"
     );
 
     // Blocking reload: ask for the part after the newest; the answer comes once it exists.

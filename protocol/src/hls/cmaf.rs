@@ -81,6 +81,19 @@ pub struct AacTrack {
     pub config: Vec<u8>,
 }
 
+/// An Opus track's parameters (RFC 7845's identification header, as `dOps` carries it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpusTrack {
+    /// The track id in the file.
+    pub track_id: u32,
+    /// Ticks per second of the timestamps (48 kHz, Opus's clock).
+    pub timescale: u32,
+    /// Channels (1 or 2: mapping family 0).
+    pub channels: u8,
+    /// Samples at 48 kHz the decoder drops at the start (the encoder's look-ahead).
+    pub pre_skip: u16,
+}
+
 /// A track of a CMAF file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Track {
@@ -88,6 +101,8 @@ pub enum Track {
     H264(H264Track),
     /// AAC audio: samples are raw AAC frames, as they are.
     Aac(AacTrack),
+    /// Opus audio: samples are Opus packets, as they are.
+    Opus(OpusTrack),
 }
 
 impl Track {
@@ -95,6 +110,7 @@ impl Track {
         match self {
             Track::H264(t) => t.track_id,
             Track::Aac(t) => t.track_id,
+            Track::Opus(t) => t.track_id,
         }
     }
 
@@ -102,6 +118,7 @@ impl Track {
         match self {
             Track::H264(t) => t.timescale,
             Track::Aac(t) => t.timescale,
+            Track::Opus(t) => t.timescale,
         }
     }
 }
@@ -129,6 +146,7 @@ pub fn init_segment(track: &Track) -> Result<Vec<u8>, ProtocolError> {
     let (codec, handler, width, height) = match track {
         Track::H264(video) => (Codec::Avc1(avc1(video)), b"vide", video.width, video.height),
         Track::Aac(audio) => (Codec::Mp4a(mp4a(audio)), b"soun", 0, 0),
+        Track::Opus(audio) => (Codec::Opus(opus(audio)), b"soun", 0, 0),
     };
     let video = matches!(track, Track::H264(_));
     let moov = Moov {
@@ -198,6 +216,25 @@ pub fn init_segment(track: &Track) -> Result<Vec<u8>, ProtocolError> {
     ftyp.encode(&mut out).map_err(encoding)?;
     moov.encode(&mut out).map_err(encoding)?;
     Ok(out)
+}
+
+fn opus(track: &OpusTrack) -> mp4_atom::Opus {
+    mp4_atom::Opus {
+        audio: Audio {
+            data_reference_index: 1,
+            channel_count: u16::from(track.channels),
+            sample_size: 16,
+            sample_rate: 48_000u16.into(),
+        },
+        dops: mp4_atom::Dops {
+            output_channel_count: track.channels,
+            pre_skip: track.pre_skip,
+            input_sample_rate: 48_000,
+            output_gain: 0,
+            channel_mapping: None,
+        },
+        btrt: None,
+    }
 }
 
 fn mp4a(track: &AacTrack) -> Mp4a {
@@ -306,7 +343,7 @@ pub fn fragment(
                     data.extend_from_slice(nal);
                 }
             }
-            Track::Aac(_) => data.extend_from_slice(sample.annex_b),
+            Track::Aac(_) | Track::Opus(_) => data.extend_from_slice(sample.annex_b),
         }
         entries.push(TrunEntry {
             duration: Some(

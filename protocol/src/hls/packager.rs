@@ -22,7 +22,9 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::cmaf::{AacTrack, H264Track, Sample, Track, fragment, init_segment, segment_type};
+use super::cmaf::{
+    AacTrack, H264Track, OpusTrack, Sample, Track, fragment, init_segment, segment_type,
+};
 use super::playlist::{MediaPlaylist, Part, Segment};
 use crate::ProtocolError;
 
@@ -138,6 +140,8 @@ pub enum Media {
     /// AAC audio, described by its AudioSpecificConfig. Every frame stands alone: parts
     /// and segments are cut by duration only, and every part is independent.
     Aac(AacTrack),
+    /// Opus audio, described by its channels and pre-skip; cut like AAC.
+    Opus(OpusTrack),
 }
 
 /// Where a packager is in its rendition: the open segment's number and the decode time it
@@ -182,6 +186,7 @@ impl RenditionPackager {
         let (audio, track) = match media {
             Media::H264 => (false, None),
             Media::Aac(aac) => (true, Some(Track::Aac(aac))),
+            Media::Opus(opus) => (true, Some(Track::Opus(opus))),
         };
         let init = track
             .as_ref()

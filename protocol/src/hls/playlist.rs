@@ -348,7 +348,9 @@ pub struct Multivariant {
 pub fn render_multivariant(playlist: &Multivariant) -> String {
     let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     for (i, audio) in playlist.audio.iter().enumerate() {
-        let default = if i == 0 { "YES" } else { "NO" };
+        // The first rendition of each group is its default.
+        let first_of_group = playlist.audio[..i].iter().all(|a| a.group != audio.group);
+        let default = if first_of_group { "YES" } else { "NO" };
         let _ = writeln!(
             out,
             "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"{}\",NAME=\"{}\",DEFAULT={default},AUTOSELECT=YES,CHANNELS=\"{}\",URI=\"{}\"",
@@ -589,14 +591,26 @@ mod tests {
                     audio_group: Some("aac".into()),
                 },
             ],
-            audio: vec![AudioRendition {
-                group: "aac".into(),
-                name: "main".into(),
-                uri: "aac/index.m3u8".into(),
-                channels: 2,
-            }],
+            audio: vec![
+                AudioRendition {
+                    group: "aac".into(),
+                    name: "main".into(),
+                    uri: "aac/index.m3u8".into(),
+                    channels: 2,
+                },
+                AudioRendition {
+                    group: "opus".into(),
+                    name: "main".into(),
+                    uri: "opus/index.m3u8".into(),
+                    channels: 2,
+                },
+            ],
         });
         assert!(text.contains("#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aac\",NAME=\"main\",DEFAULT=YES,AUTOSELECT=YES,CHANNELS=\"2\",URI=\"aac/index.m3u8\""));
+        assert!(
+            text.contains("GROUP-ID=\"opus\",NAME=\"main\",DEFAULT=YES"),
+            "each group has its default: {text}"
+        );
         assert!(text.contains("#EXT-X-STREAM-INF:BANDWIDTH=900000,AVERAGE-BANDWIDTH=800000,CODECS=\"avc1.42c01e,mp4a.40.2\",RESOLUTION=640x360,FRAME-RATE=30.000,AUDIO=\"aac\"\n360p/index.m3u8\n"), "{text}");
         assert_eq!(text.matches("#EXT-X-STREAM-INF").count(), 2);
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cascade_protocol::StreamId;
-use cascade_protocol::hls::cmaf::AacTrack;
+use cascade_protocol::hls::cmaf::{AacTrack, OpusTrack};
 use cascade_protocol::hls::packager::{Alignment, Frame, Media, PackagerConfig, RenditionPackager};
 use cascade_protocol::hls::playlist::{
     AudioRendition, MediaPlaylist, Multivariant, Reload, Variant, reload,
@@ -162,7 +162,11 @@ impl Rendition {
 }
 
 /// The directory of the stream's AAC rendition.
-const AUDIO_RENDITION: &str = "aac";
+const AAC_RENDITION: &str = "aac";
+/// The directory of the stream's Opus rendition.
+const OPUS_RENDITION: &str = "opus";
+/// The Opus pre-skip written in `dOps` (RTP carries none): libopus's look-ahead at 48 kHz.
+const OPUS_PRE_SKIP: u16 = 312;
 
 /// One stream's renditions.
 pub struct StreamPackager {
@@ -218,40 +222,54 @@ impl StreamPackager {
         Some(now_ms().saturating_sub(newest) as f64 / 1000.0)
     }
 
-    /// The multivariant playlist now: each video rendition, with the AAC rendition as its
-    /// audio group when there is one.
+    /// The multivariant playlist now: each video rendition once per audio rendition (AAC
+    /// first, which every player plays; then Opus, for players that take it), or alone when
+    /// the stream has no audio.
     pub fn multivariant(&self) -> Multivariant {
-        let audio: Vec<AudioRendition> = self
-            .rendition(AUDIO_RENDITION)
-            .and_then(|r| r.track.info())
-            .map(|info| AudioRendition {
-                group: AUDIO_RENDITION.into(),
-                name: "main".into(),
-                uri: format!("{AUDIO_RENDITION}/index.m3u8"),
-                channels: info.channels.unwrap_or(2),
-            })
-            .into_iter()
-            .collect();
-        let variants = self
+        let audio: Vec<(AudioRendition, &str)> =
+            [(AAC_RENDITION, "mp4a.40.2"), (OPUS_RENDITION, "opus")]
+                .into_iter()
+                .filter_map(|(name, codec)| {
+                    let info = self.rendition(name)?.track.info()?;
+                    let rendition = AudioRendition {
+                        group: name.into(),
+                        name: "main".into(),
+                        uri: format!("{name}/index.m3u8"),
+                        channels: info.channels.unwrap_or(2),
+                    };
+                    Some((rendition, codec))
+                })
+                .collect();
+        let video: Vec<Variant> = self
             .renditions()
             .iter()
             .filter(|r| !r.is_audio() && r.init().is_some())
             .filter_map(|r| r.variant())
-            .map(|mut variant| {
-                if !audio.is_empty() {
-                    variant.codecs.push_str(",mp4a.40.2");
-                    variant.audio_group = Some(AUDIO_RENDITION.into());
+            .collect();
+        let mut variants = Vec::new();
+        if audio.is_empty() {
+            variants = video;
+        } else {
+            for (rendition, codec) in &audio {
+                for variant in &video {
+                    let mut variant = variant.clone();
+                    variant.codecs = format!("{},{codec}", variant.codecs);
+                    variant.audio_group = Some(rendition.group.clone());
                     variant.bandwidth += 128_000;
                     variant.average_bandwidth += 128_000;
+                    variants.push(variant);
                 }
-                variant
-            })
-            .collect();
-        Multivariant { variants, audio }
+            }
+        }
+        Multivariant {
+            variants,
+            audio: audio.into_iter().map(|(rendition, _)| rendition).collect(),
+        }
     }
 
     /// Starts packaging the tracks of the broadcast not packaged yet: every H.264 video
-    /// track, and one AAC track (the transcoder's `audio/aac` before the source's).
+    /// track, one AAC track (the transcoder's `audio/aac` before the source's) and one Opus
+    /// track (a WebRTC publisher's, or the transcoder's `audio/opus`).
     fn add_renditions(&self, config: PackagerConfig, aligner: Option<&Arc<dyn Aligner>>) {
         let mut tracks = self.broadcast.tracks();
         tracks.sort_by_key(|t| t.name() != "audio/aac");
@@ -281,8 +299,17 @@ impl StreamPackager {
                         channels: info.channels.unwrap_or(2),
                         config,
                     };
-                    (AUDIO_RENDITION.to_owned(), Media::Aac(aac))
+                    (AAC_RENDITION.to_owned(), Media::Aac(aac))
                 }
+                (MediaKind::Audio, Codec::Opus) if info.timescale == 48_000 => (
+                    OPUS_RENDITION.to_owned(),
+                    Media::Opus(OpusTrack {
+                        track_id: 1,
+                        timescale: info.timescale,
+                        channels: info.channels.unwrap_or(2).clamp(1, 2),
+                        pre_skip: OPUS_PRE_SKIP,
+                    }),
+                ),
                 _ => continue,
             };
             let mut renditions = lock(&self.renditions);
