@@ -7,8 +7,8 @@
 #     glass-to-glass at the live edge (capture marker to part arrival), part end to arrival,
 #     stalls, requests; the edge's player requests per upstream fetch; the packager's time
 #     from a part's last frame to its listing (`cascade_hls_part_listing_delay_seconds`).
-#  2. `wrk` (core 0) asking the edge for one cached part for SECS: requests per second, and
-#     per core of the edge's CPU time.
+#  2. `wrk` (core 0) asking the edge for one cached part, then one cached blocking-playlist
+#     answer, for SECS each: requests per second, and per core of the edge's CPU time.
 #
 #   [SECS=20] [PLAYERS=200] scripts/bench-hls.sh
 #
@@ -63,17 +63,20 @@ print(f"| packager: a part's last frame to its listing, p50 / p99 ms | {listing}
 print(f"| player requests the edge answered / fetches it sent upstream | {answered} / {fetches} ({int(answered)/max(1,int(fetches)):.0f} to 1) |")
 PY
 
-# 2. One cached part, asked as fast as wrk can from core 0.
+# 2. One cached object, asked as fast as wrk can from core 0: a part (bytes dominate) and a
+#    blocking playlist answer for a part already out (small: the per-request cost).
 playlist=$(curl -sf "$EDGE_HTTP/hls/$STREAM/source/index.m3u8")
 part=$(echo "$playlist" | grep -o 'part[0-9]*\.[0-9]*\.m4s' | tail -1)
-curl -sf -o /dev/null "$EDGE_HTTP/hls/$STREAM/source/$part"
-before=$(ticks "$EDGE")
-taskset -c 0 wrk -t 1 -c 64 -d "${SECS}s" --latency "$EDGE_HTTP/hls/$STREAM/source/$part" >"$OUT/wrk.txt"
-after=$(ticks "$EDGE")
-rps=$(awk '/^Requests\/sec/ { print $2 }' "$OUT/wrk.txt")
-cpu=$(awk -v a="$after" -v b="$before" -v hz="$HZ" -v s="$SECS" 'BEGIN { printf "%.2f", (a - b) / hz / s }')
-size=$(curl -sf "$EDGE_HTTP/hls/$STREAM/source/$part" | wc -c)
-awk -v r="$rps" -v c="$cpu" -v z="$size" 'BEGIN {
-    printf "| one cached part (%d bytes), wrk 64 connections on the other core: requests/s at the edge | %.0f |\n", z, r
-    printf "| edge CPU during it (cores) / requests per second per edge core | %.2f / %.0f |\n", c, r / c }'
+msn=${part#part}; index=${msn#*.}; index=${index%.m4s}; msn=${msn%%.*}
+for what in "part|/hls/$STREAM/source/$part" "playlist|/hls/$STREAM/source/index.m3u8?_HLS_msn=$msn&_HLS_part=$index"; do
+    name=${what%%|*}; path=${what#*|}
+    size=$(curl -sf "$EDGE_HTTP$path" | wc -c)
+    before=$(ticks "$EDGE")
+    taskset -c 0 wrk -t 1 -c 64 -d "${SECS}s" "$EDGE_HTTP$path" >"$OUT/wrk-$name.txt"
+    after=$(ticks "$EDGE")
+    rps=$(awk '/^Requests\/sec/ { print $2 }' "$OUT/wrk-$name.txt")
+    awk -v n="$name" -v r="$rps" -v a="$after" -v b="$before" -v hz="$HZ" -v s="$SECS" -v z="$size" 'BEGIN {
+        c = (a - b) / hz / s
+        printf "| one cached %s (%d bytes), wrk 64 connections on the other core: requests/s; edge CPU (cores); requests/s per edge core | %.0f; %.2f; %.0f |\n", n, z, r, c, r / c }'
+done
 echo "raw output: $OUT" >&2

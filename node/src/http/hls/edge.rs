@@ -37,10 +37,27 @@ const WARM_EVERY: Duration = Duration::from_secs(5);
 pub struct Fetched {
     /// Status, content type, cache control.
     pub head: ResponseHead,
+    /// The head's `Content-Type` and `Cache-Control`, ready to send (made once, not per
+    /// request).
+    pub content_type: Option<axum::http::HeaderValue>,
+    pub cache_control: Option<axum::http::HeaderValue>,
     /// The body.
     pub body: Bytes,
     /// Until when it may be served from here.
     expires: Instant,
+}
+
+impl Fetched {
+    fn new(head: ResponseHead, body: Bytes, keep: Duration) -> Fetched {
+        let value = |text: &str| axum::http::HeaderValue::from_str(text).ok();
+        Fetched {
+            content_type: value(&head.content_type),
+            cache_control: value(&head.cache_control),
+            head,
+            body,
+            expires: Instant::now() + keep,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -58,11 +75,11 @@ impl Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {
     /// From the cache.
-    Hit,
+    Hit = 0,
     /// By waiting for another request's fetch.
-    Collapsed,
+    Collapsed = 1,
     /// By its own fetch upstream.
-    Fetched,
+    Fetched = 2,
 }
 
 impl Served {
@@ -82,22 +99,27 @@ pub struct HlsEdge {
     cache: Mutex<HashMap<String, Arc<Entry>>>,
     suspects: Mutex<HashMap<SocketAddr, Instant>>,
     warmed: Mutex<HashMap<(String, SocketAddr), Instant>>,
+    /// `cascade_hls_edge_requests_total` by [`Served`], registered once: every answer counts.
+    served: [metrics::Counter; 3],
 }
 
 impl HlsEdge {
     /// An edge fetching through `endpoint`; sweeps expired answers in the background.
     pub fn new(endpoint: NodeEndpoint) -> Arc<Self> {
+        let served = [Served::Hit, Served::Collapsed, Served::Fetched].map(|served| {
+            metrics::counter!("cascade_hls_edge_requests_total", "result" => served.label())
+        });
         let edge = Arc::new(HlsEdge {
             endpoint,
             connections: tokio::sync::Mutex::default(),
             cache: Mutex::default(),
             suspects: Mutex::default(),
             warmed: Mutex::default(),
+            served,
         });
         // Listed from the start (at zero), so that dashboards and alerts find them.
-        for served in [Served::Hit, Served::Collapsed, Served::Fetched] {
-            metrics::counter!("cascade_hls_edge_requests_total", "result" => served.label())
-                .increment(0);
+        for counter in &edge.served {
+            counter.increment(0);
         }
         metrics::counter!("cascade_hls_edge_upstream_fetches_total").increment(0);
         metrics::counter!("cascade_hls_edge_upstream_failures_total").increment(0);
@@ -152,8 +174,7 @@ impl HlsEdge {
     }
 
     fn count(&self, answer: Arc<Fetched>, served: Served) -> (Arc<Fetched>, Served) {
-        metrics::counter!("cascade_hls_edge_requests_total", "result" => served.label())
-            .increment(1);
+        self.served[served as usize].increment(1);
         (answer, served)
     }
 
@@ -197,19 +218,19 @@ impl HlsEdge {
                 }
             }
         }
-        let message = format!(
-            "{{\"error\":\"upstream\",\"message\":\"no packager answered: {}\"}}",
-            last_error.replace('"', "'")
-        );
-        Arc::new(Fetched {
-            head: ResponseHead {
+        let message = serde_json::json!({
+            "error": "upstream",
+            "message": format!("no packager answered: {last_error}"),
+        });
+        Arc::new(Fetched::new(
+            ResponseHead {
                 status: 502,
                 content_type: "application/json".into(),
                 cache_control: "max-age=1".into(),
             },
-            body: Bytes::from(message),
-            expires: Instant::now() + Duration::from_secs(1),
-        })
+            Bytes::from(message.to_string()),
+            Duration::from_secs(1),
+        ))
     }
 
     /// One fetch from one packager, abandoned when its connection goes silent.
@@ -236,11 +257,7 @@ impl HlsEdge {
         let (head, body) = ResponseHead::decode(&bytes).map_err(|e| e.to_string())?;
         let keep =
             Duration::from_secs(cache_seconds(head.status, &head.cache_control)).min(KEEP_MAX);
-        Ok(Fetched {
-            body: Bytes::copy_from_slice(body),
-            head,
-            expires: Instant::now() + keep,
-        })
+        Ok(Fetched::new(head, Bytes::copy_from_slice(body), keep))
     }
 
     async fn connection(&self, upstream: SocketAddr) -> Result<quinn::Connection, String> {

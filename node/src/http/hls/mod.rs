@@ -145,11 +145,11 @@ async fn from_edge(state: &AppState, key: &str, upstreams: &[std::net::SocketAdd
         .into_response();
     let headers = response.headers_mut();
     for (name, value) in [
-        (header::CONTENT_TYPE, &fetched.head.content_type),
-        (header::CACHE_CONTROL, &fetched.head.cache_control),
+        (header::CONTENT_TYPE, &fetched.content_type),
+        (header::CACHE_CONTROL, &fetched.cache_control),
     ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
+        if let Some(value) = value {
+            headers.insert(name, value.clone());
         }
     }
     headers.insert(
