@@ -88,22 +88,8 @@ struct HlsArgs {
     /// Bearer token sent with every request.
     #[arg(long, env = "CASCADE_LOADTEST_TOKEN")]
     token: Option<String>,
-    /// Write every figure as JSON to this file.
-    #[arg(long, env = "CASCADE_LOADTEST_REPORT")]
-    report: Option<PathBuf>,
-    /// SLO gate: exit 2 if p95 glass-to-glass latency (capture marker to part arrival)
-    /// exceeds this (ms).
-    #[arg(long)]
-    max_p95_latency_ms: Option<f64>,
-    /// SLO gate: exit 2 if parts missed exceed this (%).
-    #[arg(long)]
-    max_loss_pct: Option<f64>,
-    /// SLO gate: exit 2 if p95 join time exceeds this (ms).
-    #[arg(long)]
-    max_join_p95_ms: Option<f64>,
-    /// SLO gate: exit 2 if more requests than this failed.
-    #[arg(long)]
-    max_failed_sessions: Option<u64>,
+    #[command(flatten)]
+    outcome: OutcomeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -185,9 +171,6 @@ struct WebrtcArgs {
     /// Worker threads (default: one per core).
     #[arg(long, env = "CASCADE_LOADTEST_WORKERS")]
     workers: Option<usize>,
-    /// Write every figure as JSON to this file.
-    #[arg(long, env = "CASCADE_LOADTEST_REPORT")]
-    report: Option<PathBuf>,
     /// Connecting and the first keyframe must each happen within this.
     #[arg(long, default_value = "10s", value_parser = duration_arg)]
     join_timeout: Duration,
@@ -199,20 +182,60 @@ struct WebrtcArgs {
     /// (packets, loss, frames, freezes) without decrypting: more viewers per core.
     #[arg(long, env = "CASCADE_LOADTEST_VERIFY", default_value = "all", value_parser = verify_arg)]
     verify: Verify,
+    #[command(flatten)]
+    outcome: OutcomeArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Where the report goes and the SLO gates that decide the exit code: the same in every
+/// mode.
+#[derive(Debug, Args)]
+struct OutcomeArgs {
+    /// Write every figure as JSON to this file.
+    #[arg(long, env = "CASCADE_LOADTEST_REPORT")]
+    report: Option<PathBuf>,
     /// SLO gate: exit 2 if p95 glass-to-glass latency exceeds this (ms).
     #[arg(long)]
     max_p95_latency_ms: Option<f64>,
-    /// SLO gate: exit 2 if frame loss exceeds this (%).
+    /// SLO gate: exit 2 if frame (HLS: part) loss exceeds this (%).
     #[arg(long)]
     max_loss_pct: Option<f64>,
     /// SLO gate: exit 2 if p95 join time exceeds this (ms).
     #[arg(long)]
     max_join_p95_ms: Option<f64>,
-    /// SLO gate: exit 2 if more sessions than this failed.
+    /// SLO gate: exit 2 if more sessions (HLS: requests) than this failed.
     #[arg(long)]
     max_failed_sessions: Option<u64>,
-    #[command(flatten)]
-    common: Common,
+}
+
+impl OutcomeArgs {
+    /// Applies the gates to `report`, prints it, writes its JSON, and says the exit code:
+    /// 1 when nobody got media (`nobody` says so), 2 when a gate was missed.
+    fn finish(&self, mut report: report::Report, nobody: &str) -> Result<ExitCode, LoadtestError> {
+        let gates = report::Gates {
+            max_p95_latency_ms: self.max_p95_latency_ms,
+            max_loss_pct: self.max_loss_pct,
+            max_join_p95_ms: self.max_join_p95_ms,
+            max_failed_sessions: self.max_failed_sessions,
+        };
+        report.gates_missed = gates.missed(&report);
+        print!("{}", report.table());
+        if let Some(path) = &self.report {
+            let json = serde_json::to_string_pretty(&report)
+                .map_err(|e| LoadtestError::Report(e.to_string()))?;
+            std::fs::write(path, json)
+                .map_err(|e| LoadtestError::Report(format!("{}: {e}", path.display())))?;
+        }
+        Ok(if report.sessions_joined == 0 {
+            eprintln!("cascade-loadtest: {nobody}; see the failures above");
+            ExitCode::from(1)
+        } else if !report.gates_missed.is_empty() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
 }
 
 fn duration_arg(text: &str) -> Result<Duration, String> {
@@ -342,35 +365,14 @@ async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
         },
     };
     let outcome = coordinator::run(settings, &phases, workers).await;
-    let mut report = report::Report::new(
+    let report = report::Report::new(
         &args.url.join(","),
         outcome.peak_target,
         outcome.elapsed,
         workers,
         &outcome.totals,
     );
-    let gates = report::Gates {
-        max_p95_latency_ms: args.max_p95_latency_ms,
-        max_loss_pct: args.max_loss_pct,
-        max_join_p95_ms: args.max_join_p95_ms,
-        max_failed_sessions: args.max_failed_sessions,
-    };
-    report.gates_missed = gates.missed(&report);
-    print!("{}", report.table());
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| LoadtestError::Report(e.to_string()))?;
-        std::fs::write(path, json)
-            .map_err(|e| LoadtestError::Report(format!("{}: {e}", path.display())))?;
-    }
-    Ok(if report.sessions_joined == 0 {
-        eprintln!("cascade-loadtest: no viewer received media; see the failures above");
-        ExitCode::from(1)
-    } else if !report.gates_missed.is_empty() {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    args.outcome.finish(report, "no viewer received media")
 }
 
 async fn hls_players(args: HlsArgs) -> Result<ExitCode, LoadtestError> {
@@ -411,28 +413,7 @@ async fn hls_players(args: HlsArgs) -> Result<ExitCode, LoadtestError> {
     let elapsed = started.elapsed();
     let mut report = report::Report::new(&args.url, args.players, elapsed, 1, &totals);
     report.hls = Some(report::HlsFigures::new(requests, elapsed, &pdt_latency_us));
-    let gates = report::Gates {
-        max_p95_latency_ms: args.max_p95_latency_ms,
-        max_loss_pct: args.max_loss_pct,
-        max_join_p95_ms: args.max_join_p95_ms,
-        max_failed_sessions: args.max_failed_sessions,
-    };
-    report.gates_missed = gates.missed(&report);
-    print!("{}", report.table());
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| LoadtestError::Report(e.to_string()))?;
-        std::fs::write(path, json)
-            .map_err(|e| LoadtestError::Report(format!("{}: {e}", path.display())))?;
-    }
-    Ok(if report.sessions_joined == 0 {
-        eprintln!("cascade-loadtest: no player received a part; see the failures above");
-        ExitCode::from(1)
-    } else if !report.gates_missed.is_empty() {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    args.outcome.finish(report, "no player received a part")
 }
 
 /// Which viewers decrypt and reassemble every frame.

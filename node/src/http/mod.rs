@@ -116,6 +116,31 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Refuses (`401`) a GET of `stream`'s media (snapshot, HLS, recording) without a play
+/// token, taken from `Authorization: Bearer` or `?token=`.
+pub(crate) fn require_play(
+    state: &AppState,
+    stream: &cascade_protocol::StreamId,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    endpoint: &'static str,
+) -> Result<(), ApiError> {
+    let token = bearer(headers).or(query_token);
+    state
+        .access
+        .check(stream, crate::access::Action::Play, token)
+        .map_err(|_| {
+            ApiError::new(
+                endpoint,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!(
+                    "stream {stream} needs a play token: Authorization: Bearer <token> or ?token=<token>"
+                ),
+            )
+        })
+}
+
 /// Whether the request presents the admin token. False when no admin token is set: an open
 /// node has administration open to all, but that never makes anyone an operator who may end
 /// other people's sessions.

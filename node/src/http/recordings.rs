@@ -18,7 +18,6 @@ use axum::{Json, Router};
 use cascade_protocol::StreamId;
 
 use super::{ApiError, AppState};
-use crate::access::Action;
 use crate::cluster::PackagerRoute;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -89,16 +88,7 @@ async fn start(
     Path(stream): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let stream = match packaged_here(&state, &headers, &stream) {
-        Ok(stream) => stream,
-        Err(answer) => return Ok(*answer),
-    };
-    let info = state
-        .recordings
-        .start(&stream, "api")
-        .await
-        .map_err(|e| ApiError::from_role("recordings", e))?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    control(&state, &headers, &stream, true).await
 }
 
 async fn stop(
@@ -106,16 +96,30 @@ async fn stop(
     Path(stream): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let stream = match packaged_here(&state, &headers, &stream) {
+    control(&state, &headers, &stream, false).await
+}
+
+/// Starts (`201`) or stops (`200`, once closed) the recording of `raw`, packaged here.
+async fn control(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: &str,
+    start: bool,
+) -> Result<Response, ApiError> {
+    let stream = match packaged_here(state, headers, raw) {
         Ok(stream) => stream,
         Err(answer) => return Ok(*answer),
     };
-    let info = state
-        .recordings
-        .stop(&stream)
-        .await
-        .map_err(|e| ApiError::from_role("recordings", e))?;
-    Ok(Json(info).into_response())
+    let (status, outcome) = if start {
+        (
+            StatusCode::CREATED,
+            state.recordings.start(&stream, "api").await,
+        )
+    } else {
+        (StatusCode::OK, state.recordings.stop(&stream).await)
+    };
+    let info = outcome.map_err(|e| ApiError::from_role("recordings", e))?;
+    Ok((status, Json(info)).into_response())
 }
 
 async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -133,7 +137,7 @@ async fn one(
         .recordings
         .list()
         .into_iter()
-        .find(|r| r.id == id)
+        .find(|r| r.header.id == id)
         .map(|r| Json(r).into_response())
         .ok_or_else(|| not_found(&id))
 }
@@ -178,18 +182,14 @@ async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let manifest = state.recordings.manifest(id).ok_or_else(|| not_found(id))?;
-    let stream = StreamId::parse(&manifest.stream).map_err(|_| not_found(id))?;
-    let token = super::bearer(headers).or(query.token.as_deref());
-    state
-        .access
-        .check(&stream, Action::Play, token)
-        .map_err(|_| {
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this recording's stream needs a play token: ?token=<token> or Authorization: Bearer <token>".into(),
-            )
-        })?;
+    let stream = StreamId::parse(&manifest.header.stream).map_err(|_| not_found(id))?;
+    super::require_play(
+        state,
+        &stream,
+        headers,
+        query.token.as_deref(),
+        "recordings",
+    )?;
     let path = state
         .recordings
         .file(id, rendition, file)
@@ -202,7 +202,8 @@ async fn serve(
         )
     })?;
     let playlist = file.ends_with(".m3u8");
-    let finished = manifest.state != cascade_roles::packager::recording::RecordingState::Recording;
+    let finished =
+        manifest.header.state != cascade_roles::packager::recording::RecordingState::Recording;
     let (content_type, cache) = match (playlist, finished) {
         (true, false) => ("application/vnd.apple.mpegurl", "max-age=1"),
         (true, true) => ("application/vnd.apple.mpegurl", "max-age=3600"),

@@ -19,7 +19,6 @@ use cascade_protocol::{Codec, MediaKind, StreamId};
 use tokio::io::AsyncWriteExt;
 
 use super::{ApiError, AppState};
-use crate::access::Action;
 
 /// A picture this young is served again instead of decoding a new one.
 const FRESH_FOR: Duration = Duration::from_secs(1);
@@ -68,18 +67,13 @@ async fn snapshot(
         |status, reason, message: String| ApiError::new("snapshot", status, reason, message);
     let stream = StreamId::parse(&stream)
         .map_err(|e| refuse(StatusCode::BAD_REQUEST, "invalid_stream_id", e.to_string()))?;
-    let token = super::bearer(&headers).or(query.token.as_deref());
-    state
-        .access
-        .check(&stream, Action::Play, token)
-        .map_err(|_| {
-            refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this stream needs a play token: Authorization: Bearer <token> or ?token=<token>"
-                    .into(),
-            )
-        })?;
+    super::require_play(
+        &state,
+        &stream,
+        &headers,
+        query.token.as_deref(),
+        "snapshot",
+    )?;
     let Some(broadcast) = state.registry.broadcast(&stream) else {
         // The stream's media is on its origin: the picture is made there.
         if let Some(origin) = state.cluster.remote_origin(&stream)

@@ -3,10 +3,10 @@
 //! rendition; a blocking playlist reload returns as soon as the part it names exists, and one
 //! too far ahead is refused.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::encoder::{Encoder, b_frame_pattern};
+use crate::support::media::{probe_frames, probe_result};
 use crate::support::node::Node;
 
 /// The newest part of a media playlist: (media sequence number, part index).
@@ -23,15 +23,7 @@ fn newest_part(playlist: &str) -> (u64, u64) {
 /// ffprobe decoding the first ten seconds of `stream` of the HLS playlist at `url`, printing
 /// `fields` and the number of frames read.
 fn ten_seconds_of(url: &str, stream: &str, fields: &str) -> std::process::Child {
-    Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-read_intervals", "%+10"])
-        .args(["-select_streams", stream, "-show_entries"])
-        .arg(format!("stream={fields},nb_read_frames"))
-        .args(["-of", "csv=p=0", url])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ffprobe runs")
+    probe_frames(url, stream, fields, Some(10))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,67 +93,24 @@ async fn ffmpeg_decodes_ten_seconds_of_every_rendition_and_blocking_reloads_wait
         "a:0",
         "codec_name,sample_rate",
     );
-    for (rendition, size, child) in probes {
-        let output = child.wait_with_output().unwrap();
-        let errors = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            output.status.success() && errors.trim().is_empty(),
-            "{rendition}: {errors}"
-        );
-        // A stream is listed once per program it is in: the first line says it.
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_default()
-            .to_owned();
-        let (got_size, frames) = line.rsplit_once(',').expect("width,height,frames");
-        assert_eq!(got_size, size, "{rendition}: {line}");
-        let frames: u32 = frames.parse().unwrap();
+    for (rendition, size, probe) in probes {
+        let (got_size, frames) = probe_result(probe).unwrap_or_else(|e| panic!("{rendition}: {e}"));
+        assert_eq!(got_size, size, "{rendition}");
         assert!(
             frames >= 270,
             "{rendition}: {frames} frames decoded in 10 s"
         );
     }
-
-    let output = audio.wait_with_output().unwrap();
-    let errors = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && errors.trim().is_empty(),
-        "aac: {errors}"
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    let (codec_rate, frames) = line.rsplit_once(',').expect("codec,rate,frames");
-    assert_eq!(codec_rate, "aac,44100", "{line}");
-    let frames: u32 = frames.parse().unwrap();
-    assert!(
-        frames >= 400,
-        "aac: {frames} frames decoded in 10 s (43 a second)"
-    );
-    // The transcoder's Opus (made for WebRTC viewers) is an audio rendition too, for players
-    // that take Opus in fMP4.
-    let output = opus.wait_with_output().unwrap();
-    let errors = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && errors.trim().is_empty(),
-        "opus: {errors}"
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
-    let (codec_rate, frames) = line.rsplit_once(',').expect("codec,rate,frames");
-    assert_eq!(codec_rate, "opus,48000", "{line}");
-    let frames: u32 = frames.parse().unwrap();
-    assert!(
-        frames >= 480,
-        "opus: {frames} frames decoded in 10 s (50 a second)"
-    );
+    // The stream's AAC, and the transcoder's Opus (made for WebRTC viewers), which is an
+    // audio rendition too, for players that take Opus in fMP4.
+    for (name, probe, codec_rate, least) in [
+        ("aac", audio, "aac,44100", 400),
+        ("opus", opus, "opus,48000", 480),
+    ] {
+        let (got, frames) = probe_result(probe).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got, codec_rate, "{name}");
+        assert!(frames >= least, "{name}: {frames} frames decoded in 10 s");
+    }
 
     // Blocking reload: ask for the part after the newest; the answer comes once it exists.
     let url = node.url("/hls/show/360p/index.m3u8");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::support::encoder::{Encoder, b_frame_pattern};
 use crate::support::hls_player;
 use crate::support::loadtest;
+use crate::support::media::{probe_frames, probe_result};
 use crate::support::node::Node;
 use crate::support::wait_for;
 
@@ -282,21 +283,8 @@ async fn a_player_at_an_edge_keeps_playing_through_sigkill_of_the_active_package
     let file =
         std::env::temp_dir().join(format!("cascade-hls-failover-{}.mp4", std::process::id()));
     std::fs::write(&file, played.file()).unwrap();
-    let probe = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let decoded = probe_result(probe_frames(&file.to_string_lossy(), "v:0", "", None));
     let _ = std::fs::remove_file(&file);
-    let errors = String::from_utf8_lossy(&probe.stderr);
-    assert!(
-        probe.status.success() && errors.trim().is_empty(),
-        "{errors}"
-    );
-    let frames: u64 = String::from_utf8_lossy(&probe.stdout)
-        .trim()
-        .parse()
-        .unwrap();
+    let (_, frames) = decoded.expect("every part decodes");
     assert!(frames >= 15 * 30 - 30, "{frames} frames decode");
 }

@@ -427,27 +427,16 @@ impl RenditionPackager {
     }
 
     fn playlist_skeleton(&self) -> MediaPlaylist {
-        MediaPlaylist {
-            part_target: self.config.part_target,
-            discontinuity_sequence: self.discontinuity_sequence,
-            map_uri: self.init_name(),
-            segments: self
-                .segments
+        MediaPlaylist::of_segments(
+            self.config.part_target,
+            self.discontinuity_sequence,
+            self.init_name(),
+            self.segments
                 .iter()
-                .map(|s| Segment {
-                    msn: s.msn,
-                    duration: s.duration,
-                    uri: format!("seg{}.m4s", s.msn),
-                    program_date_time_ms: s.program_date_time_ms,
-                    discontinuity: s.discontinuity,
-                    parts: Vec::new(),
-                })
+                .map(|s| Segment::whole(s.msn, s.duration, s.program_date_time_ms, s.discontinuity))
                 .collect(),
-            partial: Vec::new(),
-            preload_hint: None,
-            rendition_reports: Vec::new(),
-            ended: false,
-        }
+            false,
+        )
     }
 
     /// The media playlist now.

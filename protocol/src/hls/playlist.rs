@@ -81,7 +81,42 @@ pub struct MediaPlaylist {
     pub ended: bool,
 }
 
+impl Segment {
+    /// A whole segment, listed without its parts, at `seg{msn}.m4s`.
+    pub fn whole(msn: u64, duration: f64, program_date_time_ms: u64, discontinuity: bool) -> Self {
+        Segment {
+            msn,
+            duration,
+            uri: format!("seg{msn}.m4s"),
+            program_date_time_ms,
+            discontinuity,
+            parts: Vec::new(),
+        }
+    }
+}
+
 impl MediaPlaylist {
+    /// A playlist of whole `segments` with nothing being written: a live playlist before
+    /// its parts are added, or (`ended`) a VOD playlist.
+    pub fn of_segments(
+        part_target: f64,
+        discontinuity_sequence: u64,
+        map_uri: String,
+        segments: Vec<Segment>,
+        ended: bool,
+    ) -> Self {
+        MediaPlaylist {
+            part_target,
+            discontinuity_sequence,
+            map_uri,
+            segments,
+            partial: Vec::new(),
+            preload_hint: None,
+            rendition_reports: Vec::new(),
+            ended,
+        }
+    }
+
     /// The Media Sequence Number of the segment being written (or that will be next).
     pub fn next_msn(&self) -> u64 {
         self.segments.last().map_or(0, |s| s.msn + 1)

@@ -67,9 +67,9 @@ pub struct RecordedRendition {
     pub segments: Vec<RecordedSegment>,
 }
 
-/// A recording as `recording.json` keeps it.
+/// What names a recording and where it is in its life, in its manifest and in the API.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Manifest {
+pub struct RecordingHeader {
     /// `{stream}-{start, Unix ms}`.
     pub id: String,
     /// The stream recorded.
@@ -82,6 +82,13 @@ pub struct Manifest {
     pub started_at_ms: u64,
     /// Unix milliseconds, once over.
     pub stopped_at_ms: Option<u64>,
+}
+
+/// A recording as `recording.json` keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    #[serde(flatten)]
+    pub header: RecordingHeader,
     /// Part target of the live playlists it came from, seconds.
     pub part_target: f64,
     /// By directory name.
@@ -91,12 +98,8 @@ pub struct Manifest {
 /// What the API shows of a recording.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RecordingInfo {
-    pub id: String,
-    pub stream: String,
-    pub state: RecordingState,
-    pub started_by: String,
-    pub started_at_ms: u64,
-    pub stopped_at_ms: Option<u64>,
+    #[serde(flatten)]
+    pub header: RecordingHeader,
     /// Seconds of its longest rendition.
     pub duration_seconds: f64,
     /// Bytes on disk, every rendition's segments.
@@ -111,12 +114,7 @@ impl Manifest {
     fn info(&self) -> RecordingInfo {
         let seconds = |r: &RecordedRendition| r.segments.iter().map(|s| s.duration).sum::<f64>();
         RecordingInfo {
-            id: self.id.clone(),
-            stream: self.stream.clone(),
-            state: self.state,
-            started_by: self.started_by.clone(),
-            started_at_ms: self.started_at_ms,
-            stopped_at_ms: self.stopped_at_ms,
+            header: self.header.clone(),
             duration_seconds: self.renditions.values().map(seconds).fold(0.0, f64::max),
             bytes: self
                 .renditions
@@ -125,34 +123,24 @@ impl Manifest {
                 .map(|s| s.bytes)
                 .sum(),
             renditions: self.renditions.keys().cloned().collect(),
-            playlist: format!("/recordings/{}/index.m3u8", self.id),
+            playlist: format!("/recordings/{}/index.m3u8", self.header.id),
         }
     }
 
     /// A rendition's playlist: VOD once the recording is over.
     pub fn playlist(&self, rendition: &str) -> Option<String> {
         let recorded = self.renditions.get(rendition)?;
-        let playlist = MediaPlaylist {
-            part_target: self.part_target,
-            discontinuity_sequence: 0,
-            map_uri: recorded.init.clone()?,
-            segments: recorded
+        let playlist = MediaPlaylist::of_segments(
+            self.part_target,
+            0,
+            recorded.init.clone()?,
+            recorded
                 .segments
                 .iter()
-                .map(|s| Segment {
-                    msn: s.msn,
-                    duration: s.duration,
-                    uri: format!("seg{}.m4s", s.msn),
-                    program_date_time_ms: s.program_date_time_ms,
-                    discontinuity: s.discontinuity,
-                    parts: Vec::new(),
-                })
+                .map(|s| Segment::whole(s.msn, s.duration, s.program_date_time_ms, s.discontinuity))
                 .collect(),
-            partial: Vec::new(),
-            preload_hint: None,
-            rendition_reports: Vec::new(),
-            ended: self.state != RecordingState::Recording,
-        };
+            self.header.state != RecordingState::Recording,
+        );
         Some(render_media(&playlist, false))
     }
 }
@@ -201,17 +189,17 @@ impl Recordings {
             }),
         };
         for mut manifest in recordings.manifests() {
-            if manifest.state == RecordingState::Recording {
-                manifest.state = RecordingState::Interrupted;
-                manifest.stopped_at_ms = manifest
+            if manifest.header.state == RecordingState::Recording {
+                manifest.header.state = RecordingState::Interrupted;
+                manifest.header.stopped_at_ms = manifest
                     .renditions
                     .values()
                     .filter_map(|r| r.segments.last())
                     .map(|s| s.program_date_time_ms + (s.duration * 1000.0) as u64)
                     .max();
-                tracing::warn!(recording = %manifest.id, "closing a recording its node stopped writing (interrupted)");
+                tracing::warn!(recording = %manifest.header.id, "closing a recording its node stopped writing (interrupted)");
                 if let Err(e) = recordings.write_playlists(&manifest, None) {
-                    tracing::warn!(recording = %manifest.id, error = %e, "could not close a recording");
+                    tracing::warn!(recording = %manifest.header.id, error = %e, "could not close a recording");
                 }
             }
         }
@@ -221,7 +209,7 @@ impl Recordings {
     /// Every recording on this node, newest first.
     pub fn list(&self) -> Vec<RecordingInfo> {
         let mut all: Vec<RecordingInfo> = self.manifests().iter().map(Manifest::info).collect();
-        all.sort_by_key(|r| std::cmp::Reverse(r.started_at_ms));
+        all.sort_by_key(|r| std::cmp::Reverse(r.header.started_at_ms));
         all
     }
 
@@ -266,16 +254,18 @@ impl Recordings {
         }
         let started_at_ms = now_ms();
         let manifest = Manifest {
-            id: format!("{stream}-{started_at_ms}"),
-            stream: stream.to_string(),
-            state: RecordingState::Recording,
-            started_by: started_by.to_owned(),
-            started_at_ms,
-            stopped_at_ms: None,
+            header: RecordingHeader {
+                id: format!("{stream}-{started_at_ms}"),
+                stream: stream.to_string(),
+                state: RecordingState::Recording,
+                started_by: started_by.to_owned(),
+                started_at_ms,
+                stopped_at_ms: None,
+            },
             part_target: self.inner.packagers.inner.config.part_target,
             renditions: BTreeMap::new(),
         };
-        let dir = self.inner.dir.join(&manifest.id);
+        let dir = self.inner.dir.join(&manifest.header.id);
         std::fs::create_dir_all(&dir).map_err(|e| storage(&dir, &e))?;
         write_manifest(&dir, &manifest)?;
         let info = manifest.info();
@@ -289,7 +279,7 @@ impl Recordings {
                 started_by: started_by.to_owned(),
             },
         );
-        tracing::info!(%stream, recording = %manifest.id, started_by, "recording started");
+        tracing::info!(%stream, recording = %manifest.header.id, started_by, "recording started");
         metrics::gauge!("cascade_recordings_active").increment(1.0);
         tokio::spawn(
             self.clone()
@@ -363,7 +353,7 @@ impl Recordings {
         mut stop: watch::Receiver<bool>,
         done: oneshot::Sender<Manifest>,
     ) {
-        let dir = self.inner.dir.join(&manifest.id);
+        let dir = self.inner.dir.join(&manifest.header.id);
         let mut tick = tokio::time::interval(POLL);
         let mut gone_since: Option<Instant> = None;
         // Once a stop is asked: each rendition's segment number that must be written, and
@@ -382,7 +372,7 @@ impl Recordings {
             let Some(packager) = self.inner.packagers.stream(&stream).await else {
                 let since = *gone_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= GONE_AFTER || stopping.is_some() {
-                    tracing::info!(%stream, recording = %manifest.id, "the stream ended: recording closed");
+                    tracing::info!(%stream, recording = %manifest.header.id, "the stream ended: recording closed");
                     break;
                 }
                 continue;
@@ -405,14 +395,14 @@ impl Recordings {
                     Ok(wrote) => changed |= wrote,
                     Err(e) => {
                         metrics::counter!("cascade_recording_write_errors_total").increment(1);
-                        tracing::warn!(recording = %manifest.id, rendition = %rendition.name, error = %e, "could not write a recorded segment");
+                        tracing::warn!(recording = %manifest.header.id, rendition = %rendition.name, error = %e, "could not write a recorded segment");
                     }
                 }
             }
             if changed {
                 multivariant = Some(render_multivariant(&packager.multivariant()));
                 if let Err(e) = self.write_playlists(&manifest, multivariant.as_deref()) {
-                    tracing::warn!(recording = %manifest.id, error = %e, "could not write a recording's playlists");
+                    tracing::warn!(recording = %manifest.header.id, error = %e, "could not write a recording's playlists");
                 }
             }
             if let Some((ends, deadline)) = &stopping {
@@ -428,19 +418,19 @@ impl Recordings {
                 }
             }
         }
-        manifest.state = RecordingState::Finished;
-        manifest.stopped_at_ms = Some(now_ms());
+        manifest.header.state = RecordingState::Finished;
+        manifest.header.stopped_at_ms = Some(now_ms());
         // Renditions that never got a segment (a rung nobody asked for) are left out.
         manifest
             .renditions
             .retain(|_, r| r.init.is_some() && !r.segments.is_empty());
         if let Err(e) = self.write_playlists(&manifest, multivariant.as_deref()) {
-            tracing::warn!(recording = %manifest.id, error = %e, "could not close a recording");
+            tracing::warn!(recording = %manifest.header.id, error = %e, "could not close a recording");
         }
         lock(&self.inner.running).remove(&stream);
         metrics::gauge!("cascade_recordings_active").decrement(1.0);
         let info = manifest.info();
-        tracing::info!(%stream, recording = %info.id, seconds = info.duration_seconds, bytes = info.bytes, "recording finished");
+        tracing::info!(%stream, recording = %info.header.id, seconds = info.duration_seconds, bytes = info.bytes, "recording finished");
         let _ = done.send(manifest);
     }
 
@@ -451,7 +441,7 @@ impl Recordings {
         manifest: &Manifest,
         multivariant: Option<&str>,
     ) -> Result<(), RoleError> {
-        let dir = self.inner.dir.join(&manifest.id);
+        let dir = self.inner.dir.join(&manifest.header.id);
         for name in manifest.renditions.keys() {
             if let Some(text) = manifest.playlist(name) {
                 write_file(&dir.join(name).join("index.m3u8"), text.as_bytes())?;
@@ -610,12 +600,14 @@ mod tests {
             bytes: 1000,
         };
         Manifest {
-            id: "show-1".into(),
-            stream: "show".into(),
-            state,
-            started_by: "api".into(),
-            started_at_ms: 1_796_125_000_000,
-            stopped_at_ms: None,
+            header: RecordingHeader {
+                id: "show-1".into(),
+                stream: "show".into(),
+                state,
+                started_by: "api".into(),
+                started_at_ms: 1_796_125_000_000,
+                stopped_at_ms: None,
+            },
             part_target: 1.0 / 3.0,
             renditions: [(
                 "source".to_owned(),

@@ -35,7 +35,6 @@ use cascade_protocol::StreamId;
 use cascade_protocol::hls::playlist::{Reload, render_media, render_multivariant};
 
 use super::{ApiError, AppState};
-use crate::access::Action;
 use crate::cluster::PackagerRoute;
 use upstream::InternalFetch;
 
@@ -92,18 +91,8 @@ async fn locate(
         ))
     })?;
     if !internal {
-        let token = super::bearer(headers).or(query.token.as_deref());
-        state
-            .access
-            .check(&stream, Action::Play, token)
-            .map_err(|_| {
-                Box::new(refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "this stream needs a play token: ?token=<token> or Authorization: Bearer <token>"
-                        .into(),
-                ).into_response())
-            })?;
+        super::require_play(state, &stream, headers, query.token.as_deref(), "hls")
+            .map_err(|e| Box::new(e.into_response()))?;
     }
     let not_live = || {
         fail(refuse(

@@ -358,3 +358,51 @@ pub fn beep_times(file: &std::path::Path) -> Vec<f64> {
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect()
 }
+
+/// `ffprobe` decoding `stream` (`v:0`, `a:0`) of `input` (a file or an HLS URL), for
+/// `seconds` from the start or all of it, printing `fields` and the frames it read. Started,
+/// not waited for, so that several run at once; [`probe_result`] reads it.
+pub fn probe_frames(
+    input: &str,
+    stream: &str,
+    fields: &str,
+    seconds: Option<u32>,
+) -> std::process::Child {
+    let mut command = Command::new("ffprobe");
+    command.args(["-v", "error", "-count_frames"]);
+    if let Some(seconds) = seconds {
+        command.args(["-read_intervals", &format!("%+{seconds}")]);
+    }
+    let entries = if fields.is_empty() {
+        "stream=nb_read_frames".to_owned()
+    } else {
+        format!("stream={fields},nb_read_frames")
+    };
+    command
+        .args(["-select_streams", stream, "-show_entries", &entries])
+        .args(["-of", "csv=p=0", input])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffprobe runs")
+}
+
+/// A [`probe_frames`] run's fields (comma-separated, as asked) and frame count, or what it
+/// printed on stderr when it failed or complained. A stream is listed once per program it
+/// is in: the first line says it.
+pub fn probe_result(probe: std::process::Child) -> Result<(String, u64), String> {
+    let output = probe.wait_with_output().map_err(|e| e.to_string())?;
+    let errors = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || !errors.trim().is_empty() {
+        return Err(errors.into_owned());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .map(|l| l.trim().trim_end_matches(','))
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    let (fields, frames) = line.rsplit_once(',').unwrap_or(("", line));
+    let frames = frames.parse().map_err(|e| format!("{e}: {stdout}"))?;
+    Ok((fields.to_owned(), frames))
+}
