@@ -5,8 +5,10 @@
 //! an ICE-lite `Rtc` for each accepted offer ([`WebRtcEngine::answer`]) and hands it to the
 //! engine task ([`engine`]), which owns the socket and every session's `Rtc`.
 
+pub mod dtls_keys;
 mod engine;
 pub mod offer;
+pub mod srtp;
 mod tcp;
 mod udp;
 
