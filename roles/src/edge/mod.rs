@@ -2,4 +2,5 @@
 //! renditions by its bandwidth estimate ([`abr`]) unless it pinned one.
 
 pub(crate) mod abr;
+pub mod fast_path;
 pub mod whep;

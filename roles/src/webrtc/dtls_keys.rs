@@ -147,112 +147,52 @@ impl DtlsInstance for CapturingInstance {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-    use std::time::Duration;
-
-    use str0m::change::SdpOffer;
-    use str0m::media::{Direction, MediaKind};
+    use str0m::Event;
     use str0m::net::{Protocol, Receive};
-    use str0m::{Candidate, Event, Input, Output};
 
-    use super::*;
-    use crate::webrtc::srtp::{Profile, RtpCipher};
-
-    /// Runs two `Rtc`s against each other in virtual time, datagrams handed across, until
-    /// `done` holds; returns the receiver's events.
-    fn exchange(
-        a: &mut Rtc,
-        b: &mut Rtc,
-        now: &mut Instant,
-        mut done: impl FnMut(&Rtc, &Rtc) -> bool,
-    ) -> Vec<Event> {
-        let mut events = Vec::new();
-        for _ in 0..2000 {
-            if done(a, b) {
-                break;
-            }
-            let mut next = *now + Duration::from_millis(50);
-            for a_sends in [true, false] {
-                let (from, to) = if a_sends {
-                    (&mut *a, &mut *b)
-                } else {
-                    (&mut *b, &mut *a)
-                };
-                loop {
-                    match from.poll_output().expect("poll") {
-                        Output::Transmit(t) => {
-                            let input =
-                                Receive::new(Protocol::Udp, t.source, t.destination, &t.contents)
-                                    .expect("a datagram");
-                            to.handle_input(Input::Receive(*now, input)).expect("input");
-                        }
-                        Output::Timeout(at) => {
-                            next = next.min(at);
-                            break;
-                        }
-                        Output::Event(e) => events.push(e),
-                    }
-                }
-            }
-            *now = next.max(*now + Duration::from_millis(1));
-            a.handle_input(Input::Timeout(*now)).expect("timeout");
-            b.handle_input(Input::Timeout(*now)).expect("timeout");
-        }
-        events
-    }
+    use crate::webrtc::srtp::RtpCipher;
+    use crate::webrtc::test_peers::Pair;
 
     #[test]
     fn the_keys_str0m_negotiates_are_captured_and_an_rtp_packet_sealed_with_them_is_accepted_by_an_unmodified_peer()
      {
-        let mut now = Instant::now();
-        let (a_addr, b_addr): (SocketAddr, SocketAddr) = (
-            "10.0.0.1:1000".parse().unwrap(),
-            "10.0.0.2:2000".parse().unwrap(),
-        );
-        // A sends (our side, keys captured); B is stock str0m in RTP mode.
-        let (mut a, keys) = build(RtcConfig::new().set_rtp_mode(true), now);
-        let mut b = RtcConfig::new().set_rtp_mode(true).build(now);
-        a.add_local_candidate(Candidate::host(a_addr, "udp").unwrap());
-        b.add_local_candidate(Candidate::host(b_addr, "udp").unwrap());
-        let mut change = a.sdp_api();
-        let mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-        let (offer, pending) = change.apply().unwrap();
-        let offer = SdpOffer::from_sdp_string(&offer.to_sdp_string()).unwrap();
-        let answer = b.sdp_api().accept_offer(offer).unwrap();
-        a.sdp_api().accept_answer(pending, answer).unwrap();
-        a.add_remote_candidate(Candidate::host(b_addr, "udp").unwrap());
-        b.add_remote_candidate(Candidate::host(a_addr, "udp").unwrap());
-
-        exchange(&mut a, &mut b, &mut now, |_, _| keys.get().is_some());
-        let captured = keys.get().expect("the handshake exported keys").clone();
-        let profile = Profile::of(captured.profile).expect("str0m peers agree on AEAD-AES-GCM");
-        let cipher =
-            RtpCipher::from_keying_material(profile, &captured.material, captured.client).unwrap();
-
-        // An RTP packet made and sealed by us, with A's stream's SSRC and payload type.
-        let (ssrc, pt) = {
-            let pt = a.media(mid).unwrap().remote_pts()[0];
-            let ssrc = a.direct_api().stream_tx_by_mid(mid, None).unwrap().ssrc();
-            (ssrc, pt)
-        };
-        let payload = b"fast path, sealed in place".to_vec();
-        let mut packet = vec![0x80, *pt & 0x7f, 0x12, 0x34, 0, 0, 0x0b, 0xb8];
-        packet[1] |= 0x80; // marker
-        packet.extend_from_slice(&(*ssrc).to_be_bytes());
-        packet.extend_from_slice(&payload);
-        cipher.seal(&mut packet, 12, 0).unwrap();
-        let input = Receive::new(Protocol::Udp, a_addr, b_addr, &packet).unwrap();
-        b.handle_input(Input::Receive(now, input)).unwrap();
-        let events = exchange(&mut a, &mut b, &mut now, |_, b| !b.is_alive());
-        let received = events
-            .iter()
-            .find_map(|e| match e {
-                Event::RtpPacket(p) if p.header.sequence_number == 0x1234 => {
-                    Some(p.payload.clone())
-                }
+        let mut pair = Pair::connected();
+        let captured = pair
+            .keys
+            .get()
+            .expect("the handshake exported keys")
+            .clone();
+        for wrong_side in [true, false] {
+            let (profile, material) = (pair.profile(), &captured.material);
+            let client = captured.client != wrong_side;
+            let cipher = RtpCipher::from_keying_material(profile, material, client).unwrap();
+            // An RTP packet made and sealed by us, with A's stream's SSRC and payload type.
+            let (ssrc, pt) = pair.sender_stream();
+            let seq: u16 = if wrong_side { 0x1233 } else { 0x1234 };
+            let payload = b"fast path, sealed in place".to_vec();
+            let mut packet = vec![0x80, 0x80 | pt, 0, 0, 0, 0, 0x0b, 0xb8];
+            packet[2..4].copy_from_slice(&seq.to_be_bytes());
+            packet.extend_from_slice(&ssrc.to_be_bytes());
+            packet.extend_from_slice(&payload);
+            cipher.seal(&mut packet, 12, 0).unwrap();
+            let input = Receive::new(Protocol::Udp, pair.a_addr, pair.b_addr, &packet).unwrap();
+            pair.b
+                .handle_input(str0m::Input::Receive(pair.now, input))
+                .unwrap();
+            let events = pair.run_for(std::time::Duration::from_millis(200));
+            let delivered = events.iter().find_map(|e| match e {
+                Event::RtpPacket(p) if p.header.sequence_number == seq => Some(p.payload.clone()),
                 _ => None,
-            })
-            .expect("the unmodified peer decrypted and delivered our packet");
-        assert_eq!(&received[..], &payload[..]);
+            });
+            if wrong_side {
+                assert!(
+                    delivered.is_none(),
+                    "sealed with the other side's keys: refused"
+                );
+            } else {
+                let delivered = delivered.expect("the unmodified peer decrypted and delivered it");
+                assert_eq!(&delivered[..], &payload[..]);
+            }
+        }
     }
 }

@@ -10,6 +10,8 @@ mod engine;
 pub mod offer;
 pub mod srtp;
 mod tcp;
+#[cfg(test)]
+pub(crate) mod test_peers;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};

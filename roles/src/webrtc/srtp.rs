@@ -160,16 +160,31 @@ impl RtpCipher {
     /// Encrypts `packet[header_len..]` in place and appends the tag (RFC 7714 §5.2.1);
     /// `roc` is the rollover counter of the packet's sequence number.
     pub fn seal(&self, packet: &mut Vec<u8>, header_len: usize, roc: u32) -> Result<(), SrtpError> {
-        if packet.len() < header_len || header_len < 12 {
+        let len = packet.len();
+        packet.resize(len + TAG_LEN, 0);
+        self.seal_datagram(packet, header_len, roc)
+            .inspect_err(|_| packet.truncate(len))
+    }
+
+    /// Seals a datagram laid out in place as header, payload and room for the tag (its
+    /// last [`TAG_LEN`] bytes): the form a send batch holds it in.
+    pub fn seal_datagram(
+        &self,
+        datagram: &mut [u8],
+        header_len: usize,
+        roc: u32,
+    ) -> Result<(), SrtpError> {
+        if header_len < 12 || datagram.len() < header_len + TAG_LEN {
             return Err(SrtpError::Short);
         }
-        let (header, payload) = packet.split_at_mut(header_len);
+        let (header, rest) = datagram.split_at_mut(header_len);
+        let (payload, tag_room) = rest.split_at_mut(rest.len() - TAG_LEN);
         let nonce = self.nonce(header, roc);
         let tag = self
             .key
             .seal_in_place_separate_tag(nonce, Aad::from(&*header), payload)
             .map_err(|_| SrtpError::Key)?;
-        packet.extend_from_slice(tag.as_ref());
+        tag_room.copy_from_slice(tag.as_ref());
         Ok(())
     }
 

@@ -1,0 +1,249 @@
+//! The per-viewer hot path of issue 14, outside str0m's per-packet machinery: for each packet
+//! of a frame packetized once for every viewer, this viewer's RTP header (its payload type,
+//! SSRC, sequence number and timestamp, the marker, and only the extensions it needs: the
+//! MID for BUNDLE), the shared payload copied once into the send batch, and SRTP sealed in
+//! place with the viewer's keys (`webrtc::srtp`, keys from `webrtc::dtls_keys`).
+//!
+//! Not wired into the engine yet: str0m still sends every packet. What this holds is proven
+//! against an unmodified str0m receiver (across a sequence-number rollover) and measured
+//! against str0m's own `write_rtp` path (`docs/benchmarks.md`).
+
+use std::ops::Range;
+
+use crate::webrtc::srtp::{RtpCipher, SrtpError, TAG_LEN};
+
+/// The RFC 8285 one-byte header extension block's marker.
+const ONE_BYTE_EXTENSIONS: [u8; 2] = [0xbe, 0xde];
+
+/// One outgoing RTP stream of one viewer.
+#[derive(Debug)]
+pub struct ViewerRtp {
+    ssrc: u32,
+    pt: u8,
+    cipher: RtpCipher,
+    /// The extended sequence number of the next packet: its high bits are the SRTP
+    /// rollover counter, which only the sender can know.
+    next_seq: u64,
+    /// The MID extension (its id and value), when the viewer negotiated one.
+    mid: Option<(u8, Vec<u8>)>,
+}
+
+impl ViewerRtp {
+    /// A stream sending as `ssrc` with payload type `pt`, from extended sequence number
+    /// `first_seq` (below 2^15 for a new stream, so that the receiver's first guess of the
+    /// rollover counter, 0, is right).
+    pub fn new(ssrc: u32, pt: u8, first_seq: u64, cipher: RtpCipher) -> ViewerRtp {
+        ViewerRtp {
+            ssrc,
+            pt: pt & 0x7f,
+            cipher,
+            next_seq: first_seq,
+            mid: None,
+        }
+    }
+
+    /// Sends the MID extension with every packet (`id` from the viewer's extmap, 1 to 14).
+    pub fn with_mid(mut self, id: u8, mid: &str) -> ViewerRtp {
+        if (1..=14).contains(&id) && (1..=16).contains(&mid.len()) {
+            self.mid = Some((id, mid.as_bytes().to_vec()));
+        }
+        self
+    }
+
+    /// The extended sequence number the next packet will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends one sealed datagram to `batch`: header, `payload`, tag. Returns where it is.
+    pub fn write(
+        &mut self,
+        timestamp: u32,
+        marker: bool,
+        payload: &[u8],
+        batch: &mut Vec<u8>,
+    ) -> Result<Range<usize>, SrtpError> {
+        let start = batch.len();
+        let seq = self.next_seq;
+        let extension = self.mid.as_ref().map(|(id, value)| {
+            let body = 1 + value.len();
+            (*id, value, body.div_ceil(4) * 4)
+        });
+        let first = 0x80 | if extension.is_some() { 0x10 } else { 0 };
+        batch.extend_from_slice(&[first, self.pt | if marker { 0x80 } else { 0 }]);
+        batch.extend_from_slice(&(seq as u16).to_be_bytes());
+        batch.extend_from_slice(&timestamp.to_be_bytes());
+        batch.extend_from_slice(&self.ssrc.to_be_bytes());
+        if let Some((id, value, padded)) = extension {
+            batch.extend_from_slice(&ONE_BYTE_EXTENSIONS);
+            batch.extend_from_slice(&((padded / 4) as u16).to_be_bytes());
+            batch.push((id << 4) | (value.len() as u8 - 1));
+            batch.extend_from_slice(value);
+            batch.resize(batch.len() + padded - 1 - value.len(), 0);
+        }
+        let header_len = batch.len() - start;
+        batch.extend_from_slice(payload);
+        batch.resize(batch.len() + TAG_LEN, 0);
+        let end = batch.len();
+        let sealed =
+            self.cipher
+                .seal_datagram(&mut batch[start..end], header_len, (seq >> 16) as u32);
+        if let Err(e) = sealed {
+            batch.truncate(start);
+            return Err(e);
+        }
+        self.next_seq += 1;
+        Ok(start..end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use str0m::Event;
+    use str0m::rtp::RtpWrite;
+
+    use super::*;
+    use crate::webrtc::test_peers::Pair;
+
+    fn viewer(pair: &mut Pair, first_seq: u64) -> ViewerRtp {
+        let keys = pair.keys.get().unwrap().clone();
+        let cipher =
+            RtpCipher::from_keying_material(pair.profile(), &keys.material, keys.client).unwrap();
+        let (ssrc, pt) = pair.sender_stream();
+        ViewerRtp::new(ssrc, pt, first_seq, cipher)
+    }
+
+    #[test]
+    fn an_unmodified_receiver_takes_every_packet_across_a_sequence_number_rollover() {
+        let mut pair = Pair::connected();
+        let mid = pair.mid.to_string();
+        // str0m's default extension map has the MID at id 4.
+        let first: u64 = 65_530;
+        let mut stream = viewer(&mut pair, first).with_mid(4, &mid);
+        let mut batch = Vec::with_capacity(16 * 1500);
+        let mut sent = Vec::new();
+        let mut events = Vec::new();
+        for i in 0..12u32 {
+            batch.clear();
+            let payload: Vec<u8> = (0..100 + i).map(|b| b as u8).collect();
+            let at = stream
+                .write(90_000 + i * 3000, i % 3 == 2, &payload, &mut batch)
+                .unwrap();
+            // B is polled after each datagram, as a receiving socket loop does.
+            pair.deliver_to_b(&batch[at]);
+            events.extend(pair.run_for(Duration::from_millis(10)));
+            sent.push(payload);
+        }
+        assert_eq!(
+            stream.next_seq() >> 16,
+            1,
+            "the rollover counter moved to 1"
+        );
+        let received: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::RtpPacket(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            received.len(),
+            12,
+            "every packet decrypted, before and after the rollover"
+        );
+        for (i, (packet, payload)) in received.iter().zip(&sent).enumerate() {
+            let i = i as u32;
+            assert_eq!(
+                u64::from(packet.header.sequence_number),
+                (first + u64::from(i)) % 65_536
+            );
+            assert_eq!(packet.header.timestamp, 90_000 + i * 3000);
+            assert_eq!(packet.header.marker, i % 3 == 2);
+            assert_eq!(
+                packet.header.ext_vals.mid.map(|m| m.to_string()),
+                Some(mid.clone())
+            );
+            assert_eq!(&packet.payload[..], &payload[..]);
+        }
+    }
+
+    /// The per-packet cost of this path against str0m's own (`write_rtp`, then its packets
+    /// polled out), in one run: `cargo test --release -p cascade-roles --lib
+    /// edge::fast_path::tests::per_packet_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark: run it in release, see docs/benchmarks.md"]
+    fn per_packet_cost() {
+        const PACKETS: u32 = 200_000;
+        const PER_FRAME: u32 = 10;
+        let payload: std::sync::Arc<[u8]> = vec![0x5a; 1100].into();
+        let mut pair = Pair::connected();
+        let mut stream = viewer(&mut pair, 1000).with_mid(4, &pair.mid.to_string());
+        let mut batch = Vec::with_capacity(PER_FRAME as usize * 1200);
+        let started = Instant::now();
+        let mut bytes = 0usize;
+        for i in 0..PACKETS {
+            if i % PER_FRAME == 0 {
+                bytes += batch.len();
+                batch.clear();
+            }
+            stream
+                .write(
+                    i / PER_FRAME * 3000,
+                    i % PER_FRAME == PER_FRAME - 1,
+                    &payload,
+                    &mut batch,
+                )
+                .unwrap();
+        }
+        std::hint::black_box(&batch);
+        let ours = started.elapsed();
+
+        let (_, pt) = pair.sender_stream();
+        let mid = pair.mid;
+        let started = Instant::now();
+        let mut datagrams = 0u32;
+        for i in 0..PACKETS {
+            let now = pair.now;
+            let mut direct = pair.a.direct_api();
+            let tx = direct.stream_tx_by_mid(mid, None).unwrap();
+            let write = RtpWrite::new(
+                pt.into(),
+                u64::from(5000 + i).into(),
+                i / PER_FRAME * 3000,
+                now,
+                payload.clone(),
+            )
+            .marker(i % PER_FRAME == PER_FRAME - 1)
+            .nackable(true);
+            tx.write_rtp(write);
+            if i % PER_FRAME == PER_FRAME - 1 {
+                // A frame's packets out, as the engine drives str0m: poll until it waits.
+                pair.now += Duration::from_millis(33);
+                pair.a
+                    .handle_input(str0m::Input::Timeout(pair.now))
+                    .unwrap();
+                loop {
+                    match pair.a.poll_output().unwrap() {
+                        str0m::Output::Transmit(t) => {
+                            bytes += t.contents.len();
+                            datagrams += 1;
+                        }
+                        str0m::Output::Event(_) => {}
+                        str0m::Output::Timeout(_) => break,
+                    }
+                }
+            }
+        }
+        let theirs = started.elapsed();
+        let per = |d: Duration| d.as_nanos() as f64 / f64::from(PACKETS);
+        println!(
+            "{PACKETS} packets of 1,100 bytes, {PER_FRAME} per frame: fast path {:.0} ns/packet, str0m write_rtp + poll_output {:.0} ns/packet ({} datagrams polled), ratio {:.1}x ({bytes} bytes)",
+            per(ours),
+            per(theirs),
+            datagrams,
+            per(theirs) / per(ours)
+        );
+    }
+}
