@@ -60,6 +60,7 @@ fn live(segments: u64, partial: u64) -> MediaPlaylist {
                 program_date_time_ms: 1_796_125_000_000 + msn * 2000,
                 discontinuity: msn == 12,
                 parts: (0..6).map(|i| part(msn, i)).collect(),
+                map_uri: (msn >= 12).then(|| "init-b.mp4".into()),
             })
             .collect(),
         partial: (0..partial).map(|i| part(10 + segments, i)).collect(),
@@ -70,6 +71,8 @@ fn live(segments: u64, partial: u64) -> MediaPlaylist {
             last_part: 1,
         }],
         ended: false,
+        partial_discontinuity: false,
+        partial_map_uri: None,
     }
 }
 
@@ -83,7 +86,7 @@ print("sequence", p.media_sequence, "discontinuity_sequence", p.discontinuity_se
 print("segments", len(p.segments), "skipped", p.skip.skipped_segments if p.skip else 0)
 for s in p.segments:
     print("segment", s.uri, s.duration, s.discontinuity, s.program_date_time.isoformat() if s.program_date_time else None,
-          [(x.uri, round(x.duration, 5), bool(x.independent)) for x in s.parts])
+          [(x.uri, round(x.duration, 5), bool(x.independent)) for x in s.parts], "init", s.init_section.uri if s.init_section else None)
 print("hint", p.preload_hint.hint_type, p.preload_hint.uri)
 for r in p.rendition_reports:
     print("report", r.uri, r.last_msn, r.last_part)
@@ -105,6 +108,11 @@ fn an_independent_parser_reads_our_live_playlist_as_we_meant_it() {
         "{out}"
     );
     assert!(lines[6].starts_with("segment seg12.m4s 2.0 True"), "{out}");
+    assert!(lines[4].ends_with("init init.mp4"), "{out}");
+    assert!(
+        lines[6].ends_with("init init-b.mp4"),
+        "a segment after new parameter sets has its own init segment: {out}"
+    );
     assert!(
         lines[7].contains("[('part13.0.m4s', 0.33333, True), ('part13.1.m4s', 0.33333, False)]"),
         "the segment being written is listed by its parts: {out}"

@@ -157,3 +157,94 @@ async fn a_recording_is_started_stopped_listed_decodes_completely_and_survives_a
     let listed = decodes_completely(&node, cut_id, "source").await;
     assert!(listed >= 4.0, "{listed} s up to the crash");
 }
+
+/// x264 test pattern at `size`, no B-frames, a keyframe a second.
+fn pattern(size: &str) -> Vec<String> {
+    [
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc=size={size}:rate=30"),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-bf",
+        "0",
+        "-g",
+        "30",
+        "-pix_fmt",
+        "yuv420p",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_back_at_another_size_gets_its_own_init_segment_and_plays_across_the_change() {
+    let _turn = crate::support::one_heavy_test_at_a_time().await;
+    let node = Node::start(&["--ladder", "none"]).await;
+    let first = Encoder::flv(&pattern("640x360"), &node.rtmp_url("resize"));
+    node.wait_live("resize", Duration::from_secs(20)).await;
+    let client = reqwest::Client::new();
+    let started = client
+        .post(node.url("/api/v1/streams/resize/recording"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 201);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The publisher comes back within the reconnect grace, at another size.
+    drop(first);
+    let _second = Encoder::flv(&pattern("320x240"), &node.rtmp_url("resize"));
+    tokio::time::sleep(Duration::from_secs(7)).await;
+
+    // Live: the new segments name their own init segment after a discontinuity, and both
+    // init segments are served.
+    let live = client
+        .get(node.url("/hls/resize/source/index.m3u8"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let maps: Vec<String> = live
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .map(|l| l.trim_end_matches('"').to_owned())
+        .collect();
+    assert_eq!(maps.len(), 2, "{live}");
+    assert_ne!(maps[0], maps[1]);
+    assert!(live.contains("#EXT-X-DISCONTINUITY"), "{live}");
+    for init in &maps {
+        let response = client
+            .get(node.url(&format!("/hls/resize/source/{init}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{init}");
+    }
+
+    // Recorded: the VOD playlist carries both, and every frame decodes, on both sides of
+    // the change.
+    let stopped: serde_json::Value = client
+        .delete(node.url("/api/v1/streams/resize/recording"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = stopped["id"].as_str().unwrap();
+    let listed = decodes_completely(&node, id, "source").await;
+    assert!(listed >= 9.0, "{listed} s recorded");
+    let vod = reqwest::get(node.url(&format!("/recordings/{id}/source/index.m3u8")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(vod.matches("#EXT-X-MAP").count(), 2, "{vod}");
+}

@@ -335,8 +335,12 @@ pub fn fragment(
         match track {
             Track::H264(_) => {
                 for nal in nal_units(sample.annex_b) {
-                    // Parameter sets and delimiters live in the init segment.
-                    if matches!(nal_type(nal), Some(7..=9)) {
+                    // Delimiters have no place in MP4. Parameter sets are in the init
+                    // segment and stay in keyframes too (ISO/IEC 14496-15 allows them in
+                    // samples): a decoder that keeps one configuration across a new
+                    // `EXT-X-MAP` (FFmpeg's HLS reader does) still decodes a publisher that
+                    // came back with other ones.
+                    if nal_type(nal) == Some(9) {
                         continue;
                     }
                     data.extend_from_slice(&(nal.len() as u32).to_be_bytes());
@@ -430,7 +434,8 @@ mod tests {
     #[test]
     fn a_fragment_points_its_run_at_its_data_and_keeps_durations_and_sync_flags() {
         let track = Track::H264(H264Track::from_keyframe(1, 90_000, &keyframe()).unwrap());
-        let delta = [0, 0, 0, 1, 0x41, 0x9a, 0x01, 0x02];
+        // A delta frame after an access unit delimiter, which MP4 has no place for.
+        let delta = [0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1, 0x41, 0x9a, 0x01, 0x02];
         let key = keyframe();
         let samples = [
             Sample {
@@ -465,8 +470,10 @@ mod tests {
         );
         assert_eq!(entries[0].flags, Some(SYNC_SAMPLE));
         assert_eq!(entries[1].flags, Some(NON_SYNC_SAMPLE));
-        // The IDR slice alone (5 bytes + length) and the delta slice (4 + length).
-        assert_eq!(entries[0].size, Some(9));
+        // The keyframe whole, parameter sets included (each NAL unit after its length), and
+        // the delta slice without the delimiter (4 + length).
+        let keyframe_len: usize = nal_units(&key).map(|n| 4 + n.len()).sum();
+        assert_eq!(entries[0].size, Some(keyframe_len as u32));
         assert_eq!(entries[1].size, Some(8));
         let offset = trun.data_offset.unwrap() as usize;
         let moof_len = bytes.len() - mdat.data.len() - 8;
@@ -475,7 +482,9 @@ mod tests {
             moof_len + 8,
             "the run starts at the mdat's first byte"
         );
-        assert_eq!(&bytes[offset..offset + 4], &[0, 0, 0, 5]);
-        assert_eq!(bytes[offset + 4], 0x65);
+        // The keyframe's first NAL unit, its SPS, after its length.
+        let sps_len = nal_units(&key).next().unwrap().len() as u32;
+        assert_eq!(&bytes[offset..offset + 4], &sps_len.to_be_bytes());
+        assert_eq!(bytes[offset + 4], 0x67);
     }
 }

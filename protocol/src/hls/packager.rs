@@ -114,6 +114,8 @@ struct StoredPart {
 
 struct StoredSegment {
     msn: u64,
+    /// The initialisation segment its fragments need.
+    init_name: String,
     duration: f64,
     program_date_time_ms: u64,
     discontinuity: bool,
@@ -176,6 +178,9 @@ pub struct RenditionPackager {
     last_decode_time: Option<u64>,
     discontinuity_next: bool,
     discontinuity_sequence: u64,
+    /// Initialisation segments replaced by a new one, newest last, kept while segments
+    /// listed may need them.
+    previous_inits: VecDeque<(String, Bytes)>,
     /// Wall clock of the newest published part's first frame (Unix ms).
     newest_part_wall_ms: Option<u64>,
 }
@@ -208,6 +213,7 @@ impl RenditionPackager {
             last_decode_time: None,
             discontinuity_next: false,
             discontinuity_sequence: 0,
+            previous_inits: VecDeque::new(),
             newest_part_wall_ms: None,
         }
     }
@@ -248,6 +254,19 @@ impl RenditionPackager {
         )
     }
 
+    fn set_track(&mut self, track: Track) -> Result<(), ProtocolError> {
+        let init = Bytes::from(init_segment(&track)?);
+        if let Some(old) = self.init.replace(init) {
+            let name = format!("init-{:08x}.mp4", fnv1a(&old));
+            self.previous_inits.push_back((name, old));
+            while self.previous_inits.len() > 4 {
+                self.previous_inits.pop_front();
+            }
+        }
+        self.track = Some(track);
+        Ok(())
+    }
+
     /// The publisher changed: the next segment starts after a discontinuity.
     pub fn discontinuity(&mut self) {
         self.close_part();
@@ -258,15 +277,41 @@ impl RenditionPackager {
         self.discontinuity_next = true;
     }
 
+    /// An initialisation segment by the name the playlist gives it: the current one, or
+    /// one a listed segment still needs.
+    pub fn init_named(&self, name: &str) -> Option<Bytes> {
+        if name == self.init_name() {
+            return self.init.clone();
+        }
+        self.previous_inits
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
     /// Takes one frame; returns whether players can see something new.
     pub fn push(&mut self, frame: Frame) -> Result<Change, ProtocolError> {
-        if self.track.is_none() {
-            if !frame.keyframe {
-                return Ok(Change::None);
+        if frame.keyframe && !self.audio {
+            // A keyframe describes the track. Other parameter sets (a publisher that came
+            // back at another size) need their own initialisation segment, after a
+            // discontinuity: the fragments carry no parameter sets of their own.
+            match H264Track::from_keyframe(1, self.timescale, &frame.data) {
+                Ok(described) => {
+                    let same = matches!(&self.track, Some(Track::H264(t)) if *t == described);
+                    if !same {
+                        if self.track.is_some() {
+                            self.discontinuity();
+                        }
+                        self.set_track(Track::H264(described))?;
+                    }
+                }
+                // Parameter sets sent once, out of band of later keyframes: keep the track.
+                Err(_) if self.track.is_some() => {}
+                Err(e) => return Err(e),
             }
-            let track = Track::H264(H264Track::from_keyframe(1, self.timescale, &frame.data)?);
-            self.init = Some(Bytes::from(init_segment(&track)?));
-            self.track = Some(track);
+        }
+        if self.track.is_none() {
+            return Ok(Change::None);
         }
         let dts = frame.decode_time();
         if self.last_decode_time.is_some_and(|last| dts <= last) {
@@ -389,6 +434,7 @@ impl RenditionPackager {
         }
         self.segments.push_back(StoredSegment {
             msn: self.next_msn,
+            init_name: self.init_name(),
             duration,
             program_date_time_ms: wall_ms,
             discontinuity: std::mem::take(&mut self.discontinuity_next),
@@ -427,16 +473,23 @@ impl RenditionPackager {
     }
 
     fn playlist_skeleton(&self) -> MediaPlaylist {
-        MediaPlaylist::of_segments(
+        let current = self.init_name();
+        let mut playlist = MediaPlaylist::of_segments(
             self.config.part_target,
             self.discontinuity_sequence,
-            self.init_name(),
+            current.clone(),
             self.segments
                 .iter()
-                .map(|s| Segment::whole(s.msn, s.duration, s.program_date_time_ms, s.discontinuity))
+                .map(|s| Segment {
+                    map_uri: (s.init_name != current).then(|| s.init_name.clone()),
+                    ..Segment::whole(s.msn, s.duration, s.program_date_time_ms, s.discontinuity)
+                })
                 .collect(),
             false,
-        )
+        );
+        playlist.partial_discontinuity = self.discontinuity_next;
+        playlist.partial_map_uri = Some(current);
+        playlist
     }
 
     /// The media playlist now.
@@ -600,6 +653,81 @@ mod tests {
                 "{segment} {part} {window}"
             );
         }
+    }
+
+    /// A keyframe like [`keyframe`] with another level in its SPS: other parameter sets,
+    /// as a publisher that came back with other encoder settings sends.
+    fn other_keyframe() -> Bytes {
+        let mut au = keyframe().to_vec();
+        au[7] = 0x1e; // level_idc 3.0 instead of 1.3
+        Bytes::from(au)
+    }
+
+    #[test]
+    fn new_parameter_sets_start_a_new_init_segment_after_a_discontinuity_and_the_old_one_stays_served()
+     {
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
+        feed(&mut packager, 0, 30 * 5, 30);
+        let first_init = packager.init_name();
+        // The publisher comes back with other settings: same timeline, other SPS.
+        for i in 30 * 5..30 * 9 {
+            let is_key = i % 30 == 0;
+            packager
+                .push(Frame {
+                    timestamp: 90_000 + i * 3000,
+                    composition_offset: 0,
+                    keyframe: is_key,
+                    data: if is_key {
+                        other_keyframe()
+                    } else {
+                        Bytes::from_static(&[0, 0, 0, 1, 0x41, 0x9a])
+                    },
+                    wall_ms: 1_796_125_000_000 + i * 100 / 3,
+                })
+                .unwrap();
+        }
+        let second_init = packager.init_name();
+        assert_ne!(first_init, second_init);
+        let text = crate::hls::playlist::render_media(&packager.playlist(), false);
+        let maps: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("#EXT-X-MAP"))
+            .collect();
+        assert_eq!(
+            maps,
+            vec![
+                format!("#EXT-X-MAP:URI=\"{first_init}\"").as_str(),
+                format!("#EXT-X-MAP:URI=\"{second_init}\"").as_str()
+            ],
+            "{text}"
+        );
+        let discontinuity = text.find("#EXT-X-DISCONTINUITY\n").expect(&text);
+        let second_map = text
+            .find(&format!("#EXT-X-MAP:URI=\"{second_init}\""))
+            .unwrap();
+        assert!(
+            discontinuity < second_map,
+            "the new map follows the discontinuity: {text}"
+        );
+        assert!(
+            packager.init_named(&first_init).is_some(),
+            "segments before still need it"
+        );
+        assert!(packager.init_named(&second_init).is_some());
+        assert!(packager.init_named("init-00000000.mp4").is_none());
+    }
+
+    #[test]
+    fn the_discontinuity_is_listed_before_the_parts_of_the_segment_being_written() {
+        let mut packager = RenditionPackager::new(PackagerConfig::default(), 90_000, Media::H264);
+        feed(&mut packager, 0, 30 * 4 + 5, 30);
+        packager.discontinuity();
+        feed(&mut packager, 30 * 5, 20, 30);
+        let text = crate::hls::playlist::render_media(&packager.playlist(), false);
+        let tail = &text[text.rfind("#EXTINF").unwrap()..];
+        let discontinuity = tail.find("#EXT-X-DISCONTINUITY").expect(&text);
+        let first_part = tail.find("#EXT-X-PART:").unwrap();
+        assert!(discontinuity < first_part, "{text}");
     }
 
     #[test]

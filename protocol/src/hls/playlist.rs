@@ -47,6 +47,9 @@ pub struct Segment {
     pub discontinuity: bool,
     /// Its parts; empty for segments old enough that their parts were dropped.
     pub parts: Vec<Part>,
+    /// Its initialisation segment when it is not the playlist's (the publisher came back
+    /// with other parameter sets): an `EXT-X-MAP` goes before it.
+    pub map_uri: Option<String>,
 }
 
 /// Where another rendition's playlist is (`EXT-X-RENDITION-REPORT`).
@@ -79,6 +82,11 @@ pub struct MediaPlaylist {
     pub rendition_reports: Vec<RenditionReport>,
     /// The recording is over (`EXT-X-ENDLIST`): a VOD playlist.
     pub ended: bool,
+    /// The segment being written follows a discontinuity: the tag goes before its parts.
+    pub partial_discontinuity: bool,
+    /// The segment being written needs another initialisation segment than the last
+    /// listed one.
+    pub partial_map_uri: Option<String>,
 }
 
 impl Segment {
@@ -91,6 +99,7 @@ impl Segment {
             program_date_time_ms,
             discontinuity,
             parts: Vec::new(),
+            map_uri: None,
         }
     }
 }
@@ -114,6 +123,8 @@ impl MediaPlaylist {
             preload_hint: None,
             rendition_reports: Vec::new(),
             ended,
+            partial_discontinuity: false,
+            partial_map_uri: None,
         }
     }
 
@@ -181,7 +192,13 @@ pub fn render_media(playlist: &MediaPlaylist, skip: bool) -> String {
             playlist.discontinuity_sequence
         );
     }
-    let _ = writeln!(out, "#EXT-X-MAP:URI=\"{}\"", playlist.map_uri);
+    let first_map = playlist
+        .segments
+        .first()
+        .and_then(|s| s.map_uri.as_deref())
+        .unwrap_or(&playlist.map_uri);
+    let _ = writeln!(out, "#EXT-X-MAP:URI=\"{first_map}\"");
+    let mut map_in_effect = first_map;
 
     let skipped = if skip && !playlist.ended {
         skippable(&playlist.segments, can_skip_until as f64)
@@ -191,9 +208,18 @@ pub fn render_media(playlist: &MediaPlaylist, skip: bool) -> String {
     if skipped > 0 {
         let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
     }
-    for segment in playlist.segments.iter().skip(skipped) {
+    for (i, segment) in playlist.segments.iter().enumerate() {
+        let map = segment.map_uri.as_deref().unwrap_or(&playlist.map_uri);
+        if i < skipped {
+            map_in_effect = map;
+            continue;
+        }
         if segment.discontinuity {
             out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        if map != map_in_effect {
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{map}\"");
+            map_in_effect = map;
         }
         // Players need it on the first listed segment and after a discontinuity; every
         // segment has it, which the spec allows and which costs a line.
@@ -206,6 +232,18 @@ pub fn render_media(playlist: &MediaPlaylist, skip: bool) -> String {
             write_part(&mut out, part);
         }
         let _ = writeln!(out, "#EXTINF:{:.5},\n{}", segment.duration, segment.uri);
+    }
+    if !playlist.partial.is_empty() {
+        if playlist.partial_discontinuity {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        if let Some(map) = playlist
+            .partial_map_uri
+            .as_deref()
+            .filter(|m| *m != map_in_effect)
+        {
+            let _ = writeln!(out, "#EXT-X-MAP:URI=\"{map}\"");
+        }
     }
     for part in &playlist.partial {
         write_part(&mut out, part);
@@ -436,6 +474,7 @@ mod tests {
                 program_date_time_ms: 1_796_125_000_000 + msn * 2000,
                 discontinuity: false,
                 parts: (0..6).map(|i| part(msn, i, i == 0)).collect(),
+                map_uri: None,
             })
             .collect();
         MediaPlaylist {
@@ -451,6 +490,8 @@ mod tests {
                 last_part: partial.saturating_sub(1),
             }],
             ended: false,
+            partial_discontinuity: false,
+            partial_map_uri: None,
         }
     }
 

@@ -79,6 +79,12 @@ impl Rendition {
         lock(&self.packager).init_name()
     }
 
+    /// An initialisation segment by its name: the current one, or one that segments still
+    /// listed need (the publisher came back with other parameter sets).
+    pub fn init_named(&self, name: &str) -> Option<Bytes> {
+        lock(&self.packager).init_named(name)
+    }
+
     /// A part's bytes.
     pub fn part(&self, msn: u64, index: usize) -> Option<Bytes> {
         lock(&self.packager).part(msn, index)

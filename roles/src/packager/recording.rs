@@ -54,6 +54,10 @@ pub struct RecordedSegment {
     pub discontinuity: bool,
     /// Its size.
     pub bytes: u64,
+    /// Its initialisation segment, when not the rendition's first (the publisher came back
+    /// with other parameter sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 /// One recorded rendition.
@@ -137,7 +141,10 @@ impl Manifest {
             recorded
                 .segments
                 .iter()
-                .map(|s| Segment::whole(s.msn, s.duration, s.program_date_time_ms, s.discontinuity))
+                .map(|s| Segment {
+                    map_uri: s.init.clone(),
+                    ..Segment::whole(s.msn, s.duration, s.program_date_time_ms, s.discontinuity)
+                })
                 .collect(),
             self.header.state != RecordingState::Recording,
         );
@@ -484,14 +491,26 @@ fn write_rendition(
         .segments
         .last()
         .map_or(recorded.first_msn, |s| s.msn + 1);
-    for segment in rendition
-        .playlist()
-        .segments
-        .iter()
-        .filter(|s| s.msn >= next)
-    {
+    let playlist = rendition.playlist();
+    for segment in playlist.segments.iter().filter(|s| s.msn >= next) {
         let Some(bytes) = rendition.segment(segment.msn) else {
             continue;
+        };
+        // The init segment it needs, written beside the first when it is another one.
+        let needed = segment
+            .map_uri
+            .clone()
+            .unwrap_or_else(|| playlist.map_uri.clone());
+        let init = if Some(&needed) == recorded.init.as_ref() {
+            None
+        } else {
+            let path = rendition_dir.join(&needed);
+            if !path.exists()
+                && let Some(init_bytes) = rendition.init_named(&needed)
+            {
+                write_file(&path, &init_bytes)?;
+            }
+            Some(needed)
         };
         write_file(
             &rendition_dir.join(format!("seg{}.m4s", segment.msn)),
@@ -508,6 +527,7 @@ fn write_rendition(
                     .last()
                     .is_some_and(|s| s.msn + 1 != segment.msn),
             bytes: bytes.len() as u64,
+            init,
         });
         wrote = true;
     }
@@ -598,6 +618,7 @@ mod tests {
             program_date_time_ms: 1_796_125_000_000 + msn * 2000,
             discontinuity: false,
             bytes: 1000,
+            init: None,
         };
         Manifest {
             header: RecordingHeader {

@@ -298,8 +298,10 @@ async fn rendition_file(
             .is_some_and(|s| s.eq_ignore_ascii_case("YES") || s.eq_ignore_ascii_case("v2"));
         return cached(render_media(&playlist, skip), PLAYLIST, "max-age=1");
     }
-    let versioned_init = file.starts_with("init-") && file == rendition.init_name();
-    let bytes: Option<Bytes> = if file == "init.mp4" || versioned_init {
+    let versioned_init = file.starts_with("init-") && file.ends_with(".mp4");
+    let bytes: Option<Bytes> = if versioned_init {
+        rendition.init_named(&file)
+    } else if file == "init.mp4" {
         rendition.init()
     } else if let Some(msn) = file
         .strip_prefix("seg")
