@@ -46,7 +46,8 @@ pub trait Aligner: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Alignment>> + Send>>;
 }
 
-/// How long a standby rendition waits for the active packager's alignment.
+/// How long a standby rendition waits for the active packager's alignment (each time it
+/// asks).
 const ALIGN_WAIT: Duration = Duration::from_secs(2);
 
 /// A stream without an HLS request this long stops being packaged.
@@ -60,6 +61,9 @@ pub struct Rendition {
     pub name: String,
     track: Arc<Track>,
     packager: Mutex<RenditionPackager>,
+    /// How its packager was made, to make it again (a standby that lost step with the
+    /// active packager).
+    recipe: (PackagerConfig, u32, Media),
     version: watch::Sender<u64>,
 }
 
@@ -326,30 +330,71 @@ impl StreamPackager {
             let rendition = Arc::new(Rendition {
                 name: name.clone(),
                 track: Arc::clone(&track),
-                packager: Mutex::new(RenditionPackager::new(config, info.timescale, media)),
+                packager: Mutex::new(RenditionPackager::new(
+                    config,
+                    info.timescale,
+                    media.clone(),
+                )),
+                recipe: (config, info.timescale, media),
                 version,
             });
             let (tx, rx) = mpsc::channel(QUEUE);
             lock(&self._subscriptions).from_current_group(&track, QueueSink::new((), tx));
-            let alignment = aligner.map(|a| a.alignment(self.broadcast.id(), &name));
-            tokio::spawn(feed(Arc::downgrade(&rendition), rx, alignment));
+            let standby = aligner.map(|a| (Arc::clone(a), self.broadcast.id().clone()));
+            tokio::spawn(feed(Arc::downgrade(&rendition), rx, standby));
             tracing::info!(stream = %self.broadcast.id(), rendition = %name, "packaging LL-HLS");
             renditions.insert(name, rendition);
         }
     }
 }
 
-/// Feeds a rendition's packager until its subscription or the rendition ends; a standby's
-/// first waits for the active packager's `alignment` (its frames queue meanwhile).
+/// How a standby packager's rendition compares with the active packager's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Same open segment, same number.
+    Aligned,
+    /// The same segment has another number here: this side numbers on its own.
+    Misaligned,
+    /// Cannot tell now (one side cut a segment between the two looks, or has none yet).
+    Unsure,
+}
+
+/// Compares this side's open segment with the active packager's (a pure decision, see
+/// [`feed`]).
+pub fn compare_steps(own: Option<Alignment>, active: Option<Alignment>) -> Step {
+    match (own, active) {
+        (Some(own), Some(active)) if own == active => Step::Aligned,
+        (Some(own), Some(active)) if own.segment_start == active.segment_start => Step::Misaligned,
+        _ => Step::Unsure,
+    }
+}
+
+/// A standby checks its step with the active packager this often.
+const STEP_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// Looks that could not tell, in a row, after which a standby starts over aligned.
+const UNSURE_LIMIT: u32 = 3;
+
+/// Feeds a rendition's packager until its subscription or the rendition ends. On a standby
+/// (`standby`: who to ask), it first aligns to the active packager (its frames queue
+/// meanwhile), then checks every [`STEP_CHECK_EVERY`] that both still number alike, and
+/// starts over aligned when they do not: a failover to a standby that numbers on its own
+/// would send players `400`s.
 async fn feed(
     rendition: std::sync::Weak<Rendition>,
     mut frames: mpsc::Receiver<((), cascade_protocol::Frame)>,
-    alignment: Option<
-        std::pin::Pin<Box<dyn std::future::Future<Output = Option<Alignment>> + Send>>,
-    >,
+    standby: Option<(Arc<dyn Aligner>, StreamId)>,
 ) {
     let mut anchor = None;
-    if let Some(alignment) = alignment
+    let name = match rendition.upgrade() {
+        Some(r) => r.name.clone(),
+        None => return,
+    };
+    let ask = |standby: &Option<(Arc<dyn Aligner>, StreamId)>| {
+        standby
+            .as_ref()
+            .map(|(aligner, stream)| aligner.alignment(stream, &name))
+    };
+    if let Some(alignment) = ask(&standby)
         && let Ok(Some(active)) = tokio::time::timeout(ALIGN_WAIT, alignment).await
         && let Some(rendition) = rendition.upgrade()
     {
@@ -357,11 +402,44 @@ async fn feed(
         lock(&rendition.packager).align(active);
         anchor = Some(active.segment_start);
     }
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + STEP_CHECK_EVERY,
+        STEP_CHECK_EVERY,
+    );
+    let mut unsure = 0;
     let mut last_seq: Option<u64> = None;
     // When the frame before this one came: the last frame of a part this frame closes.
     let mut previous_at: Option<Instant> = None;
     let listing_delay = metrics::histogram!("cascade_hls_part_listing_delay_seconds");
-    while let Some(((), frame)) = frames.recv().await {
+    loop {
+        let frame = tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(((), frame)) => frame,
+                None => return,
+            },
+            _ = check.tick(), if standby.is_some() => {
+                let Some(alignment) = ask(&standby) else { continue };
+                let active = tokio::time::timeout(ALIGN_WAIT, alignment).await.ok().flatten();
+                let Some(rendition) = rendition.upgrade() else { return };
+                let own = lock(&rendition.packager).alignment();
+                let step = compare_steps(own, active);
+                unsure = if step == Step::Unsure && active.is_some() { unsure + 1 } else { 0 };
+                if let Some(active) = active
+                    && (step == Step::Misaligned || unsure >= UNSURE_LIMIT)
+                {
+                    metrics::counter!("cascade_hls_standby_realignments_total").increment(1);
+                    tracing::warn!(rendition = %rendition.name, ?own, ?active, "standby packager out of step with the active one; starting over aligned");
+                    let (config, timescale, media) = rendition.recipe.clone();
+                    let mut fresh = RenditionPackager::new(config, timescale, media);
+                    fresh.align(active);
+                    *lock(&rendition.packager) = fresh;
+                    anchor = Some(active.segment_start);
+                    last_seq = None;
+                    unsure = 0;
+                }
+                continue;
+            }
+        };
         let received_at = Instant::now();
         let Some(rendition) = rendition.upgrade() else {
             return;
@@ -538,4 +616,29 @@ fn now_ms() -> u64 {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(msn: u64, segment_start: u64) -> Option<Alignment> {
+        Some(Alignment { msn, segment_start })
+    }
+
+    #[test]
+    fn a_standby_is_out_of_step_only_when_the_same_segment_has_another_number() {
+        assert_eq!(compare_steps(at(7, 90_000), at(7, 90_000)), Step::Aligned);
+        assert_eq!(
+            compare_steps(at(3, 90_000), at(7, 90_000)),
+            Step::Misaligned
+        );
+        assert_eq!(
+            compare_steps(at(7, 90_000), at(8, 270_000)),
+            Step::Unsure,
+            "the active cut a segment between the two looks"
+        );
+        assert_eq!(compare_steps(None, at(7, 90_000)), Step::Unsure);
+        assert_eq!(compare_steps(at(7, 90_000), None), Step::Unsure);
+    }
 }
