@@ -98,7 +98,9 @@ pub struct HlsEdge {
     connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
     cache: Mutex<HashMap<String, Arc<Entry>>>,
     suspects: Mutex<HashMap<SocketAddr, Instant>>,
-    warmed: Mutex<HashMap<(String, SocketAddr), Instant>>,
+    /// When each (stream, standby) was last warmed, by a hash of the pair: looked up on
+    /// every request, so without building a key.
+    warmed: Mutex<HashMap<u64, Instant>>,
     /// `cascade_hls_edge_requests_total` by [`Served`], registered once: every answer counts.
     served: [metrics::Counter; 3],
 }
@@ -181,7 +183,15 @@ impl HlsEdge {
     /// Asks a standby packager for `stream` now and then, so that it packages what the
     /// active one does and can take over without a cold start.
     pub fn warm(self: &Arc<Self>, stream: &str, standby: SocketAddr) {
-        let key = (stream.to_owned(), standby);
+        let key = {
+            use std::hash::{BuildHasher, Hash, Hasher};
+            static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+                std::sync::OnceLock::new();
+            let mut hasher = KEYS.get_or_init(Default::default).build_hasher();
+            stream.hash(&mut hasher);
+            standby.hash(&mut hasher);
+            hasher.finish()
+        };
         {
             let mut warmed = lock(&self.warmed);
             if warmed.get(&key).is_some_and(|at| at.elapsed() < WARM_EVERY) {
