@@ -568,8 +568,19 @@ mod tests {
         Bytes::from(au)
     }
 
-    /// Feeds `seconds` of 30 fps video with a keyframe every `gop` frames.
+    /// Feeds `frames` of 30 fps video from frame `from_frame`, a keyframe every `gop`.
     fn feed(packager: &mut RenditionPackager, from_frame: u64, frames: u64, gop: u64) {
+        feed_keyframes(packager, from_frame, frames, gop, keyframe);
+    }
+
+    /// [`feed`] with keyframes from `key`.
+    fn feed_keyframes(
+        packager: &mut RenditionPackager,
+        from_frame: u64,
+        frames: u64,
+        gop: u64,
+        key: fn() -> Bytes,
+    ) {
         for i in from_frame..from_frame + frames {
             let is_key = i % gop == 0;
             packager
@@ -578,7 +589,7 @@ mod tests {
                     composition_offset: 0,
                     keyframe: is_key,
                     data: if is_key {
-                        keyframe()
+                        key()
                     } else {
                         Bytes::from_static(&[0, 0, 0, 1, 0x41, 0x9a])
                     },
@@ -670,22 +681,7 @@ mod tests {
         feed(&mut packager, 0, 30 * 5, 30);
         let first_init = packager.init_name();
         // The publisher comes back with other settings: same timeline, other SPS.
-        for i in 30 * 5..30 * 9 {
-            let is_key = i % 30 == 0;
-            packager
-                .push(Frame {
-                    timestamp: 90_000 + i * 3000,
-                    composition_offset: 0,
-                    keyframe: is_key,
-                    data: if is_key {
-                        other_keyframe()
-                    } else {
-                        Bytes::from_static(&[0, 0, 0, 1, 0x41, 0x9a])
-                    },
-                    wall_ms: 1_796_125_000_000 + i * 100 / 3,
-                })
-                .unwrap();
-        }
+        feed_keyframes(&mut packager, 30 * 5, 30 * 4, 30, other_keyframe);
         let second_init = packager.init_name();
         assert_ne!(first_init, second_init);
         let text = crate::hls::playlist::render_media(&packager.playlist(), false);
