@@ -14,6 +14,12 @@ use aws_lc_rs::iv::FixedLength;
 /// RFC 3711 §4.3.1 labels.
 const LABEL_RTP_ENCRYPTION: u8 = 0x00;
 const LABEL_RTP_SALT: u8 = 0x02;
+const LABEL_RTCP_ENCRYPTION: u8 = 0x03;
+const LABEL_RTCP_SALT: u8 = 0x05;
+/// SRTCP: the RTCP header and sender SSRC stay clear; the E flag and 31-bit index follow the
+/// tag (RFC 7714 §9).
+const SRTCP_HEADER_LEN: usize = 8;
+const SRTCP_INDEX_LEN: usize = 4;
 /// RFC 7714: a 96-bit salt and a 128-bit tag.
 pub const SALT_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
@@ -118,13 +124,44 @@ impl RtpCipher {
         })
     }
 
-    /// The cipher of the side that sends as DTLS client (`client`) or server, from the
+    /// The RTP cipher of the side that sends as DTLS client (`client`) or server, from the
     /// exported keying material: client key, server key, client salt, server salt (RFC 5764
     /// §4.2).
     pub fn from_keying_material(
         profile: Profile,
         material: &[u8],
         client: bool,
+    ) -> Result<Self, SrtpError> {
+        RtpCipher::derived(
+            profile,
+            material,
+            client,
+            LABEL_RTP_ENCRYPTION,
+            LABEL_RTP_SALT,
+        )
+    }
+
+    /// The SRTCP cipher of that side: what opens the RTCP it sends ([`RtpCipher::open_rtcp`]).
+    pub fn rtcp_from_keying_material(
+        profile: Profile,
+        material: &[u8],
+        client: bool,
+    ) -> Result<Self, SrtpError> {
+        RtpCipher::derived(
+            profile,
+            material,
+            client,
+            LABEL_RTCP_ENCRYPTION,
+            LABEL_RTCP_SALT,
+        )
+    }
+
+    fn derived(
+        profile: Profile,
+        material: &[u8],
+        client: bool,
+        key_label: u8,
+        salt_label: u8,
     ) -> Result<Self, SrtpError> {
         let (k, s) = (profile.key_len(), SALT_LEN);
         if material.len() != 2 * k + 2 * s {
@@ -134,15 +171,49 @@ impl RtpCipher {
         let master_key = &material[key_at..key_at + k];
         let master_salt = &material[salt_at..salt_at + s];
         let mut session_key = [0u8; 32];
-        derive(
-            master_key,
-            master_salt,
-            LABEL_RTP_ENCRYPTION,
-            &mut session_key[..k],
-        )?;
+        derive(master_key, master_salt, key_label, &mut session_key[..k])?;
         let mut session_salt = [0u8; SALT_LEN];
-        derive(master_key, master_salt, LABEL_RTP_SALT, &mut session_salt)?;
+        derive(master_key, master_salt, salt_label, &mut session_salt)?;
         RtpCipher::new(profile, &session_key[..k], session_salt)
+    }
+
+    /// Authenticates and decrypts an SRTCP packet (RFC 7714 §9: the header and sender SSRC
+    /// clear, the E flag and index after the tag) into `out`: the compound RTCP packet.
+    /// Receive side only: Cascade never sends SRTCP of its own beside str0m's.
+    pub fn open_rtcp(&self, datagram: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
+        if datagram.len() < SRTCP_HEADER_LEN + TAG_LEN + SRTCP_INDEX_LEN {
+            return Err(SrtpError::Short);
+        }
+        let index_at = datagram.len() - SRTCP_INDEX_LEN;
+        let mut index = [0u8; SRTCP_INDEX_LEN];
+        index.copy_from_slice(&datagram[index_at..]);
+        let e_and_index = u32::from_be_bytes(index);
+        if e_and_index & 0x8000_0000 == 0 {
+            // Authenticated only: WebRTC endpoints encrypt their RTCP; not worth a path.
+            return Err(SrtpError::Authentication);
+        }
+        let mut iv = [0u8; SALT_LEN];
+        iv[2..6].copy_from_slice(&datagram[4..8]);
+        iv[8..12].copy_from_slice(&(e_and_index & 0x7fff_ffff).to_be_bytes());
+        for (byte, salt) in iv.iter_mut().zip(self.salt) {
+            *byte ^= salt;
+        }
+        let mut aad = [0u8; SRTCP_HEADER_LEN + SRTCP_INDEX_LEN];
+        aad[..SRTCP_HEADER_LEN].copy_from_slice(&datagram[..SRTCP_HEADER_LEN]);
+        aad[SRTCP_HEADER_LEN..].copy_from_slice(&index);
+        out.clear();
+        out.extend_from_slice(&datagram[..index_at]);
+        let plain = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(iv),
+                Aad::from(&aad),
+                &mut out[SRTCP_HEADER_LEN..],
+            )
+            .map_err(|_| SrtpError::Authentication)?
+            .len();
+        out.truncate(SRTCP_HEADER_LEN + plain);
+        Ok(())
     }
 
     /// RFC 7714 §8.1: the salt XOR (0, 0, SSRC, ROC, SEQ).
@@ -274,6 +345,30 @@ mod tests {
         );
         assert_eq!(
             cipher.open(&mut vec![0x80; 20], 12, 0),
+            Err(SrtpError::Short)
+        );
+    }
+
+    #[test]
+    fn srtcp_opens_as_rfc_7714_says() {
+        // RFC 7714 §16.1.2: an SR with SRTCP index 0x5d4, sealed with the same session key
+        // and salt as the RTP vector.
+        let plain = hex("81c8000d4d617273\
+                         4e5450314e545032525450200000042a0000e9304c756e61deadbeefdeadbeefdeadbeefdeadbeefdeadbeef");
+        let sealed = hex(
+            "81c8000d4d61727363e94885dcdab67ca727d7662f6b7e997ff5c0f76c06f32dc676a5f1730d6fda4ce09b4686303ded0bb9275bc84aa45896cf4d2fc5abf87245d9eade800005d4",
+        );
+        let mut opened = Vec::new();
+        rfc_cipher().open_rtcp(&sealed, &mut opened).unwrap();
+        assert_eq!(opened, plain);
+        let mut tampered = sealed.clone();
+        tampered[12] ^= 1;
+        assert_eq!(
+            rfc_cipher().open_rtcp(&tampered, &mut opened),
+            Err(SrtpError::Authentication)
+        );
+        assert_eq!(
+            rfc_cipher().open_rtcp(&sealed[..20], &mut opened),
             Err(SrtpError::Short)
         );
     }

@@ -21,6 +21,8 @@ pub(crate) struct Pair {
     pub now: Instant,
     pub a_addr: SocketAddr,
     pub b_addr: SocketAddr,
+    /// Every datagram B sent A (its SRTCP among them), in order.
+    pub from_b: Vec<Vec<u8>>,
 }
 
 impl Pair {
@@ -49,6 +51,7 @@ impl Pair {
             now,
             a_addr,
             b_addr,
+            from_b: Vec::new(),
         };
         for _ in 0..200 {
             if pair.keys.get().is_some() {
@@ -100,6 +103,9 @@ impl Pair {
                 loop {
                     match from.poll_output().expect("poll") {
                         Output::Transmit(t) => {
+                            if !a_sends {
+                                self.from_b.push(t.contents.to_vec());
+                            }
                             let input =
                                 Receive::new(Protocol::Udp, t.source, t.destination, &t.contents)
                                     .expect("a datagram");
