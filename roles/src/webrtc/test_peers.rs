@@ -80,12 +80,28 @@ impl Pair {
         (ssrc, pt)
     }
 
-    /// Hands a datagram from A to B.
-    pub fn deliver_to_b(&mut self, datagram: &[u8]) {
+    /// Hands a datagram from A to B, and polls B at once (as a socket loop does: str0m keeps
+    /// one received packet until it is polled); B's events.
+    pub fn deliver_to_b(&mut self, datagram: &[u8]) -> Vec<Event> {
         let input = Receive::new(Protocol::Udp, self.a_addr, self.b_addr, datagram).unwrap();
         self.b
             .handle_input(Input::Receive(self.now, input))
             .unwrap();
+        let mut events = Vec::new();
+        loop {
+            match self.b.poll_output().expect("poll") {
+                Output::Transmit(t) => {
+                    self.from_b.push(t.contents.to_vec());
+                    let input = Receive::new(Protocol::Udp, t.source, t.destination, &t.contents)
+                        .expect("a datagram");
+                    self.a
+                        .handle_input(Input::Receive(self.now, input))
+                        .expect("input");
+                }
+                Output::Timeout(_) => return events,
+                Output::Event(e) => events.push(e),
+            }
+        }
     }
 
     /// Runs both for `length` of virtual time; B's and A's events, in order.
