@@ -147,6 +147,13 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_ICE_TCP", value_name = "BOOL")]
     pub ice_tcp: Option<bool>,
 
+    /// Send WebRTC viewers' media on the per-viewer fast path (own RTP header, SRTP sealed
+    /// in place, batched sends) once their DTLS is done; `false` sends every packet through
+    /// str0m, as before it, for comparison [default: true]. Viewers over ICE-TCP, with
+    /// AES-CM SRTP or adapting their rendition always use str0m's path.
+    #[arg(long, env = "CASCADE_WEBRTC_FAST_PATH", value_name = "BOOL")]
+    pub webrtc_fast_path: Option<bool>,
+
     /// IP address advertised in ICE candidates, when clients reach this node by another
     /// address than it binds (NAT, containers) [default: the bound address].
     #[arg(long, env = "CASCADE_PUBLIC_IP", value_name = "IP")]
@@ -298,6 +305,8 @@ pub struct NodeConfig {
     pub reconnect_grace: Duration,
     /// See [`RunOptions::handshake_timeout`].
     pub handshake_timeout: Duration,
+    /// See [`RunOptions::webrtc_fast_path`].
+    pub webrtc_fast_path: bool,
     /// See [`RunOptions::max_viewers`] and [`RunOptions::max_publishers`].
     pub limits: cascade_roles::admission::Limits,
     /// See [`RunOptions::quic_addr`].
@@ -467,6 +476,10 @@ impl NodeConfig {
             },
             reconnect_grace,
             handshake_timeout,
+            webrtc_fast_path: cli
+                .webrtc_fast_path
+                .or(file.webrtc_fast_path)
+                .unwrap_or(true),
             limits: cascade_roles::admission::Limits {
                 max_viewers: cli.max_viewers.or(file.max_viewers),
                 max_publishers: cli.max_publishers.or(file.max_publishers),

@@ -32,6 +32,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             serves,
             public_ip: config.public_ip,
             handshake_timeout: config.handshake_timeout,
+            fast_path: config.webrtc_fast_path,
         })
     };
     let engines = Engines {

@@ -10,6 +10,7 @@ mod browser_page;
 mod cluster;
 mod config_samples;
 mod dashboards;
+mod fast_path;
 mod handshake_timeout;
 mod hls;
 mod hls_edge;

@@ -56,4 +56,11 @@ async fn every_access_unit_reaches_three_viewers_intact_and_in_order() {
         (Some(640), Some(360))
     );
     assert_eq!(video_track["codec"], "H264");
+    let on_fast_path = node
+        .metric_sum("cascade_webrtc_fast_path_tracks_total")
+        .await;
+    assert_eq!(
+        on_fast_path, 6.0,
+        "every viewer's video and audio went on the fast path"
+    );
 }

@@ -16,6 +16,12 @@
 //! payloads, so per viewer only the RTP header and the encryption are made. Datagrams to one
 //! viewer leave in GSO batches ([`super::udp`]).
 //!
+//! Once a viewer's DTLS is done (AES-GCM, over UDP, not adaptive), its packets skip str0m:
+//! the fast path (`crate::edge::fast_path`) writes the header, copies the payload once into
+//! the socket's send batch and seals it in place; an anchor a second still goes through
+//! str0m for its Sender Reports, and the viewer's NACKs are read from its SRTCP and
+//! answered from the shared payloads. str0m keeps ICE, consent, DTLS, RTCP and BYE.
+//!
 //! Every mutation of an `Rtc` is followed by draining `poll_output` until `Timeout`.
 
 use std::cmp::Reverse;
@@ -34,16 +40,19 @@ use str0m::bwe::{Bitrate, BweKind};
 use str0m::format::Codec as RtcCodec;
 use str0m::media::{KeyframeRequestKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{Extension, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 
 use super::tcp::{TcpEvent, TcpPeers};
 use super::udp::{MediaSocket, Sent};
 
+use super::dtls_keys::KeyCell;
+use super::srtp::{Profile, RtpCipher};
 use crate::admission::{EngineFigures, EngineLoad};
 use crate::broadcast::{Broadcast, Delivery, FrameSink};
 use crate::edge::abr::ViewerAbr;
+use crate::edge::fast_path::{self, ViewerRtp};
 use crate::session::{Liveness, SessionId, SessionKind, SessionMsg};
 
 /// Frames queued towards the engine before subscriptions start skipping to the next group.
@@ -69,6 +78,8 @@ const LOAD_WINDOW: Duration = Duration::from_millis(500);
 /// publisher's media, RTCP and consent checks are never left waiting behind viewer egress
 /// (nor dropped by a full receive buffer).
 const READ_SOCKET_EVERY_VIEWERS: usize = 64;
+/// Frames a fast-path track remembers to answer NACKs from: about 2 s of 30 fps video.
+const RESENDABLE_FRAMES: usize = 64;
 
 /// A session handed over by the HTTP side after its offer was answered.
 pub(crate) struct NewSession {
@@ -84,6 +95,8 @@ pub(crate) struct NewSession {
     /// Moved along the stream's renditions by its bandwidth estimate (`edge::abr`); the
     /// `Rtc` was built with the estimator on.
     pub adaptive: bool,
+    /// A viewer's SRTP keys, once its DTLS completes: what the fast path seals with.
+    pub keys: Option<KeyCell>,
 }
 
 /// What the rest of the node asks of the engine.
@@ -171,6 +184,19 @@ struct OutTrack {
     /// With a rendition switch pending: the timestamp of the group start where this track
     /// stopped, waiting for the new rendition's group that starts there too.
     held_at: Option<u64>,
+    /// The fast path, once the track is on it (it then holds the sequence counter).
+    fast: Option<FastTrack>,
+}
+
+/// A track on the fast path: its writer and what it sent, to answer NACKs.
+struct FastTrack {
+    rtp: ViewerRtp,
+    ssrc: u32,
+    sent: fast_path::Sent<Arc<PacketizedFrame>>,
+    /// When a frame's last packet last went through str0m (its Sender Report anchor).
+    last_anchor: Option<Instant>,
+    /// A priming burst went out since: the next live frame anchors.
+    reanchor: bool,
 }
 
 /// Per-publisher state of one incoming track.
@@ -217,6 +243,12 @@ struct Session {
     queued_deadline: Option<Instant>,
     /// Egress not yet added to the shared counters (they are added in chunks).
     unreported: Sent,
+    /// Its SRTP keys (viewers offered the fast path), and what reads its SRTCP for NACKs.
+    keys: Option<KeyCell>,
+    rtcp: Option<RtpCipher>,
+    /// Where str0m sends its DTLS and media (not its STUN answers, which go to every
+    /// address that checks): the fast path's destination.
+    media_remote: Option<Remote>,
     egress_packets: metrics::Counter,
     egress_bytes: metrics::Counter,
     ingest_packets: metrics::Counter,
@@ -237,6 +269,10 @@ impl Session {
 
     fn has_backlog(&self) -> bool {
         matches!(&self.role, Role::Viewer { video, .. } if !video.backlog.is_empty())
+    }
+
+    fn on_fast_path(&self) -> bool {
+        matches!(&self.role, Role::Viewer { video, audio } if video.fast.is_some() || audio.fast.is_some())
     }
 }
 
@@ -333,6 +369,11 @@ struct Engine {
     pacing: Vec<(usize, u64)>,
     next_pacing: Option<Instant>,
     handshake_timeout: Duration,
+    /// Whether viewers may use the fast path (`WebRtcSettings::fast_path`).
+    fast_path: bool,
+    /// Scratch for a viewer's RTCP opened to read its NACKs, and the sequence numbers read.
+    rtcp_plain: Vec<u8>,
+    nacks: Vec<u16>,
     load: Arc<EngineLoad>,
     /// The worst frame queueing delay seen in the current window, the time spent working in
     /// it, and when it began.
@@ -357,6 +398,7 @@ pub(crate) async fn run(
     commands: mpsc::UnboundedSender<Command>,
     command_rx: mpsc::UnboundedReceiver<Command>,
     handshake_timeout: Duration,
+    fast_path: bool,
     load: Arc<EngineLoad>,
 ) {
     let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
@@ -385,6 +427,9 @@ pub(crate) async fn run(
         pacing: Vec::new(),
         next_pacing: None,
         handshake_timeout,
+        fast_path,
+        rtcp_plain: Vec::new(),
+        nacks: Vec::new(),
         load,
         window_lag: Duration::ZERO,
         window_busy: Duration::ZERO,
@@ -569,6 +614,9 @@ impl Engine {
             deadline: Instant::now(),
             queued_deadline: None,
             unreported: Sent::default(),
+            keys: new.keys.filter(|_| self.fast_path && !new.adaptive),
+            rtcp: None,
+            media_remote: None,
             egress_packets: metrics::counter!("cascade_egress_packets_total", "stream" => stream.clone()),
             egress_bytes: metrics::counter!("cascade_egress_bytes_total", "stream" => stream.clone()),
             ingest_packets: metrics::counter!("cascade_ingest_packets_total", "stream" => stream.clone()),
@@ -665,6 +713,16 @@ impl Engine {
             self.by_addr.insert(from, slot);
         }
         session.liveness.heard(now);
+        if session.on_fast_path() && is_rtcp(bytes) {
+            let sent = answer_nacks(
+                session,
+                bytes,
+                &mut self.socket,
+                &mut self.rtcp_plain,
+                &mut self.nacks,
+            );
+            session.unreported.add(sent);
+        }
         if let Err(e) = session.rtc.handle_input(input) {
             tracing::debug!(session = %session.id, error = %e, "input rejected");
         }
@@ -757,7 +815,8 @@ impl Engine {
                     }
                 }
             }
-            write_to_viewer(session, kind, &packetized, None, now);
+            let sent = write_to_viewer(session, kind, &packetized, None, now, &mut self.socket);
+            session.unreported.add(sent);
             self.drive(slot);
         }
     }
@@ -789,7 +848,15 @@ impl Engine {
             video.started = false;
             self.finish_switch(slot, Some(key));
             if let Some(session) = self.slots[slot].as_mut() {
-                write_to_viewer(session, MediaKind::Video, keyframe, None, now);
+                let sent = write_to_viewer(
+                    session,
+                    MediaKind::Video,
+                    keyframe,
+                    None,
+                    now,
+                    &mut self.socket,
+                );
+                session.unreported.add(sent);
                 self.drive(slot);
             }
         }
@@ -846,6 +913,11 @@ impl Engine {
                         break;
                     }
                     Ok(Output::Transmit(t)) => {
+                        // DTLS (20..=63) and SRTP/SRTCP (128..=191) go to the nominated
+                        // pair; STUN answers (0..=3) to whoever checked.
+                        if t.contents.first().is_some_and(|&b| b >= 20) {
+                            session.media_remote = Some((t.proto, t.destination));
+                        }
                         sent.add(transmit(&mut self.socket, &mut self.tcp, &t));
                     }
                     Ok(Output::Event(event)) => {
@@ -1132,7 +1204,15 @@ impl Engine {
                 return;
             };
             budget = budget.saturating_sub(frame.bytes);
-            write_to_viewer(session, MediaKind::Video, &frame, timestamp, now);
+            let sent = write_to_viewer(
+                session,
+                MediaKind::Video,
+                &frame,
+                timestamp,
+                now,
+                &mut self.socket,
+            );
+            session.unreported.add(sent);
             // Drain after every frame: str0m's send ring (1000 video packets) must not wrap.
             self.drive(slot);
         }
@@ -1356,29 +1436,34 @@ fn handle_event(
 }
 
 /// Writes one frame to a viewer's outgoing track, if that track is open and has started.
-/// `timestamp` overrides the frame's own (shifted) timestamp while priming.
+/// `timestamp` overrides the frame's own (shifted) timestamp while priming. On the fast
+/// path its packets are queued on `socket` here; what str0m sends leaves with the next
+/// `drive`.
 fn write_to_viewer(
     session: &mut Session,
     kind: MediaKind,
-    frame: &PacketizedFrame,
+    frame: &Arc<PacketizedFrame>,
     timestamp: Option<u64>,
     now: Instant,
-) {
+    socket: &mut MediaSocket,
+) -> Sent {
     let Role::Viewer { video, audio } = &mut session.role else {
-        return;
+        return Sent::default();
     };
     let out = if kind == MediaKind::Video {
         video
     } else {
         audio
     };
-    let Some(mid) = out.mid else { return };
+    let Some(mid) = out.mid else {
+        return Sent::default();
+    };
     if frame.seq < out.next_seq {
-        return;
+        return Sent::default();
     }
     if !out.started {
         if !frame.keyframe {
-            return;
+            return Sent::default();
         }
         out.started = true;
     }
@@ -1392,7 +1477,7 @@ fn write_to_viewer(
                 .and_then(|t| t.info())
                 .map(|i| i.codec)
             else {
-                return;
+                return Sent::default();
             };
             let remote = session
                 .rtc
@@ -1403,35 +1488,200 @@ fn write_to_viewer(
             let Some(pt) = choose_pt(params.filter(|p| remote.contains(&p.pt())), codec) else {
                 tracing::warn!(session = %session.id, ?codec, "viewer did not negotiate the stream's codec");
                 out.mid = None;
-                return;
+                return Sent::default();
             };
             out.pt = Some(pt);
             out.rtp_seq = u64::from(rand::random::<u16>() & 0x7fff);
             pt
         }
     };
-    let mut direct = session.rtc.direct_api();
-    let Some(stream) = direct.stream_tx_by_mid(mid, None) else {
-        return;
-    };
+    let priming = timestamp.is_some();
     let timestamp = timestamp.unwrap_or_else(|| shifted(frame.timestamp, out.offset));
-    let nackable = kind == MediaKind::Video;
-    for payload in &frame.payloads {
-        // RTP timestamps are the low 32 bits of the track's 64-bit timeline.
-        let write = RtpWrite::new(
-            pt,
-            out.rtp_seq.into(),
-            timestamp as u32,
-            now,
-            payload.bytes.clone(),
-        )
-        .marker(payload.marker)
-        .nackable(nackable);
-        stream.write_rtp(write);
-        out.rtp_seq += 1;
-    }
     out.next_seq = frame.seq + 1;
     out.last_sent = Some(timestamp);
+    // RTP timestamps are the low 32 bits of the track's 64-bit timeline.
+    let rtp_time = timestamp as u32;
+    if out.fast.is_none() {
+        out.fast = start_fast_path(
+            &session.id,
+            &mut session.rtc,
+            session.keys.as_ref(),
+            session.media_remote,
+            mid,
+            pt,
+            out.rtp_seq,
+        );
+    }
+    let nackable = kind == MediaKind::Video;
+    let Some(fast) = out.fast.as_mut() else {
+        let mut direct = session.rtc.direct_api();
+        let Some(stream) = direct.stream_tx_by_mid(mid, None) else {
+            return Sent::default();
+        };
+        for payload in &frame.payloads {
+            let write = RtpWrite::new(pt, out.rtp_seq.into(), rtp_time, now, payload.bytes.clone())
+                .marker(payload.marker)
+                .nackable(nackable);
+            stream.write_rtp(write);
+            out.rtp_seq += 1;
+        }
+        return Sent::default();
+    };
+    let Some(((_, to), (last, rest))) = session.media_remote.zip(frame.payloads.split_last())
+    else {
+        return Sent::default();
+    };
+    let anchor = fast_path::anchor_due(fast.last_anchor, now, fast.reanchor && !priming);
+    let first = fast.rtp.next_seq();
+    let mut sent = Sent::default();
+    let fast_payloads = if anchor { rest } else { &frame.payloads[..] };
+    for payload in fast_payloads {
+        let len = fast.rtp.datagram_len(payload.bytes.len());
+        let (flushed, written) = socket.queue_with(to, len, |batch| {
+            fast.rtp
+                .write(rtp_time, payload.marker, &payload.bytes, batch)
+                .map(|_| ())
+        });
+        sent.add(flushed);
+        if let Err(e) = written {
+            tracing::debug!(session = %session.id, error = %e, "fast-path packet not sealed");
+        }
+    }
+    if anchor {
+        let seq = fast.rtp.take_seq();
+        let mut direct = session.rtc.direct_api();
+        if let Some(stream) = direct.stream_tx_by_mid(mid, None) {
+            let write = RtpWrite::new(pt, seq.into(), rtp_time, now, last.bytes.clone())
+                .marker(last.marker)
+                .nackable(nackable);
+            stream.write_rtp(write);
+        }
+        // str0m releases what was written on its next timeout: now, so that the anchor
+        // leaves right behind the frame's other packets.
+        let _ = session.rtc.handle_input(Input::Timeout(Instant::now()));
+        fast.last_anchor = Some(now);
+        fast.reanchor = false;
+    }
+    fast.reanchor |= priming;
+    if nackable {
+        let packets = frame.payloads.len() as u32;
+        fast.sent
+            .push(first, packets, rtp_time, anchor, Arc::clone(frame));
+    }
+    sent
+}
+
+/// Puts a viewer's track on the fast path once it can be: its DTLS exported AES-GCM keys,
+/// its media goes over UDP. `None` leaves it on str0m's path (for now, or for good: an
+/// AES-CM session, ICE-TCP).
+fn start_fast_path(
+    id: &SessionId,
+    rtc: &mut Rtc,
+    keys: Option<&KeyCell>,
+    media_remote: Option<Remote>,
+    mid: Mid,
+    pt: Pt,
+    next_seq: u64,
+) -> Option<FastTrack> {
+    let keys = keys?.get()?;
+    if !matches!(media_remote, Some((Protocol::Udp, _))) {
+        return None;
+    }
+    let profile = Profile::of(keys.profile)?;
+    let cipher = match RtpCipher::from_keying_material(profile, &keys.material, keys.client) {
+        Ok(cipher) => cipher,
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "fast path unavailable: bad keying material");
+            return None;
+        }
+    };
+    let ssrc = *rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+    let mut rtp = ViewerRtp::new(ssrc, *pt, next_seq, cipher);
+    if let Some(id) = rtc
+        .media(mid)
+        .and_then(|m| m.remote_extmap().id_of(Extension::RtpMid))
+    {
+        rtp = rtp.with_mid(id, &mid.to_string());
+    }
+    metrics::counter!("cascade_webrtc_fast_path_tracks_total").increment(1);
+    tracing::debug!(session = %id, %mid, ssrc, "track on the fast path");
+    Some(FastTrack {
+        rtp,
+        ssrc,
+        sent: fast_path::Sent::new(RESENDABLE_FRAMES),
+        last_anchor: None,
+        reanchor: false,
+    })
+}
+
+/// Whether a datagram is RTCP (RFC 5761 §4: payload types 192 to 223 share the range).
+fn is_rtcp(datagram: &[u8]) -> bool {
+    datagram.len() >= 8 && datagram[0] >> 6 == 2 && (192..=223).contains(&datagram[1])
+}
+
+/// Reads a fast-path viewer's SRTCP for NACKs and resends what it asks for from the shared
+/// payloads, with the original sequence numbers. The datagram then goes to str0m as ever
+/// (which resends the anchors it sent).
+fn answer_nacks(
+    session: &mut Session,
+    datagram: &[u8],
+    socket: &mut MediaSocket,
+    plain: &mut Vec<u8>,
+    nacks: &mut Vec<u16>,
+) -> Sent {
+    let mut sent = Sent::default();
+    if session.rtcp.is_none() {
+        // The viewer seals with its half of the material: the other one.
+        session.rtcp = session.keys.as_ref().and_then(|k| k.get()).and_then(|k| {
+            let profile = Profile::of(k.profile)?;
+            RtpCipher::rtcp_from_keying_material(profile, &k.material, !k.client).ok()
+        });
+    }
+    let (Some(rtcp), Some((_, to))) = (session.rtcp.as_ref(), session.media_remote) else {
+        return sent;
+    };
+    if rtcp.open_rtcp(datagram, plain).is_err() {
+        return sent;
+    }
+    let Role::Viewer { video, audio } = &mut session.role else {
+        return sent;
+    };
+    for fast in [video.fast.as_mut(), audio.fast.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        nacks.clear();
+        fast_path::nacked(plain, fast.ssrc, nacks);
+        for &seq in nacks.iter() {
+            let Some(resend) = fast
+                .rtp
+                .extend_sent(seq)
+                .and_then(|seq| fast.sent.find(seq))
+            else {
+                continue;
+            };
+            let Some(payload) = resend.frame.payloads.get(resend.index) else {
+                continue;
+            };
+            let len = fast.rtp.datagram_len(payload.bytes.len());
+            let (flushed, written) = socket.queue_with(to, len, |batch| {
+                fast.rtp
+                    .write_at(
+                        resend.seq,
+                        resend.timestamp,
+                        payload.marker,
+                        &payload.bytes,
+                        batch,
+                    )
+                    .map(|_| ())
+            });
+            sent.add(flushed);
+            if written.is_ok() {
+                metrics::counter!("cascade_webrtc_nack_resends_total").increment(1);
+            }
+        }
+    }
+    sent
 }
 
 /// The viewer's payload type for our codec; for H.264 one with packetization-mode 1.

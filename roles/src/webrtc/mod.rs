@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::RoleError;
 use crate::admission::{EngineFigures, EngineLoad};
 use crate::session::{Admission, Client, Liveness, SessionId, SessionKind};
+use dtls_keys::KeyCell;
 
 pub(crate) use engine::Command;
 
@@ -57,6 +58,10 @@ pub struct WebRtcSettings {
     /// A session whose ICE and DTLS have not completed this long after its offer was
     /// answered is ended (`handshake_timeout`), freeing its stream id.
     pub handshake_timeout: Duration,
+    /// Viewers whose DTLS negotiated AES-GCM, over UDP and not adaptive, get their media on
+    /// the per-viewer fast path (`edge::fast_path`) rather than through str0m's per-packet
+    /// path. `false` is the path before issue 14, for comparison in benchmarks.
+    pub fast_path: bool,
 }
 
 /// Handle to the engine task.
@@ -119,6 +124,7 @@ impl WebRtcEngine {
         let engine_commands = commands.clone();
         let engine_load = load.clone();
         let handshake_timeout = settings.handshake_timeout;
+        let fast_path = settings.fast_path;
         let serves = settings.serves;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -141,6 +147,7 @@ impl WebRtcEngine {
                         engine_commands,
                         command_rx,
                         handshake_timeout,
+                        fast_path,
                         engine_load,
                     )
                     .await;
@@ -182,7 +189,7 @@ impl WebRtcEngine {
         offer_sdp: &str,
         kind: SessionKind,
         adaptive: bool,
-    ) -> Result<(Rtc, String), RoleError> {
+    ) -> Result<Negotiated, RoleError> {
         negotiate(
             offer_sdp,
             kind,
@@ -192,6 +199,15 @@ impl WebRtcEngine {
             Instant::now(),
         )
     }
+}
+
+/// A session's `Rtc`, built to answer an offer, and the answer.
+pub struct Negotiated {
+    pub rtc: Rtc,
+    /// Where a viewer's SRTP keys arrive once its DTLS handshake completes (`dtls_keys`),
+    /// for the fast path; `None` for a publisher.
+    pub keys: Option<KeyCell>,
+    pub answer_sdp: String,
 }
 
 /// The addresses an engine's sessions are offered as ICE candidates.
@@ -215,7 +231,7 @@ pub fn negotiate(
     certificate: &DtlsCert,
     advertised: Candidates,
     now: Instant,
-) -> Result<(Rtc, String), RoleError> {
+) -> Result<Negotiated, RoleError> {
     offer::check_codecs(offer_sdp)?;
     let offer =
         SdpOffer::from_sdp_string(offer_sdp).map_err(|e| RoleError::BadOffer(e.to_string()))?;
@@ -253,11 +269,17 @@ pub fn negotiate(
     } else {
         config.enable_h264(true).enable_vp8(true)
     };
-    let mut rtc = config
+    let config = config
         .enable_opus(true, false)
         .set_reordering_size_video(MAX_FRAME_PACKETS)
-        .set_dtls_cert(certificate.clone())
-        .build(now);
+        .set_dtls_cert(certificate.clone());
+    let (mut rtc, keys) = match kind {
+        SessionKind::Viewer => {
+            let (rtc, keys) = dtls_keys::build(config, now);
+            (rtc, Some(keys))
+        }
+        SessionKind::Publisher => (config.build(now), None),
+    };
     let bad_address = |e| RoleError::Unavailable(format!("bad ICE candidate address: {e}"));
     let udp = Candidate::host(advertised.udp, "udp").map_err(bad_address)?;
     rtc.add_local_candidate(udp);
@@ -276,7 +298,11 @@ pub fn negotiate(
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| RoleError::BadOffer(e.to_string()))?;
-    Ok((rtc, answer.to_sdp_string()))
+    Ok(Negotiated {
+        rtc,
+        keys,
+        answer_sdp: answer.to_sdp_string(),
+    })
 }
 
 /// The SDP fuzz target's body (`protocol/fuzz`, target `sdp_offer`): any bytes as an offer,
@@ -430,7 +456,11 @@ pub async fn open_session(
         && registry
             .broadcast(stream)
             .is_some_and(|b| b.abr_ladder().len() >= 2);
-    let (rtc, answer_sdp) = engine.answer(offer_sdp, kind, adaptive)?;
+    let Negotiated {
+        rtc,
+        keys,
+        answer_sdp,
+    } = engine.answer(offer_sdp, kind, adaptive)?;
     let session = SessionId::random();
     let liveness = Liveness::new(Instant::now());
     let admission = Admission {
@@ -451,6 +481,7 @@ pub async fn open_session(
         liveness,
         rendition,
         adaptive,
+        keys,
     }) {
         admitted.actor.stop(Some("engine unavailable".into()));
         return Err(e);

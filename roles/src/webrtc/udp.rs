@@ -144,20 +144,39 @@ impl MediaSocket {
 
     /// Queues one datagram; it leaves with the batch it joins (see [`batching`]).
     pub(crate) fn queue(&mut self, destination: SocketAddr, datagram: &[u8]) -> Sent {
+        let (sent, Ok(())) = self.queue_with(destination, datagram.len(), |batch| {
+            batch.extend_from_slice(datagram);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        sent
+    }
+
+    /// Queues the `len`-byte datagram that `write` appends to the batch: written in place,
+    /// with no copy of its own (the fast path seals its packets there). A `write` that fails
+    /// must leave the batch as it found it; nothing is queued then.
+    pub(crate) fn queue_with<E>(
+        &mut self,
+        destination: SocketAddr,
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> (Sent, Result<(), E>) {
         let current = self
             .batch_to
             .map(|to| (to, self.segment, self.segments, self.closed));
         let mut sent = Sent::default();
-        if batching(current, destination, datagram.len(), self.max_segments) == Batching::FlushFirst
-        {
+        if batching(current, destination, len, self.max_segments) == Batching::FlushFirst {
             sent = self.flush();
             self.batch_to = Some(destination);
-            self.segment = datagram.len();
+            self.segment = len;
         }
-        self.closed = datagram.len() < self.segment;
-        self.segments += 1;
-        self.batch.extend_from_slice(datagram);
-        sent
+        let written = write(&mut self.batch);
+        if written.is_ok() {
+            self.closed = len < self.segment;
+            self.segments += 1;
+        } else if self.segments == 0 {
+            self.batch_to = None;
+        }
+        (sent, written)
     }
 
     /// Sends the batch being built, if any.

@@ -2,7 +2,11 @@
 //! the node to the client go through a bottleneck (a rate, and a queue that holds at most
 //! `MAX_QUEUE_DELAY` before it drops, like `tc tbf`), client to node passes as it is. The
 //! client is pointed at the link by rewriting the node's answer (its UDP candidate becomes
-//! the link's address); ICE, DTLS and SRTP stay end to end, untouched.
+//! the link's address); ICE, DTLS and SRTP stay end to end, untouched. It can also lose
+//! one in every N media packets of one payload type on the way down: SRTP, never RTCP or handshakes, and never
+//! a frame's last packet (the marker bit): str0m writes one of those a second (the fast
+//! path's Sender Report anchor), and str0m resends only to a viewer that negotiated RTX,
+//! which the test's webrtc-rs viewer does not. A lost packet's retransmission passes.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,6 +26,8 @@ pub struct ShapedLink {
     /// The node's UDP candidate behind the link.
     pub node: SocketAddr,
     rate_kbps: Arc<AtomicU64>,
+    lose_every: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -33,11 +39,18 @@ impl ShapedLink {
         let addr = client_side.local_addr().unwrap();
         let rate_kbps = Arc::new(AtomicU64::new(0));
         let rate = Arc::clone(&rate_kbps);
+        let lose_every = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(AtomicU64::new(0));
+        let (every, lost_count) = (Arc::clone(&lose_every), Arc::clone(&lost));
         let task = tokio::spawn(async move {
             let mut client: Option<SocketAddr> = None;
             let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
             let mut free_at = Instant::now();
             let (mut up, mut down) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            let mut media_packets = 0u64;
+            // Sequence numbers lost: their retransmission passes (a second loss of the same
+            // packet would test the peer's NACK retries, not the node).
+            let mut lost_seqs = std::collections::HashSet::new();
             loop {
                 let head = queue.front().map(|(at, _)| *at);
                 tokio::select! {
@@ -48,6 +61,20 @@ impl ShapedLink {
                     }
                     received = node_side.recv_from(&mut down) => {
                         let Ok((len, _)) = received else { return };
+                        let is_srtp = len > 12 && down[0] >> 6 == 2 && !(192..=223).contains(&down[1]);
+                        let is_srtp = is_srtp && down[1] & 0x80 == 0;
+                        let setting = every.load(Ordering::Relaxed);
+                        let (n, pt) = (setting >> 8, (setting & 0x7f) as u8);
+                        let is_srtp = is_srtp && down[1] & 0x7f == pt;
+                        let seq = u16::from_be_bytes([down[2], down[3]]);
+                        if is_srtp && n > 0 && !lost_seqs.contains(&seq) {
+                            media_packets += 1;
+                            if media_packets.is_multiple_of(n) {
+                                lost_seqs.insert(seq);
+                                lost_count.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
                         let now = Instant::now();
                         let kbps = rate.load(Ordering::Relaxed);
                         let at = match (len as u64 * 8 * 1000).checked_div(kbps) {
@@ -78,8 +105,21 @@ impl ShapedLink {
             addr,
             node,
             rate_kbps,
+            lose_every,
+            lost,
             task,
         }
+    }
+
+    /// Loses one in every `n` media packets of payload type `pt` from the node (0: none).
+    pub fn lose_every(&self, n: u64, pt: u8) {
+        self.lose_every
+            .store(n << 8 | u64::from(pt & 0x7f), Ordering::Relaxed);
+    }
+
+    /// How many media packets the link lost.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Caps the node → client rate (0: unlimited).

@@ -107,6 +107,55 @@ pub fn is_idr(nals: &[&[u8]]) -> bool {
     nals.iter().any(|n| n[0] & 0x1f == 5)
 }
 
+/// A receiver's reordering buffer, as a jitter buffer does it: packets come out in
+/// sequence order; a gap is waited for (a retransmission may fill it) up to `wait` after
+/// the first packet held behind it arrived, then skipped.
+pub struct Reorder<T> {
+    next: Option<u64>,
+    held: std::collections::BTreeMap<u64, (std::time::Instant, T)>,
+    wait: std::time::Duration,
+}
+
+impl<T> Reorder<T> {
+    pub fn new(wait: std::time::Duration) -> Reorder<T> {
+        Reorder {
+            next: None,
+            held: std::collections::BTreeMap::new(),
+            wait,
+        }
+    }
+
+    /// Takes a packet; appends to `out` what is now in order. A duplicate, or a packet
+    /// older than one already released, is dropped.
+    pub fn push(&mut self, seq: u16, now: std::time::Instant, item: T, out: &mut Vec<T>) {
+        let next = *self.next.get_or_insert(u64::from(seq) + (1 << 32));
+        let ext = next.wrapping_add_signed(i64::from(seq.wrapping_sub(next as u16) as i16));
+        if ext < next {
+            return;
+        }
+        self.held.entry(ext).or_insert((now, item));
+        self.release(now, out);
+    }
+
+    fn release(&mut self, now: std::time::Instant, out: &mut Vec<T>) {
+        loop {
+            let Some(mut next) = self.next else { return };
+            while let Some((_, item)) = self.held.remove(&next) {
+                out.push(item);
+                next += 1;
+            }
+            self.next = Some(next);
+            let Some((&first, (arrived, _))) = self.held.iter().next() else {
+                return;
+            };
+            if now.duration_since(*arrived) < self.wait {
+                return;
+            }
+            self.next = Some(first);
+        }
+    }
+}
+
 /// Reassembles H.264 access units from RTP (RFC 6184: single NAL, STAP-A, FU-A).
 #[derive(Default)]
 pub struct H264Depacketizer {

@@ -219,6 +219,19 @@ impl Node {
             .unwrap()
     }
 
+    /// The sum of a metric's samples in `/metrics`, over all its labels (0 when absent).
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Whether `/metrics` counts an ended session of `kind` with `outcome`; returns the
     /// metrics text for the failure message too.
     pub async fn counted_session_end(&self, kind: &str, outcome: &str) -> (bool, String) {

@@ -419,6 +419,18 @@ impl Viewer {
         token: Option<&str>,
         link: Option<&crate::support::link::ShapedLink>,
     ) -> Result<Viewer, (u16, String)> {
+        Self::connect_with(ip, url, token, link, None).await
+    }
+
+    /// [`Viewer::connect_through`], with video put back in sequence order by a jitter
+    /// buffer that waits up to `jitter_buffer` for a gap to fill (a retransmission).
+    pub async fn connect_with(
+        ip: &str,
+        url: &str,
+        token: Option<&str>,
+        link: Option<&crate::support::link::ShapedLink>,
+        jitter_buffer: Option<Duration>,
+    ) -> Result<Viewer, (u16, String)> {
         init_peer_log();
         let (tracks_tx, mut tracks_rx) = mpsc::unbounded_channel::<Arc<dyn TrackRemote>>();
         let (pc, mut states) =
@@ -450,6 +462,8 @@ impl Viewer {
                     let vp8_pt = vp8().payload_type;
                     let mut vp8_frames = Vp8Depacketizer::default();
                     let (mut decoding, mut last_pli) = (false, None);
+                    let mut reorder = jitter_buffer.map(crate::support::media::Reorder::new);
+                    let mut in_order = Vec::new();
                     while let Some(event) = track.poll().await {
                         let TrackRemoteEvent::OnRtpPacket(packet) = event else {
                             continue;
@@ -458,54 +472,66 @@ impl Viewer {
                             audio_counter.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        let (identity, keyframe, data) = if packet.header.payload_type == vp8_pt {
-                            let Some(frame) = vp8_frames.push(
+                        match reorder.as_mut() {
+                            Some(reorder) => reorder.push(
                                 packet.header.sequence_number,
-                                packet.header.marker,
-                                &packet.payload,
-                            ) else {
-                                continue;
-                            };
-                            (vp8_fingerprint(&frame), vp8_is_keyframe(&frame), frame)
-                        } else {
-                            let Some(nals) = depacketizer.push(
-                                packet.header.sequence_number,
-                                packet.header.timestamp,
-                                packet.header.marker,
-                                &packet.payload,
-                            ) else {
-                                continue;
-                            };
-                            let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
-                            let annex_b: Vec<u8> = refs
-                                .iter()
-                                .flat_map(|nal| [&[0u8, 0, 0, 1][..], nal].concat())
-                                .collect();
-                            (fingerprint(&refs), is_idr(&refs), annex_b)
-                        };
-                        // Like a decoder: nothing is usable before the first keyframe, and the
-                        // player keeps asking for one (PLI) until it gets it.
-                        if !decoding && !keyframe {
-                            if last_pli.is_none_or(|at: Instant| at.elapsed() >= PLI_INTERVAL) {
-                                last_pli = Some(Instant::now());
-                                let pli = PictureLossIndication {
-                                    sender_ssrc: 0,
-                                    media_ssrc: packet.header.ssrc,
-                                };
-                                let _ = track.write_rtcp(vec![Box::new(pli)]).await;
-                            }
-                            continue;
+                                Instant::now(),
+                                packet,
+                                &mut in_order,
+                            ),
+                            None => in_order.push(packet),
                         }
-                        decoding = true;
-                        let unit = ReceivedUnit {
-                            fingerprint: identity,
-                            keyframe,
-                            at: Instant::now(),
-                            rtp_timestamp: packet.header.timestamp,
-                            data,
-                        };
-                        if video_tx.send(unit).is_err() {
-                            return;
+                        for packet in in_order.drain(..) {
+                            let (identity, keyframe, data) = if packet.header.payload_type == vp8_pt
+                            {
+                                let Some(frame) = vp8_frames.push(
+                                    packet.header.sequence_number,
+                                    packet.header.marker,
+                                    &packet.payload,
+                                ) else {
+                                    continue;
+                                };
+                                (vp8_fingerprint(&frame), vp8_is_keyframe(&frame), frame)
+                            } else {
+                                let Some(nals) = depacketizer.push(
+                                    packet.header.sequence_number,
+                                    packet.header.timestamp,
+                                    packet.header.marker,
+                                    &packet.payload,
+                                ) else {
+                                    continue;
+                                };
+                                let refs: Vec<&[u8]> = nals.iter().map(Vec::as_slice).collect();
+                                let annex_b: Vec<u8> = refs
+                                    .iter()
+                                    .flat_map(|nal| [&[0u8, 0, 0, 1][..], nal].concat())
+                                    .collect();
+                                (fingerprint(&refs), is_idr(&refs), annex_b)
+                            };
+                            // Like a decoder: nothing is usable before the first keyframe, and the
+                            // player keeps asking for one (PLI) until it gets it.
+                            if !decoding && !keyframe {
+                                if last_pli.is_none_or(|at: Instant| at.elapsed() >= PLI_INTERVAL) {
+                                    last_pli = Some(Instant::now());
+                                    let pli = PictureLossIndication {
+                                        sender_ssrc: 0,
+                                        media_ssrc: packet.header.ssrc,
+                                    };
+                                    let _ = track.write_rtcp(vec![Box::new(pli)]).await;
+                                }
+                                continue;
+                            }
+                            decoding = true;
+                            let unit = ReceivedUnit {
+                                fingerprint: identity,
+                                keyframe,
+                                at: Instant::now(),
+                                rtp_timestamp: packet.header.timestamp,
+                                data,
+                            };
+                            if video_tx.send(unit).is_err() {
+                                return;
+                            }
                         }
                     }
                 });
@@ -538,10 +564,13 @@ impl Viewer {
     pub async fn assert_received_exactly(&mut self, sent: &[[u8; 32]], who: &str) {
         let received = self.collect(sent.len(), Duration::from_secs(3)).await;
         let got: Vec<[u8; 32]> = received.iter().map(|u| u.fingerprint).collect();
+        let missing: Vec<usize> = (0..sent.len())
+            .filter(|&i| !got.contains(&sent[i]))
+            .collect();
         assert_eq!(
             got.len(),
             sent.len(),
-            "{who} received {} of {} frames",
+            "{who} received {} of {} frames; missing (by index): {missing:?}",
             got.len(),
             sent.len()
         );
