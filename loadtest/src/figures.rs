@@ -3,7 +3,7 @@
 //! every instant is passed in.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 
@@ -68,6 +68,52 @@ const MAX_FREEZE_STARTS: usize = 256;
 pub fn run_started() -> Instant {
     static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *STARTED.get_or_init(Instant::now)
+}
+
+/// Lip sync as a viewer's Sender Reports tell it. Each media unit's RTP time, mapped to the
+/// sender's wall clock through the latest Sender Report of its stream, is compared with when
+/// it arrived; per kind the least delayed unit counts. Audio and video sent together then
+/// map to times as far apart as the two streams' reports disagree: a player syncing on those
+/// reports shows them that far apart. On one host (the load tester beside the server) the
+/// two clocks are one.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AvSync {
+    /// Per kind (video, audio): the largest sender time minus arrival time seen, in µs.
+    best_us: [Option<i64>; 2],
+}
+
+impl AvSync {
+    /// One unit of `video` (else audio) with RTP time `rtp` at `clock_hz`, arrived at
+    /// `arrived`; its stream's latest report mapped `report_rtp` to `report_wall`.
+    pub fn observe(
+        &mut self,
+        video: bool,
+        rtp: u32,
+        clock_hz: u32,
+        (report_rtp, report_wall): (u32, SystemTime),
+        arrived: SystemTime,
+    ) {
+        if clock_hz == 0 {
+            return;
+        }
+        let ticks = i64::from(rtp.wrapping_sub(report_rtp) as i32);
+        let since_report_us = ticks * 1_000_000 / i64::from(clock_hz);
+        let wall = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64)
+        };
+        let sender_minus_arrival = wall(report_wall) + since_report_us - wall(arrived);
+        let best = &mut self.best_us[usize::from(!video)];
+        *best = Some(best.map_or(sender_minus_arrival, |b| b.max(sender_minus_arrival)));
+    }
+
+    /// How far apart the reports put audio and video, in µs, once both were seen.
+    pub fn offset_us(&self) -> Option<u64> {
+        match self.best_us {
+            [Some(video), Some(audio)] => Some(video.abs_diff(audio)),
+            _ => None,
+        }
+    }
 }
 
 /// Follows one viewer's video frames: counts, gaps, freezes, latency samples.
@@ -199,6 +245,9 @@ pub struct Totals {
     pub join_us: Histogram<u64>,
     pub latency_us: Histogram<u64>,
     pub recovery_us: Histogram<u64>,
+    /// Per verified viewer with audio and video: how far apart its Sender Reports put
+    /// them ([`AvSync`]).
+    pub av_offset_us: Histogram<u64>,
     pub sessions_started: u64,
     pub sessions_joined: u64,
     pub failures: BTreeMap<String, u64>,
@@ -236,6 +285,7 @@ impl Default for Totals {
             join_us: histogram(),
             latency_us: histogram(),
             recovery_us: histogram(),
+            av_offset_us: histogram(),
             sessions_started: 0,
             sessions_joined: 0,
             failures: BTreeMap::new(),
@@ -294,6 +344,7 @@ impl Totals {
         let _ = self.join_us.add(&other.join_us);
         let _ = self.latency_us.add(&other.latency_us);
         let _ = self.recovery_us.add(&other.recovery_us);
+        let _ = self.av_offset_us.add(&other.av_offset_us);
         self.sessions_started += other.sessions_started;
         self.sessions_joined += other.sessions_joined;
         for (reason, count) in &other.failures {
@@ -322,6 +373,29 @@ impl Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lip_sync_is_how_far_apart_the_reports_put_audio_and_video_sent_together() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ms = |n: u64| Duration::from_millis(n);
+        let mut sync = AvSync::default();
+        // Video's report: RTP 90,000 at t0. A frame 1 s later in RTP time, arriving 1.002 s
+        // after t0: sent 2 ms before it arrived.
+        sync.observe(true, 180_000, 90_000, (90_000, t0), t0 + ms(1002));
+        assert_eq!(sync.offset_us(), None, "no audio yet");
+        // Audio's report is 40 ms off: audio sent with that frame maps 40 ms later.
+        sync.observe(
+            false,
+            48_000 + 48_000,
+            48_000,
+            (48_000, t0 - ms(40)),
+            t0 + ms(1002),
+        );
+        assert_eq!(sync.offset_us(), Some(40_000));
+        // The least delayed unit counts, and RTP times wrap.
+        sync.observe(true, 5_000, 90_000, (u32::MAX - 84_999, t0), t0 + ms(1000));
+        assert_eq!(sync.offset_us(), Some(42_000));
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -57,6 +57,9 @@ pub struct Report {
     pub latency: Distribution,
     /// For `--reconnect`: last frame before a session died → first frame of the next one.
     pub recovery: Distribution,
+    /// Lip sync: per verified viewer, how far apart the server's Sender Reports put audio
+    /// and video that were sent together (`figures::AvSync`).
+    pub av_sync: Distribution,
     pub frames_expected: u64,
     pub frames_received: u64,
     pub frame_loss_pct: f64,
@@ -143,6 +146,7 @@ impl Report {
             join_time: Distribution::of(&t.join_us),
             latency: Distribution::of(&t.latency_us),
             recovery: Distribution::of(&t.recovery_us),
+            av_sync: Distribution::of(&t.av_offset_us),
             frames_expected: t.frames_expected,
             frames_received: t.frames_received,
             frame_loss_pct: loss,
@@ -188,6 +192,9 @@ impl Report {
         out += &dist("glass-to-glass", &self.latency);
         if self.recovery.samples > 0 {
             out += &dist("reconnect recovery", &self.recovery);
+        }
+        if self.av_sync.samples > 0 {
+            out += &dist("audio/video offset", &self.av_sync);
         }
         out += &format!(
             "sessions: {} started, {} joined, {} failed\n",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use str0m::Event;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 
-use crate::figures::{FailureReason, FrameTracker, Totals};
+use crate::figures::{AvSync, FailureReason, FrameTracker, Totals};
 use crate::marker;
 use crate::peer::{Offering, Peer, RtpCounter};
 use crate::signaling;
@@ -65,6 +65,7 @@ struct Watch {
     just_joined: Option<Instant>,
     /// Frames of a counting peer already passed to the frame tracker.
     counted_frames: u64,
+    av_sync: AvSync,
 }
 
 impl Watch {
@@ -83,6 +84,15 @@ impl Watch {
             Event::MediaData(data) => {
                 let now = Instant::now();
                 self.last_media = now;
+                if let Some(report) = &data.last_sender_info {
+                    self.av_sync.observe(
+                        Some(data.mid) == self.video_mid,
+                        data.time.numer() as u32,
+                        data.time.frequency().get(),
+                        (report.rtp_time.numer() as u32, report.ntp_time),
+                        SystemTime::now(),
+                    );
+                }
                 if Some(data.mid) != self.video_mid {
                     return;
                 }
@@ -125,6 +135,7 @@ impl Watch {
             video_bytes: 0,
             just_joined: None,
             counted_frames: 0,
+            av_sync: AvSync::default(),
         }
     }
 
@@ -291,6 +302,9 @@ async fn session(
         totals.video_bytes += watch.video_bytes;
         totals.nacks_sent += watch.nacks;
         totals.plis_sent += watch.plis;
+        if let Some(offset) = watch.av_sync.offset_us() {
+            Totals::record(&mut totals.av_offset_us, offset);
+        }
         if let Some(counter) = peer.counted() {
             totals.counted_packets_expected += counter.packets_expected();
             totals.counted_packets_received += counter.packets_received;

@@ -69,6 +69,11 @@ async fn a_page_publishes_the_camera_and_another_page_decodes_it() {
 
     let (_, info) = node.json("/api/v1/streams/browser").await;
     assert_eq!(info["viewers"], 1);
+    // Chromium negotiates AES-GCM: its video and audio go on the fast path.
+    let on_fast_path = node
+        .metric_sum("cascade_webrtc_fast_path_tracks_total")
+        .await;
+    assert_eq!(on_fast_path, 2.0, "the page's tracks on the fast path");
 
     // The Stop button DELETEs the session it was given in `Location`, with its token (a
     // DELETE without it would be refused with 403).

@@ -37,6 +37,12 @@ async fn fifty_viewers_join_and_receive_the_frames_with_latency_and_join_figures
     let join_p95 = report["join_time"]["p95_ms"].as_f64().unwrap();
     assert!(join_p95 > 0.0 && join_p95 < 5000.0, "{stdout}");
     assert!(stdout.contains("glass-to-glass"), "{stdout}");
+    // Lip sync: the node's Sender Reports (str0m's, from the fast path's anchors) put audio
+    // and video sent together this close, for every viewer.
+    let av = &report["av_sync"];
+    eprintln!("{stdout}");
+    assert_eq!(av["samples"].as_f64(), Some(50.0), "{stdout}");
+    assert!(av["max_ms"].as_f64().unwrap() < 40.0, "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,8 +31,9 @@ const ONE_BYTE_EXTENSIONS: [u8; 2] = [0xbe, 0xde];
 pub const ANCHOR_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Whether this frame's last packet goes through str0m's `write_rtp`: the first frame, one
-/// a second after that, and the first live frame after a priming burst (whose timestamps
-/// were planned, not paced by the clock: `reanchor`).
+/// a second after that, and the first frame sent on time after frames sent late from a
+/// priming backlog (`reanchor`): an anchor pairs an RTP time with the wall-clock time it
+/// is sent at, so a late one would put every report after it out of sync by its delay.
 pub fn anchor_due(last: Option<Instant>, now: Instant, reanchor: bool) -> bool {
     reanchor || last.is_none_or(|at| now.saturating_duration_since(at) >= ANCHOR_INTERVAL)
 }

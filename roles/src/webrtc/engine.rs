@@ -815,7 +815,14 @@ impl Engine {
                     }
                 }
             }
-            let sent = write_to_viewer(session, kind, &packetized, None, now, &mut self.socket);
+            let sent = write_to_viewer(
+                session,
+                kind,
+                &packetized,
+                Timing::Live,
+                now,
+                &mut self.socket,
+            );
             session.unreported.add(sent);
             self.drive(slot);
         }
@@ -852,7 +859,7 @@ impl Engine {
                     session,
                     MediaKind::Video,
                     keyframe,
-                    None,
+                    Timing::Live,
                     now,
                     &mut self.socket,
                 );
@@ -1208,7 +1215,7 @@ impl Engine {
                 session,
                 MediaKind::Video,
                 &frame,
-                timestamp,
+                Timing::Backlog(timestamp),
                 now,
                 &mut self.socket,
             );
@@ -1435,15 +1442,24 @@ fn handle_event(
     None
 }
 
+/// When a frame goes to a viewer.
+#[derive(Debug, Clone, Copy)]
+enum Timing {
+    /// As it arrives.
+    Live,
+    /// Later, from the viewer's priming backlog: with the timestamp the priming plan gave
+    /// it (a cached frame), or `None` (a live frame that queued behind them).
+    Backlog(Option<u64>),
+}
+
 /// Writes one frame to a viewer's outgoing track, if that track is open and has started.
-/// `timestamp` overrides the frame's own (shifted) timestamp while priming. On the fast
-/// path its packets are queued on `socket` here; what str0m sends leaves with the next
-/// `drive`.
+/// On the fast path its packets are queued on `socket` here; what str0m sends leaves with
+/// the next `drive`.
 fn write_to_viewer(
     session: &mut Session,
     kind: MediaKind,
     frame: &Arc<PacketizedFrame>,
-    timestamp: Option<u64>,
+    timing: Timing,
     now: Instant,
     socket: &mut MediaSocket,
 ) -> Sent {
@@ -1495,8 +1511,11 @@ fn write_to_viewer(
             pt
         }
     };
-    let priming = timestamp.is_some();
-    let timestamp = timestamp.unwrap_or_else(|| shifted(frame.timestamp, out.offset));
+    let (late, planned) = match timing {
+        Timing::Live => (false, None),
+        Timing::Backlog(planned) => (true, planned),
+    };
+    let timestamp = planned.unwrap_or_else(|| shifted(frame.timestamp, out.offset));
     out.next_seq = frame.seq + 1;
     out.last_sent = Some(timestamp);
     // RTP timestamps are the low 32 bits of the track's 64-bit timeline.
@@ -1531,7 +1550,13 @@ fn write_to_viewer(
     else {
         return Sent::default();
     };
-    let anchor = fast_path::anchor_due(fast.last_anchor, now, fast.reanchor && !priming);
+    // A frame sent late maps its RTP time to a later wall-clock time than its neighbours:
+    // it anchors only when nothing has (str0m's reports would say RTP time 0 until then).
+    let anchor = if late {
+        fast.last_anchor.is_none()
+    } else {
+        fast_path::anchor_due(fast.last_anchor, now, fast.reanchor)
+    };
     let first = fast.rtp.next_seq();
     let mut sent = Sent::default();
     let fast_payloads = if anchor { rest } else { &frame.payloads[..] };
@@ -1562,7 +1587,7 @@ fn write_to_viewer(
         fast.last_anchor = Some(now);
         fast.reanchor = false;
     }
-    fast.reanchor |= priming;
+    fast.reanchor |= late;
     if nackable {
         let packets = frame.payloads.len() as u32;
         fast.sent
