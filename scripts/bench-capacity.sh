@@ -3,7 +3,7 @@
 # publisher) to the other. For each viewer count: server CPU, load-tester CPU, latency, loss,
 # join time, server memory per viewer. Bounded: each step runs STEP_SECS (default 30 s).
 #
-#   [STEP_SECS=30] [VERIFY=all|N] scripts/bench-capacity.sh [viewer counts...]
+#   [STEP_SECS=30] [VERIFY=all|N] [NODE_ARGS="..."] scripts/bench-capacity.sh [viewer counts...]
 #                                        (default counts: 100 250 500 1000 1500 2000)
 #
 # Prints a Markdown table for docs/benchmarks.md. Needs taskset (util-linux) and FFmpeg.
@@ -35,7 +35,7 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 HZ=$(getconf CLK_TCK)
 
 RUST_LOG=warn taskset -c "$SERVER_CPU" "$SERVER_BIN" run --http-addr "$IP:8080" \
-    --webrtc-addr "$IP:8443" --quic-addr "$IP:4433" --data-dir "$OUT/data" 2>"$OUT/node.log" &
+    --webrtc-addr "$IP:8443" --quic-addr "$IP:4433" --data-dir "$OUT/data" ${NODE_ARGS:-} 2>"$OUT/node.log" &
 NODE=$!
 for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
 RUST_LOG=warn taskset -c "$CLIENT_CPU" "$BIN/cascade-loadtest" publish --url "$HTTP/whip/bench" \
