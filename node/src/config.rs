@@ -154,6 +154,12 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_WEBRTC_FAST_PATH", value_name = "BOOL")]
     pub webrtc_fast_path: Option<bool>,
 
+    /// Threads (shards) of the viewers' WebRTC engine, each serving its own viewers behind
+    /// the one media port; new viewers go to the one with the fewest [default: one per
+    /// core]. Publishers have an engine thread of their own.
+    #[arg(long, env = "CASCADE_WEBRTC_THREADS", value_name = "N")]
+    pub webrtc_threads: Option<usize>,
+
     /// IP address advertised in ICE candidates, when clients reach this node by another
     /// address than it binds (NAT, containers) [default: the bound address].
     #[arg(long, env = "CASCADE_PUBLIC_IP", value_name = "IP")]
@@ -307,6 +313,8 @@ pub struct NodeConfig {
     pub handshake_timeout: Duration,
     /// See [`RunOptions::webrtc_fast_path`].
     pub webrtc_fast_path: bool,
+    /// See [`RunOptions::webrtc_threads`].
+    pub webrtc_threads: usize,
     /// See [`RunOptions::max_viewers`] and [`RunOptions::max_publishers`].
     pub limits: cascade_roles::admission::Limits,
     /// See [`RunOptions::quic_addr`].
@@ -480,6 +488,12 @@ impl NodeConfig {
                 .webrtc_fast_path
                 .or(file.webrtc_fast_path)
                 .unwrap_or(true),
+            webrtc_threads: cli
+                .webrtc_threads
+                .or(file.webrtc_threads)
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+                }),
             limits: cascade_roles::admission::Limits {
                 max_viewers: cli.max_viewers.or(file.max_viewers),
                 max_publishers: cli.max_publishers.or(file.max_publishers),
@@ -490,6 +504,12 @@ impl NodeConfig {
     }
 
     fn validate(&self) -> Result<(), NodeError> {
+        if !(1..=256).contains(&self.webrtc_threads) {
+            return Err(NodeError::Config {
+                key: "webrtc-threads",
+                message: format!("must be 1 to 256 (got {})", self.webrtc_threads),
+            });
+        }
         if ![1, 3, 5].contains(&self.cluster.voters) {
             return Err(NodeError::Config {
                 key: "voters",

@@ -25,7 +25,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         source,
     })?;
     let metrics = install_metrics();
-    let engine = |bind, tcp_bind, serves| {
+    let engine = |bind, tcp_bind, serves, threads| {
         WebRtcEngine::start(WebRtcSettings {
             bind,
             tcp_bind,
@@ -33,14 +33,22 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             public_ip: config.public_ip,
             handshake_timeout: config.handshake_timeout,
             fast_path: config.webrtc_fast_path,
+            threads,
         })
     };
     let engines = Engines {
-        egress: engine(config.webrtc_addr, config.webrtc_tcp_addr, "viewers").await?,
+        egress: engine(
+            config.webrtc_addr,
+            config.webrtc_tcp_addr,
+            "viewers",
+            config.webrtc_threads,
+        )
+        .await?,
         ingest: engine(
             config.webrtc_ingest_addr,
             config.webrtc_ingest_tcp_addr,
             "publishers",
+            1,
         )
         .await?,
     };

@@ -149,31 +149,17 @@ pub fn decide(
     }
 }
 
-/// The engine's figures, written by the engine once per window, read by admission.
-#[derive(Debug)]
-pub struct EngineLoad {
-    /// Which engine (`viewers`, `publishers`): the label of its gauges.
-    engine: &'static str,
+/// One shard's figures, as atomics.
+#[derive(Debug, Default)]
+struct ShardFigures {
     lag_micros: AtomicU64,
     busy_pct: AtomicU64,
     busy_last_pct: AtomicU64,
     sessions: AtomicU64,
 }
 
-impl EngineLoad {
-    /// Figures for the engine that serves `engine` (`viewers` or `publishers`).
-    pub fn new(engine: &'static str) -> Self {
-        EngineLoad {
-            engine,
-            lag_micros: AtomicU64::new(0),
-            busy_pct: AtomicU64::new(0),
-            busy_last_pct: AtomicU64::new(0),
-            sessions: AtomicU64::new(0),
-        }
-    }
-
-    /// The figures of the last window.
-    pub fn get(&self) -> EngineFigures {
+impl ShardFigures {
+    fn get(&self) -> EngineFigures {
         let pct = |a: &AtomicU64| u32::try_from(a.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
         EngineFigures {
             lag: Duration::from_micros(self.lag_micros.load(Ordering::Relaxed)),
@@ -182,28 +168,98 @@ impl EngineLoad {
             sessions: usize::try_from(self.sessions.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
         }
     }
+}
 
-    /// Publishes the figures of the window that just closed.
-    pub fn set(&self, figures: EngineFigures) {
+/// The engine's figures, written by each of its shards once per window, read by admission.
+#[derive(Debug)]
+pub struct EngineLoad {
+    /// Which engine (`viewers`, `publishers`): the label of its gauges.
+    engine: &'static str,
+    shards: Vec<ShardFigures>,
+}
+
+impl EngineLoad {
+    /// Figures for the engine that serves `engine` (`viewers` or `publishers`), one shard.
+    pub fn new(engine: &'static str) -> Self {
+        Self::with_shards(engine, 1)
+    }
+
+    /// Figures for an engine of `shards` shards (at least one).
+    pub fn with_shards(engine: &'static str, shards: usize) -> Self {
+        EngineLoad {
+            engine,
+            shards: (0..shards.max(1))
+                .map(|_| ShardFigures::default())
+                .collect(),
+        }
+    }
+
+    /// The figures of the last window, over all shards ([`combine`]).
+    pub fn get(&self) -> EngineFigures {
+        combine(self.shards.iter().map(ShardFigures::get))
+    }
+
+    /// Publishes the figures of the window that just closed on `shard`.
+    pub fn set(&self, figures: EngineFigures, shard: usize) {
+        let Some(slot) = self.shards.get(shard) else {
+            return;
+        };
         let micros = u64::try_from(figures.lag.as_micros()).unwrap_or(u64::MAX);
-        self.lag_micros.store(micros, Ordering::Relaxed);
-        self.busy_pct
+        slot.lag_micros.store(micros, Ordering::Relaxed);
+        slot.busy_pct
             .store(u64::from(figures.busy_pct), Ordering::Relaxed);
-        self.busy_last_pct
+        slot.busy_last_pct
             .store(u64::from(figures.busy_last_pct), Ordering::Relaxed);
-        self.sessions
+        slot.sessions
             .store(figures.sessions as u64, Ordering::Relaxed);
         let engine = self.engine;
+        let all = self.get();
         metrics::gauge!("cascade_webrtc_engine_lag_seconds", "engine" => engine)
-            .set(figures.lag.as_secs_f64());
+            .set(all.lag.as_secs_f64());
         metrics::gauge!("cascade_webrtc_engine_busy_ratio", "engine" => engine)
-            .set(f64::from(figures.busy_last_pct) / 100.0);
+            .set(f64::from(all.busy_last_pct) / 100.0);
+        metrics::gauge!("cascade_webrtc_shard_sessions", "engine" => engine, "shard" => shard.to_string())
+            .set(figures.sessions as f64);
     }
+}
+
+/// An engine's figures from its shards': the worst lag, the mean busy shares (sessions are
+/// placed on the least loaded shard, so the shards fill alike), the sum of sessions. The
+/// projection then gives the capacity of all shards together.
+pub fn combine(shards: impl Iterator<Item = EngineFigures>) -> EngineFigures {
+    let mut all = EngineFigures::default();
+    let mut count = 0u32;
+    let (mut busy, mut busy_last) = (0u32, 0u32);
+    for shard in shards {
+        count += 1;
+        all.lag = all.lag.max(shard.lag);
+        busy += shard.busy_pct;
+        busy_last += shard.busy_last_pct;
+        all.sessions += shard.sessions;
+    }
+    all.busy_pct = busy.checked_div(count).unwrap_or(0);
+    all.busy_last_pct = busy_last.checked_div(count).unwrap_or(0);
+    all
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_combine_into_the_worst_lag_the_mean_busy_share_and_all_sessions() {
+        let shard = |lag_ms, busy, sessions| EngineFigures {
+            lag: Duration::from_millis(lag_ms),
+            busy_pct: busy,
+            busy_last_pct: busy,
+            sessions,
+        };
+        let all = combine([shard(5, 40, 300), shard(30, 60, 320)].into_iter());
+        assert_eq!(all.lag, Duration::from_millis(30));
+        assert_eq!((all.busy_pct, all.busy_last_pct), (50, 50));
+        assert_eq!(all.sessions, 620);
+        assert_eq!(all.projected_capacity(), Some(620 * 55 / 50));
+    }
 
     #[test]
     fn caps_lag_and_saturation_refuse_viewers_but_never_a_publisher() {

@@ -44,6 +44,7 @@ use str0m::rtp::{Extension, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 
+use super::dispatch::{Inbound, RouteUpdate};
 use super::tcp::{TcpEvent, TcpPeers};
 use super::udp::{MediaSocket, Sent};
 
@@ -215,7 +216,7 @@ enum Role {
 }
 
 /// A peer's transport address: the same address may be a UDP and a TCP peer.
-type Remote = (Protocol, SocketAddr);
+type Remote = super::dispatch::Remote;
 /// Addresses kept per session; a peer heard from more (a check from every interface, a
 /// mobile client moving) forgets its oldest.
 const MAX_REMOTES: usize = 8;
@@ -327,6 +328,7 @@ impl Subscription {
 enum Wake {
     Command(Option<Command>),
     Readable(std::io::Result<()>),
+    Inbound(Option<Inbound>),
     Tcp(TcpEvent),
     Frame(FrameToEngine),
     Timer,
@@ -342,7 +344,16 @@ enum Followup {
 }
 
 struct Engine {
+    /// Sends; also reads, unless the engine is a shard (`inbound`).
     socket: MediaSocket,
+    /// A shard's datagrams, from the dispatcher that reads the shared socket
+    /// (`super::dispatch`); `None`: this engine reads its socket itself.
+    inbound: Option<mpsc::Receiver<Inbound>>,
+    /// A shard tells the dispatcher which sessions ended.
+    routes: Option<mpsc::UnboundedSender<RouteUpdate>>,
+    /// This shard's index and its session count, read when placing sessions.
+    shard: usize,
+    placed: Arc<std::sync::atomic::AtomicUsize>,
     /// Datagrams of one receive batch, copied out so that sessions can be driven meanwhile.
     inbox: Vec<u8>,
     inbox_marks: Vec<(SocketAddr, usize)>,
@@ -388,7 +399,16 @@ struct Engine {
 pub(crate) struct Transports {
     pub socket: MediaSocket,
     pub udp_candidate: SocketAddr,
-    pub tcp: Option<(SocketAddr, mpsc::Receiver<TcpEvent>)>,
+    /// The TCP candidate, and the connections' events when this engine reads them itself.
+    pub tcp: Option<(SocketAddr, Option<mpsc::Receiver<TcpEvent>>)>,
+    /// For a shard: what the dispatcher hands it, and where it says which sessions ended.
+    pub dispatched: Option<(mpsc::Receiver<Inbound>, mpsc::UnboundedSender<RouteUpdate>)>,
+}
+
+/// Which shard an engine is, and how many sessions it holds (shared with placement).
+pub(crate) struct ShardPlace {
+    pub index: usize,
+    pub placed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Runs the engine until the node drops its command sender. Called on the engine's own
@@ -400,14 +420,20 @@ pub(crate) async fn run(
     handshake_timeout: Duration,
     fast_path: bool,
     load: Arc<EngineLoad>,
+    place: ShardPlace,
 ) {
     let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
     let (tcp_candidate, tcp_rx) = match transports.tcp {
-        Some((candidate, rx)) => (Some(candidate), Some(rx)),
+        Some((candidate, rx)) => (Some(candidate), rx),
         None => (None, None),
     };
+    let (inbound, routes) = transports.dispatched.unzip();
     let engine = Engine {
         socket: transports.socket,
+        inbound,
+        routes,
+        shard: place.index,
+        placed: place.placed,
         inbox: Vec::new(),
         inbox_marks: Vec::new(),
         udp_candidate: transports.udp_candidate,
@@ -457,7 +483,8 @@ impl Engine {
             let wake = tokio::select! {
                 biased;
                 command = command_rx.recv() => Wake::Command(command),
-                readable = self.socket.readable() => Wake::Readable(readable),
+                readable = self.socket.readable(), if self.inbound.is_none() => Wake::Readable(readable),
+                inbound = next_inbound(&mut self.inbound) => Wake::Inbound(inbound),
                 Some(event) = next_tcp_event(&mut tcp_rx) => Wake::Tcp(event),
                 Some(first) = frames_rx.recv() => Wake::Frame(first),
                 _ = tokio::time::sleep_until(next_timer.into()) => Wake::Timer,
@@ -476,6 +503,14 @@ impl Engine {
                     }
                 }
                 Wake::Readable(Err(e)) => tracing::debug!(error = %e, "UDP receive error"),
+                Wake::Inbound(Some(first)) => {
+                    self.handle_inbound(first);
+                    self.receive_batch();
+                    while let Ok(frame) = frames_rx.try_recv() {
+                        self.handle_frame(frame);
+                    }
+                }
+                Wake::Inbound(None) => break,
                 Wake::Tcp(event) => {
                     self.handle_tcp(event);
                     if let Some(rx) = tcp_rx.as_mut() {
@@ -510,8 +545,18 @@ impl Engine {
         tracing::info!("WebRTC engine stopped");
     }
 
-    /// Reads up to `RECEIVE_BATCH` datagrams and handles each.
+    /// Reads up to `RECEIVE_BATCH` datagrams (a shard: takes them from the dispatcher) and
+    /// handles each.
     fn receive_batch(&mut self) {
+        if self.inbound.is_some() {
+            for _ in 0..RECEIVE_BATCH {
+                let Some(Ok(inbound)) = self.inbound.as_mut().map(|rx| rx.try_recv()) else {
+                    return;
+                };
+                self.handle_inbound(inbound);
+            }
+            return;
+        }
         let mut inbox = std::mem::take(&mut self.inbox);
         let mut marks = std::mem::take(&mut self.inbox_marks);
         let mut read = 0;
@@ -534,6 +579,15 @@ impl Engine {
         }
         self.inbox = inbox;
         self.inbox_marks = marks;
+    }
+
+    fn handle_inbound(&mut self, inbound: Inbound) {
+        match inbound {
+            Inbound::Datagram { from, bytes } => {
+                self.handle_datagram(&bytes, from);
+            }
+            Inbound::Tcp(event) => self.handle_tcp(event),
+        }
     }
 
     fn handle_command(&mut self, command: Command) {
@@ -739,12 +793,15 @@ impl Engine {
             let busy_pct = (busy * 100.0).round().clamp(0.0, 100.0) as u32;
             // Only a busy second counts, not one busy window: a burst of joins (each a DTLS
             // handshake in this task) must not refuse the next viewers of an idle node.
-            self.load.set(EngineFigures {
-                lag: self.window_lag,
-                busy_pct: busy_pct.min(self.previous_busy_pct),
-                busy_last_pct: busy_pct,
-                sessions: self.by_id.len(),
-            });
+            self.load.set(
+                EngineFigures {
+                    lag: self.window_lag,
+                    busy_pct: busy_pct.min(self.previous_busy_pct),
+                    busy_last_pct: busy_pct,
+                    sessions: self.by_id.len(),
+                },
+                self.shard,
+            );
             self.previous_busy_pct = busy_pct;
             self.window_lag = Duration::ZERO;
             self.window_busy = Duration::ZERO;
@@ -1249,8 +1306,13 @@ impl Engine {
         session.report_egress();
         self.free.push(slot);
         self.by_id.remove(&session.id);
+        self.placed
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let ufrag = session.rtc.direct_api().local_ice_credentials().ufrag;
         self.by_ufrag.remove(&ufrag);
+        if let Some(routes) = &self.routes {
+            let _ = routes.send(RouteUpdate::Forget { ufrag });
+        }
         for remote in &session.remotes {
             self.by_addr.remove(remote);
             if let (Protocol::Tcp, peer) = *remote {
@@ -1324,6 +1386,14 @@ fn transmit(socket: &mut MediaSocket, tcp: &mut TcpPeers, t: &Transmit) -> Sent 
     match t.proto {
         Protocol::Tcp => tcp.queue(t.destination, &t.contents),
         _ => socket.queue(t.destination, &t.contents),
+    }
+}
+
+/// The next datagram from the dispatcher, or never when the engine reads its own socket.
+async fn next_inbound(rx: &mut Option<mpsc::Receiver<Inbound>>) -> Option<Inbound> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! an ICE-lite `Rtc` for each accepted offer ([`WebRtcEngine::answer`]) and hands it to the
 //! engine task ([`engine`]), which owns the socket and every session's `Rtc`.
 
+mod dispatch;
 pub mod dtls_keys;
 mod engine;
 pub mod offer;
@@ -62,12 +63,24 @@ pub struct WebRtcSettings {
     /// the per-viewer fast path (`edge::fast_path`) rather than through str0m's per-packet
     /// path. `false` is the path before issue 14, for comparison in benchmarks.
     pub fast_path: bool,
+    /// Shards: engine threads, each with its own sessions, behind the one socket
+    /// (`dispatch`); sessions go to the shard with the fewest. At least 1.
+    pub threads: usize,
 }
 
-/// Handle to the engine task.
+/// One shard of the engine, as placement sees it.
+struct Shard {
+    commands: mpsc::UnboundedSender<Command>,
+    /// Sessions on it: added here when one is placed, taken off by the shard when it ends.
+    placed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Handle to the engine's shards.
 #[derive(Clone)]
 pub struct WebRtcEngine {
-    commands: mpsc::UnboundedSender<Command>,
+    shards: Arc<[Shard]>,
+    /// With more than one shard: the dispatcher's routing table, told of each placement.
+    routes: Option<mpsc::UnboundedSender<dispatch::RouteUpdate>>,
     advertised: Candidates,
     /// One DTLS certificate for every session of this node: generating a key pair per
     /// session would add to every join (each session still negotiates its own keys).
@@ -100,7 +113,7 @@ impl WebRtcEngine {
             SocketAddr::new(settings.public_ip.unwrap_or(bound.ip()), bound.port())
         };
         let udp = advertise(local);
-        let tcp = match settings.tcp_bind {
+        let mut tcp = match settings.tcp_bind {
             None => None,
             Some(bind) => {
                 let bound_listener = || {
@@ -119,44 +132,124 @@ impl WebRtcEngine {
             udp,
             tcp: tcp.as_ref().map(|(_, addr)| *addr),
         };
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let load = Arc::new(EngineLoad::new(settings.serves));
-        let engine_commands = commands.clone();
-        let engine_load = load.clone();
-        let handshake_timeout = settings.handshake_timeout;
-        let fast_path = settings.fast_path;
+        let threads = settings.threads.max(1);
+        let load = Arc::new(EngineLoad::with_shards(settings.serves, threads));
         let serves = settings.serves;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| RoleError::Unavailable(format!("cannot start the WebRTC engine: {e}")))?;
-        std::thread::Builder::new()
-            .name(format!("webrtc-{serves}"))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    // Sockets are registered with the runtime that polls them: this one.
-                    let transports = match engine_transports(socket, udp, tcp) {
-                        Ok(transports) => transports,
-                        Err(e) => {
-                            tracing::error!(error = %e, serves, "the WebRTC engine cannot use its sockets");
-                            return;
-                        }
-                    };
-                    engine::run(
-                        transports,
-                        engine_commands,
-                        command_rx,
-                        handshake_timeout,
-                        fast_path,
-                        engine_load,
-                    )
-                    .await;
-                });
-            })
-            .map_err(|e| RoleError::Unavailable(format!("cannot start the WebRTC engine: {e}")))?;
-        tracing::info!(%local, advertised = %udp, serves = settings.serves, "WebRTC media socket bound");
+        let udp_candidate = udp;
+        let tcp_candidate = tcp.as_ref().map(|(_, addr)| *addr);
+        let engine_thread = |name: String, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(body)
+                .map(|_| ())
+                .map_err(|e| RoleError::Unavailable(format!("cannot start the WebRTC engine: {e}")))
+        };
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| RoleError::Unavailable(format!("cannot start the WebRTC engine: {e}")))
+        };
+        let mut shards = Vec::with_capacity(threads);
+        let mut inbound_txs = Vec::with_capacity(threads);
+        let (routes, routes_rx) = if threads > 1 {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        for index in 0..threads {
+            let (commands, command_rx) = mpsc::unbounded_channel();
+            let placed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            shards.push(Shard {
+                commands: commands.clone(),
+                placed: placed.clone(),
+            });
+            // One shard reads its socket (and ICE-TCP) itself; several share the socket,
+            // which the dispatcher reads.
+            let (single, dispatched) = if threads == 1 {
+                let socket = socket.try_clone().map_err(|source| RoleError::Bind {
+                    addr: settings.bind,
+                    source,
+                })?;
+                (Some((socket, tcp.take())), None)
+            } else {
+                let (tx, rx) = mpsc::channel(dispatch::SHARD_QUEUE);
+                inbound_txs.push(tx);
+                let routes = routes.clone().expect("routes with shards");
+                (None, Some((rx, routes)))
+            };
+            let send_socket = socket.try_clone().map_err(|source| RoleError::Bind {
+                addr: settings.bind,
+                source,
+            })?;
+            let handshake_timeout = settings.handshake_timeout;
+            let fast_path = settings.fast_path;
+            let load = load.clone();
+            let runtime = runtime()?;
+            engine_thread(
+                format!("webrtc-{serves}-{index}"),
+                Box::new(move || {
+                    runtime.block_on(async move {
+                        // Sockets are registered with the runtime that polls them: this one.
+                        let transports = match single {
+                            Some((socket, tcp)) => engine_transports(socket, udp_candidate, tcp),
+                            None => shard_transports(send_socket, udp_candidate, tcp_candidate, dispatched),
+                        };
+                        let transports = match transports {
+                            Ok(transports) => transports,
+                            Err(e) => {
+                                tracing::error!(error = %e, serves, "the WebRTC engine cannot use its sockets");
+                                return;
+                            }
+                        };
+                        let place = engine::ShardPlace { index, placed };
+                        engine::run(
+                            transports,
+                            commands,
+                            command_rx,
+                            handshake_timeout,
+                            fast_path,
+                            load,
+                            place,
+                        )
+                        .await;
+                    });
+                }),
+            )?;
+        }
+        if let Some(routes_rx) = routes_rx {
+            let runtime = runtime()?;
+            let tcp = tcp.take();
+            engine_thread(
+                format!("webrtc-{serves}-dispatch"),
+                Box::new(move || {
+                    runtime.block_on(async move {
+                        let socket = tokio::net::UdpSocket::from_std(socket)
+                            .and_then(udp::MediaSocket::new);
+                        let socket = match socket {
+                            Ok(socket) => socket,
+                            Err(e) => {
+                                tracing::error!(error = %e, serves, "the WebRTC dispatcher cannot use its socket");
+                                return;
+                            }
+                        };
+                        let tcp = match tcp.map(|(listener, _)| tcp_events(listener)).transpose() {
+                            Ok(tcp) => tcp,
+                            Err(e) => {
+                                tracing::error!(error = %e, serves, "the WebRTC dispatcher cannot use its TCP port");
+                                return;
+                            }
+                        };
+                        dispatch::run(socket, tcp, routes_rx, inbound_txs).await;
+                    });
+                }),
+            )?;
+        }
+        tracing::info!(%local, advertised = %udp, serves, shards = threads, "WebRTC media socket bound");
         Ok(Self {
-            commands,
+            shards: shards.into(),
+            routes,
             advertised,
             certificate,
             load,
@@ -339,16 +432,35 @@ pub fn fuzz_offer(data: &[u8]) {
 }
 
 impl WebRtcEngine {
-    /// Hands a negotiated session to the engine.
-    pub(crate) fn add_session(&self, session: engine::NewSession) -> Result<(), RoleError> {
-        self.commands
+    /// Hands a negotiated session to the shard with the fewest sessions.
+    pub(crate) fn add_session(&self, mut session: engine::NewSession) -> Result<(), RoleError> {
+        use std::sync::atomic::Ordering;
+        let (index, shard) = self
+            .shards
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, shard)| shard.placed.load(Ordering::Relaxed))
+            .ok_or_else(|| RoleError::Unavailable("WebRTC engine stopped".into()))?;
+        if let Some(routes) = &self.routes {
+            // Before the answer leaves: the session's first check must find its shard.
+            let ufrag = session.rtc.direct_api().local_ice_credentials().ufrag;
+            let _ = routes.send(dispatch::RouteUpdate::Register {
+                ufrag,
+                shard: index,
+            });
+        }
+        shard.placed.fetch_add(1, Ordering::Relaxed);
+        shard
+            .commands
             .send(Command::Add(Box::new(session)))
             .map_err(|_| RoleError::Unavailable("WebRTC engine stopped".into()))
     }
 
-    /// Ends a session's media (idempotent).
+    /// Ends a session's media (idempotent): every shard is told, the one holding it acts.
     pub fn close(&self, id: SessionId) {
-        let _ = self.commands.send(Command::Close(id));
+        for shard in self.shards.iter() {
+            let _ = shard.commands.send(Command::Close(id));
+        }
     }
 }
 
@@ -361,17 +473,39 @@ fn engine_transports(
     let socket = udp::MediaSocket::new(tokio::net::UdpSocket::from_std(socket)?)?;
     let tcp = match tcp {
         None => None,
-        Some((listener, candidate)) => {
-            let (events, events_rx) = mpsc::channel(tcp::INBOUND_QUEUE);
-            tcp::spawn_listener(tokio::net::TcpListener::from_std(listener)?, events);
-            Some((candidate, events_rx))
-        }
+        Some((listener, candidate)) => Some((candidate, Some(tcp_events(listener)?))),
     };
     Ok(engine::Transports {
         socket,
         udp_candidate,
         tcp,
+        dispatched: None,
     })
+}
+
+/// A shard's transports: the shared socket to send on, and what the dispatcher hands it.
+fn shard_transports(
+    socket: std::net::UdpSocket,
+    udp_candidate: SocketAddr,
+    tcp_candidate: Option<SocketAddr>,
+    dispatched: Option<(
+        mpsc::Receiver<dispatch::Inbound>,
+        mpsc::UnboundedSender<dispatch::RouteUpdate>,
+    )>,
+) -> std::io::Result<engine::Transports> {
+    Ok(engine::Transports {
+        socket: udp::MediaSocket::new(tokio::net::UdpSocket::from_std(socket)?)?,
+        udp_candidate,
+        tcp: tcp_candidate.map(|candidate| (candidate, None)),
+        dispatched,
+    })
+}
+
+/// Starts accepting ICE-TCP connections on this runtime; their events.
+fn tcp_events(listener: std::net::TcpListener) -> std::io::Result<mpsc::Receiver<tcp::TcpEvent>> {
+    let (events, events_rx) = mpsc::channel(tcp::INBOUND_QUEUE);
+    tcp::spawn_listener(tokio::net::TcpListener::from_std(listener)?, events);
+    Ok(events_rx)
 }
 
 /// Binds the shared media socket with large buffers, warning when the kernel grants less.
