@@ -1,5 +1,6 @@
 //! A webrtc-rs publisher sends real H.264 (libx264) and Opus over WHIP; three webrtc-rs viewers
 //! receive over WHEP; every access unit arrives intact and in order, and audio arrives too.
+//! The viewers' engine runs as two shards: the viewers are spread over both, behind one port.
 
 use std::sync::atomic::Ordering;
 
@@ -11,7 +12,7 @@ use crate::support::peer::{Publisher, Viewer};
 async fn every_access_unit_reaches_three_viewers_intact_and_in_order() {
     let video = encode_h264(4, 30);
     let audio = encode_opus(4);
-    let node = Node::start(&[]).await;
+    let node = Node::start(&["--webrtc-threads", "2"]).await;
     let publisher = Publisher::connect(&node.ip, &node.url("/whip/interop"), None)
         .await
         .expect("WHIP accepted");
@@ -62,5 +63,21 @@ async fn every_access_unit_reaches_three_viewers_intact_and_in_order() {
     assert_eq!(
         on_fast_path, 6.0,
         "every viewer's video and audio went on the fast path"
+    );
+    let metrics = node.metrics().await;
+    let on_shard = |shard: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("cascade_webrtc_shard_sessions")
+                    && l.contains("engine=\"viewers\"")
+                    && l.contains(&format!("shard=\"{shard}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        (on_shard("0"), on_shard("1")),
+        (Some(2.0), Some(1.0)),
+        "the viewers were spread over both shards"
     );
 }
