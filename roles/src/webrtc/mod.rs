@@ -225,8 +225,7 @@ impl WebRtcEngine {
                 format!("webrtc-{serves}-dispatch"),
                 Box::new(move || {
                     runtime.block_on(async move {
-                        let socket = tokio::net::UdpSocket::from_std(socket)
-                            .and_then(udp::MediaSocket::new);
+                        let socket = udp::MediaSocket::new(socket);
                         let socket = match socket {
                             Ok(socket) => socket,
                             Err(e) => {
@@ -470,7 +469,7 @@ fn engine_transports(
     udp_candidate: SocketAddr,
     tcp: Option<(std::net::TcpListener, SocketAddr)>,
 ) -> std::io::Result<engine::Transports> {
-    let socket = udp::MediaSocket::new(tokio::net::UdpSocket::from_std(socket)?)?;
+    let socket = udp::MediaSocket::new(socket)?;
     let tcp = match tcp {
         None => None,
         Some((listener, candidate)) => Some((candidate, Some(tcp_events(listener)?))),
@@ -494,7 +493,7 @@ fn shard_transports(
     )>,
 ) -> std::io::Result<engine::Transports> {
     Ok(engine::Transports {
-        socket: udp::MediaSocket::new(tokio::net::UdpSocket::from_std(socket)?)?,
+        socket: udp::MediaSocket::send_only(socket)?,
         udp_candidate,
         tcp: tcp_candidate.map(|candidate| (candidate, None)),
         dispatched,
