@@ -118,6 +118,8 @@ fn invalid_config_exits_non_zero_naming_the_key() {
         "--voters",
         "--roles",
         "--region",
+        "--webrtc-threads",
+        "--webrtc-fast-path",
     ] {
         assert!(help.contains(flag), "`cascade run --help` documents {flag}");
     }
