@@ -29,10 +29,8 @@ SERVER_BIN=${SERVER_BIN:-$BIN/cascade}
 
 cleanup() { kill "${PUB:-}" "${NODE:-}" 2>/dev/null || true; }
 trap cleanup EXIT
-
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-HZ=$(getconf CLK_TCK)
+# shellcheck source=scripts/bench-measure.sh
+. scripts/bench-measure.sh
 
 RUST_LOG=warn taskset -c "$SERVER_CPU" "$SERVER_BIN" run --http-addr "$IP:8080" \
     --webrtc-addr "$IP:8443" --quic-addr "$IP:4433" --data-dir "$OUT/data" ${NODE_ARGS:-} 2>"$OUT/node.log" &
@@ -45,34 +43,8 @@ for _ in $(seq 300); do curl -sf "$HTTP/api/v1/streams/bench" >/dev/null && brea
 sleep 2
 idle_rss=$(rss_kb "$NODE")
 
-echo "| viewers | joined | failed | server CPU % | load tester CPU % | latency p50 / p95 / p99 ms | join p50 / p95 ms | frame loss % | freezes | server RSS per viewer KB |"
-echo "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
+measure_header
 for n in "${COUNTS[@]}"; do
-    ramp=$(( n / 5 > 50 ? n / 5 : 50 ))
-    RUST_LOG=warn taskset -c "$CLIENT_CPU" "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/bench" \
-        --local-ip "$IP" --viewers "$n" --ramp "$ramp" --workers 1 --verify "$VERIFY" --duration "${STEP_SECS}s" \
-        --report "$OUT/report-$n.json" >"$OUT/table-$n.txt" 2>"$OUT/loadtest-$n.log" &
-    LT=$!
-    # Measure the steady part: after the ramp (5 s) plus a settling second, for half the step.
-    sleep 7
-    s0=$(ticks "$NODE"); c0=$(ticks "$LT"); t0=$(date +%s.%N)
-    sleep $(( STEP_SECS / 2 ))
-    s1=$(ticks "$NODE"); c1=$(ticks "$LT"); t1=$(date +%s.%N)
-    rss=$(rss_kb "$NODE")
-    wait "$LT" || true
-    python3 - "$OUT/report-$n.json" "$n" "$s0" "$s1" "$c0" "$c1" "$t0" "$t1" "$HZ" "$rss" "$idle_rss" <<'PY'
-import json, sys
-path, n, s0, s1, c0, c1, t0, t1, hz, rss, idle = sys.argv[1:]
-r = json.load(open(path))
-wall = float(t1) - float(t0)
-cpu = lambda a, b: 100.0 * (int(b) - int(a)) / int(hz) / wall
-lat, join = r["latency"], r["join_time"]
-f = lambda v: "-" if v is None else f"{v:.1f}"
-per_viewer = (int(rss) - int(idle)) / max(1, r["sessions_joined"])
-print(f"| {n} | {r['sessions_joined']} | {r['failed_sessions']} | {cpu(s0, s1):.0f} | {cpu(c0, c1):.0f} | "
-      f"{f(lat['p50_ms'])} / {f(lat['p95_ms'])} / {f(lat['p99_ms'])} | {f(join['p50_ms'])} / {f(join['p95_ms'])} | "
-      f"{r['frame_loss_pct']:.2f} | {r['freezes']} | {per_viewer:.0f} |")
-PY
-    sleep 3
+    measure_step "$NODE" "$n" "$idle_rss" --url "$HTTP/whep/bench" --local-ip "$IP"
 done
 echo "raw reports and logs: $OUT" >&2

@@ -15,6 +15,7 @@
 mod coordinator;
 mod figures;
 mod hls;
+mod janus;
 mod marker;
 mod peer;
 mod poller;
@@ -182,10 +183,24 @@ struct WebrtcArgs {
     /// (packets, loss, frames, freezes) without decrypting: more viewers per core.
     #[arg(long, env = "CASCADE_LOADTEST_VERIFY", default_value = "all", value_parser = verify_arg)]
     verify: Verify,
+    /// `whep`: the viewer offers (Cascade, any WHEP server). `janus`: Janus's HTTP API and
+    /// streaming plugin, the server offers; `--url` is the API's base (e.g.
+    /// http://127.0.0.1:8088/janus). For comparing servers with the same viewers.
+    #[arg(long, value_enum, default_value_t = SignallingArg::Whep)]
+    signalling: SignallingArg,
+    /// With `--signalling janus`: the streaming mountpoint's id.
+    #[arg(long, default_value_t = 1)]
+    janus_mountpoint: u64,
     #[command(flatten)]
     outcome: OutcomeArgs,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SignallingArg {
+    Whep,
+    Janus,
 }
 
 /// Where the report goes and the SLO gates that decide the exit code: the same in every
@@ -363,7 +378,20 @@ async fn webrtc(args: WebrtcArgs) -> Result<ExitCode, LoadtestError> {
             Verify::All => None,
             Verify::Count(n) => Some(n.div_ceil(workers)),
         },
+        signalling: match args.signalling {
+            SignallingArg::Whep => viewer::Signalling::Whep,
+            SignallingArg::Janus => viewer::Signalling::Janus {
+                mountpoint: args.janus_mountpoint,
+            },
+        },
     };
+    if matches!(args.signalling, SignallingArg::Janus)
+        && args.common.transport != peer::Transport::Udp
+    {
+        return Err(LoadtestError::Config(
+            "--signalling janus takes UDP viewers only".into(),
+        ));
+    }
     let outcome = coordinator::run(settings, &phases, workers).await;
     let report = report::Report::new(
         &args.url.join(","),

@@ -17,7 +17,7 @@ use tokio::io::Interest;
 
 use bytes::BytesMut;
 use cascade_protocol::ice_tcp::{frame_into, next_frame};
-use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::dtls::DtlsCert;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive, TcpType};
@@ -96,6 +96,57 @@ impl Offering {
         kinds: &[MediaKind],
         stats: bool,
     ) -> std::io::Result<Offering> {
+        let mut peer = Peer::unnegotiated(local_ip, transport, cert, stats).await?;
+        let mut change = peer.rtc.sdp_api();
+        let mids = kinds
+            .iter()
+            .map(|&kind| (kind, change.add_media(kind, direction, None, None, None)))
+            .collect();
+        let (offer, pending) = change
+            .apply()
+            .ok_or_else(|| std::io::Error::other("str0m produced no offer"))?;
+        Ok(Offering {
+            peer,
+            offer: offer.to_sdp_string(),
+            pending,
+            mids,
+        })
+    }
+}
+
+impl Peer {
+    /// A UDP peer answering a server's offer (as Janus signals: the server offers, the
+    /// viewer answers); the answer to send back.
+    pub async fn answering(
+        local_ip: IpAddr,
+        cert: &DtlsCert,
+        offer: &str,
+        stats: bool,
+    ) -> Result<(Peer, String), FailureReason> {
+        let mut peer = Peer::unnegotiated(local_ip, Transport::Udp, cert, stats)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot create a local peer (out of ports or file descriptors?)");
+                FailureReason::Unreachable
+            })?;
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| {
+            tracing::debug!(error = %e, "unparseable SDP offer");
+            FailureReason::BadAnswer
+        })?;
+        let answer = peer.rtc.sdp_api().accept_offer(offer).map_err(|e| {
+            tracing::debug!(error = %e, "SDP offer rejected");
+            FailureReason::BadAnswer
+        })?;
+        Ok((peer, answer.to_sdp_string()))
+    }
+
+    /// A peer on `local_ip` with its socket (UDP) or its TCP candidate, not negotiated yet.
+    async fn unnegotiated(
+        local_ip: IpAddr,
+        transport: Transport,
+        cert: &DtlsCert,
+        stats: bool,
+    ) -> std::io::Result<Peer> {
         let (socket, udp, local, candidate) = match transport {
             Transport::Udp => {
                 let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
@@ -135,30 +186,19 @@ impl Offering {
         }
         let mut rtc = config.build(now);
         rtc.add_local_candidate(candidate);
-        let mut change = rtc.sdp_api();
-        let mids = kinds
-            .iter()
-            .map(|&kind| (kind, change.add_media(kind, direction, None, None, None)))
-            .collect();
-        let (offer, pending) = change
-            .apply()
-            .ok_or_else(|| std::io::Error::other("str0m produced no offer"))?;
-        Ok(Offering {
-            peer: Peer {
-                rtc,
-                socket,
-                udp,
-                local,
-                next_timeout: now,
-                bytes_received: 0,
-                counter: None,
-            },
-            offer: offer.to_sdp_string(),
-            pending,
-            mids,
+        Ok(Peer {
+            rtc,
+            socket,
+            udp,
+            local,
+            next_timeout: now,
+            bytes_received: 0,
+            counter: None,
         })
     }
+}
 
+impl Offering {
     /// Applies the server's answer; over TCP, connects to the candidate it names.
     pub async fn accept(
         mut self,

@@ -30,6 +30,24 @@ pub struct ViewerSettings {
     /// Viewers of each worker that decrypt and reassemble every frame; the rest count RTP
     /// headers (sampling mode). `None`: every viewer.
     pub verified_per_worker: Option<usize>,
+    pub signalling: Signalling,
+}
+
+/// How a viewer negotiates its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signalling {
+    /// WHEP: the viewer offers (Cascade, and any WHEP server).
+    Whep,
+    /// Janus's HTTP API and streaming plugin: the server offers ([`crate::janus`]).
+    Janus { mountpoint: u64 },
+}
+
+/// How a session is left politely once the run stops it.
+enum Leave {
+    /// DELETE the WHEP session resource, if the server gave one.
+    Whep(Option<String>),
+    /// Stop keeping the Janus session alive (the DTLS close ends the handle).
+    Janus(tokio::task::JoinHandle<()>),
 }
 
 /// Asks a running viewer to leave.
@@ -234,39 +252,59 @@ async fn session(
     let settings = &ctx.settings;
     let requested = Instant::now();
     ctx.totals.borrow_mut().sessions_started += 1;
-    let offering = match Offering::new(
-        settings.local_ip,
-        settings.transport,
-        &ctx.certificate,
-        Direction::RecvOnly,
-        &[MediaKind::Video, MediaKind::Audio],
-        true,
-    )
-    .await
-    {
-        Ok(offering) => offering,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot create a local peer (out of ports or file descriptors?)");
-            return SessionEnd::Failed(FailureReason::Unreachable);
+    let (peer, video_mid, leave) = match settings.signalling {
+        Signalling::Whep => {
+            let offering = match Offering::new(
+                settings.local_ip,
+                settings.transport,
+                &ctx.certificate,
+                Direction::RecvOnly,
+                &[MediaKind::Video, MediaKind::Audio],
+                true,
+            )
+            .await
+            {
+                Ok(offering) => offering,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create a local peer (out of ports or file descriptors?)");
+                    return SessionEnd::Failed(FailureReason::Unreachable);
+                }
+            };
+            let offer = offering.offer.clone();
+            let negotiated = tokio::select! {
+                result = signaling::exchange(&ctx.http, url, settings.token.as_deref(), offer) => result,
+                _ = stop.notify.notified() => return SessionEnd::Stopped,
+            };
+            let negotiated = match negotiated {
+                Ok(n) => n,
+                Err(reason) => return SessionEnd::Failed(reason),
+            };
+            let (peer, mids) = match offering.accept(&negotiated.answer).await {
+                Ok(accepted) => accepted,
+                Err(reason) => return SessionEnd::Failed(reason),
+            };
+            let video_mid: Option<Mid> = mids
+                .iter()
+                .find(|(k, _)| *k == MediaKind::Video)
+                .map(|(_, m)| *m);
+            (peer, video_mid, Leave::Whep(negotiated.session_url))
+        }
+        Signalling::Janus { mountpoint } => {
+            let deadline = requested + settings.join_timeout;
+            let joined = tokio::select! {
+                joined = crate::janus::join(&ctx.http, url, mountpoint, settings.local_ip, &ctx.certificate, deadline) => joined,
+                _ = stop.notify.notified() => return SessionEnd::Stopped,
+            };
+            match joined {
+                Ok(joined) => (
+                    joined.peer,
+                    joined.video_mid,
+                    Leave::Janus(joined.keepalive),
+                ),
+                Err(reason) => return SessionEnd::Failed(reason),
+            }
         }
     };
-    let offer = offering.offer.clone();
-    let negotiated = tokio::select! {
-        result = signaling::exchange(&ctx.http, url, settings.token.as_deref(), offer) => result,
-        _ = stop.notify.notified() => return SessionEnd::Stopped,
-    };
-    let negotiated = match negotiated {
-        Ok(n) => n,
-        Err(reason) => return SessionEnd::Failed(reason),
-    };
-    let (peer, mids) = match offering.accept(&negotiated.answer).await {
-        Ok(accepted) => accepted,
-        Err(reason) => return SessionEnd::Failed(reason),
-    };
-    let video_mid: Option<Mid> = mids
-        .iter()
-        .find(|(k, _)| *k == MediaKind::Video)
-        .map(|(_, m)| *m);
     let mut live = Live {
         peer,
         watch: Watch::new(video_mid),
@@ -322,9 +360,12 @@ async fn session(
     if matches!(end, SessionEnd::Stopped) {
         let _ = peer.rtc.close();
         peer.drain(|_| {});
-        if let Some(url) = &negotiated.session_url {
+        if let Leave::Whep(Some(url)) = &leave {
             signaling::delete(&ctx.http, url, settings.token.as_deref()).await;
         }
+    }
+    if let Leave::Janus(keepalive) = leave {
+        keepalive.abort();
     }
     end
 }

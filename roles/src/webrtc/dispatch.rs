@@ -167,6 +167,7 @@ pub(crate) async fn run(
                     // connection is closed (dropping `Opened` drops its close handle).
                     let opened = pending.remove(&peer);
                     let shard = routes.shard_of((Protocol::Tcp, peer), &bytes);
+                    tracing::debug!(%peer, routed = ?shard, opened = opened.is_some(), "first datagram of an ICE-TCP connection");
                     if let (Some((_, opened)), Some(shard)) = (opened, shard) {
                         tcp_routes.insert(peer, shard);
                         hand(shard, Inbound::Tcp(opened));

@@ -365,6 +365,8 @@ struct Engine {
     /// When connections that no session claimed were last closed.
     tcp_swept: Instant,
     commands: mpsc::UnboundedSender<Command>,
+    /// What the node asks; also taken before any batch of datagrams (`take_commands`).
+    command_rx: mpsc::UnboundedReceiver<Command>,
     frames_tx: mpsc::Sender<FrameToEngine>,
     slots: Vec<Option<Session>>,
     free: Vec<usize>,
@@ -441,6 +443,7 @@ pub(crate) async fn run(
         tcp: TcpPeers::default(),
         tcp_swept: Instant::now(),
         commands,
+        command_rx,
         frames_tx,
         slots: Vec::new(),
         free: Vec::new(),
@@ -462,13 +465,12 @@ pub(crate) async fn run(
         previous_busy_pct: 0,
         window_started: Instant::now(),
     };
-    engine.run(command_rx, frames_rx, tcp_rx).await;
+    engine.run(frames_rx, tcp_rx).await;
 }
 
 impl Engine {
     async fn run(
         mut self,
-        mut command_rx: mpsc::UnboundedReceiver<Command>,
         mut frames_rx: mpsc::Receiver<FrameToEngine>,
         mut tcp_rx: Option<mpsc::Receiver<TcpEvent>>,
     ) {
@@ -482,7 +484,7 @@ impl Engine {
             // the loop spends working (not waiting) can be measured.
             let wake = tokio::select! {
                 biased;
-                command = command_rx.recv() => Wake::Command(command),
+                command = self.command_rx.recv() => Wake::Command(command),
                 readable = self.socket.readable(), if self.inbound.is_none() => Wake::Readable(readable),
                 inbound = next_inbound(&mut self.inbound) => Wake::Inbound(inbound),
                 Some(event) = next_tcp_event(&mut tcp_rx) => Wake::Tcp(event),
@@ -504,6 +506,7 @@ impl Engine {
                 }
                 Wake::Readable(Err(e)) => tracing::debug!(error = %e, "UDP receive error"),
                 Wake::Inbound(Some(first)) => {
+                    self.take_commands();
                     self.handle_inbound(first);
                     self.receive_batch();
                     while let Ok(frame) = frames_rx.try_recv() {
@@ -512,6 +515,7 @@ impl Engine {
                 }
                 Wake::Inbound(None) => break,
                 Wake::Tcp(event) => {
+                    self.take_commands();
                     self.handle_tcp(event);
                     if let Some(rx) = tcp_rx.as_mut() {
                         while let Ok(more) = rx.try_recv() {
@@ -545,9 +549,20 @@ impl Engine {
         tracing::info!("WebRTC engine stopped");
     }
 
+    /// Handles the commands waiting. Done before every batch of datagrams: a session's
+    /// `Add` is queued before its answer leaves, so its first datagram must find it even when
+    /// both arrived during one long turn of the loop (over ICE-TCP, a first datagram for no
+    /// session closes the connection).
+    fn take_commands(&mut self) {
+        while let Ok(command) = self.command_rx.try_recv() {
+            self.handle_command(command);
+        }
+    }
+
     /// Reads up to `RECEIVE_BATCH` datagrams (a shard: takes them from the dispatcher) and
     /// handles each.
     fn receive_batch(&mut self) {
+        self.take_commands();
         if self.inbound.is_some() {
             for _ in 0..RECEIVE_BATCH {
                 let Some(Ok(inbound)) = self.inbound.as_mut().map(|rx| rx.try_recv()) else {
@@ -706,7 +721,12 @@ impl Engine {
             } => self.tcp.open(peer, writer, close),
             TcpEvent::Datagram { peer, bytes } => {
                 let claimed = self.tcp.is_claimed(peer);
+                if !claimed {
+                    // Its session's `Add` may be waiting behind this turn's events.
+                    self.take_commands();
+                }
                 if !self.handle_datagram(&bytes, (Protocol::Tcp, peer)) && !claimed {
+                    tracing::debug!(%peer, shard = self.shard, "ICE-TCP connection closed: its first datagram is for no session here");
                     // Its first words were not ICE for one of our sessions: nothing it says
                     // later will be either.
                     self.tcp.close(peer);
