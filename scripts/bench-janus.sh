@@ -131,8 +131,12 @@ CFG
 "${IN_NS[@]}" taskset -c "$SERVER_CPU" janus -C "$OUT/janus/janus.jcfg" -F "$OUT/janus" >"$OUT/janus.log" 2>&1 &
 JANUS=$!
 for _ in $(seq 100); do curl -sf "http://$SERVER_IP:8088/janus/info" >/dev/null && break; sleep 0.2; done
-taskset -c "$CLIENT_CPU" ffmpeg -loglevel error -re -stream_loop -1 -framerate 30 -f h264 \
-    -i "$CLIP/default-720p30-1500k-gop2s.h264" -c copy -f rtp -payload_type 96 -pkt_size 1200 \
+# Raw H.264 cannot be looped (FFmpeg cannot seek it: the feed would stop after 10 s): the
+# same bitstream in Matroska can.
+ffmpeg -loglevel error -y -framerate 30 -f h264 -i "$CLIP/default-720p30-1500k-gop2s.h264" \
+    -c copy "$OUT/clip.mkv"
+taskset -c "$CLIENT_CPU" ffmpeg -loglevel error -re -stream_loop -1 -i "$OUT/clip.mkv" \
+    -c copy -f rtp -payload_type 96 -pkt_size 1200 \
     "rtp://$SERVER_IP:5104" >"$OUT/ffmpeg-video.log" 2>&1 &
 VIDEO=$!
 taskset -c "$CLIENT_CPU" ffmpeg -loglevel error -re -stream_loop -1 -i "$CLIP/default-opus.ogg" \

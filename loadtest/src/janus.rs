@@ -128,14 +128,7 @@ async fn post(http: &reqwest::Client, url: &str, mut body: Value) -> Result<Valu
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| {
-            tracing::debug!(%url, error = %e, "Janus request failed");
-            if e.is_timeout() {
-                FailureReason::HttpTimeout
-            } else {
-                FailureReason::Unreachable
-            }
-        })?;
+        .map_err(|e| crate::signaling::failure_of(url, &e))?;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap_or_default();
     let answer: Value = serde_json::from_str(&text).map_err(|_| FailureReason::Http(status))?;
@@ -153,7 +146,7 @@ async fn long_poll(http: &reqwest::Client, session_url: &str) -> Result<Value, F
         .get(format!("{session_url}?maxev=1"))
         .send()
         .await
-        .map_err(|_| FailureReason::Unreachable)?;
+        .map_err(|e| crate::signaling::failure_of(session_url, &e))?;
     let text = response.text().await.unwrap_or_default();
     let event: Value = serde_json::from_str(&text).map_err(|_| FailureReason::BadAnswer)?;
     // `maxev=1` may still answer with an array of one.

@@ -63,14 +63,7 @@ pub async fn exchange(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| {
-        tracing::debug!(%url, error = %e, "signalling request failed");
-        if e.is_timeout() {
-            FailureReason::HttpTimeout
-        } else {
-            FailureReason::Unreachable
-        }
-    })?;
+    let response = request.send().await.map_err(|e| failure_of(url, &e))?;
     let status = response.status().as_u16();
     let final_url = response.url().clone();
     let location = response
@@ -88,6 +81,16 @@ pub async fn exchange(
         answer: body,
         session_url: location,
     })
+}
+
+/// Why a signalling request got no answer (logged): a timeout, or no server there.
+pub fn failure_of(url: &str, error: &reqwest::Error) -> FailureReason {
+    tracing::debug!(%url, %error, "signalling request failed");
+    if error.is_timeout() {
+        FailureReason::HttpTimeout
+    } else {
+        FailureReason::Unreachable
+    }
 }
 
 /// Ends a session (best effort: the server also notices the transport going away).
