@@ -160,6 +160,12 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_WEBRTC_THREADS", value_name = "N")]
     pub webrtc_threads: Option<usize>,
 
+    /// GSO runs (each a viewer's datagrams of one frame, or one audio packet) handed to the
+    /// kernel per `sendmmsg` call, 1 to 64; 1 is one system call per run, as before
+    /// batching across viewers, for comparison [default: 64].
+    #[arg(long, env = "CASCADE_WEBRTC_SEND_BATCH", value_name = "N")]
+    pub webrtc_send_batch: Option<usize>,
+
     /// IP address advertised in ICE candidates, when clients reach this node by another
     /// address than it binds (NAT, containers) [default: the bound address].
     #[arg(long, env = "CASCADE_PUBLIC_IP", value_name = "IP")]
@@ -315,6 +321,8 @@ pub struct NodeConfig {
     pub webrtc_fast_path: bool,
     /// See [`RunOptions::webrtc_threads`].
     pub webrtc_threads: usize,
+    /// See [`RunOptions::webrtc_send_batch`].
+    pub webrtc_send_batch: usize,
     /// See [`RunOptions::max_viewers`] and [`RunOptions::max_publishers`].
     pub limits: cascade_roles::admission::Limits,
     /// See [`RunOptions::quic_addr`].
@@ -494,6 +502,10 @@ impl NodeConfig {
                 .unwrap_or_else(|| {
                     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
                 }),
+            webrtc_send_batch: cli
+                .webrtc_send_batch
+                .or(file.webrtc_send_batch)
+                .unwrap_or(cascade_roles::webrtc::SEND_BATCH_MAX),
             limits: cascade_roles::admission::Limits {
                 max_viewers: cli.max_viewers.or(file.max_viewers),
                 max_publishers: cli.max_publishers.or(file.max_publishers),
@@ -508,6 +520,13 @@ impl NodeConfig {
             return Err(NodeError::Config {
                 key: "webrtc-threads",
                 message: format!("must be 1 to 256 (got {})", self.webrtc_threads),
+            });
+        }
+        let most = cascade_roles::webrtc::SEND_BATCH_MAX;
+        if !(1..=most).contains(&self.webrtc_send_batch) {
+            return Err(NodeError::Config {
+                key: "webrtc-send-batch",
+                message: format!("must be 1 to {most} (got {})", self.webrtc_send_batch),
             });
         }
         if ![1, 3, 5].contains(&self.cluster.voters) {

@@ -33,6 +33,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             public_ip: config.public_ip,
             handshake_timeout: config.handshake_timeout,
             fast_path: config.webrtc_fast_path,
+            send_batch: config.webrtc_send_batch,
             threads,
         })
     };

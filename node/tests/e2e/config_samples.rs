@@ -120,6 +120,7 @@ fn invalid_config_exits_non_zero_naming_the_key() {
         "--region",
         "--webrtc-threads",
         "--webrtc-fast-path",
+        "--webrtc-send-batch",
     ] {
         assert!(help.contains(flag), "`cascade run --help` documents {flag}");
     }

@@ -3,4 +3,5 @@
 
 pub(crate) mod abr;
 pub mod fast_path;
+pub(crate) mod viewer_egress;
 pub mod whep;

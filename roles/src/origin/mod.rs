@@ -14,6 +14,7 @@ pub mod rtmp;
 pub mod rtsp;
 pub mod srt;
 pub mod stream;
+pub(crate) mod webrtc_ingest;
 pub mod whip;
 
 use std::collections::{HashMap, VecDeque};

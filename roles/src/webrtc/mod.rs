@@ -8,12 +8,13 @@
 mod dispatch;
 pub mod dtls_keys;
 mod engine;
+pub(crate) mod engine_core;
 pub mod offer;
 pub mod srtp;
 mod tcp;
 #[cfg(test)]
 pub(crate) mod test_peers;
-mod udp;
+pub(crate) mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -32,7 +33,9 @@ use crate::admission::{EngineFigures, EngineLoad};
 use crate::session::{Admission, Client, Liveness, SessionId, SessionKind};
 use dtls_keys::KeyCell;
 
-pub(crate) use engine::Command;
+pub(crate) use engine_core::Command;
+/// The most GSO runs one `sendmmsg` takes (`--webrtc-send-batch`).
+pub const SEND_BATCH_MAX: usize = udp::SEND_RUNS;
 
 /// Frames split over more RTP packets than this are dropped by str0m's depacketizer; 720p and
 /// 1080p keyframes often take 50 to 200.
@@ -63,6 +66,8 @@ pub struct WebRtcSettings {
     /// the per-viewer fast path (`edge::fast_path`) rather than through str0m's per-packet
     /// path. `false` is the path before issue 14, for comparison in benchmarks.
     pub fast_path: bool,
+    /// GSO runs per `sendmmsg` (1..=[`SEND_BATCH_MAX`]); 1 sends each run on its own.
+    pub send_batch: usize,
     /// Shards: engine threads, each with its own sessions, behind the one socket
     /// (`dispatch`); sessions go to the shard with the fewest. At least 1.
     pub threads: usize,
@@ -185,6 +190,7 @@ impl WebRtcEngine {
             })?;
             let handshake_timeout = settings.handshake_timeout;
             let fast_path = settings.fast_path;
+            let send_batch = settings.send_batch;
             let load = load.clone();
             let runtime = runtime()?;
             engine_thread(
@@ -197,7 +203,10 @@ impl WebRtcEngine {
                             None => shard_transports(send_socket, udp_candidate, tcp_candidate, dispatched),
                         };
                         let transports = match transports {
-                            Ok(transports) => transports,
+                            Ok(mut transports) => {
+                                transports.socket.set_send_batch(send_batch);
+                                transports
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, serves, "the WebRTC engine cannot use its sockets");
                                 return;
@@ -432,7 +441,11 @@ pub fn fuzz_offer(data: &[u8]) {
 
 impl WebRtcEngine {
     /// Hands a negotiated session to the shard with the fewest sessions.
-    pub(crate) fn add_session(&self, mut session: engine::NewSession) -> Result<(), RoleError> {
+    pub(crate) fn add_session(
+        &self,
+        mut session: engine_core::NewSession,
+        actor: ractor::ActorRef<crate::session::SessionMsg>,
+    ) -> Result<(), RoleError> {
         use std::sync::atomic::Ordering;
         let (index, shard) = self
             .shards
@@ -451,7 +464,7 @@ impl WebRtcEngine {
         shard.placed.fetch_add(1, Ordering::Relaxed);
         shard
             .commands
-            .send(Command::Add(Box::new(session)))
+            .send(Command::Add(Box::new(session), actor))
             .map_err(|_| RoleError::Unavailable("WebRTC engine stopped".into()))
     }
 
@@ -605,17 +618,17 @@ pub async fn open_session(
         transport: crate::session::Transport::WebRtc(engine.clone()),
     };
     let admitted = registry.admit(stream, admission).await?;
-    if let Err(e) = engine.add_session(engine::NewSession {
+    let new = engine_core::NewSession {
         id: session,
         kind,
         rtc,
         broadcast: admitted.broadcast,
-        actor: admitted.actor.clone(),
         liveness,
         rendition,
         adaptive,
         keys,
-    }) {
+    };
+    if let Err(e) = engine.add_session(new, admitted.actor.clone()) {
         admitted.actor.stop(Some("engine unavailable".into()));
         return Err(e);
     }
