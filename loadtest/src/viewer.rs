@@ -54,17 +54,28 @@ enum Leave {
 #[derive(Debug, Default)]
 pub struct StopFlag {
     stopped: Cell<bool>,
+    /// When the run asked the viewer to leave: the end of what its figures cover (leaving
+    /// politely takes a while for a thousand viewers, and is not playback).
+    stopped_at: Cell<Option<Instant>>,
     pub(crate) notify: tokio::sync::Notify,
 }
 
 impl StopFlag {
     pub fn stop(&self) {
         self.stopped.set(true);
+        if self.stopped_at.get().is_none() {
+            self.stopped_at.set(Some(Instant::now()));
+        }
         self.notify.notify_one();
     }
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.get()
+    }
+
+    /// When [`Self::stop`] was first called.
+    pub fn stopped_at(&self) -> Option<Instant> {
+        self.stopped_at.get()
     }
 }
 
@@ -231,7 +242,8 @@ pub async fn run(ctx: Rc<WorkerContext>, stop: Rc<StopFlag>) {
             }
         }
     }
-    frames.finish(Instant::now());
+    // A trailing gap counts up to when the run stopped the viewer, not through its leaving.
+    frames.finish(stop.stopped_at().unwrap_or_else(Instant::now));
     if verify {
         ctx.totals.borrow_mut().add_frames(&frames);
         ctx.release_verify_slot();

@@ -1514,6 +1514,18 @@ mod tests {
             }
         }
 
+        /// The viewer sends a PLI, as a browser does when it cannot decode.
+        fn ask_for_keyframe(&mut self, viewer: usize) {
+            let viewer = &mut self.viewers[viewer];
+            let mid = viewer.mid;
+            viewer
+                .rtc
+                .writer(mid)
+                .unwrap()
+                .request_keyframe(None, KeyframeRequestKind::Pli)
+                .unwrap();
+        }
+
         fn run_for(&mut self, length: Duration) {
             let end = self.now + length;
             while self.now < end {
@@ -1610,13 +1622,7 @@ mod tests {
         assert_eq!(keyframes(&stage), 1);
         stage.run_for(Duration::from_millis(1000));
         for _ in 0..3 {
-            let v = &mut stage.viewers[viewer];
-            let mid = v.mid;
-            v.rtc
-                .writer(mid)
-                .unwrap()
-                .request_keyframe(None, KeyframeRequestKind::Pli)
-                .unwrap();
+            stage.ask_for_keyframe(viewer);
             stage.play(3, 300, 2_000);
         }
         assert_eq!(
@@ -1631,13 +1637,7 @@ mod tests {
             "the resent group, then live frames in order: {got:?}"
         );
         stage.run_for(Duration::from_millis(1100));
-        let v = &mut stage.viewers[viewer];
-        let mid = v.mid;
-        v.rtc
-            .writer(mid)
-            .unwrap()
-            .request_keyframe(None, KeyframeRequestKind::Pli)
-            .unwrap();
+        stage.ask_for_keyframe(viewer);
         stage.play(3, 300, 2_000);
         assert_eq!(
             keyframes(&stage),
