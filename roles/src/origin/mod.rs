@@ -1,5 +1,6 @@
 //! The origin role: live streams on this node, each owned by a stream actor, their ingest
-//! (WHIP in [`whip`], RTMP in [`rtmp`], SRT in [`srt`], what they share in [`ingest`]) and
+//! (WHIP in [`whip`] and, on the WebRTC engine, [`webrtc_ingest`]; RTMP in [`rtmp`], SRT in
+//! [`srt`], what they share in [`ingest`]) and
 //! their restreams ([`restream`]), and the renditions their transcoders on other nodes make
 //! ([`renditions`]).
 //!
