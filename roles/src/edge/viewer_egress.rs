@@ -146,13 +146,13 @@ pub(crate) fn write_to_viewer(
     now: Instant,
     egress: &mut impl Egress,
 ) -> Sent {
-    let Role::Viewer { video, audio } = &mut session.role else {
-        return Sent::default();
-    };
-    if !session.connected {
+    if !session.is_connected() {
         // Nothing before the session can carry it (the group is sent once it can).
         return Sent::default();
     }
+    let Role::Viewer { video, audio } = &mut session.role else {
+        return Sent::default();
+    };
     let out = if kind == MediaKind::Video {
         video
     } else {

@@ -73,13 +73,12 @@ impl Egress for Transport {
 
     /// TCP peers are written now; UDP runs wait for the end of the loop's turn (or a full
     /// `sendmmsg`), so that runs to many viewers leave in one system call.
-    fn flush(&mut self, remotes: &[Remote]) -> Sent {
+    fn flush(&mut self, remotes: &[Remote]) {
         for &(proto, peer) in remotes {
             if proto == Protocol::Tcp {
                 self.tcp.flush(peer);
             }
         }
-        Sent::default()
     }
 }
 

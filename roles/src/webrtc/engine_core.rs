@@ -142,7 +142,7 @@ pub(crate) trait Egress {
     ) -> (Sent, Result<(), E>);
     /// Ends what was queued for a session with these remotes: it may leave now, or with
     /// other sessions' datagrams before the driver waits again.
-    fn flush(&mut self, remotes: &[Remote]) -> Sent;
+    fn flush(&mut self, remotes: &[Remote]);
 }
 
 /// A session left the core: what the driver undoes for it (its route, its TCP
@@ -206,8 +206,6 @@ pub(crate) struct Session {
     /// Where str0m sends its DTLS and media (not its STUN answers, which go to every
     /// address that checks): the fast path's destination.
     pub(crate) media_remote: Option<Remote>,
-    /// ICE and DTLS completed: media may be written.
-    pub(crate) connected: bool,
     egress_packets: metrics::Counter,
     egress_bytes: metrics::Counter,
 }
@@ -226,6 +224,11 @@ impl Session {
 
     fn has_backlog(&self) -> bool {
         matches!(&self.role, Role::Viewer { video, .. } if !video.backlog.is_empty())
+    }
+
+    /// ICE and DTLS completed: media may be written.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.liveness.is_connected()
     }
 
     pub(crate) fn on_fast_path(&self) -> bool {
@@ -462,7 +465,6 @@ impl EngineCore {
                 .filter(|_| self.settings.fast_path && !new.adaptive),
             rtcp: None,
             media_remote: None,
-            connected: false,
             egress_packets: metrics::counter!("cascade_egress_packets_total", "stream" => stream.clone()),
             egress_bytes: metrics::counter!("cascade_egress_bytes_total", "stream" => stream),
         };
@@ -773,7 +775,7 @@ impl EngineCore {
                     }
                 }
             }
-            sent.add(out.flush(&session.remotes));
+            out.flush(&session.remotes);
             session.unreported.add(sent);
             if session.unreported.datagrams >= REPORT_EVERY_DATAGRAMS || closed.is_some() {
                 session.report_egress();
@@ -822,7 +824,7 @@ impl EngineCore {
             };
             out.track = Some(track.name().to_owned());
         }
-        let connected = session.connected;
+        let connected = session.is_connected();
         self.subscription(key, track).viewers.push(slot);
         // Before ICE and DTLS complete nothing is sent (str0m would hold it in its queue,
         // then send it in one burst and keep it for resends): the group goes once connected.
@@ -1134,7 +1136,6 @@ fn handle_event(
     match event {
         Event::Connected => {
             session.liveness.set_connected();
-            session.connected = true;
             if matches!(session.role, Role::Viewer { .. }) {
                 followups.push(Followup::Connected);
             }
@@ -1239,10 +1240,11 @@ mod tests {
         ) -> (Sent, Result<(), E>) {
             let mut datagram = Vec::with_capacity(len);
             let written = write(&mut datagram);
-            if written.is_ok() {
-                assert_eq!(datagram.len(), len, "the fast path wrote what it announced");
-                self.datagrams.push((self.now.unwrap(), to, datagram));
+            if written.is_err() {
+                return (Sent::default(), written);
             }
+            assert_eq!(datagram.len(), len, "the fast path wrote what it announced");
+            self.datagrams.push((self.now.unwrap(), to, datagram));
             let sent = Sent {
                 datagrams: 1,
                 bytes: len as u64,
@@ -1251,9 +1253,7 @@ mod tests {
             (sent, written)
         }
 
-        fn flush(&mut self, _: &[Remote]) -> Sent {
-            Sent::default()
-        }
+        fn flush(&mut self, _: &[Remote]) {}
     }
 
     /// A frame as a viewer's str0m handed it over.
