@@ -271,7 +271,7 @@ impl MediaSocket {
         (sent, written)
     }
 
-    /// Sends every run waiting, `SEND_RUNS` per system call. Returns the datagrams that
+    /// Sends every run waiting, up to `send_batch` per system call. Returns the datagrams that
     /// could not be sent (also counted in `cascade_udp_send_errors_total`).
     pub(crate) fn flush(&mut self) -> u64 {
         let mut failed = 0;
@@ -287,6 +287,11 @@ impl MediaSocket {
                 self.v6,
                 &mut self.headers,
             ) {
+                Ok(0) => {
+                    // Not expected of a non-empty call; counted, not retried forever.
+                    failed += self.runs[at].segments as u64;
+                    at += 1;
+                }
                 Ok(sent) => at += sent,
                 Err(e) => {
                     let run = self.runs[at];
