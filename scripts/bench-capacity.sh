@@ -3,8 +3,12 @@
 # publisher) to the other. For each viewer count: server CPU, load-tester CPU, latency, loss,
 # join time, server memory per viewer. Bounded: each step runs STEP_SECS (default 30 s).
 #
-#   [STEP_SECS=30] [VERIFY=all|N] [NODE_ARGS="..."] scripts/bench-capacity.sh [viewer counts...]
-#                                        (default counts: 100 250 500 1000 1500 2000)
+#   [STEP_SECS=30] [VERIFY=all|N] [NODE_ARGS="..."] [SERVER_BIN=...] [NETNS=1]
+#       scripts/bench-capacity.sh [viewer counts...]   (default counts: 100 250 500 1000 1500 2000)
+#
+# NETNS=1 puts the node in a network namespace of its own, over a veth pair whose receive work
+# is steered to the receiving side's core (bench-lib.sh's make_netns; needs root): the viewers'
+# kernel work is then charged to the load tester's core, not the server's as on loopback.
 #
 # Prints a Markdown table for docs/benchmarks.md. Needs taskset (util-linux) and FFmpeg.
 set -euo pipefail
@@ -18,28 +22,21 @@ STEP_SECS=${STEP_SECS:-30}
 VERIFY=${VERIFY:-all}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+PUBLISHER_CPU=$CLIENT_CPU
 IP=127.0.0.77
-HTTP="http://$IP:8080"
+if [ "${NETNS:-0}" = 1 ]; then
+    IP=10.78.0.1 NODE_IP=10.78.0.2 NODE_NETNS=cascade-cap
+fi
+STREAM=bench
 OUT=$(mktemp -d /tmp/cascade-bench.XXXXXX)
 
-cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
-BIN=target/release
-# Another build of the node to compare against, measured by the same load tester.
-SERVER_BIN=${SERVER_BIN:-$BIN/cascade}
-
-cleanup() { kill "${PUB:-}" "${NODE:-}" 2>/dev/null || true; }
-trap cleanup EXIT
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+[ -n "${NODE_NETNS:-}" ] && make_netns "$NODE_NETNS" "$IP" "$NODE_IP"
 # shellcheck source=scripts/bench-measure.sh
 . scripts/bench-measure.sh
 
-RUST_LOG=warn taskset -c "$SERVER_CPU" "$SERVER_BIN" run --http-addr "$IP:8080" \
-    --webrtc-addr "$IP:8443" --quic-addr "$IP:4433" --data-dir "$OUT/data" ${NODE_ARGS:-} 2>"$OUT/node.log" &
-NODE=$!
-for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
-RUST_LOG=warn taskset -c "$CLIENT_CPU" "$BIN/cascade-loadtest" publish --url "$HTTP/whip/bench" \
-    --local-ip "$IP" --duration 1h 2>"$OUT/publish.log" &
-PUB=$!
-for _ in $(seq 300); do curl -sf "$HTTP/api/v1/streams/bench" >/dev/null && break; sleep 0.2; done
+start_node_and_publisher
 sleep 2
 idle_rss=$(rss_kb "$NODE")
 

@@ -30,8 +30,12 @@ OUT=$(mktemp -d /tmp/cascade-janus.XXXXXX)
 LIB=/usr/lib/x86_64-linux-gnu/janus
 
 command -v janus >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends janus >&2
-cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
-BIN=target/release
+STREAM=bench
+PUBLISHER_CPU=$CLIENT_CPU
+NODE_NETNS=$NS
+NODE_IP=$SERVER_IP
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 # The load tester's default clip, generated on its first use.
 CLIP=${XDG_CACHE_HOME:-$HOME/.cache}/cascade-loadtest
 if [ ! -f "$CLIP/default-720p30-1500k-gop2s.h264" ]; then
@@ -44,18 +48,7 @@ cleanup() {
     ip netns del "$NS" 2>/dev/null || true
 }
 trap cleanup EXIT
-ip netns del "$NS" 2>/dev/null || true
-ip netns add "$NS"
-ip link add cbench0 type veth peer name cbench1
-ip link set cbench1 netns "$NS"
-ip addr add "$IP/24" dev cbench0
-ip link set cbench0 up
-ip netns exec "$NS" ip addr add "$SERVER_IP/24" dev cbench1
-ip netns exec "$NS" ip link set cbench1 up
-ip netns exec "$NS" ip link set lo up
-# Receive processing on the side that receives: the viewers' on the load tester's core.
-printf '%x' $((1 << CLIENT_CPU)) >/sys/class/net/cbench0/queues/rx-0/rps_cpus
-ip netns exec "$NS" sh -c "printf '%x' $((1 << SERVER_CPU)) >/sys/class/net/cbench1/queues/rx-0/rps_cpus"
+make_netns "$NS" "$IP" "$SERVER_IP"
 IN_NS=(ip netns exec "$NS")
 # shellcheck source=scripts/bench-measure.sh
 . scripts/bench-measure.sh
@@ -75,7 +68,7 @@ media: {
 }
 nat: {
 	nice_debug = false
-	ice_enforce_list = "cbench1"
+	ice_enforce_list = "$NS-1"
 }
 plugins: {
 	disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_videoroom.so,libjanus_voicemail.so"
@@ -159,24 +152,13 @@ wait "$JANUS" 2>/dev/null || true
 JANUS=
 
 OUT=$CASCADE_OUT
-HTTP="http://$SERVER_IP:8080"
-"${IN_NS[@]}" env RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN/cascade" run --http-addr "$SERVER_IP:8080" \
-    --webrtc-addr "$SERVER_IP:8443" --quic-addr "$SERVER_IP:4433" --data-dir "$OUT/data" \
-    ${NODE_ARGS:-} 2>"$OUT/node.log" &
-NODE=$!
-for _ in $(seq 50); do curl -sf "$HTTP/readyz" >/dev/null && break; sleep 0.2; done
-RUST_LOG=warn taskset -c "$CLIENT_CPU" "$BIN/cascade-loadtest" publish --url "$HTTP/whip/bench" \
-    --local-ip "$IP" --duration 1h 2>"$OUT/publish.log" &
-PUB=$!
-for _ in $(seq 300); do curl -sf "$HTTP/api/v1/streams/bench" | grep -q '"live"' && break; sleep 0.2; done
+start_node_and_publisher
 sleep 2
-# `ip netns exec` runs the node as its child: measure the node itself.
-NODE_PID=$(pgrep -f -n "cascade run --http-addr $SERVER_IP:8080")
-idle_rss=$(rss_kb "$NODE_PID")
+idle_rss=$(rss_kb "$NODE")
 echo
 echo "### Cascade $(git rev-parse --short HEAD), ${NODE_ARGS:-default flags} (core $SERVER_CPU)"
 measure_header
 for n in "${COUNTS[@]}"; do
-    measure_step "$NODE_PID" "$n" "$idle_rss" --url "$HTTP/whep/bench" --local-ip "$IP"
+    measure_step "$NODE" "$n" "$idle_rss" --url "$HTTP/whep/bench" --local-ip "$IP"
 done
 echo "Janus's configuration and every log: ${OUT%/cascade}" >&2

@@ -5,7 +5,8 @@
 # ramp is over (and 2 s more) and the server's RSS; the step lasts at least STEP_SECS;
 # and prints one Markdown row: viewers | joined | failed | server CPU % | load tester CPU % |
 # latency p50/p95/p99 | join p50/p95 | frame loss % | freezes | server RSS per viewer KB.
-# Needs BIN, OUT, STEP_SECS, VERIFY and CLIENT_CPU.
+# Needs BIN, OUT, STEP_SECS, VERIFY and CLIENT_CPU; LOADTEST_BIN runs another build of the
+# load tester.
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -22,7 +23,7 @@ measure_step() {
     local settle=$(( (n + ramp - 1) / ramp + 2 ))
     local measure=$(( STEP_SECS / 2 ))
     local duration=$(( settle + measure + 3 > STEP_SECS ? settle + measure + 3 : STEP_SECS ))
-    RUST_LOG=warn taskset -c "$CLIENT_CPU" "$BIN/cascade-loadtest" webrtc "$@" \
+    RUST_LOG=warn taskset -c "$CLIENT_CPU" "${LOADTEST_BIN:-$BIN/cascade-loadtest}" webrtc "$@" \
         --viewers "$n" --ramp "$ramp" --workers 1 --verify "$VERIFY" --duration "${duration}s" \
         --report "$OUT/report-$n.json" >"$OUT/table-$n.txt" 2>"$OUT/loadtest-$n.log" &
     local lt=$!

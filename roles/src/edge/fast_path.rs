@@ -193,10 +193,11 @@ pub struct Resend<'a, F> {
 }
 
 impl<F> Sent<F> {
-    /// Remembers the last `capacity` frames (64 is about 2 s of 30 fps video).
+    /// Remembers the last `capacity` frames (64 is about 2 s of 30 fps video). Allocates
+    /// on the first push: a track whose packets are never NACKed (audio) holds nothing.
     pub fn new(capacity: usize) -> Sent<F> {
         Sent {
-            frames: VecDeque::with_capacity(capacity),
+            frames: VecDeque::new(),
             capacity,
         }
     }

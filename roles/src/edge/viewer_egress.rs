@@ -6,7 +6,7 @@
 //! when; this module writes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cascade_protocol::media::{Codec, Frame, MediaKind};
 use cascade_protocol::priming::shifted;
@@ -26,6 +26,17 @@ use crate::webrtc::udp::Sent;
 
 /// Frames a fast-path track remembers to answer NACKs from: about 2 s of 30 fps video.
 const RESENDABLE_FRAMES: usize = 64;
+
+/// What str0m keeps to resend on a fast-path track, which only carries the anchors through
+/// it (one a second, and after a priming burst). Its resend ring starts with 10 slots and,
+/// by default, grows by a third each time a live entry sits where a new one goes: the
+/// anchors' sequence numbers are far apart, so it grew to about 40 slots of 216 bytes a
+/// track (16 KB a viewer, measured with heaptrack). Capped at its first size it never
+/// grows; an anchor whose slot a later one took cannot be resent, which the NACKed frame's
+/// other packets still can.
+const ANCHORS_KEPT: usize = 10;
+/// How long str0m keeps an anchor to resend: NACKs come within a round trip or two.
+const ANCHOR_RESEND_AGE: Duration = Duration::from_secs(2);
 
 /// A frame with its RTP payloads, made once per engine and shared by every viewer.
 pub(crate) struct PacketizedFrame {
@@ -307,7 +318,12 @@ fn start_fast_path(
             return None;
         }
     };
-    let ssrc = *rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+    let mut api = rtc.direct_api();
+    let stream = api.stream_tx_by_mid(mid, None)?;
+    // No resend ratio cap: str0m resends only anchors here, and the cap's byte histories
+    // are memory every viewer would pay for.
+    stream.set_rtx_cache(ANCHORS_KEPT, ANCHOR_RESEND_AGE, None);
+    let ssrc = *stream.ssrc();
     let mut rtp = ViewerRtp::new(ssrc, *pt, next_seq, cipher);
     if let Some(id) = rtc
         .media(mid)

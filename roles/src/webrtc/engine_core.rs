@@ -319,7 +319,9 @@ pub(crate) struct EngineCore {
     /// Where publishers' keyframe upstreams send their requests (the driver's queue).
     commands: mpsc::UnboundedSender<Command>,
     frames_tx: mpsc::Sender<FrameToEngine>,
-    slots: Vec<Option<Session>>,
+    /// Boxed: a session is about 11 KB (str0m's `Rtc` inline), and a table of values keeps
+    /// up to as many empty slots again after it grows.
+    slots: Vec<Option<Box<Session>>>,
     free: Vec<usize>,
     generation: u64,
     by_id: HashMap<SessionId, usize>,
@@ -470,11 +472,11 @@ impl EngineCore {
         };
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot] = Some(session);
+                self.slots[slot] = Some(Box::new(session));
                 slot
             }
             None => {
-                self.slots.push(Some(session));
+                self.slots.push(Some(Box::new(session)));
                 self.slots.len() - 1
             }
         };
