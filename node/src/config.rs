@@ -193,6 +193,52 @@ pub struct RunOptions {
     )]
     pub play_token: Option<String>,
 
+    /// Secret of HS256-signed tokens (JWT) the node accepts for publishing and playing;
+    /// with it (or `jwt-public-key`) every stream needs a token. See docs/integrators.md.
+    #[arg(
+        long,
+        env = "CASCADE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file of the EC P-256 public key of ES256-signed tokens (JWT) the node accepts.
+    #[arg(long, env = "CASCADE_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Receiver of webhook events (stream.started, stream.ended); repeatable, or
+    /// comma-separated in the environment. See docs/integrators.md.
+    #[arg(
+        long,
+        env = "CASCADE_WEBHOOK_URL",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub webhook_url: Option<Vec<String>>,
+
+    /// Key of the HMAC-SHA256 `Cascade-Signature` header on every webhook delivery.
+    #[arg(
+        long,
+        env = "CASCADE_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+
+    /// Publish callback: POSTed before each publisher is admitted, which then needs a 2xx.
+    #[arg(long, env = "CASCADE_ON_PUBLISH_URL", value_name = "URL")]
+    pub on_publish_url: Option<String>,
+
+    /// How long the publish callback has to answer, e.g. 2s [default: 2s].
+    #[arg(long, env = "CASCADE_ON_PUBLISH_TIMEOUT", value_name = "DURATION")]
+    pub on_publish_timeout: Option<String>,
+
+    /// Admit publishers when the publish callback does not answer (times out, is
+    /// unreachable, 5xx) [default: false: refuse them].
+    #[arg(long, env = "CASCADE_ON_PUBLISH_FAIL_OPEN", value_name = "BOOL")]
+    pub on_publish_fail_open: Option<bool>,
+
     /// How long viewers wait for a dropped publisher to come back, e.g. 10s [default: 10s].
     #[arg(long, env = "CASCADE_RECONNECT_GRACE", value_name = "DURATION")]
     pub reconnect_grace: Option<String>,
@@ -313,6 +359,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Who may publish and play.
     pub access: crate::access::AccessPolicy,
+    /// Where events go (`--webhook-url`, `--webhook-secret`).
+    pub webhooks: crate::webhooks::WebhookConfig,
+    /// The publish callback, if any (`--on-publish-url`).
+    pub on_publish: Option<crate::webhooks::on_publish::OnPublishConfig>,
     /// See [`RunOptions::reconnect_grace`].
     pub reconnect_grace: Duration,
     /// See [`RunOptions::handshake_timeout`].
@@ -404,6 +454,7 @@ impl NodeConfig {
                 message: e.to_string(),
             })?;
         }
+        let on_publish_url = cli.on_publish_url.or(file.on_publish_url);
         let voter_lost_after = duration(
             "voter-lost-after",
             cli.voter_lost_after.or(file.voter_lost_after),
@@ -489,6 +540,30 @@ impl NodeConfig {
                 )?,
                 play_token: non_empty("play-token", cli.play_token.or(file.play_token))?,
                 streams,
+                jwt: jwt_keys(
+                    non_empty("jwt-secret", cli.jwt_secret.or(file.jwt_secret))?.as_deref(),
+                    cli.jwt_public_key.or(file.jwt_public_key).as_deref(),
+                )?,
+            },
+            webhooks: webhook_config(
+                cli.webhook_url.or(file.webhook_url).unwrap_or_default(),
+                non_empty("webhook-secret", cli.webhook_secret.or(file.webhook_secret))?,
+                on_publish_url.is_some(),
+            )?,
+            on_publish: match on_publish_url {
+                None => None,
+                Some(url) => Some(crate::webhooks::on_publish::OnPublishConfig {
+                    url: http_url("on-publish-url", url.trim())?,
+                    timeout: duration(
+                        "on-publish-timeout",
+                        cli.on_publish_timeout.or(file.on_publish_timeout),
+                        "2s",
+                    )?,
+                    fail_open: cli
+                        .on_publish_fail_open
+                        .or(file.on_publish_fail_open)
+                        .unwrap_or(false),
+                }),
             },
             reconnect_grace,
             handshake_timeout,
@@ -721,6 +796,69 @@ fn parse_roles(
         .collect()
 }
 
+/// The signed-token keys: the secret as given, the public key read from its file now, so
+/// that a bad file stops the node at start rather than refusing every publisher later.
+fn jwt_keys(
+    secret: Option<&str>,
+    public_key: Option<&Path>,
+) -> Result<crate::access::jwt::JwtKeys, NodeError> {
+    if secret.is_some_and(|s| s.len() < 32) {
+        return Err(NodeError::Config {
+            key: "jwt-secret",
+            message: "needs at least 32 characters: HS256 is only as strong as its secret".into(),
+        });
+    }
+    let pem = public_key
+        .map(|path| {
+            std::fs::read(path).map_err(|e| NodeError::Config {
+                key: "jwt-public-key",
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        })
+        .transpose()?;
+    crate::access::jwt::JwtKeys::new(secret, pem.as_deref()).map_err(|e| NodeError::Config {
+        key: "jwt-public-key",
+        message: e.to_string(),
+    })
+}
+
+/// Webhook receivers must be http(s) URLs; a secret without receivers is a mistake worth
+/// stopping for.
+fn webhook_config(
+    urls: Vec<String>,
+    secret: Option<String>,
+    with_publish_callback: bool,
+) -> Result<crate::webhooks::WebhookConfig, NodeError> {
+    let urls: Vec<String> = urls
+        .into_iter()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    for url in &urls {
+        http_url("webhook-url", url)?;
+    }
+    if secret.is_some() && urls.is_empty() && !with_publish_callback {
+        return Err(NodeError::Config {
+            key: "webhook-secret",
+            message:
+                "is set but neither webhook-url nor on-publish-url is: nothing would be signed"
+                    .into(),
+        });
+    }
+    Ok(crate::webhooks::WebhookConfig { urls, secret })
+}
+
+/// `url` if it is an http:// or https:// URL.
+fn http_url(key: &'static str, url: &str) -> Result<String, NodeError> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if parsed.scheme() == "http" || parsed.scheme() == "https" => Ok(url.to_owned()),
+        _ => Err(NodeError::Config {
+            key,
+            message: format!("{url:?} is not an http:// or https:// URL"),
+        }),
+    }
+}
+
 fn non_empty(key: &'static str, value: Option<String>) -> Result<Option<String>, NodeError> {
     match value {
         Some(v) if v.trim().is_empty() => Err(NodeError::Config {
@@ -859,6 +997,39 @@ mod tests {
         };
         let err = NodeConfig::resolve(cli).unwrap_err().to_string();
         assert!(err.contains("hls") && err.contains("0.2 to 2 s"), "{err}");
+    }
+
+    #[test]
+    fn integrations_come_from_the_file_and_bad_ones_name_their_key() {
+        let options: RunOptions = toml::from_str(
+            "webhook-url = [\"https://a.example/hook\", \"http://b.example/hook\"]\nwebhook-secret = \"s\"\non-publish-url = \"http://a.example/may\"\non-publish-timeout = \"500ms\"\non-publish-fail-open = true\njwt-secret = \"0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let config = NodeConfig::resolve(options).unwrap();
+        assert_eq!(config.webhooks.urls.len(), 2);
+        let callback = config.on_publish.unwrap();
+        assert_eq!(callback.timeout, Duration::from_millis(500));
+        assert!(callback.fail_open);
+        assert!(!config.access.jwt.is_empty());
+        let callback_only: RunOptions =
+            toml::from_str("webhook-secret = \"s\"\non-publish-url = \"http://a.example/may\"\n")
+                .unwrap();
+        let config = NodeConfig::resolve(callback_only).unwrap();
+        assert!(
+            config.webhooks.secret.is_some() && config.on_publish.is_some(),
+            "the secret signs the publish callback alone too"
+        );
+        for (toml, key) in [
+            ("webhook-url = [\"ftp://x\"]", "webhook-url"),
+            ("webhook-secret = \"s\"", "webhook-secret"),
+            ("webhook-url = []\nwebhook-secret = \"s\"", "webhook-secret"),
+            ("on-publish-url = \"nowhere\"", "on-publish-url"),
+            ("jwt-secret = \"short\"", "jwt-secret"),
+        ] {
+            let options: RunOptions = toml::from_str(toml).unwrap();
+            let error = NodeConfig::resolve(options).unwrap_err().to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
     }
 
     #[test]

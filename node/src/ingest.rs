@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cascade_protocol::StreamId;
 use cascade_roles::RoleError;
-use cascade_roles::origin::ingest::PublishGate;
+use cascade_roles::origin::ingest::{PublishAttempt, PublishGate};
 use cascade_roles::origin::srt::SrtPassphrases;
 use cascade_roles::relay::Relay;
 
@@ -24,26 +24,46 @@ pub struct NodePublishGate {
     pub cluster: Cluster,
     /// This node's relay pulls (one of the stream is released: it is published here now).
     pub relay: Relay,
+    /// The integrator's publish callback, if any.
+    pub on_publish: Option<Arc<crate::webhooks::on_publish::OnPublish>>,
 }
 
 impl PublishGate for NodePublishGate {
     fn authorize<'a>(
         &'a self,
-        stream: &'a StreamId,
-        token: Option<&'a str>,
+        attempt: PublishAttempt<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<(), RoleError>> + Send + 'a>> {
         Box::pin(async move {
+            let stream = attempt.stream;
             self.access
-                .check(stream, Action::Publish, token)
+                .authorize(stream, Action::Publish, attempt.token, attempt.protocol)
                 .map_err(|denied| RoleError::NotAuthorized {
                     stream: stream.clone(),
+                    // Why a token is not valid is in the node's log and metrics, not here.
                     why: match denied {
                         Denied::MissingToken => {
                             "this stream needs a token: publish to <stream>?key=<token>"
                         }
-                        Denied::WrongToken => "the token is not valid for this stream",
+                        Denied::WrongToken | Denied::Token(_) => {
+                            "the token is not valid for this stream"
+                        }
                     },
                 })?;
+            if let Some(callback) = &self.on_publish {
+                let claims = self.access.claims(attempt.token);
+                callback
+                    .ask(
+                        stream,
+                        attempt.protocol,
+                        Some(attempt.peer),
+                        claims.as_ref(),
+                    )
+                    .await
+                    .map_err(|_| RoleError::NotAuthorized {
+                        stream: stream.clone(),
+                        why: "the platform did not authorise this publisher",
+                    })?;
+            }
             self.cluster
                 .claim_origin(stream)
                 .await
@@ -87,10 +107,10 @@ pub struct PullGate {
 impl PublishGate for PullGate {
     fn authorize<'a>(
         &'a self,
-        stream: &'a StreamId,
-        _token: Option<&'a str>,
+        attempt: PublishAttempt<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<(), RoleError>> + Send + 'a>> {
         Box::pin(async move {
+            let stream = attempt.stream;
             if !self.cluster.placed_here(stream) {
                 return Err(RoleError::Unavailable(
                     "the cluster moved this pull to another node".into(),

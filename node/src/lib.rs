@@ -12,10 +12,13 @@
 pub mod access;
 pub mod cluster;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod ingest;
 pub mod node;
 pub mod node_cli;
+pub mod observer;
+pub mod webhooks;
 
 mod error;
 

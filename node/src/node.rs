@@ -75,11 +75,30 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     let hls_router: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
     let (cluster, relay, endpoint) =
         start_cluster(&config, http_addr, registry.clone(), hls_router.clone()).await?;
+    let webhooks = crate::webhooks::Webhooks::start(
+        &config.webhooks,
+        &config.data_dir,
+        format_id(cluster.id()),
+    )?;
+    let history = crate::history::History::open(&config.data_dir)?;
+    registry.set_observer(Arc::new(crate::observer::NodeObserver {
+        webhooks: webhooks.clone(),
+        history: history.clone(),
+        cluster: cluster.clone(),
+        node: format_id(cluster.id()),
+    }));
     let access = Arc::new(config.access.clone());
+    let on_publish = config.on_publish.clone().map(|callback| {
+        Arc::new(crate::webhooks::on_publish::OnPublish::new(
+            callback,
+            config.webhooks.secret.as_deref(),
+        ))
+    });
     let gate = crate::ingest::NodePublishGate {
         access: access.clone(),
         cluster: cluster.clone(),
         relay: relay.clone(),
+        on_publish: on_publish.clone(),
     };
     let gate: Arc<dyn cascade_roles::origin::ingest::PublishGate> = Arc::new(gate);
     cascade_roles::origin::rtmp::listen(config.rtmp_addr, registry.clone(), gate.clone()).await?;
@@ -112,6 +131,13 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.record.clone(),
     )?;
     record_automatically(recordings.clone(), cluster.clone());
+    let events = webhooks.clone();
+    recordings.on_ready(move |info| {
+        let mut data = serde_json::to_value(info).unwrap_or_default();
+        data["url"] = format!("/recordings/{}/index.m3u8", info.header.id).into();
+        events.emit("recording.ready", data);
+    });
+    cluster.set_webhooks(webhooks.clone());
     let state = AppState {
         packagers,
         recordings,
@@ -121,6 +147,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         registry,
         engines,
         access,
+        webhooks,
+        on_publish,
+        history,
         metrics,
         cluster: cluster.clone(),
         relay,

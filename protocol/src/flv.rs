@@ -414,7 +414,8 @@ pub fn aac_frame_tag(frame: &[u8]) -> Vec<u8> {
 
 /// Bytes from lower-case or upper-case hex (the catalog's configuration records).
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // `from_str_radix` alone would take a sign ("+f").
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

@@ -74,7 +74,7 @@ pub fn issue(
     let tag = mac(key, endpoint, stream, target, expires)
         .finalize()
         .into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::flv::hex(&tag);
     format!("{expires}.{target:016x}.{hex}")
 }
 
@@ -111,13 +111,8 @@ pub fn verify(
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+    // A SHA-256 tag: 32 bytes.
+    crate::flv::from_hex(text).filter(|tag| tag.len() == 32)
 }
 
 #[cfg(test)]

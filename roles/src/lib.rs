@@ -25,6 +25,7 @@ pub mod packager;
 pub mod quic;
 pub mod relay;
 pub mod session;
+pub mod system_tls;
 pub mod transcoder;
 pub mod webrtc;
 

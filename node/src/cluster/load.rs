@@ -25,6 +25,9 @@ pub struct LoadReport {
     /// Streams published on this node that need renditions (the transcoder's plan says so).
     #[serde(default)]
     pub transcode_wanted: Vec<String>,
+    /// Viewers of each stream on this node (streams without viewers left out).
+    #[serde(default)]
+    pub stream_viewers: BTreeMap<String, u32>,
 }
 
 /// Every node's latest report with its age in milliseconds when sent.
@@ -93,6 +96,18 @@ impl LoadView {
             .filter(|(_, (_, at))| now.saturating_duration_since(*at) < within)
             .map(|(node, (report, _))| (*node, report.transcode_wanted.clone()))
             .collect()
+    }
+
+    /// Viewers of `stream` on nodes other than `myself` heard from within
+    /// [`HEALTHY_WITHIN`].
+    pub fn viewers_elsewhere(&self, myself: NodeId, stream: &str, now: Instant) -> u32 {
+        self.reports
+            .iter()
+            .filter(|(node, (_, at))| {
+                **node != myself && now.saturating_duration_since(*at) < HEALTHY_WITHIN
+            })
+            .filter_map(|(_, (report, _))| report.stream_viewers.get(stream))
+            .sum()
     }
 
     /// Every pull each node reported running.
@@ -198,7 +213,26 @@ mod tests {
             live_streams: vec![],
             pulls: vec![],
             transcode_wanted: vec![],
+            stream_viewers: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn viewers_elsewhere_sum_the_other_healthy_nodes_reports_of_that_stream() {
+        let now = Instant::now();
+        let mut view = LoadView::default();
+        for (node, viewers) in [(1, 5), (2, 3), (3, 7)] {
+            let mut r = report(node, 10.0);
+            r.stream_viewers.insert("show".into(), viewers);
+            view.record(r, now);
+        }
+        assert_eq!(view.viewers_elsewhere(1, "show", now), 10);
+        assert_eq!(view.viewers_elsewhere(1, "other", now), 0);
+        assert_eq!(
+            view.viewers_elsewhere(1, "show", now + HEALTHY_WITHIN),
+            0,
+            "silent nodes no longer count"
+        );
     }
 
     #[test]

@@ -127,6 +127,8 @@ struct Inner {
     state: watch::Receiver<Arc<ClusterState>>,
     peers: Peers,
     loads: Mutex<LoadView>,
+    /// Where `node.joined` and `node.lost` go, once the node has built its webhooks.
+    webhooks: std::sync::OnceLock<crate::webhooks::Webhooks>,
     started: Instant,
     registry: StreamRegistry,
     pulls: Arc<LocalPulls>,
@@ -178,6 +180,7 @@ impl Cluster {
                 state,
                 peers,
                 loads: Mutex::default(),
+                webhooks: std::sync::OnceLock::new(),
                 started: Instant::now(),
                 registry,
                 pulls: Arc::default(),
@@ -336,6 +339,14 @@ impl Cluster {
                 .await??;
         }
         tracing::info!(node = %format_id(record.id), http = %record.http_addr, quic = %record.quic_addr, "node joined as a Raft learner");
+        self.emit(
+            "node.joined",
+            serde_json::json!({
+                "id": format_id(record.id),
+                "http": record.http_addr.to_string(),
+                "region": record.region,
+            }),
+        );
         Ok(())
     }
 
@@ -403,6 +414,24 @@ impl Cluster {
                 .map_err(|e| format!("cannot remove the learner: {e}"))?;
         }
         Ok(Outcome::Done)
+    }
+
+    /// Sends `node.joined` (from the node that admits a joiner) and `node.lost` (from the
+    /// leader) to these webhooks.
+    pub fn set_webhooks(&self, webhooks: crate::webhooks::Webhooks) {
+        let _ = self.inner.webhooks.set(webhooks);
+    }
+
+    fn emit(&self, kind: &'static str, data: serde_json::Value) {
+        if let Some(webhooks) = self.inner.webhooks.get() {
+            webhooks.emit(kind, data);
+        }
+    }
+
+    /// Viewers of `stream` on the other nodes, as they last reported.
+    pub fn viewers_elsewhere(&self, stream: &str) -> u32 {
+        self.loads()
+            .viewers_elsewhere(self.inner.id, stream, Instant::now())
     }
 
     fn healthy(&self) -> BTreeSet<NodeId> {
@@ -700,6 +729,11 @@ impl Cluster {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone(),
+                stream_viewers: streams
+                    .iter()
+                    .filter(|s| s.viewers > 0)
+                    .map(|s| (s.id.as_str().to_owned(), s.viewers as u32))
+                    .collect(),
             };
             metrics::gauge!("cascade_node_cpu_percent").set(f64::from(report.load.cpu_pct));
             self.keep_own_record().await;
@@ -801,6 +835,7 @@ impl Cluster {
         metrics::gauge!("cascade_raft_last_applied")
             .set(metrics.last_applied.map_or(0.0, |l| l.index as f64));
         metrics::gauge!("cascade_cluster_nodes").set(self.state().nodes.len() as f64);
+        metrics::gauge!("cascade_cluster_nodes_healthy").set(self.healthy().len() as f64);
     }
 
     /// On the leader, once a second: keep the voter set at its target size, replacing a
@@ -832,6 +867,13 @@ impl Cluster {
             let healthy_now = self.healthy();
             for lost in was_healthy.difference(&healthy_now) {
                 tracing::warn!(node = %format_id(*lost), silent_for_secs = load::HEALTHY_WITHIN.as_secs(), "node stopped reporting: no new viewers or streams go to it; its streams may be published elsewhere");
+                self.emit(
+                    "node.lost",
+                    serde_json::json!({
+                        "id": format_id(*lost),
+                        "silent_for_secs": load::HEALTHY_WITHIN.as_secs(),
+                    }),
+                );
             }
             for back in healthy_now.difference(&was_healthy) {
                 if !was_healthy.is_empty() {

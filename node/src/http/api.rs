@@ -26,6 +26,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/streams/{stream}", get(one).delete(remove_pull))
         .route("/api/v1/streams/{stream}/sessions", get(sessions))
         .route("/api/v1/sessions/ended", get(ended_sessions))
+        .route("/api/v1/webhooks", get(webhooks))
+        .route("/api/v1/history/streams", get(history_streams))
+        .route("/api/v1/history/sessions", get(history_sessions))
         .route(
             "/api/v1/streams/{stream}/restreams",
             get(restreams).post(add_restream),
@@ -401,6 +404,57 @@ struct EndedList {
 
 /// The most recent session ends on this node and why (admin): what an operator reads when a
 /// publisher says "it connected and then nothing".
+#[derive(serde::Serialize)]
+struct WebhookList {
+    receivers: Vec<crate::webhooks::ReceiverStatus>,
+}
+
+/// Each webhook receiver's delivery state (admin: receiver URLs may carry credentials).
+async fn webhooks(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<WebhookList>, ApiError> {
+    super::require_admin(&state, &headers, "api")?;
+    Ok(Json(WebhookList {
+        receivers: state.webhooks.status(),
+    }))
+}
+
+/// Stream runs that ended on this node (their origin), newest first (admin).
+async fn history_streams(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<crate::history::Query>,
+) -> Result<Json<crate::history::Page>, ApiError> {
+    history_page(&state, &headers, crate::history::Table::Streams, &query)
+}
+
+/// Sessions that ended on this node, newest first (admin: they carry client addresses).
+async fn history_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<crate::history::Query>,
+) -> Result<Json<crate::history::Page>, ApiError> {
+    history_page(&state, &headers, crate::history::Table::Sessions, &query)
+}
+
+fn history_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    table: crate::history::Table,
+    query: &crate::history::Query,
+) -> Result<Json<crate::history::Page>, ApiError> {
+    super::require_admin(state, headers, "api")?;
+    state.history.query(table, query).map(Json).map_err(|e| {
+        ApiError::new(
+            "api",
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "history_unavailable",
+            format!("the history store cannot be read: {e}"),
+        )
+    })
+}
+
 async fn ended_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,

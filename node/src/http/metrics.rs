@@ -165,6 +165,42 @@ fn describe_cluster() {
         "cascade_cluster_nodes",
         "Nodes in the replicated cluster state."
     );
+    describe_gauge!(
+        "cascade_cluster_nodes_healthy",
+        "Nodes this node has heard a load report from within 3 s (itself included)."
+    );
+    describe_counter!(
+        "cascade_access_refusals_total",
+        "Publishers and viewers refused for their token, by action, reason (missing_token, wrong_token, expired, bad_signature, wrong_stream, ...) and door (whip, whep, hls, rtmp, srt, ...)."
+    );
+    describe_gauge!(
+        "cascade_webhook_backlog",
+        "Webhook events waiting for each receiver (its position among --webhook-url)."
+    );
+    describe_counter!(
+        "cascade_webhook_deliveries_total",
+        "Webhook delivery attempts, by receiver and result (delivered, failed)."
+    );
+    describe_counter!(
+        "cascade_webhook_dropped_total",
+        "Webhook events dropped, by reason (outbox_full, write_queue_full, outbox_error)."
+    );
+    describe_gauge!(
+        "cascade_stream_ingest_stalled_seconds",
+        "Seconds since a stream's publisher last delivered a frame, on its origin (0 while it flows)."
+    );
+    describe_counter!(
+        "cascade_history_records_total",
+        "Records written to the node's history, by table (streams, sessions)."
+    );
+    describe_counter!(
+        "cascade_history_dropped_total",
+        "History records not written (queue full or store error), by table."
+    );
+    describe_counter!(
+        "cascade_on_publish_total",
+        "Publish callback decisions (admitted, denied, refused_fail_closed, admitted_fail_open)."
+    );
     describe_counter!(
         "cascade_cluster_refusals_total",
         "Refused node-to-node attempts, by reason (tls: no or foreign certificate; token: wrong join token; malformed_rpc)."

@@ -61,6 +61,12 @@ pub struct AppState {
     pub engines: cascade_roles::webrtc::Engines,
     /// Who may publish and play.
     pub access: Arc<AccessPolicy>,
+    /// Where events go, and how their delivery is doing.
+    pub webhooks: crate::webhooks::Webhooks,
+    /// Stream runs and sessions that ended on this node.
+    pub history: crate::history::History,
+    /// The integrator's publish callback, asked before a WHIP publisher is admitted.
+    pub on_publish: Option<Arc<crate::webhooks::on_publish::OnPublish>>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// This node's membership in the cluster: routing and placement.
@@ -128,7 +134,7 @@ pub(crate) fn require_play(
     let token = bearer(headers).or(query_token);
     state
         .access
-        .check(stream, crate::access::Action::Play, token)
+        .authorize(stream, crate::access::Action::Play, token, endpoint)
         .map_err(|_| {
             ApiError::new(
                 endpoint,

@@ -55,14 +55,15 @@ impl Exchange {
         let bearer = super::bearer(headers);
         state
             .access
-            .check(&stream, self.action, bearer)
+            .authorize(&stream, self.action, bearer, self.endpoint)
             .map_err(|denied| {
+                // Why a token is not valid is in the node's log and metrics, not here.
                 let message = match denied {
                     Denied::MissingToken => format!(
                         "{} to stream {stream} needs an Authorization: Bearer token",
                         self.endpoint.to_uppercase()
                     ),
-                    Denied::WrongToken => format!(
+                    Denied::WrongToken | Denied::Token(_) => format!(
                         "the Bearer token is not valid for {} to stream {stream}",
                         self.endpoint.to_uppercase()
                     ),
@@ -116,6 +117,38 @@ impl Exchange {
             )
         })?;
         Ok((stream, offer))
+    }
+
+    /// The publish callback's verdict on a WHIP publisher: `403` when the platform says no,
+    /// `503` when it does not answer and the policy is fail-closed.
+    async fn ask_platform(
+        &self,
+        state: &AppState,
+        stream: &StreamId,
+        remote: std::net::SocketAddr,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        let Some(callback) = &state.on_publish else {
+            return Ok(());
+        };
+        let claims = state.access.claims(super::bearer(headers));
+        callback
+            .ask(stream, self.endpoint, Some(remote), claims.as_ref())
+            .await
+            .map_err(|refusal| match refusal {
+                crate::webhooks::on_publish::Refusal::Denied(_) => ApiError::new(
+                    self.endpoint,
+                    StatusCode::FORBIDDEN,
+                    "publish_denied",
+                    format!("the platform did not authorise publishing stream {stream}"),
+                ),
+                crate::webhooks::on_publish::Refusal::NoAnswer(_) => ApiError::new(
+                    self.endpoint,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "publish_callback_unavailable",
+                    "publishing cannot be authorised now; try again later",
+                ),
+            })
     }
 
     /// `201 Created` with the answer and where the session lives.
@@ -344,6 +377,11 @@ pub(crate) fn routes(exchange: &'static Exchange) -> axum::Router<AppState> {
             let (stream, offer) = exchange.admit_offer(&state, &stream, &headers, body)?;
             if let Some(redirect) = exchange.route(&state, &stream, &route).await? {
                 return Ok(redirect);
+            }
+            if exchange.action == Action::Publish {
+                exchange
+                    .ask_platform(&state, &stream, remote, &headers)
+                    .await?;
             }
             let client = Client::new(Some(remote), super::bearer(&headers));
             let negotiated = match exchange.action {

@@ -69,15 +69,29 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
     let mut wanted = metric_names(&rules);
     wanted.extend(exprs.iter().flat_map(|e| metric_names(e)));
 
-    // A node with a stream packaged: the per-stream series exist too.
-    let node = Node::start(&["--ladder", "none"]).await;
+    // A node with a stream packaged, a webhook receiver (that is down) and a refused
+    // player: the per-stream, webhook and refusal series exist too.
+    let node = Node::start(&[
+        "--ladder",
+        "none",
+        "--webhook-url",
+        "http://127.0.0.1:9/events",
+        "--play-token",
+        "panel-token",
+    ])
+    .await;
     let _encoder = Encoder::flv(&b_frame_pattern(30, false), &node.rtmp_url("panel"));
     node.wait_live("panel", Duration::from_secs(20)).await;
-    let playlist = reqwest::get(node.url("/hls/panel/index.m3u8"))
+    let playlist = reqwest::get(node.url("/hls/panel/index.m3u8?token=panel-token"))
         .await
         .unwrap();
     assert_eq!(playlist.status(), 200);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused = reqwest::get(node.url("/hls/panel/index.m3u8"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // The cluster's gauges are set by the first load report, a delivery fails at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let exported = metric_names(&node.metrics().await);
     let missing: Vec<&String> = wanted.difference(&exported).collect();
     assert!(

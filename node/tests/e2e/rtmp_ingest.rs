@@ -87,11 +87,7 @@ async fn an_rtmp_publisher_reaches_a_whep_viewer_on_another_node_intact_and_in_o
     );
 
     // An RTMP publisher of the same stream on a third node is refused: it is live elsewhere.
-    let (ok, said) = Encoder::flv(
-        &["-f", "lavfi", "-i", "testsrc", "-c:v", "libx264", "-t", "3"],
-        &nodes[2].rtmp_url("rtmp-show"),
-    )
-    .refusal();
+    let (ok, said) = Encoder::try_flv(&nodes[2].rtmp_url("rtmp-show"));
     assert!(
         !ok && said.contains("already has a live publisher on node"),
         "FFmpeg shows why: {said}"
@@ -169,20 +165,12 @@ async fn garbage_and_unauthorised_rtmp_publishers_are_closed_and_counted_while_a
         .await
         .expect("viewer");
 
-    let (ok, said) = Encoder::flv(
-        &["-f", "lavfi", "-i", "testsrc", "-c:v", "libx264", "-t", "3"],
-        &node.rtmp_url("intruder"),
-    )
-    .refusal();
+    let (ok, said) = Encoder::try_flv(&node.rtmp_url("intruder"));
     assert!(
         !ok && said.contains("needs a token"),
         "FFmpeg shows why: {said}"
     );
-    let (ok, said) = Encoder::flv(
-        &["-f", "lavfi", "-i", "testsrc", "-c:v", "libx264", "-t", "3"],
-        &node.rtmp_url("guarded?key=pub-secret"),
-    )
-    .refusal();
+    let (ok, said) = Encoder::try_flv(&node.rtmp_url("guarded?key=pub-secret"));
     assert!(
         !ok && said.contains("already has a live publisher"),
         "{said}"

@@ -255,10 +255,16 @@ async fn a_viewer_on_another_node_gets_the_renditions_even_when_it_asks_before_t
     let _encoder = Encoder::flv(&b_frame_pattern(30, true), &nodes[0].rtmp_url("far"));
     nodes[0].wait_live("far", Duration::from_secs(20)).await;
     // At once: the edge's pull may well fetch a catalog without renditions; the viewer waits
-    // for them instead of getting 409.
-    let mut viewer = Viewer::connect(&nodes[1].ip, &nodes[1].url("/whep/far"), None)
-        .await
-        .expect("the edge serves the rendition");
+    // for them instead of getting 409. It pins the top rung: adaptive bitrate would move a
+    // viewer starved of CPU (a loaded CI machine) to 180p, which this test later asserts
+    // nobody watches.
+    let mut viewer = Viewer::connect(
+        &nodes[1].ip,
+        &nodes[1].url("/whep/far?rendition=video/360p"),
+        None,
+    )
+    .await
+    .expect("the edge serves the rendition");
     let received = viewer.collect(60, Duration::from_secs(5)).await;
     assert!(received.len() >= 60, "received {} frames", received.len());
     let units: Vec<Vec<u8>> = received.into_iter().map(|u| u.data).collect();

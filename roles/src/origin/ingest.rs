@@ -20,14 +20,26 @@ use crate::RoleError;
 use crate::broadcast::{Broadcast, Track};
 use crate::session::{Admission, Client, Liveness, SessionId, SessionKind, SessionMsg, Transport};
 
+/// A publisher asking to publish: what a [`PublishGate`] decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishAttempt<'a> {
+    /// The stream.
+    pub stream: &'a StreamId,
+    /// The token it presented (stream key, streamid field), if any.
+    pub token: Option<&'a str>,
+    /// How it arrived: `rtmp`, `srt`, `rtsp`.
+    pub protocol: &'static str,
+    /// Where from.
+    pub peer: SocketAddr,
+}
+
 /// Decides whether a publisher may publish a stream on this node, and makes this node the
 /// stream's origin if so. Implemented by the node (access rules and the cluster).
 pub trait PublishGate: Send + Sync + 'static {
-    /// `Ok` when `stream` may be published here by a client that presented `token`.
+    /// `Ok` when the attempt may publish its stream here.
     fn authorize<'a>(
         &'a self,
-        stream: &'a StreamId,
-        token: Option<&'a str>,
+        attempt: PublishAttempt<'a>,
     ) -> Pin<Box<dyn Future<Output = Result<(), RoleError>> + Send + 'a>>;
 }
 
@@ -69,7 +81,13 @@ pub async fn admit_publisher(
     peer: SocketAddr,
     closer: Arc<Notify>,
 ) -> Result<AdmittedPublisher, RoleError> {
-    gate.authorize(&stream, token).await?;
+    gate.authorize(PublishAttempt {
+        stream: &stream,
+        token,
+        protocol,
+        peer,
+    })
+    .await?;
     registry.check_capacity(SessionKind::Publisher)?;
     let session = SessionId::random();
     let liveness = Liveness::new(Instant::now());

@@ -9,6 +9,7 @@
 //! (touched when sessions start and end, never per packet), so a mutex-guarded map is enough.
 
 pub mod ingest;
+pub mod observer;
 pub mod renditions;
 pub mod restream;
 pub mod rtmp;
@@ -80,6 +81,9 @@ pub struct StreamRegistry {
     viewer_engine_load: Arc<EngineLoad>,
     reconnect_grace: Duration,
     limits: Limits,
+    /// Who learns of stream runs; set once the node has built it (it needs the cluster,
+    /// which needs the registry).
+    observer: Arc<std::sync::OnceLock<Arc<dyn observer::StreamObserver>>>,
 }
 
 /// A session that was admitted by its stream and now needs its media attached.
@@ -104,7 +108,17 @@ impl StreamRegistry {
             viewer_engine_load,
             reconnect_grace,
             limits,
+            observer: Arc::default(),
         }
+    }
+
+    /// Sets who learns of stream runs started on this node (once; later calls are ignored).
+    pub fn set_observer(&self, observer: Arc<dyn observer::StreamObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn observer::StreamObserver>> {
+        self.observer.get()
     }
 
     /// Whether one more session of `kind` fits on this node now ([`crate::admission`]).
@@ -299,6 +313,9 @@ impl StreamRegistry {
     }
 
     pub(crate) fn record_ended(&self, ended: EndedSession) {
+        if let Some(observer) = self.observer() {
+            observer.session_ended(&ended);
+        }
         let mut tables = self.lock();
         if tables.ended.len() == ENDED_SESSIONS_KEPT {
             tables.ended.pop_front();

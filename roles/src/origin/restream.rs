@@ -241,7 +241,7 @@ impl Attempt {
         &self,
         socket: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-        let config = tls_client_config()?;
+        let config = crate::system_tls::client_config()?;
         let name = rustls::pki_types::ServerName::try_from(self.target.host.clone())
             .map_err(|e| format!("{:?} is not a name TLS can check: {e}", self.target.host))?;
         let connector = tokio_rustls::TlsConnector::from(config);
@@ -454,42 +454,6 @@ impl FlvMuxer {
 
 fn stamp(ms: u64, origin: u64) -> u32 {
     (ms.saturating_sub(origin) & 0xffff_ffff) as u32
-}
-
-/// The TLS client of RTMPS restreams: the system's trusted roots (Debian's ca-certificates;
-/// `SSL_CERT_FILE` or `SSL_CERT_DIR` name others, e.g. a private CA), loaded once.
-fn tls_client_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> =
-        std::sync::OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(format!(
-                    "no trusted root certificates on this machine for rtmps:// (install ca-certificates, or name a bundle in SSL_CERT_FILE){}",
-                    found
-                        .errors
-                        .first()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                ));
-            }
-            tracing::info!(roots = added, "trusted roots loaded for RTMPS restreams");
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|builder| {
-                    Arc::new(
-                        builder
-                            .with_root_certificates(roots)
-                            .with_no_client_auth(),
-                    )
-                })
-                .map_err(|e| format!("TLS client configuration: {e}"))
-        })
-        .clone()
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use ractor::{
 };
 
 use super::StreamRegistry;
+use super::observer::{Audience, StreamRun, StreamStarted};
 use super::restream::{RestreamActor, RestreamArgs, RestreamInfo, RestreamMsg, RestreamStatus};
 use crate::RoleError;
 use crate::broadcast::Broadcast;
@@ -118,6 +119,8 @@ pub struct EndedSession {
     pub lasted_secs: f64,
     /// When it ended, seconds since the Unix epoch.
     pub ended_at_unix: u64,
+    /// The client's address, when the session had one (not a relay).
+    pub remote: Option<SocketAddr>,
 }
 
 /// The publisher of a stream as the public API shows it: nothing that would let a visitor
@@ -313,6 +316,20 @@ pub struct StreamState {
     frames_at_publish: u64,
     restreams: Vec<Restream>,
     next_restream: u64,
+    /// The run reported to the observer, from its first publisher (not a relay) on.
+    run: Option<Run>,
+}
+
+/// A stream's run on its origin, for the observer.
+struct Run {
+    protocol: &'static str,
+    started_unix: f64,
+    audience: Audience,
+    sampled_at: Instant,
+    /// Frames received at the last tick, and when that count last moved: how long ingest
+    /// has been stalled.
+    frames_seen: u64,
+    frames_moved_at: Instant,
 }
 
 impl StreamState {
@@ -343,6 +360,74 @@ impl StreamState {
             .find(|m| m.id == *session)
             .and_then(|m| m.liveness.as_ref())
             .map_or(Duration::ZERO, |l| l.silent_for(now))
+    }
+
+    /// The first publisher that is not a relay starts the run this node reports.
+    fn report_run_started(&mut self, protocol: &'static str) {
+        if self.run.is_some() || protocol == "relay" {
+            return;
+        }
+        let Some(observer) = self.args.registry.observer() else {
+            return;
+        };
+        let started_unix = unix_now_f64();
+        observer.started(StreamStarted {
+            stream: self.args.broadcast.id().clone(),
+            protocol,
+            started_unix,
+        });
+        self.run = Some(Run {
+            protocol,
+            started_unix,
+            audience: Audience::default(),
+            sampled_at: Instant::now(),
+            frames_seen: self.frames_in(),
+            frames_moved_at: Instant::now(),
+        });
+    }
+
+    /// Once a second: the viewers on other nodes, for the run's audience.
+    fn sample_audience(&mut self, now: Instant) {
+        let here = self.viewers() as u32;
+        let (Some(run), Some(observer)) = (self.run.as_mut(), self.args.registry.observer()) else {
+            return;
+        };
+        let elsewhere = observer.viewers_elsewhere(self.args.broadcast.id());
+        let elapsed = now.saturating_duration_since(run.sampled_at);
+        run.sampled_at = now;
+        run.audience.sample_elsewhere(elsewhere, here, elapsed);
+        let frames = self.args.broadcast.frames_in();
+        if frames != run.frames_seen {
+            run.frames_seen = frames;
+            run.frames_moved_at = now;
+        }
+        metrics::gauge!("cascade_stream_ingest_stalled_seconds", "stream" => self.args.broadcast.id().to_string())
+            .set(now.saturating_duration_since(run.frames_moved_at).as_secs_f64());
+    }
+
+    fn report_run_ended(&mut self) {
+        let now = Instant::now();
+        self.sample_audience(now);
+        let (Some(run), Some(observer)) = (self.run.take(), self.args.registry.observer()) else {
+            return;
+        };
+        metrics::gauge!("cascade_stream_ingest_stalled_seconds", "stream" => self.args.broadcast.id().to_string())
+            .set(0.0);
+        let still_watching: Duration = self
+            .members
+            .values()
+            .filter(|m| m.kind == SessionKind::Viewer)
+            .map(|m| now.saturating_duration_since(m.joined))
+            .sum();
+        observer.ended(StreamRun {
+            stream: self.args.broadcast.id().clone(),
+            protocol: run.protocol,
+            started_unix: run.started_unix,
+            ended_unix: unix_now_f64(),
+            peak_viewers: run.audience.peak,
+            viewer_minutes: run.audience.viewer_minutes(still_watching),
+            bytes_in: self.args.broadcast.bytes_in(),
+        });
     }
 
     fn publish_viewer_gauge(&self) {
@@ -382,6 +467,7 @@ impl Actor for StreamActor {
             frames_at_publish: 0,
             restreams: Vec::new(),
             next_restream: 1,
+            run: None,
         })
     }
 
@@ -434,6 +520,7 @@ impl Actor for StreamActor {
                 );
             }
             StreamMsg::Tick => {
+                state.sample_audience(Instant::now());
                 let bytes = state.args.broadcast.bytes_in();
                 state.bitrate_bps = (bytes - state.last_bytes) * 8;
                 state.last_bytes = bytes;
@@ -476,7 +563,13 @@ impl Actor for StreamActor {
             connected: member.liveness.as_ref().is_none_or(Liveness::is_connected),
             lasted_secs: member.joined.elapsed().as_secs_f64(),
             ended_at_unix: unix_now(),
+            remote: member.remote,
         });
+        if member.kind == SessionKind::Viewer
+            && let Some(run) = state.run.as_mut()
+        {
+            run.audience.viewer_left(member.joined.elapsed());
+        }
         // The engine may still hold the media of a crashed session: make sure it is gone.
         member.transport.close(member.id);
         state.args.registry.forget_session(member.id);
@@ -524,6 +617,7 @@ impl Actor for StreamActor {
             .forget_stream(state.args.broadcast.id(), &myself);
         metrics::gauge!("cascade_viewers", "stream" => state.args.broadcast.id().to_string())
             .set(0.0);
+        state.report_run_ended();
         tracing::info!(stream = %state.args.broadcast.id(), "stream ended");
         Ok(())
     }
@@ -574,6 +668,7 @@ async fn admit(
         }
         state.frames_at_publish = state.frames_in();
         state.grace_generation += 1; // cancels a pending grace expiry
+        state.report_run_started(protocol);
         tracing::info!(%stream, session = %session, protocol, ?remote, "publisher live");
     }
     state.members.insert(
@@ -590,6 +685,12 @@ async fn admit(
         },
     );
     state.publish_viewer_gauge();
+    if kind == SessionKind::Viewer {
+        let here = state.viewers() as u32;
+        if let Some(run) = state.run.as_mut() {
+            run.audience.viewers_here(here);
+        }
+    }
     Ok(actor)
 }
 
@@ -703,6 +804,12 @@ fn stream_state(has_publisher: bool, receiving: bool, ever_live: bool) -> &'stat
         (true, false, _) | (false, _, false) => "connecting",
         (false, _, true) => "reconnecting",
     }
+}
+
+fn unix_now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn unix_now() -> u64 {

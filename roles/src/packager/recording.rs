@@ -158,6 +158,9 @@ struct Running {
     started_by: String,
 }
 
+/// What learns of each finished recording.
+type ReadyHook = Box<dyn Fn(&RecordingInfo) + Send + Sync>;
+
 /// This node's recordings. Cheap to clone.
 #[derive(Clone)]
 pub struct Recordings {
@@ -173,6 +176,8 @@ struct Inner {
     /// Streams whose automatic recording was stopped through the API: not started again
     /// until they have been off this node.
     held_off: Mutex<std::collections::HashSet<StreamId>>,
+    /// Told of each recording that finished (the node's `recording.ready` webhook).
+    on_ready: std::sync::OnceLock<ReadyHook>,
 }
 
 impl Recordings {
@@ -193,6 +198,7 @@ impl Recordings {
                 automatic,
                 running: Mutex::default(),
                 held_off: Mutex::default(),
+                on_ready: std::sync::OnceLock::new(),
             }),
         };
         for mut manifest in recordings.manifests() {
@@ -438,7 +444,16 @@ impl Recordings {
         metrics::gauge!("cascade_recordings_active").decrement(1.0);
         let info = manifest.info();
         tracing::info!(%stream, recording = %info.header.id, seconds = info.duration_seconds, bytes = info.bytes, "recording finished");
+        if let Some(ready) = self.inner.on_ready.get() {
+            ready(&info);
+        }
         let _ = done.send(manifest);
+    }
+
+    /// Calls `ready` with each recording that finishes from now on (once; later calls are
+    /// ignored). It runs on the recording's task: it must not block.
+    pub fn on_ready(&self, ready: impl Fn(&RecordingInfo) + Send + Sync + 'static) {
+        let _ = self.inner.on_ready.set(Box::new(ready));
     }
 
     /// Writes the manifest and every playlist of `manifest` (and the multivariant playlist

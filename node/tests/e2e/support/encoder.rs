@@ -30,6 +30,16 @@ impl Encoder {
         Self::start(args, "flv", url)
     }
 
+    /// Three seconds of FFmpeg's test pattern over RTMP to `url`, run to its end: whether
+    /// FFmpeg succeeded and what it printed (a refused publisher sees why).
+    pub fn try_flv(url: &str) -> (bool, String) {
+        Self::flv(
+            &["-f", "lavfi", "-i", "testsrc", "-c:v", "libx264", "-t", "3"],
+            url,
+        )
+        .refusal()
+    }
+
     /// Publishes MPEG-TS over SRT to `url`.
     pub fn mpegts<S: AsRef<std::ffi::OsStr>>(args: &[S], url: &str) -> Encoder {
         Self::start(args, "mpegts", url)
@@ -154,18 +164,42 @@ impl Drop for H264File {
 /// Asserts that `received` is a run of `sent` access units: the first is one that was sent,
 /// byte for byte, and each next one is the next that was sent (none corrupted, missing or
 /// out of order).
-pub fn assert_contiguous_run(received: &[ReceivedUnit], sent: &[Vec<u8>], who: &str) {
-    let sent: Vec<[u8; 32]> = sent.iter().map(|au| fingerprint(&nal_units(au))).collect();
+pub fn assert_contiguous_run(received: &[ReceivedUnit], sent_units: &[Vec<u8>], who: &str) {
+    let sent: Vec<[u8; 32]> = sent_units
+        .iter()
+        .map(|au| fingerprint(&nal_units(au)))
+        .collect();
     let first = received.first().expect("something was received");
     let start = sent
         .iter()
         .position(|f| *f == first.fingerprint)
-        .unwrap_or_else(|| panic!("{who}: the first frame received is not one that was sent"));
+        .unwrap_or_else(|| {
+            panic!(
+                "{who}: the first frame received is not one that was sent: {} bytes, {} received, \
+                 NAL units (type, bytes) {:?}; the first sent: {:?}",
+                first.data.len(),
+                received.len(),
+                nal_summary(&first.data),
+                sent_units.first().map(|au| nal_summary(au)),
+            )
+        });
     for (i, unit) in received.iter().enumerate() {
         assert!(
             sent.get(start + i) == Some(&unit.fingerprint),
-            "{who}: frame {i} received is not frame {} sent: corrupted, missing or out of order",
-            start + i
+            "{who}: frame {i} received is not frame {} sent: corrupted, missing or out of order \
+             (received NAL units {:?}, sent {:?})",
+            start + i,
+            nal_summary(&unit.data),
+            sent_units.get(start + i).map(|au| nal_summary(au)),
         );
     }
+}
+
+/// Each NAL unit of an Annex B access unit as (type, length): enough to tell a truncated,
+/// merged or re-parameterised frame from the one that was sent.
+fn nal_summary(access_unit: &[u8]) -> Vec<(u8, usize)> {
+    nal_units(access_unit)
+        .iter()
+        .map(|nal| (nal[0] & 0x1f, nal.len()))
+        .collect()
 }

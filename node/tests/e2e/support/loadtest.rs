@@ -1,32 +1,41 @@
 //! The `cascade-loadtest` binary as the tests' publisher and viewer crowd.
 //!
-//! `cargo test --workspace` builds it before any test runs; a narrower `cargo test -p
-//! cascade-node` builds it here once.
+//! `cargo test --workspace` builds it before any test runs; [`binary`] makes sure, once per
+//! test run, that it is this source's build (for a narrower `cargo test -p cascade-node` too).
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-/// Path to the `cascade-loadtest` binary of this build, built if missing.
+/// Path to the `cascade-loadtest` binary of this build, brought up to date once per test run
+/// (a no-op when it is: only building it when missing ran an old load tester against a new
+/// node after a change to either).
 pub fn binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
             let cascade = PathBuf::from(env!("CARGO_BIN_EXE_cascade"));
             let path = cascade.with_file_name("cascade-loadtest");
-            if !path.exists() {
-                let status = Command::new(env!("CARGO"))
-                    .args([
-                        "build",
-                        "-p",
-                        "cascade-loadtest",
-                        "--bin",
-                        "cascade-loadtest",
-                    ])
-                    .status()
-                    .expect("cargo runs");
-                assert!(status.success(), "building cascade-loadtest failed");
+            let mut build = Command::new(env!("CARGO"));
+            build.args([
+                "build",
+                "--locked",
+                "-p",
+                "cascade-loadtest",
+                "--bin",
+                "cascade-loadtest",
+            ]);
+            // The same profile as the node under test, so that the binary lands beside it.
+            if cascade
+                .parent()
+                .and_then(|dir| dir.file_name())
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
             }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "building cascade-loadtest failed");
+            assert!(path.exists(), "cargo built no {}", path.display());
             path
         })
         .clone()

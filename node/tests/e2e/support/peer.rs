@@ -127,6 +127,44 @@ fn init_peer_log() {
     }
 }
 
+/// Which H.264 parameter sets a viewer has seen. An IDR that reaches a decoder before them
+/// cannot be decoded (for example when the packet carrying them was lost), so the viewer
+/// keeps asking for a keyframe, as a browser does.
+#[derive(Default)]
+struct ParameterSets {
+    sps: bool,
+    pps: bool,
+}
+
+impl ParameterSets {
+    fn see(&mut self, nals: &[&[u8]]) {
+        for nal in nals {
+            match nal[0] & 0x1f {
+                7 => self.sps = true,
+                8 => self.pps = true,
+                _ => {}
+            }
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.sps && self.pps
+    }
+}
+
+/// DELETE on a session's URL, then the connection closed: how a WHIP or WHEP client leaves.
+async fn end_session(session_url: &str, pc: &Arc<dyn PeerConnection>) -> u16 {
+    let status = reqwest::Client::new()
+        .delete(session_url)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let _ = pc.close().await;
+    status
+}
+
 /// How often an undecodable viewer repeats its keyframe request, as browsers do.
 const PLI_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -365,15 +403,7 @@ impl Publisher {
 
     /// Ends the session the WHIP way: DELETE on its URL, then closes the connection.
     pub async fn delete(self) -> u16 {
-        let status = reqwest::Client::new()
-            .delete(&self.session_url)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        let _ = self.pc.close().await;
-        status
+        end_session(&self.session_url, &self.pc).await
     }
 }
 
@@ -462,6 +492,8 @@ impl Viewer {
                     let vp8_pt = vp8().payload_type;
                     let mut vp8_frames = Vp8Depacketizer::default();
                     let (mut decoding, mut last_pli) = (false, None);
+                    // A decoder needs SPS and PPS before its first IDR: they come in-band.
+                    let mut parameter_sets = ParameterSets::default();
                     let mut reorder = jitter_buffer.map(crate::support::media::Reorder::new);
                     let mut in_order = Vec::new();
                     while let Some(event) = track.poll().await {
@@ -506,11 +538,15 @@ impl Viewer {
                                     .iter()
                                     .flat_map(|nal| [&[0u8, 0, 0, 1][..], nal].concat())
                                     .collect();
+                                parameter_sets.see(&refs);
                                 (fingerprint(&refs), is_idr(&refs), annex_b)
                             };
+                            let decodable = keyframe
+                                && (packet.header.payload_type == vp8_pt
+                                    || parameter_sets.complete());
                             // Like a decoder: nothing is usable before the first keyframe, and the
                             // player keeps asking for one (PLI) until it gets it.
-                            if !decoding && !keyframe {
+                            if !decoding && !decodable {
                                 if last_pli.is_none_or(|at: Instant| at.elapsed() >= PLI_INTERVAL) {
                                     last_pli = Some(Instant::now());
                                     let pli = PictureLossIndication {
@@ -549,6 +585,11 @@ impl Viewer {
     }
 
     /// Collects access units until `expected` arrived or `idle` passed without any.
+    /// Ends the session the WHEP way: DELETE on its URL, then closes the connection.
+    pub async fn delete(self) -> u16 {
+        end_session(&self.session_url, &self.pc).await
+    }
+
     pub async fn collect(&mut self, expected: usize, idle: Duration) -> Vec<ReceivedUnit> {
         let mut units = Vec::new();
         while units.len() < expected {
