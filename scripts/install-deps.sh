@@ -5,7 +5,8 @@
 #                                     AAC), the trusted roots RTMPS restreams check against, and
 #                                     hls.js (npm) for the watch page's LL-HLS fallback
 #   scripts/install-deps.sh test   -> FFmpeg, GStreamer (and its RTSP server, the tests' camera), stunnel (RTMPS), Chromium, OpenSSL, curl, iproute2, nftables, promtool (prometheus: the alert rules' tests; its service is not started by the tests) and
-#                                     aiortc and m3u8 (PyPI, in .venv-interop) for the test suite
+#                                     aiortc and m3u8 (PyPI, in .venv-interop), and CongoDB (npm, in .deps/congodb:
+#                                     a MongoDB-wire server in TypeScript, the history tests' MongoDB) for the test suite
 set -euo pipefail
 mode=${1:-test}
 packages=(pkg-config ca-certificates curl openssl libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
@@ -14,6 +15,8 @@ packages=(pkg-config ca-certificates curl openssl libgstreamer1.0-dev libgstream
 if [ "$mode" = test ]; then
   packages+=(ffmpeg chromium chromium-driver gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi stunnel4
              openssl curl iproute2 nftables python3 python3-venv prometheus)
+  # Node.js runs CongoDB below; Debian's (18) does, and so does a newer one already there.
+  command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -50,13 +53,46 @@ if [ "$(cat "$hls_dir/VERSION" 2>/dev/null)" != "$hls_version" ]; then
   echo "$hls_version" > "$hls_dir/VERSION"
 fi
 
-# aiortc, the non-Rust WebRTC peer of the interop tests, and m3u8, the independent LL-HLS
-# playlist parser of the playlist tests, in their own virtual environment.
+# aiortc, the non-Rust WebRTC peer of the interop tests, m3u8, the independent LL-HLS
+# playlist parser of the playlist tests, and schemathesis, the API contract's property-based
+# tester, in their own virtual environment.
 if [ "$mode" = test ]; then
   venv="$(dirname "$0")/../.venv-interop"
-  if ! "$venv/bin/python" -c "import aiortc, m3u8" 2>/dev/null; then
-    echo "Installing aiortc and m3u8 into $venv"
+  if ! "$venv/bin/python" -c "import aiortc, m3u8, schemathesis" 2>/dev/null; then
+    echo "Installing aiortc, m3u8 and schemathesis into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiortc==1.16.0" "m3u8==6.0.0"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiortc==1.16.0" "m3u8==6.0.0" \
+      "schemathesis==4.32.5"
+  fi
+fi
+
+# CongoDB, the MongoDB-wire server the history tests write to (MongoDB itself is not in Debian
+# and its downloads are not reachable here): the pinned npm release of @push.rocks/smartmongo,
+# checked against its integrity hash, and the few packages its CongoDB part imports (the rest
+# of that package, a MongoDB downloader, is not installed). Started by the tests through
+# scripts/mongodb-test-server.mjs.
+if [ "$mode" = test ]; then
+  congo_version=2.2.0
+  congo_integrity=sha512-ovVCNoJ3D0aBuKtoKaQWWQKvBngaGJq9fAPQigzji1EHsS1XyGpXWCpe5nq/ptGvBROOcpqZcOFEGAcrnb+OjA==
+  congo_dir="$(dirname "$0")/../.deps/congodb"
+  if [ "$(cat "$congo_dir/VERSION" 2>/dev/null)" != "$congo_version" ]; then
+    echo "Fetching CongoDB (@push.rocks/smartmongo $congo_version) from the npm registry"
+    rm -rf "$congo_dir"
+    mkdir -p "$congo_dir/smartmongo"
+    tarball="$congo_dir/smartmongo.tgz"
+    curl -fsSL "https://registry.npmjs.org/@push.rocks/smartmongo/-/smartmongo-$congo_version.tgz" -o "$tarball"
+    got="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
+    if [ "$got" != "$congo_integrity" ]; then
+      echo "@push.rocks/smartmongo $congo_version does not match its npm integrity hash; not installed" >&2
+      rm -rf "$congo_dir"
+      exit 1
+    fi
+    tar -xzf "$tarball" -C "$congo_dir/smartmongo" --strip-components=1
+    rm -f "$tarball"
+    # Beside the package, not inside it: npm would prune what it did not install itself.
+    echo '{"name": "cascade-congodb", "private": true}' > "$congo_dir/package.json"
+    (cd "$congo_dir" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error \
+      bson@6 mingo@7 @push.rocks/smartpromise@4 @push.rocks/smartrx@3 @push.rocks/smartpath@5 @push.rocks/smartfs@1)
+    echo "$congo_version" > "$congo_dir/VERSION"
   fi
 fi

@@ -239,6 +239,22 @@ pub struct RunOptions {
     #[arg(long, env = "CASCADE_ON_PUBLISH_FAIL_OPEN", value_name = "BOOL")]
     pub on_publish_fail_open: Option<bool>,
 
+    /// MongoDB connection string (`mongodb://` or `mongodb+srv://`; its path names the
+    /// database, `cascade` without one): history records are copied there as well. See
+    /// docs/integrators.md.
+    #[arg(
+        long,
+        env = "CASCADE_MONGODB_URI",
+        value_name = "URI",
+        hide_env_values = true
+    )]
+    pub mongodb_uri: Option<String>,
+
+    /// History records kept on disk for MongoDB while it is unreachable; the oldest are
+    /// dropped beyond it [default: 100000].
+    #[arg(long, env = "CASCADE_MONGODB_QUEUE_LIMIT", value_name = "RECORDS")]
+    pub mongodb_queue_limit: Option<u64>,
+
     /// How long viewers wait for a dropped publisher to come back, e.g. 10s [default: 10s].
     #[arg(long, env = "CASCADE_RECONNECT_GRACE", value_name = "DURATION")]
     pub reconnect_grace: Option<String>,
@@ -363,6 +379,8 @@ pub struct NodeConfig {
     pub webhooks: crate::webhooks::WebhookConfig,
     /// The publish callback, if any (`--on-publish-url`).
     pub on_publish: Option<crate::webhooks::on_publish::OnPublishConfig>,
+    /// Where history records are copied, if anywhere (`--mongodb-uri`).
+    pub mongodb: Option<crate::history::mongodb::MongoConfig>,
     /// See [`RunOptions::reconnect_grace`].
     pub reconnect_grace: Duration,
     /// See [`RunOptions::handshake_timeout`].
@@ -565,6 +583,10 @@ impl NodeConfig {
                         .unwrap_or(false),
                 }),
             },
+            mongodb: mongodb_config(
+                non_empty("mongodb-uri", cli.mongodb_uri.or(file.mongodb_uri))?,
+                cli.mongodb_queue_limit.or(file.mongodb_queue_limit),
+            )?,
             reconnect_grace,
             handshake_timeout,
             webrtc_fast_path: cli
@@ -846,6 +868,41 @@ fn webhook_config(
         });
     }
     Ok(crate::webhooks::WebhookConfig { urls, secret })
+}
+
+/// MongoDB's connection string is checked for its scheme here (the driver parses the rest at
+/// start); a queue limit without a URI is a mistake worth stopping for.
+fn mongodb_config(
+    uri: Option<String>,
+    queue_limit: Option<u64>,
+) -> Result<Option<crate::history::mongodb::MongoConfig>, NodeError> {
+    let Some(uri) = uri.map(|u| u.trim().to_owned()) else {
+        return match queue_limit {
+            Some(_) => Err(NodeError::Config {
+                key: "mongodb-queue-limit",
+                message: "is set but mongodb-uri is not".into(),
+            }),
+            None => Ok(None),
+        };
+    };
+    if !uri.starts_with("mongodb://") && !uri.starts_with("mongodb+srv://") {
+        // The URI may hold a password: say what is wrong without repeating it.
+        return Err(NodeError::Config {
+            key: "mongodb-uri",
+            message: "must start with mongodb:// or mongodb+srv://".into(),
+        });
+    }
+    let queue_limit = queue_limit.unwrap_or(crate::history::mongodb::DEFAULT_QUEUE_LIMIT);
+    if queue_limit == 0 {
+        return Err(NodeError::Config {
+            key: "mongodb-queue-limit",
+            message: "must be at least 1".into(),
+        });
+    }
+    Ok(Some(crate::history::mongodb::MongoConfig {
+        uri,
+        queue_limit,
+    }))
 }
 
 /// `url` if it is an http:// or https:// URL.

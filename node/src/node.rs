@@ -80,7 +80,14 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         &config.data_dir,
         format_id(cluster.id()),
     )?;
-    let history = crate::history::History::open(&config.data_dir)?;
+    let history = crate::history::History::open(
+        &config.data_dir,
+        &format_id(cluster.id()),
+        config.mongodb.as_ref().map(|m| m.queue_limit),
+    )?;
+    if let Some(mongodb) = &config.mongodb {
+        crate::history::mongodb::start(&history, mongodb).await?;
+    }
     registry.set_observer(Arc::new(crate::observer::NodeObserver {
         webhooks: webhooks.clone(),
         history: history.clone(),
@@ -132,9 +139,16 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
     )?;
     record_automatically(recordings.clone(), cluster.clone());
     let events = webhooks.clone();
+    let recorded = history.clone();
+    let node_id = format_id(cluster.id());
     recordings.on_ready(move |info| {
         let mut data = serde_json::to_value(info).unwrap_or_default();
         data["url"] = format!("/recordings/{}/index.m3u8", info.header.id).into();
+        let record = crate::observer::recording_record(&data, &node_id);
+        let ended_at = record["ended_at"]
+            .as_f64()
+            .unwrap_or_else(crate::observer::now_unix);
+        recorded.record(crate::history::Table::Recordings, ended_at, record);
         events.emit("recording.ready", data);
     });
     cluster.set_webhooks(webhooks.clone());

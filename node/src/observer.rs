@@ -72,8 +72,10 @@ pub fn run_record(run: &StreamRun, node: &str) -> serde_json::Value {
         "ended_at": run.ended_unix,
         "duration_secs": (run.ended_unix - run.started_unix).max(0.0),
         "peak_viewers": run.peak_viewers,
+        "total_viewers": run.total_viewers,
         "viewer_minutes": run.viewer_minutes,
         "bytes_in": run.bytes_in,
+        "tracks": run.tracks,
     })
 }
 
@@ -94,4 +96,24 @@ pub fn session_record(ended: &EndedSession, node: &str) -> serde_json::Value {
         "outcome": ended.outcome,
         "reason": ended.reason,
     })
+}
+
+/// A finished recording of `GET /api/v1/history/recordings`: the data of `recording.ready`
+/// with the node and, like every record, `started_at` and `ended_at` in seconds.
+pub fn recording_record(ready: &serde_json::Value, node: &str) -> serde_json::Value {
+    let mut record = ready.clone();
+    record["node"] = node.into();
+    record["started_at"] = (ready["started_at_ms"].as_f64().unwrap_or(0.0) / 1000.0).into();
+    record["ended_at"] = ready["stopped_at_ms"]
+        .as_f64()
+        .map_or_else(now_unix, |ms| ms / 1000.0)
+        .into();
+    record
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

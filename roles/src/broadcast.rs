@@ -171,6 +171,8 @@ impl Broadcast {
     /// A broadcast with its two empty source tracks; they get a codec when a publisher attaches.
     pub fn new(id: StreamId) -> Arc<Self> {
         let epoch = Instant::now();
+        // From the start, so that a dashboard shows a stream's 0 rather than "no data".
+        metrics::counter!("cascade_dropped_groups_total", "stream" => id.to_string()).increment(0);
         let tracks = [MediaKind::Video, MediaKind::Audio].map(|kind| {
             Arc::new(Track::new(
                 id.clone(),

@@ -27,8 +27,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/v1/streams/{stream}/sessions", get(sessions))
         .route("/api/v1/sessions/ended", get(ended_sessions))
         .route("/api/v1/webhooks", get(webhooks))
-        .route("/api/v1/history/streams", get(history_streams))
-        .route("/api/v1/history/sessions", get(history_sessions))
+        .route("/api/v1/history/{table}", get(history))
         .route(
             "/api/v1/streams/{stream}/restreams",
             get(restreams).post(add_restream),
@@ -420,32 +419,24 @@ async fn webhooks(
     }))
 }
 
-/// Stream runs that ended on this node (their origin), newest first (admin).
-async fn history_streams(
+/// What ended on this node, newest first (admin: sessions carry client addresses): stream
+/// runs (of streams it was the origin of), session summaries or finished recordings.
+async fn history(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Path(table): Path<String>,
     axum::extract::Query(query): axum::extract::Query<crate::history::Query>,
 ) -> Result<Json<crate::history::Page>, ApiError> {
-    history_page(&state, &headers, crate::history::Table::Streams, &query)
-}
-
-/// Sessions that ended on this node, newest first (admin: they carry client addresses).
-async fn history_sessions(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    axum::extract::Query(query): axum::extract::Query<crate::history::Query>,
-) -> Result<Json<crate::history::Page>, ApiError> {
-    history_page(&state, &headers, crate::history::Table::Sessions, &query)
-}
-
-fn history_page(
-    state: &AppState,
-    headers: &HeaderMap,
-    table: crate::history::Table,
-    query: &crate::history::Query,
-) -> Result<Json<crate::history::Page>, ApiError> {
-    super::require_admin(state, headers, "api")?;
-    state.history.query(table, query).map(Json).map_err(|e| {
+    super::require_admin(&state, &headers, "api")?;
+    let Some(table) = crate::history::Table::from_label(&table) else {
+        return Err(ApiError::new(
+            "api",
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no history of {table:?}: streams, sessions or recordings"),
+        ));
+    };
+    state.history.query(table, &query).map(Json).map_err(|e| {
         ApiError::new(
             "api",
             axum::http::StatusCode::SERVICE_UNAVAILABLE,

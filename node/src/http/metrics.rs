@@ -17,6 +17,22 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// Registers help texts, and zero values so that dashboards see every series from the start.
 pub fn describe() {
+    // Series with fixed labels that the dashboard and the alerts read exist from the start,
+    // at 0, on every node (a single node has no relay traffic, a quiet one no keyframe
+    // requests): "0" is an answer, "no data" is a question.
+    for outcome in ["forwarded", "coalesced"] {
+        metrics::counter!("cascade_keyframe_requests_total", "outcome" => outcome).increment(0);
+    }
+    for direction in ["in", "out"] {
+        metrics::counter!("cascade_relay_bytes_total", "direction" => direction).increment(0);
+    }
+    for side in ["pulled", "served"] {
+        metrics::gauge!("cascade_relay_subscriptions", "side" => side).increment(0.0);
+    }
+    for cause in ["late", "superseded"] {
+        metrics::counter!("cascade_relay_group_drops_total", "cause" => cause).increment(0);
+    }
+    metrics::counter!("cascade_relay_pull_interruptions_total").increment(0);
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(
         "cascade_streams_live",
@@ -191,7 +207,19 @@ fn describe_cluster() {
     );
     describe_counter!(
         "cascade_history_records_total",
-        "Records written to the node's history, by table (streams, sessions)."
+        "Records written to the node's history, by table (streams, sessions, recordings)."
+    );
+    describe_gauge!(
+        "cascade_history_mongodb_queued",
+        "History records waiting on disk for MongoDB (0 without --mongodb-uri)."
+    );
+    describe_counter!(
+        "cascade_history_mongodb_written_total",
+        "History records MongoDB acknowledged."
+    );
+    describe_counter!(
+        "cascade_history_mongodb_dropped_total",
+        "History records dropped before reaching MongoDB (the queue was full, or the record cannot be a document)."
     );
     describe_counter!(
         "cascade_history_dropped_total",

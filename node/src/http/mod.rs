@@ -18,6 +18,7 @@ pub mod api;
 pub mod cluster;
 pub mod hls;
 pub mod metrics;
+pub mod openapi;
 pub mod page;
 pub mod recordings;
 mod sdp_exchange;
@@ -108,6 +109,9 @@ pub fn router(state: AppState) -> Router {
         .merge(recordings::routes())
         .merge(cluster::routes())
         .merge(metrics::routes())
+        .merge(openapi::routes())
+        .fallback(openapi::not_found)
+        .layer(axum::middleware::map_response(openapi::json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(cors)
         .with_state(state)
@@ -247,12 +251,7 @@ impl IntoResponse for ApiError {
         ::metrics::counter!("cascade_http_rejections_total", "endpoint" => self.endpoint, "reason" => self.reason)
             .increment(1);
         tracing::info!(endpoint = self.endpoint, status = self.status.as_u16(), reason = self.reason, message = %self.message, "request refused");
-        let mut response = (
-            self.status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("{}\n", self.message),
-        )
-            .into_response();
+        let mut response = openapi::error_body(self.status, self.reason, &self.message);
         if let Some(allow) = self.allow {
             response
                 .headers_mut()

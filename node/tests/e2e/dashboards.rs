@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::support::encoder::{Encoder, b_frame_pattern};
+use crate::support::encoder::{Encoder, H264File, b_frame_pattern};
 use crate::support::node::Node;
+use crate::support::peer::Viewer;
 
 fn cluster_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cluster-config")
@@ -82,6 +83,19 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
     .await;
     let _encoder = Encoder::flv(&b_frame_pattern(30, false), &node.rtmp_url("panel"));
     node.wait_live("panel", Duration::from_secs(20)).await;
+    // A real viewer (of a stream without B-frames, which WebRTC cannot carry), so that the
+    // egress series exist because egress happened.
+    let source = H264File::encode(10, "dashboards");
+    let _playable = Encoder::flv(&source.args(None), &node.rtmp_url("panel-webrtc"));
+    node.wait_live("panel-webrtc", Duration::from_secs(20))
+        .await;
+    let viewer = Viewer::connect(
+        &node.ip,
+        &node.url("/whep/panel-webrtc"),
+        Some("panel-token"),
+    )
+    .await
+    .unwrap();
     let playlist = reqwest::get(node.url("/hls/panel/index.m3u8?token=panel-token"))
         .await
         .unwrap();
@@ -93,6 +107,7 @@ async fn alert_rules_pass_promtool_and_every_metric_they_and_the_dashboard_name_
     // The cluster's gauges are set by the first load report, a delivery fails at once.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let exported = metric_names(&node.metrics().await);
+    drop(viewer);
     let missing: Vec<&String> = wanted.difference(&exported).collect();
     assert!(
         missing.is_empty(),

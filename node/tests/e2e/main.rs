@@ -5,6 +5,7 @@ mod support;
 
 mod abr;
 mod admission;
+mod api_contract;
 mod bad_input;
 mod browser_page;
 mod cluster;
@@ -13,6 +14,7 @@ mod dashboards;
 mod fast_path;
 mod handshake_timeout;
 mod history;
+mod history_mongodb;
 mod hls;
 mod hls_edge;
 mod hls_fallback;

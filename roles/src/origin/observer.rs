@@ -39,6 +39,11 @@ pub struct StreamRun {
     pub viewer_minutes: f64,
     /// Media bytes received from publishers.
     pub bytes_in: u64,
+    /// What the run carried: its catalog when it ended (sources and renditions).
+    pub tracks: Vec<cascade_protocol::media::TrackInfo>,
+    /// Viewers who joined during the run, here and (a lower bound: sampled once a second)
+    /// on other nodes.
+    pub total_viewers: u32,
 }
 
 /// What learns of stream runs. Calls come from the stream actor: they must not block.
@@ -58,6 +63,8 @@ pub trait StreamObserver: Send + Sync + 'static {
 pub struct Audience {
     /// Most viewers at once.
     pub peak: u32,
+    /// Viewers who joined: every join here, and each rise of the count elsewhere.
+    pub total: u32,
     /// Viewer-seconds of this node's viewers that left.
     local_seconds: f64,
     /// Viewer-seconds of other nodes' viewers, sampled.
@@ -67,6 +74,12 @@ pub struct Audience {
 }
 
 impl Audience {
+    /// A viewer joined this node; `here` viewers watch here now.
+    pub fn viewer_joined(&mut self, here: u32) {
+        self.total += 1;
+        self.viewers_here(here);
+    }
+
     /// A viewer of this node left after `watched`.
     pub fn viewer_left(&mut self, watched: Duration) {
         self.local_seconds += watched.as_secs_f64();
@@ -80,6 +93,7 @@ impl Audience {
     /// Once a second: `elsewhere` viewers on other nodes over the last `elapsed`.
     pub fn sample_elsewhere(&mut self, elsewhere: u32, here: u32, elapsed: Duration) {
         self.remote_seconds += f64::from(elsewhere) * elapsed.as_secs_f64();
+        self.total += elsewhere.saturating_sub(self.remote_now);
         self.remote_now = elsewhere;
         self.viewers_here(here);
     }
@@ -97,8 +111,8 @@ mod tests {
     #[test]
     fn two_viewers_here_and_one_elsewhere_add_up_to_viewer_minutes_and_a_peak_of_three() {
         let mut audience = Audience::default();
-        audience.viewers_here(1);
-        audience.viewers_here(2);
+        audience.viewer_joined(1);
+        audience.viewer_joined(2);
         // One viewer on an edge for 30 one-second samples.
         for _ in 0..30 {
             audience.sample_elsewhere(1, 2, Duration::from_secs(1));
@@ -106,6 +120,7 @@ mod tests {
         audience.viewer_left(Duration::from_secs(60));
         audience.viewers_here(1);
         assert_eq!(audience.peak, 3);
+        assert_eq!(audience.total, 3, "two joins here, one rise elsewhere");
         // 60 s + 30 s + the remaining local viewer's 90 s.
         let minutes = audience.viewer_minutes(Duration::from_secs(90));
         assert!((minutes - 3.0).abs() < 1e-9, "{minutes}");

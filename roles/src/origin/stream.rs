@@ -427,6 +427,8 @@ impl StreamState {
             peak_viewers: run.audience.peak,
             viewer_minutes: run.audience.viewer_minutes(still_watching),
             bytes_in: self.args.broadcast.bytes_in(),
+            tracks: self.args.broadcast.catalog(),
+            total_viewers: run.audience.total,
         });
     }
 
@@ -688,7 +690,7 @@ async fn admit(
     if kind == SessionKind::Viewer {
         let here = state.viewers() as u32;
         if let Some(run) = state.run.as_mut() {
-            run.audience.viewers_here(here);
+            run.audience.viewer_joined(here);
         }
     }
     Ok(actor)

@@ -8,6 +8,7 @@ pub mod hls_player;
 pub mod link;
 pub mod loadtest;
 pub mod media;
+pub mod mongodb;
 pub mod netns;
 pub mod node;
 pub mod peer;
