@@ -95,6 +95,9 @@ pub fn session_record(ended: &EndedSession, node: &str) -> serde_json::Value {
         "connected": ended.connected,
         "outcome": ended.outcome,
         "reason": ended.reason,
+        "join_time_ms": ended.quality.join_time_ms,
+        "keyframe_requests": ended.quality.keyframe_requests,
+        "loss_percent": ended.quality.loss_percent,
     })
 }
 

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -82,8 +82,9 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 /// What the WebRTC engine knows of a session's transport, shared with the session's stream
-/// without a lock or a message: whether ICE and DTLS completed, and when a datagram last came
-/// from the peer (media, RTCP or an ICE consent check). The engine writes, the stream reads.
+/// without a lock or a message: whether ICE and DTLS completed, when a datagram last came
+/// from the peer (media, RTCP or an ICE consent check), and the session's quality as the node
+/// saw it ([`SessionQuality`]). The engine writes, the stream reads.
 #[derive(Debug, Clone)]
 pub struct Liveness(Arc<LivenessCell>);
 
@@ -92,6 +93,33 @@ struct LivenessCell {
     /// Milliseconds after [`epoch`] when the peer was last heard from.
     heard_ms: AtomicU64,
     connected: AtomicBool,
+    /// Milliseconds after [`epoch`] when the session was created (its offer came).
+    created_ms: u64,
+    /// Milliseconds after [`epoch`] (plus one: 0 is "not yet") when media first flowed: a
+    /// viewer's first keyframe sent, a publisher's first frame received.
+    first_media_ms: AtomicU64,
+    /// A viewer's keyframe requests after its start window: pictures it lost.
+    keyframe_requests: AtomicU32,
+    /// Sum of the fractions lost its receiver reports gave, in millionths, and how many.
+    loss_millionths: AtomicU64,
+    loss_reports: AtomicU32,
+}
+
+/// How long after a viewer's first keyframe its keyframe requests are part of starting (a
+/// decoder asks while it settles, a keyframe can cross the DTLS handshake) rather than a
+/// picture it lost.
+pub const START_WINDOW: Duration = Duration::from_secs(2);
+
+/// A session's quality as the node saw it, read when it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SessionQuality {
+    /// From its offer to its first keyframe sent (viewer) or frame received (publisher).
+    pub join_time_ms: Option<u64>,
+    /// A viewer's keyframe requests (PLI, FIR) after the start window: freezes, seen from the
+    /// node.
+    pub keyframe_requests: u32,
+    /// The mean fraction of packets lost that the peer's receiver reports gave, in percent.
+    pub loss_percent: Option<f64>,
 }
 
 /// The origin of [`Liveness`] timestamps (the first use in this process).
@@ -110,7 +138,54 @@ impl Liveness {
         Self(Arc::new(LivenessCell {
             heard_ms: AtomicU64::new(millis_since_epoch(now)),
             connected: AtomicBool::new(false),
+            created_ms: millis_since_epoch(now),
+            first_media_ms: AtomicU64::new(0),
+            keyframe_requests: AtomicU32::new(0),
+            loss_millionths: AtomicU64::new(0),
+            loss_reports: AtomicU32::new(0),
         }))
+    }
+
+    /// Media flowed at `now`; the first time, returns the join time (offer to media).
+    pub fn media_flowing(&self, now: Instant) -> Option<Duration> {
+        let at = millis_since_epoch(now);
+        self.0
+            .first_media_ms
+            .compare_exchange(0, at + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()
+            .map(|_| Duration::from_millis(at.saturating_sub(self.0.created_ms)))
+    }
+
+    /// The peer asked for a keyframe at `now`: counted once its start window is over.
+    pub fn keyframe_requested(&self, now: Instant) {
+        let first = self.0.first_media_ms.load(Ordering::Relaxed);
+        let window = u64::try_from(START_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        if first != 0 && millis_since_epoch(now) + 1 >= first + window {
+            self.0.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("cascade_viewer_freezes_total").increment(1);
+        }
+    }
+
+    /// A receiver report's fraction lost (0 to 1).
+    pub fn loss_reported(&self, fraction: f32) {
+        let millionths = (f64::from(fraction).clamp(0.0, 1.0) * 1e6) as u64;
+        self.0
+            .loss_millionths
+            .fetch_add(millionths, Ordering::Relaxed);
+        self.0.loss_reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What the session's quality was.
+    pub fn quality(&self) -> SessionQuality {
+        let first = self.0.first_media_ms.load(Ordering::Relaxed);
+        let reports = self.0.loss_reports.load(Ordering::Relaxed);
+        SessionQuality {
+            join_time_ms: (first != 0).then(|| (first - 1).saturating_sub(self.0.created_ms)),
+            keyframe_requests: self.0.keyframe_requests.load(Ordering::Relaxed),
+            loss_percent: (reports > 0).then(|| {
+                self.0.loss_millionths.load(Ordering::Relaxed) as f64 / f64::from(reports) / 1e4
+            }),
+        }
     }
 
     /// A datagram from the peer arrived at `now` (one relaxed store).
@@ -342,6 +417,32 @@ pub fn outcome_label(reason: Option<&str>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quality_counts_join_time_once_keyframe_requests_after_the_start_window_and_mean_loss() {
+        let offer = Instant::now();
+        let liveness = Liveness::new(offer);
+        assert_eq!(liveness.quality(), SessionQuality::default());
+        liveness.keyframe_requested(offer + Duration::from_millis(100));
+        assert_eq!(
+            liveness.media_flowing(offer + Duration::from_millis(420)),
+            Some(Duration::from_millis(420))
+        );
+        assert_eq!(liveness.media_flowing(offer + Duration::from_secs(1)), None);
+        // A decoder settling asks within the window; a lost picture later does not.
+        liveness.keyframe_requested(offer + Duration::from_millis(900));
+        liveness.keyframe_requested(offer + Duration::from_millis(2_500));
+        liveness.keyframe_requested(offer + Duration::from_secs(10));
+        liveness.loss_reported(0.0);
+        liveness.loss_reported(0.1);
+        let quality = liveness.quality();
+        assert_eq!(quality.join_time_ms, Some(420));
+        assert_eq!(quality.keyframe_requests, 2);
+        assert!(
+            (quality.loss_percent.unwrap() - 5.0).abs() < 1e-9,
+            "{quality:?}"
+        );
+    }
 
     #[test]
     fn liveness_measures_silence_from_the_last_datagram() {

@@ -33,6 +33,7 @@ pub fn describe() {
         metrics::counter!("cascade_relay_group_drops_total", "cause" => cause).increment(0);
     }
     metrics::counter!("cascade_relay_pull_interruptions_total").increment(0);
+    metrics::counter!("cascade_viewer_freezes_total").increment(0);
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(
         "cascade_streams_live",
@@ -208,6 +209,14 @@ fn describe_cluster() {
     describe_counter!(
         "cascade_history_records_total",
         "Records written to the node's history, by table (streams, sessions, recordings)."
+    );
+    describe_histogram!(
+        "cascade_viewer_join_seconds",
+        "WebRTC viewers' join time: from the offer to the first keyframe sent (quantiles)."
+    );
+    describe_counter!(
+        "cascade_viewer_freezes_total",
+        "WebRTC viewers' keyframe requests after their first 2 s: pictures they lost."
     );
     describe_gauge!(
         "cascade_history_mongodb_queued",

@@ -59,6 +59,17 @@ async fn check(node: &Node) {
         "{viewer}"
     );
     assert!(viewer["duration_secs"].as_f64().unwrap() >= 2.5, "{viewer}");
+    // What the viewer went through, as the node saw it: it saw a picture within seconds of
+    // its offer, and lost next to nothing on loopback.
+    let join_ms = viewer["join_time_ms"].as_u64().expect("a join time");
+    assert!((1..10_000).contains(&join_ms), "{viewer}");
+    assert!(viewer["keyframe_requests"].is_u64(), "{viewer}");
+    assert!(
+        viewer["loss_percent"]
+            .as_f64()
+            .is_none_or(|loss| loss < 5.0),
+        "{viewer}"
+    );
     assert!(
         items
             .iter()

@@ -164,6 +164,9 @@ pub(crate) fn write_to_viewer(
     let Role::Viewer { video, audio } = &mut session.role else {
         return Sent::default();
     };
+    // A viewer has joined when it can see: its first video keyframe (its first frame when
+    // it has no video).
+    let joins = kind == MediaKind::Video || video.mid.is_none();
     let out = if kind == MediaKind::Video {
         video
     } else {
@@ -180,6 +183,9 @@ pub(crate) fn write_to_viewer(
             return Sent::default();
         }
         out.started = true;
+        if joins && let Some(join_time) = session.liveness.media_flowing(now) {
+            metrics::histogram!("cascade_viewer_join_seconds").record(join_time.as_secs_f64());
+        }
     }
     let pt = match out.pt {
         Some(pt) => pt,

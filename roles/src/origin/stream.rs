@@ -121,6 +121,8 @@ pub struct EndedSession {
     pub ended_at_unix: u64,
     /// The client's address, when the session had one (not a relay).
     pub remote: Option<SocketAddr>,
+    /// Join time, freezes and loss as the node saw them (WebRTC sessions; empty for others).
+    pub quality: crate::session::SessionQuality,
 }
 
 /// The publisher of a stream as the public API shows it: nothing that would let a visitor
@@ -566,6 +568,11 @@ impl Actor for StreamActor {
             lasted_secs: member.joined.elapsed().as_secs_f64(),
             ended_at_unix: unix_now(),
             remote: member.remote,
+            quality: member
+                .liveness
+                .as_ref()
+                .map(Liveness::quality)
+                .unwrap_or_default(),
         });
         if member.kind == SessionKind::Viewer
             && let Some(run) = state.run.as_mut()

@@ -184,7 +184,7 @@ pub(crate) struct Session {
     pub(crate) rtc: Rtc,
     pub(crate) role: Role,
     pub(crate) broadcast: Arc<Broadcast>,
-    liveness: Liveness,
+    pub(crate) liveness: Liveness,
     /// The video rendition its client asked for, if any.
     rendition: Option<String>,
     /// Its adaptive bitrate state, when it adapts.
@@ -764,7 +764,7 @@ impl EngineCore {
                     }
                     Ok(Output::Event(event)) => {
                         if let Some(reason) =
-                            handle_event(session, event, &self.commands, &mut followups)
+                            handle_event(session, event, &self.commands, &mut followups, now)
                         {
                             closed = Some(reason);
                             session.rtc.disconnect();
@@ -1134,6 +1134,7 @@ fn handle_event(
     event: Event,
     commands: &mpsc::UnboundedSender<Command>,
     followups: &mut Vec<Followup>,
+    now: Instant,
 ) -> Option<String> {
     match event {
         Event::Connected => {
@@ -1165,11 +1166,13 @@ fn handle_event(
         }
         Event::MediaData(data) => {
             if let Role::Publisher(publisher) = &mut session.role {
+                session.liveness.media_flowing(now);
                 publisher.on_media(session.id, &session.broadcast, data, commands);
             }
         }
         Event::KeyframeRequest(_) => {
             if matches!(session.role, Role::Viewer { .. }) {
+                session.liveness.keyframe_requested(now);
                 followups.push(Followup::ViewerNeedsKeyframe);
             }
         }
@@ -1180,11 +1183,16 @@ fn handle_event(
             }
         }
         Event::MediaEgressStats(stats) => {
-            if let (Some(abr), Role::Viewer { video, .. }) = (session.abr.as_mut(), &session.role)
+            if let Role::Viewer { video, .. } = &session.role
                 && video.mid == Some(stats.mid)
             {
-                abr.on_reports(stats.loss, stats.rtt);
-                followups.push(Followup::Adapt);
+                if let Some(loss) = stats.loss {
+                    session.liveness.loss_reported(loss);
+                }
+                if let Some(abr) = session.abr.as_mut() {
+                    abr.on_reports(stats.loss, stats.rtt);
+                    followups.push(Followup::Adapt);
+                }
             }
         }
         _ => {}

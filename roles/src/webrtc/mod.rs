@@ -351,10 +351,12 @@ pub fn negotiate(
         }
         if adaptive {
             extensions.set(3, Extension::TransportSequenceNumber);
-            config = config
-                .enable_bwe(Some(Bitrate::kbps(crate::edge::abr::INITIAL_ESTIMATE_KBPS)))
-                .set_stats_interval(Some(Duration::from_secs(1)));
+            config =
+                config.enable_bwe(Some(Bitrate::kbps(crate::edge::abr::INITIAL_ESTIMATE_KBPS)));
         }
+        // Receiver reports' loss, once a second (not per packet), for the adaptive bitrate
+        // and every viewer's session summary (`SessionQuality`).
+        config = config.set_stats_interval(Some(Duration::from_secs(1)));
         // str0m keeps this many sent packets per viewer for NACK resends (default 1000);
         // 256 is ~1.7 s of a 1.5 Mbit/s stream. They share the frame's payloads: RTP mode
         // lets the engine packetize each frame once for every viewer (`engine`).
