@@ -30,6 +30,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# fetch_npm PACKAGE VERSION INTEGRITY FILE: downloads a pinned release from the npm registry to
+# FILE and checks it against the registry's integrity hash (exits on a mismatch).
+fetch_npm() {
+  local package=$1 version=$2 integrity=$3 file=$4
+  echo "Fetching $package $version from the npm registry"
+  curl -fsSL "https://registry.npmjs.org/$package/-/${package#*/}-$version.tgz" -o "$file"
+  local got
+  got="sha512-$(openssl dgst -sha512 -binary "$file" | base64 -w0)"
+  if [ "$got" != "$integrity" ]; then
+    echo "$package $version does not match its npm integrity hash; not installed" >&2
+    rm -f "$file"
+    exit 1
+  fi
+}
+
 # hls.js, the watch page's LL-HLS player where WebRTC cannot connect: the pinned npm release,
 # checked against the registry's integrity hash, kept out of the repository (.deps/) and
 # served by the node at /vendor/hls.min.js with its licence.
@@ -37,16 +52,9 @@ hls_version=1.7.4
 hls_integrity=sha512-3GlxGdPvT2YHvQYOt+yOzT/DEior/qJVNIylHA77kgeoBTdQQqi70GwefNEUmHQeNGyjC8U62+bruqW/Tpm+tg==
 hls_dir="$(dirname "$0")/../.deps/hls.js"
 if [ "$(cat "$hls_dir/VERSION" 2>/dev/null)" != "$hls_version" ]; then
-  echo "Fetching hls.js $hls_version from the npm registry"
   mkdir -p "$hls_dir"
   tarball="$hls_dir/hls.js-$hls_version.tgz"
-  curl -fsSL "https://registry.npmjs.org/hls.js/-/hls.js-$hls_version.tgz" -o "$tarball"
-  got="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
-  if [ "$got" != "$hls_integrity" ]; then
-    echo "hls.js $hls_version does not match its npm integrity hash; not installed" >&2
-    rm -f "$tarball"
-    exit 1
-  fi
+  fetch_npm hls.js "$hls_version" "$hls_integrity" "$tarball"
   tar -xzf "$tarball" -C "$hls_dir" --strip-components=2 package/dist/hls.min.js
   tar -xzf "$tarball" -C "$hls_dir" --strip-components=1 package/LICENSE
   rm -f "$tarball"
@@ -76,17 +84,10 @@ if [ "$mode" = test ]; then
   congo_integrity=sha512-ovVCNoJ3D0aBuKtoKaQWWQKvBngaGJq9fAPQigzji1EHsS1XyGpXWCpe5nq/ptGvBROOcpqZcOFEGAcrnb+OjA==
   congo_dir="$(dirname "$0")/../.deps/congodb"
   if [ "$(cat "$congo_dir/VERSION" 2>/dev/null)" != "$congo_version" ]; then
-    echo "Fetching CongoDB (@push.rocks/smartmongo $congo_version) from the npm registry"
     rm -rf "$congo_dir"
     mkdir -p "$congo_dir/smartmongo"
     tarball="$congo_dir/smartmongo.tgz"
-    curl -fsSL "https://registry.npmjs.org/@push.rocks/smartmongo/-/smartmongo-$congo_version.tgz" -o "$tarball"
-    got="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
-    if [ "$got" != "$congo_integrity" ]; then
-      echo "@push.rocks/smartmongo $congo_version does not match its npm integrity hash; not installed" >&2
-      rm -rf "$congo_dir"
-      exit 1
-    fi
+    fetch_npm @push.rocks/smartmongo "$congo_version" "$congo_integrity" "$tarball"
     tar -xzf "$tarball" -C "$congo_dir/smartmongo" --strip-components=1
     rm -f "$tarball"
     # Beside the package, not inside it: npm would prune what it did not install itself.
