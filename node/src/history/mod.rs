@@ -452,4 +452,54 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn the_queue_for_mongodb_keeps_the_newest_records_up_to_its_limit_in_order() {
+        let dir = std::env::temp_dir().join(format!("cascade-history-q-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let history = History::open(&dir, "n1", Some(3)).unwrap();
+        for i in 0..5u64 {
+            let table = if i % 2 == 0 {
+                Table::Streams
+            } else {
+                Table::Sessions
+            };
+            history.record(table, 1_000.0 + i as f64, serde_json::json!({"n": i}));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while history
+            .query(Table::Streams, &Query::default())
+            .unwrap()
+            .items
+            .len()
+            < 3
+        {
+            assert!(std::time::Instant::now() < deadline, "records written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            history.pending_count().unwrap(),
+            3,
+            "the two oldest dropped"
+        );
+        let pending = history.pending(10).unwrap();
+        let queued: Vec<(u64, Table)> = pending
+            .iter()
+            .map(|p| (p.record["n"].as_u64().unwrap(), p.table))
+            .collect();
+        assert_eq!(
+            queued,
+            [
+                (2, Table::Streams),
+                (3, Table::Sessions),
+                (4, Table::Streams)
+            ]
+        );
+        assert_eq!(pending[0].record["record_id"], "n1:1002000000");
+        let first: Vec<u64> = pending.iter().take(2).map(|p| p.seq).collect();
+        assert_eq!(history.forget_pending(&first).unwrap(), 1);
+        assert_eq!(history.pending(10).unwrap()[0].record["n"], 4);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
