@@ -65,6 +65,35 @@ async fn inside_a_network_that_reaches_only_loopback() {
     assert_eq!(served.status(), 200);
     let contract: serde_json::Value = served.json().await.unwrap();
     assert_eq!(contract["openapi"], "3.1.0");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let regenerated =
+        std::env::temp_dir().join(format!("cascade-openapi-{}.json", std::process::id()));
+    let status = Command::new("python3")
+        .arg(root.join("scripts/openapi.py"))
+        .arg(&regenerated)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read_to_string(&regenerated).unwrap(),
+        std::fs::read_to_string(root.join("node/assets/openapi.json")).unwrap(),
+        "node/assets/openapi.json is what scripts/openapi.py writes: run it and commit both"
+    );
+    let _ = std::fs::remove_file(&regenerated);
+
+    // The documented example offer is one the node takes: a browser's, H.264 and Opus.
+    let example = contract["paths"]["/whep/{stream}"]["post"]["requestBody"]["content"]
+        ["application/sdp"]["example"]
+        .as_str()
+        .unwrap();
+    let answered = client
+        .post(node.url("/whep/show"))
+        .header("content-type", "application/sdp")
+        .body(example.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 201, "{}", answered.text().await.unwrap());
 
     // The refusals axum itself makes, in the shape every handler uses.
     let unknown = client.get(node.url("/no/such/path")).send().await.unwrap();
@@ -111,7 +140,6 @@ async fn inside_a_network_that_reaches_only_loopback() {
     );
     assert_error_shape("bad offer", &bad_offer.text().await.unwrap());
 
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let schemathesis = root.join(".venv-interop/bin/schemathesis");
     let started = std::time::Instant::now();
     let output = tokio::task::spawn_blocking({

@@ -211,8 +211,10 @@ async fn multivariant(
     }
     let playlist = packager.multivariant();
     if playlist.variants.is_empty() {
+        // Not a server error: the stream (a WHIP publisher that has sent no video yet, an
+        // audio-only one) has nothing to package, as far as a player is concerned none yet.
         return error_cached(refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             "no_renditions",
             format!("stream {stream} has no H.264 video to package yet"),
         ));
