@@ -1068,6 +1068,22 @@ mod tests {
         assert_eq!(callback.timeout, Duration::from_millis(500));
         assert!(callback.fail_open);
         assert!(!config.access.jwt.is_empty());
+        assert!(config.mongodb.is_none());
+        let with_mongodb: RunOptions =
+            toml::from_str("mongodb-uri = \"mongodb+srv://user:pw@cluster.example/shows\"\n")
+                .unwrap();
+        let mongodb = NodeConfig::resolve(with_mongodb).unwrap().mongodb.unwrap();
+        assert_eq!(
+            mongodb.queue_limit,
+            crate::history::mongodb::DEFAULT_QUEUE_LIMIT
+        );
+        let secret_kept: RunOptions =
+            toml::from_str("mongodb-uri = \"redis://user:hunter2@db\"\n").unwrap();
+        let error = NodeConfig::resolve(secret_kept).unwrap_err().to_string();
+        assert!(
+            !error.contains("hunter2"),
+            "a refused URI is not repeated: {error}"
+        );
         let callback_only: RunOptions =
             toml::from_str("webhook-secret = \"s\"\non-publish-url = \"http://a.example/may\"\n")
                 .unwrap();
@@ -1082,6 +1098,12 @@ mod tests {
             ("webhook-url = []\nwebhook-secret = \"s\"", "webhook-secret"),
             ("on-publish-url = \"nowhere\"", "on-publish-url"),
             ("jwt-secret = \"short\"", "jwt-secret"),
+            ("mongodb-uri = \"postgres://db/cascade\"", "mongodb-uri"),
+            ("mongodb-queue-limit = 10", "mongodb-queue-limit"),
+            (
+                "mongodb-uri = \"mongodb://db\"\nmongodb-queue-limit = 0",
+                "mongodb-queue-limit",
+            ),
         ] {
             let options: RunOptions = toml::from_str(toml).unwrap();
             let error = NodeConfig::resolve(options).unwrap_err().to_string();

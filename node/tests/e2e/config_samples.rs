@@ -121,6 +121,11 @@ fn invalid_config_exits_non_zero_naming_the_key() {
         "--webrtc-threads",
         "--webrtc-fast-path",
         "--webrtc-send-batch",
+        "--jwt-secret",
+        "--webhook-url",
+        "--on-publish-url",
+        "--mongodb-uri",
+        "--mongodb-queue-limit",
     ] {
         assert!(help.contains(flag), "`cascade run --help` documents {flag}");
     }
