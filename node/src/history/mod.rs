@@ -299,6 +299,8 @@ struct Writer {
 
 impl Writer {
     fn run(self, queued: std::sync::mpsc::Receiver<(Table, f64, serde_json::Value)>) {
+        // Said once when the queue for MongoDB fills, not for every record it then drops.
+        let mut dropping = false;
         while let Ok((table, ended_unix, record)) = queued.recv() {
             match self.write(table, ended_unix, record) {
                 Ok(queue) => {
@@ -307,6 +309,13 @@ impl Writer {
                     if let Some((waiting, dropped)) = queue {
                         mongodb::count_queued(waiting);
                         mongodb::count_dropped(dropped);
+                        if dropped > 0 && !dropping {
+                            tracing::warn!(
+                                waiting,
+                                "the queue for MongoDB is full (--mongodb-queue-limit): its oldest history records are dropped until MongoDB takes them again"
+                            );
+                        }
+                        dropping = dropped > 0;
                         self.wake.notify_one();
                     }
                 }

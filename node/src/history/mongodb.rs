@@ -88,10 +88,6 @@ pub(super) fn count_queued(waiting: u64) {
 pub(super) fn count_dropped(dropped: u64) {
     if dropped > 0 {
         metrics::counter!("cascade_history_mongodb_dropped_total").increment(dropped);
-        tracing::warn!(
-            dropped,
-            "history records for MongoDB dropped: the queue is full (--mongodb-queue-limit)"
-        );
     }
 }
 
