@@ -147,7 +147,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         let record = crate::observer::recording_record(&data, &node_id);
         let ended_at = record["ended_at"]
             .as_f64()
-            .unwrap_or_else(crate::observer::now_unix);
+            .unwrap_or_else(cascade_protocol::clock::unix_seconds);
         recorded.record(crate::history::Table::Recordings, ended_at, record);
         events.emit("recording.ready", data);
     });

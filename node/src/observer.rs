@@ -109,14 +109,7 @@ pub fn recording_record(ready: &serde_json::Value, node: &str) -> serde_json::Va
     record["started_at"] = (ready["started_at_ms"].as_f64().unwrap_or(0.0) / 1000.0).into();
     record["ended_at"] = ready["stopped_at_ms"]
         .as_f64()
-        .map_or_else(now_unix, |ms| ms / 1000.0)
+        .map_or_else(cascade_protocol::clock::unix_seconds, |ms| ms / 1000.0)
         .into();
     record
-}
-
-/// Seconds since the epoch.
-pub fn now_unix() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -32,6 +32,7 @@
 //! - [`duration`]: the `30s` / `5m` / `250ms` duration syntax used in every config and CLI.
 
 pub mod abr;
+pub mod clock;
 pub mod cluster;
 pub mod duration;
 pub mod flv;

@@ -148,6 +148,11 @@ impl Liveness {
 
     /// Media flowed at `now`; the first time, returns the join time (offer to media).
     pub fn media_flowing(&self, now: Instant) -> Option<Duration> {
+        // Called for every frame of a publisher: a plain load once media flows, not a
+        // read-modify-write that takes the cache line each time.
+        if self.0.first_media_ms.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
         let at = millis_since_epoch(now);
         self.0
             .first_media_ms

@@ -99,32 +99,33 @@ impl AccessPolicy {
         token: Option<&str>,
         via: &'static str,
     ) -> Result<(), Denied> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        self.check(stream, action, token, now)
-            .inspect_err(|denied| {
-                metrics::counter!(
-                    "cascade_access_refusals_total",
-                    "action" => action.label(),
-                    "reason" => denied.label(),
-                    "via" => via,
-                )
-                .increment(1);
-                tracing::info!(
-                    %stream,
-                    action = action.label(),
-                    via,
-                    reason = denied.label(),
-                    "refused a client: {}",
-                    match denied {
-                        Denied::MissingToken => "it presented no token",
-                        Denied::WrongToken => "its token matches no key or token of this stream",
-                        Denied::Token(_) => "its signed token does not allow this",
-                    }
-                );
-            })
+        self.check(
+            stream,
+            action,
+            token,
+            cascade_protocol::clock::unix_seconds(),
+        )
+        .inspect_err(|denied| {
+            metrics::counter!(
+                "cascade_access_refusals_total",
+                "action" => action.label(),
+                "reason" => denied.label(),
+                "via" => via,
+            )
+            .increment(1);
+            tracing::info!(
+                %stream,
+                action = action.label(),
+                via,
+                reason = denied.label(),
+                "refused a client: {}",
+                match denied {
+                    Denied::MissingToken => "it presented no token",
+                    Denied::WrongToken => "its token matches no key or token of this stream",
+                    Denied::Token(_) => "its signed token does not allow this",
+                }
+            );
+        })
     }
 
     /// Decides a request for `action` on `stream` carrying `bearer`, at `now` (seconds

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::outbox::Outbox;
-use super::{Receiver, signature, unix_now};
+use super::{Receiver, signature};
 
 /// How long a receiver has to answer one delivery.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,7 +52,7 @@ pub(crate) fn signed_post(
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(secret) = secret {
-        let now = unix_now() as u64;
+        let now = cascade_protocol::clock::unix_seconds() as u64;
         request = request.header(signature::HEADER, signature::sign(secret, now, &body));
     }
     request.body(body)
@@ -119,11 +119,11 @@ pub(super) async fn deliver(
                     );
                 }
                 failures = 0;
-                let mut status = receiver.status();
-                status.delivered += 1;
-                status.failing_attempts = 0;
-                status.last_error = None;
-                status.last_delivered_unix = Some(unix_now());
+                let mut deliveries = receiver.deliveries();
+                deliveries.delivered += 1;
+                deliveries.failing_attempts = 0;
+                deliveries.last_error = None;
+                deliveries.last_delivered_unix = Some(cascade_protocol::clock::unix_seconds());
             }
             Err(error) => {
                 failures += 1;
@@ -143,9 +143,9 @@ pub(super) async fn deliver(
                     );
                 }
                 {
-                    let mut status = receiver.status();
-                    status.failing_attempts = failures;
-                    status.last_error = Some(error);
+                    let mut deliveries = receiver.deliveries();
+                    deliveries.failing_attempts = failures;
+                    deliveries.last_error = Some(error);
                 }
                 tokio::time::sleep(delay).await;
             }

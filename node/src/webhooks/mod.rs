@@ -34,7 +34,7 @@ pub struct WebhookConfig {
 }
 
 /// What the API shows of one receiver.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ReceiverStatus {
     /// Its number, the `receiver` label of its metrics.
     pub receiver: u32,
@@ -42,6 +42,14 @@ pub struct ReceiverStatus {
     pub url: String,
     /// Events waiting for it.
     pub pending: u64,
+    /// How its deliveries went.
+    #[serde(flatten)]
+    pub deliveries: Deliveries,
+}
+
+/// How a receiver's deliveries went, kept by its delivery task.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Deliveries {
     /// Events it took since the node started.
     pub delivered: u64,
     /// Failed attempts in a row (0 while it answers).
@@ -58,12 +66,12 @@ struct Receiver {
     wake: Notify,
     /// Events in its queue: counted at start, then kept by the writer and the delivery task.
     pending: std::sync::atomic::AtomicU64,
-    status: Mutex<ReceiverStatus>,
+    deliveries: Mutex<Deliveries>,
 }
 
 impl Receiver {
-    fn status(&self) -> std::sync::MutexGuard<'_, ReceiverStatus> {
-        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    fn deliveries(&self) -> std::sync::MutexGuard<'_, Deliveries> {
+        self.deliveries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds `added` events to the count (negative: taken or dropped) and shows it.
@@ -113,11 +121,7 @@ impl Webhooks {
                     url: url.clone(),
                     wake: Notify::new(),
                     pending: std::sync::atomic::AtomicU64::new(0),
-                    status: Mutex::new(ReceiverStatus {
-                        receiver: i as u32,
-                        url: url.clone(),
-                        ..ReceiverStatus::default()
-                    }),
+                    deliveries: Mutex::default(),
                 })
             })
             .collect();
@@ -182,7 +186,7 @@ impl Webhooks {
         let body = serde_json::json!({
             "id": format!("{:032x}", rand::random::<u128>()),
             "type": kind,
-            "at": unix_now(),
+            "at": cascade_protocol::clock::unix_seconds(),
             "node": self.inner.node,
             "data": data,
         });
@@ -205,8 +209,10 @@ impl Webhooks {
             .receivers
             .iter()
             .map(|r| ReceiverStatus {
+                receiver: r.index,
+                url: r.url.clone(),
                 pending: r.pending.load(std::sync::atomic::Ordering::Relaxed),
-                ..r.status().clone()
+                deliveries: r.deliveries().clone(),
             })
             .collect()
     }
@@ -247,10 +253,4 @@ fn write_events(
             }
         }
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -372,7 +372,7 @@ impl StreamState {
         let Some(observer) = self.args.registry.observer() else {
             return;
         };
-        let started_unix = unix_now_f64();
+        let started_unix = cascade_protocol::clock::unix_seconds();
         observer.started(StreamStarted {
             stream: self.args.broadcast.id().clone(),
             protocol,
@@ -425,7 +425,7 @@ impl StreamState {
             stream: self.args.broadcast.id().clone(),
             protocol: run.protocol,
             started_unix: run.started_unix,
-            ended_unix: unix_now_f64(),
+            ended_unix: cascade_protocol::clock::unix_seconds(),
             peak_viewers: run.audience.peak,
             viewer_minutes: run.audience.viewer_minutes(still_watching),
             bytes_in: self.args.broadcast.bytes_in(),
@@ -813,12 +813,6 @@ fn stream_state(has_publisher: bool, receiving: bool, ever_live: bool) -> &'stat
         (true, false, _) | (false, _, false) => "connecting",
         (false, _, true) => "reconnecting",
     }
-}
-
-fn unix_now_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn unix_now() -> u64 {
