@@ -13,7 +13,9 @@ cargo build --release --locked -p cascade-node -p cascade-loadtest >&2
 BIN=target/release
 SERVER_BIN=${SERVER_BIN:-$BIN/cascade}
 HZ=$(getconf CLK_TCK)
+# A process's CPU time in clock ticks: all of it, and the kernel's part (system time).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+kernel_ticks() { awk '{print $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 trap cleanup EXIT
 
 # make_netns NAME CLIENT_IP SERVER_IP: a network namespace NAME joined to this one by a veth

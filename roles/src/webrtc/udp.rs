@@ -13,6 +13,12 @@
 //! not register it with its runtime: every registration is one more epoll callback the
 //! kernel runs each time a sent datagram's memory is freed (measured: two shards on one
 //! core cost 29 % more CPU while each registered the shared socket).
+//!
+//! The side that reads registers for readability only. Nothing here waits to write (a full
+//! send buffer drops, see [`MediaSocket::flush`]), and a registration that also asks for
+//! writability is woken by every freed datagram: with shards on two cores, the dispatcher
+//! was woken on the other core for each datagram the shards sent (a context switch and an
+//! inter-processor interrupt each, a quarter of the node's time in a KVM guest).
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV6, UdpSocket};
@@ -20,6 +26,7 @@ use std::net::{SocketAddr, SocketAddrV6, UdpSocket};
 use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// Datagrams taken per `recvmmsg`.
 const RECEIVE_SLOTS: usize = 8;
@@ -56,7 +63,7 @@ pub(crate) fn batching(
 /// How the socket is read: by this `MediaSocket` (registered with the runtime), or not at
 /// all (a shard sends on a socket that the dispatcher reads).
 enum Io {
-    Read(tokio::net::UdpSocket),
+    Read(AsyncFd<UdpSocket>),
     SendOnly(UdpSocket),
 }
 
@@ -110,12 +117,18 @@ impl Sent {
 
 impl MediaSocket {
     /// A socket this side reads and sends on (non-blocking; registered with the current
-    /// runtime for reading).
+    /// runtime for reading only).
     pub(crate) fn new(socket: UdpSocket) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
         let v6 = socket.local_addr()?.is_ipv6();
-        let io = Io::Read(tokio::net::UdpSocket::from_std(socket)?);
+        // tokio's `UdpSocket` always registers for writability too; `AsyncFd` lets us choose.
+        // Its constructor is deprecated because a type whose `as_raw_fd` changed or closed
+        // its descriptor would be unsound; a `std::net::UdpSocket` owns its descriptor for its
+        // whole life. The replacement is an `unsafe fn`, which the workspace forbids.
+        #[allow(deprecated)]
+        let registered = AsyncFd::with_interest(socket, Interest::READABLE);
+        let io = Io::Read(registered?);
         Ok(Self::with(io, state, v6))
     }
 
@@ -130,7 +143,7 @@ impl MediaSocket {
     fn fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         match &self.io {
-            Io::Read(socket) => socket.as_raw_fd(),
+            Io::Read(socket) => socket.get_ref().as_raw_fd(),
             Io::SendOnly(socket) => socket.as_raw_fd(),
         }
     }
@@ -168,15 +181,19 @@ impl MediaSocket {
     #[cfg(test)]
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         match &self.io {
-            Io::Read(socket) => socket.local_addr(),
+            Io::Read(socket) => socket.get_ref().local_addr(),
             Io::SendOnly(socket) => socket.local_addr(),
         }
     }
 
-    /// Resolves when datagrams may be waiting; never for a send-only socket.
+    /// Resolves when datagrams may be waiting; never for a send-only socket. The readiness
+    /// stays until [`MediaSocket::try_receive`] finds nothing.
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match &self.io {
-            Io::Read(socket) => socket.readable().await,
+            Io::Read(socket) => socket
+                .readable()
+                .await
+                .map(|mut ready| ready.retain_ready()),
             Io::SendOnly(_) => std::future::pending().await,
         }
     }
@@ -195,7 +212,8 @@ impl MediaSocket {
             return 0;
         };
         let state = &self.state;
-        let received = socket.try_io(Interest::READABLE, || {
+        // Finding nothing clears the readiness, so that the next `readable` waits.
+        let received = socket.try_io(Interest::READABLE, |socket| {
             state.recv(socket.into(), &mut slices, &mut meta)
         });
         let count = match received {
