@@ -25,7 +25,7 @@ read -r -a PER_SHARD <<<"${PER_SHARD:-300 500}"
 IP=127.0.0.78
 STREAM=bench
 VERIFY=${VERIFY:-100}
-OUT=$(mktemp -d /tmp/cascade-shards.XXXXXX)
+RUN=$(mktemp -d /tmp/cascade-shards.XXXXXX)
 BASE_NODE_ARGS=${NODE_ARGS:-}
 
 # shellcheck source=scripts/bench-lib.sh
@@ -37,22 +37,20 @@ node_viewers() {
 }
 
 # one_step SHARDS CORES N: prints one row; one shard's viewers per core are kept in
-# $OUT/per-core for the two-shard row's scaling.
+# $RUN/per-core for the two-shard row's scaling.
 one_step() {
     local shards=$1 cores=$2 n=$3
     SERVER_CPU=$cores PUBLISHER_CPU=1 NODE_ARGS="$BASE_NODE_ARGS --webrtc-threads $shards"
-    OUT_STEP="$OUT/$shards-$n"
-    mkdir -p "$OUT_STEP"
-    local saved_out=$OUT
-    OUT=$OUT_STEP
+    # Each step's node, publisher and load tester write to a directory of their own.
+    local OUT="$RUN/$shards-$n"
+    mkdir -p "$OUT"
     start_node_and_publisher
-    OUT=$saved_out
     local ramp=$(( n / 10 > 50 ? n / 10 : 50 ))
     local settle=$(( (n + ramp - 1) / ramp + 3 ))
     RUST_LOG=warn taskset -c 1 "$BIN/cascade-loadtest" webrtc --url "$HTTP/whep/$STREAM" \
         --local-ip "$IP" --viewers "$n" --ramp "$ramp" --workers 1 --verify "$VERIFY" \
-        --duration "$(( settle + MEASURE_SECS + 10 ))s" --report "$OUT_STEP/report.json" \
-        >"$OUT_STEP/table.txt" 2>"$OUT_STEP/loadtest.log" &
+        --duration "$(( settle + MEASURE_SECS + 10 ))s" --report "$OUT/report.json" \
+        >"$OUT/table.txt" 2>"$OUT/loadtest.log" &
     local lt=$!
     sleep "$settle"
     local before
@@ -62,7 +60,7 @@ one_step() {
     local s0 k0 t0 s1 k1 t1 after
     s0=$(ticks "$NODE"); k0=$(kernel_ticks "$NODE"); t0=$(date +%s.%N)
     if [ "${PERF:-0}" = 1 ]; then
-        perf record -q -F 499 -g -p "$NODE" -o "$OUT_STEP/perf.data" -- sleep "$MEASURE_SECS" 2>/dev/null
+        perf record -q -F 499 -g -p "$NODE" -o "$OUT/perf.data" -- sleep "$MEASURE_SECS" 2>/dev/null
     else
         sleep "$MEASURE_SECS"
     fi
@@ -72,7 +70,7 @@ one_step() {
     wait "$lt" || true
     kill "$PUB" "$NODE" 2>/dev/null || true
     wait "$PUB" "$NODE" 2>/dev/null || true
-    python3 - "$shards" "$cores" "$n" "$before" "$after" "$s0" "$s1" "$k0" "$k1" "$t0" "$t1" "$HZ" "$OUT/per-core" <<'PY'
+    python3 - "$shards" "$cores" "$n" "$before" "$after" "$s0" "$s1" "$k0" "$k1" "$t0" "$t1" "$HZ" "$RUN/per-core" <<'PY'
 import sys
 shards, cores, n, before, after, s0, s1, k0, k1, t0, t1, hz, kept = sys.argv[1:]
 share = lambda a, b: 100.0 * (int(b) - int(a)) / int(hz) / (float(t1) - float(t0))
@@ -96,4 +94,4 @@ for n in "${PER_SHARD[@]}"; do
     one_step 1 0 "$n"
     one_step 2 0,1 $(( 2 * n ))
 done
-echo "raw reports and logs: $OUT" >&2
+echo "raw reports and logs: $RUN" >&2

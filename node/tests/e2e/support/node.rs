@@ -229,7 +229,9 @@ impl Node {
                     .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .sum::<f64>()
+            // An empty float sum is -0.0, which messages print as "-0".
+            + 0.0
     }
 
     /// Whether `/metrics` counts an ended session of `kind` with `outcome`; returns the
